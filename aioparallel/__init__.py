@@ -1,0 +1,70 @@
+"""aioparallel: joblib's ``Parallel(...)(delayed(f)(x) for x in xs)``, awaitable.
+
+::
+
+    results = await Parallel(n_jobs=4)(delayed(f)(x) for x in xs)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AioParallelError",
+    "Backend",
+    "Call",
+    "Parallel",
+    "ProgressEvent",
+    "RemoteTraceback",
+    "SerializationError",
+    "WorkerCrashedError",
+    "cpu_count",
+    "delayed",
+    "parallel_config",
+]
+
+if TYPE_CHECKING:
+    from ._backends._base import Backend as Backend
+    from ._call import Call as Call
+    from ._call import delayed as delayed
+    from ._config import parallel_config as parallel_config
+    from ._errors import AioParallelError as AioParallelError
+    from ._errors import RemoteTraceback as RemoteTraceback
+    from ._errors import SerializationError as SerializationError
+    from ._errors import WorkerCrashedError as WorkerCrashedError
+    from ._parallel import Parallel as Parallel
+    from ._progress import ProgressEvent as ProgressEvent
+    from ._system import cpu_count as cpu_count
+
+# Public name -> module that defines it; imported on first use (PEP 562) so that
+# `import aioparallel` stays cheap for a cold start.
+_LAZY = {
+    "Backend": "._backends._base",
+    "Call": "._call",
+    "delayed": "._call",
+    "parallel_config": "._config",
+    "AioParallelError": "._errors",
+    "RemoteTraceback": "._errors",
+    "SerializationError": "._errors",
+    "WorkerCrashedError": "._errors",
+    "Parallel": "._parallel",
+    "ProgressEvent": "._progress",
+    "cpu_count": "._system",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aioparallel' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

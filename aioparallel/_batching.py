@@ -1,0 +1,61 @@
+"""Auto batch sizing from measured batch durations (pure, no I/O).
+
+Tiny tasks are grouped so that one round trip to a worker carries enough work to hide its
+overhead; long tasks go one at a time so load stays balanced and a crash names its task.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["AutoBatcher", "FixedBatcher"]
+
+#: A batch should take about this long (seconds): long enough to hide a ~0.2 ms round trip,
+#: short enough to balance load and keep crash re-runs cheap.
+MIN_BATCH_SECONDS = 0.02
+MAX_BATCH_SECONDS = 0.2
+#: Upper bounds on one batch, by calls and by pickled bytes.
+MAX_BATCH_CALLS = 4096
+MAX_BATCH_BYTES = 1024**2
+
+
+class FixedBatcher:
+    """The user's ``batch_size``, as given."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def record(self, n_calls: int, seconds: float, nbytes: int = 0) -> None:
+        """Fixed sizes ignore measurements."""
+
+    def next_size(self, remaining: int | None, n_workers: int) -> int:
+        return self.size
+
+
+class AutoBatcher:
+    """Grow batches while they finish under MIN_BATCH_SECONDS; shrink them above MAX."""
+
+    def __init__(self) -> None:
+        self.size = 1
+        self._byte_cap = MAX_BATCH_CALLS
+
+    def record(self, n_calls: int, seconds: float, nbytes: int = 0) -> None:
+        """Learn from a finished batch; batches of a stale size are ignored (as in joblib)."""
+        if nbytes > 0 and n_calls > 0:
+            per_call = nbytes / n_calls
+            self._byte_cap = max(1, min(MAX_BATCH_CALLS, int(MAX_BATCH_BYTES / per_call)))
+        if n_calls != self.size:
+            self.size = min(self.size, self._byte_cap)
+            return
+        if seconds < MIN_BATCH_SECONDS:
+            ideal = n_calls * MIN_BATCH_SECONDS / max(seconds, 1e-6)
+            self.size = min(2 * n_calls, max(1, int(2 * ideal)))
+        elif seconds > MAX_BATCH_SECONDS and n_calls >= 2:
+            self.size = max(1, n_calls // 2)
+        self.size = max(1, min(self.size, self._byte_cap, MAX_BATCH_CALLS))
+
+    def next_size(self, remaining: int | None, n_workers: int) -> int:
+        """The size to dispatch next; near the end of a sized input, share the tail."""
+        if remaining is not None and remaining > 0:
+            return max(1, min(self.size, math.ceil(remaining / (2 * n_workers))))
+        return self.size

@@ -1,0 +1,75 @@
+"""delayed() and the Call it builds: a joblib-compatible ``(f, args, kwargs)`` triple."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from typing_extensions import ParamSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+__all__ = ["Call", "delayed"]
+
+
+class Call(Generic[R]):
+    """One deferred call ``f(*args, **kwargs)``.
+
+    It unpacks as the tuple ``(f, args, kwargs)`` so producers written for joblib work unchanged,
+    and it carries the result type ``R`` so ``await Parallel()(calls)`` is typed ``list[R]``.
+    """
+
+    __slots__ = ("args", "func", "kwargs")
+
+    def __init__(self, func: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.func, self.args, self.kwargs))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> Any:
+        return (self.func, self.args, self.kwargs)[i]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Call, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self) -> R:
+        return self.func(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"delayed({function_name(self.func)})(...)"
+
+
+def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]:
+    """Defer ``func``: ``delayed(f)(x, y=1)`` records the call instead of making it.
+
+    The wrapper keeps ``func``'s name, docstring and parameter types.
+    """
+    if not callable(func):
+        raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")
+
+    @functools.wraps(func)
+    def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        return Call(func, args, kwargs)
+
+    return delayed_function
+
+
+def function_name(func: object) -> str:
+    """A readable name for error messages, even for partials and callable objects."""
+    inner = getattr(func, "func", None) if isinstance(func, functools.partial) else None
+    if inner is not None:
+        return f"partial({function_name(inner)})"
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return str(name) if name else type(func).__name__

@@ -1,0 +1,201 @@
+"""parallel_config (context-local defaults) and the parsing of Parallel's parameters.
+
+Nothing here evaluates a user string: ``pre_dispatch`` and ``max_nbytes`` are parsed with
+regular expressions.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar, Token
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from ._system import cpu_count
+
+__all__ = [
+    "BACKEND_ALIASES",
+    "RETURN_MODES",
+    "current_config",
+    "parallel_config",
+    "parse_max_nbytes",
+    "parse_mmap_mode",
+    "parse_n_jobs",
+    "parse_pre_dispatch",
+]
+
+BACKEND_ALIASES: dict[str, str] = {
+    "processes": "processes",
+    "loky": "processes",
+    "multiprocessing": "processes",
+    "threads": "threads",
+    "threading": "threads",
+    "sequential": "sequential",
+    "dask": "dask",
+}
+RETURN_MODES = ("list", "generator", "generator_unordered")
+MMAP_MODES = ("r", "r+", "c")
+
+_config: ContextVar[MappingProxyType[str, Any]] = ContextVar(
+    "aioparallel_config", default=MappingProxyType({})
+)
+
+
+def current_config() -> MappingProxyType[str, Any]:
+    """The settings of the innermost active ``parallel_config``."""
+    return _config.get()
+
+
+class parallel_config:  # noqa: N801  (joblib's name)
+    """Set defaults for the ``Parallel`` objects created inside this block.
+
+    Works as ``with`` and ``async with``. Settings live in a context variable, so concurrent
+    tasks each see their own.
+
+    Parameters
+    ----------
+    backend, n_jobs, verbose, temp_folder, max_nbytes, mmap_mode
+        Defaults for the ``Parallel`` parameters of the same names.
+    **backend_options
+        Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
+        for ``"processes"``.
+    """
+
+    def __init__(
+        self,
+        backend: Any = None,
+        n_jobs: int | None = None,
+        *,
+        verbose: int | None = None,
+        temp_folder: str | None = None,
+        max_nbytes: int | str | None = "unset",
+        mmap_mode: str | None = None,
+        **backend_options: Any,
+    ) -> None:
+        settings: dict[str, Any] = {}
+        if backend is not None:
+            if isinstance(backend, str):
+                check_backend_name(backend)
+            settings["backend"] = backend
+        if n_jobs is not None:
+            parse_n_jobs(n_jobs)
+            settings["n_jobs"] = n_jobs
+        if verbose is not None:
+            settings["verbose"] = verbose
+        if temp_folder is not None:
+            settings["temp_folder"] = temp_folder
+        if max_nbytes != "unset":
+            parse_max_nbytes(max_nbytes)
+            settings["max_nbytes"] = max_nbytes
+        if mmap_mode is not None:
+            parse_mmap_mode(mmap_mode)
+            settings["mmap_mode"] = mmap_mode
+        if backend_options:
+            outer = dict(_config.get().get("backend_options", {}))
+            settings["backend_options"] = {**outer, **backend_options}
+        self._settings = settings
+        self._tokens: list[Token[MappingProxyType[str, Any]]] = []
+
+    def __enter__(self) -> parallel_config:
+        merged = {**_config.get(), **self._settings}
+        self._tokens.append(_config.set(MappingProxyType(merged)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _config.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> parallel_config:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def check_backend_name(name: str) -> str:
+    """The canonical backend name for ``name``, or ``ValueError`` listing the valid ones."""
+    try:
+        return BACKEND_ALIASES[name]
+    except KeyError:
+        valid = ", ".join(repr(n) for n in BACKEND_ALIASES)
+        raise ValueError(f"unknown backend {name!r}; valid backends: {valid}") from None
+
+
+def parse_n_jobs(n_jobs: object) -> int:
+    """Resolve joblib's ``n_jobs`` convention to a worker count >= 1."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+        raise ValueError(f"n_jobs must be an int or None, got {n_jobs!r}")
+    if n_jobs == 0:
+        raise ValueError(
+            "n_jobs == 0 has no meaning; use a positive count, -1 for all CPUs, "
+            "or -k for all CPUs but k-1"
+        )
+    if n_jobs < 0:
+        return max(1, cpu_count() + 1 + n_jobs)
+    return n_jobs
+
+
+_PRE_DISPATCH = re.compile(
+    r"^\s*(?:(?P<k>\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?n_jobs\s*(?:\*\s*(?P<k2>\d+(?:\.\d*)?|\.\d+)\s*)?$"
+)
+
+
+def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
+    """Tasks allowed in flight: ``None`` for ``"all"``; never ``eval``s the string."""
+    if isinstance(pre_dispatch, bool):
+        pass
+    elif isinstance(pre_dispatch, int):
+        if pre_dispatch >= 1:
+            return pre_dispatch
+    elif isinstance(pre_dispatch, str):
+        text = pre_dispatch.strip()
+        if text == "all":
+            return None
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        match = _PRE_DISPATCH.match(text)
+        if match:
+            k = float(match["k"] or match["k2"] or 1)
+            if k > 0:
+                return max(1, int(k * n_jobs))
+    raise ValueError(
+        f"invalid pre_dispatch {pre_dispatch!r}: expected 'all', a positive int, "
+        "or 'k*n_jobs' with a positive number k (e.g. '2*n_jobs')"
+    )
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_max_nbytes(max_nbytes: object) -> int | None:
+    """Bytes above which arrays are memmapped: an int, ``'10K'``/``'1M'``/``'1G'``, or None."""
+    if max_nbytes is None:
+        return None
+    if isinstance(max_nbytes, int) and not isinstance(max_nbytes, bool) and max_nbytes >= 0:
+        return max_nbytes
+    if isinstance(max_nbytes, str):
+        match = _SIZE.match(max_nbytes)
+        if match:
+            return int(float(match[1]) * _UNITS[match[2].upper()])
+    raise ValueError(
+        f"invalid max_nbytes {max_nbytes!r}: expected None, a non-negative int, "
+        "or a size such as '10K', '1M', '1G'"
+    )
+
+
+def parse_mmap_mode(mmap_mode: object) -> str:
+    """Check ``mmap_mode`` against the numpy.memmap modes aioparallel honours."""
+    if mmap_mode not in MMAP_MODES:
+        valid = ", ".join(repr(m) for m in MMAP_MODES)
+        raise ValueError(f"invalid mmap_mode {mmap_mode!r}: expected one of {valid}")
+    return str(mmap_mode)

@@ -1,0 +1,86 @@
+"""The exception hierarchy, and how a worker's traceback is attached to its exception.
+
+::
+
+    Exception
+     ├── AioParallelError              base of the errors this library raises itself
+     │    ├── WorkerCrashedError       a worker process died while running a task
+     │    └── SerializationError       a function, argument or result could not be (un)pickled
+     └── RemoteTraceback               the worker's traceback text, chained as ``__cause__``
+
+A task's own exception is re-raised with its original type; ``TimeoutError`` (the builtin) marks
+a task that ran past ``timeout=``. Both carry a note naming the task.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AioParallelError",
+    "RemoteTraceback",
+    "SerializationError",
+    "WorkerCrashedError",
+    "attach_task",
+]
+
+
+class AioParallelError(Exception):
+    """Base class of the errors aioparallel raises itself."""
+
+
+class WorkerCrashedError(AioParallelError):
+    """A worker process died while it ran a task (killed, ``os._exit``, segfault, out of memory).
+
+    ``task_index`` is the failed task's position in the input; ``exitcode`` is the process
+    exit code, negative for a signal (as in :mod:`subprocess`).
+    """
+
+    def __init__(self, message: str, task_index: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.task_index = task_index
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (str(self), self.task_index, self.exitcode))
+
+
+class SerializationError(AioParallelError):
+    """A function, argument or result could not be pickled or unpickled."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, kept as text."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """``'exit code 3'`` or ``'signal SIGKILL'`` for a subprocess return code."""
+    if exitcode is None:
+        return "unknown exit status"
+    if exitcode < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def attach_task(exc: BaseException, index: int, func_name: str, tb: str | None = None) -> None:
+    """Name the task on ``exc`` and chain the worker's traceback text as its cause."""
+    note = f"aioparallel: raised by task {index} ({func_name})"
+    if tb is not None:
+        exc.__cause__ = RemoteTraceback(f"\n\nWorker traceback of task {index} ({func_name}):\n{tb}")
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and note in notes:
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10
+        exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]

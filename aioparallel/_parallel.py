@@ -1,0 +1,324 @@
+"""Parallel: validates its parameters once, then runs each input on a backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+from ._backends._base import Backend, RunOptions
+from ._budget import Budget
+from ._call import Call
+from ._config import (
+    RETURN_MODES,
+    check_backend_name,
+    current_config,
+    parse_max_nbytes,
+    parse_mmap_mode,
+    parse_n_jobs,
+    parse_pre_dispatch,
+)
+from ._progress import ProgressCallback, ProgressReporter
+from ._results import SINKS, ListSink, Sink
+from ._run import Run
+from ._stream import ResultStream
+from ._system import in_worker
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = ["Parallel"]
+
+R = TypeVar("R")
+M = TypeVar("M", bound=str)
+ListMode = Literal["list"]
+StreamMode = Literal["generator", "generator_unordered"]
+_DEFAULT_PRE_DISPATCH = "2*n_jobs"
+
+
+class Parallel(Generic[M]):
+    """Run delayed calls on workers, from async code.
+
+    ``await Parallel(n_jobs=2)(delayed(f)(x) for x in xs)`` returns the results in input
+    order; with ``return_as="generator"`` (input order) or ``"generator_unordered"``
+    (completion order) the call is an async iterator instead. Parameters keep joblib's names
+    and meanings; see the docs' "Migrating from joblib" page for each one.
+
+    Parameters
+    ----------
+    n_jobs
+        Workers. None: the active ``parallel_config`` value, else 1. -1: all CPUs.
+    backend
+        ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
+        object.
+    return_as
+        ``"list"``, ``"generator"`` or ``"generator_unordered"``.
+    verbose
+        joblib's progress messages: stderr below 50, stdout from 50.
+    pre_dispatch
+        Most calls taken from the input ahead of completion: ``"all"``, an int, or
+        ``"k*n_jobs"``.
+    batch_size
+        Calls sent to a worker at once; ``"auto"`` tunes it from measured durations.
+    timeout
+        Seconds one task may run on its worker before it fails with ``TimeoutError``.
+    temp_folder, max_nbytes, mmap_mode
+        Memmapping of large numpy arguments for process workers.
+    return_exceptions
+        Like ``asyncio.gather``: a task's exception becomes its result.
+    progress
+        True for a tqdm bar on stderr, or a (sync or async) callable receiving
+        :class:`~aioparallel.ProgressEvent`.
+    """
+
+    @overload
+    def __init__(
+        self: Parallel[ListMode],
+        n_jobs: int | None = None,
+        backend: str | Backend | None = None,
+        *,
+        return_as: ListMode = "list",
+        verbose: int | None = None,
+        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        batch_size: int | Literal["auto"] = "auto",
+        timeout: float | None = None,
+        temp_folder: str | os.PathLike[str] | None = None,
+        max_nbytes: int | str | None = "1M",
+        mmap_mode: str = "r",
+        return_exceptions: bool = False,
+        progress: bool | ProgressCallback = False,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Parallel[StreamMode],
+        n_jobs: int | None = None,
+        backend: str | Backend | None = None,
+        *,
+        return_as: StreamMode,
+        verbose: int | None = None,
+        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        batch_size: int | Literal["auto"] = "auto",
+        timeout: float | None = None,
+        temp_folder: str | os.PathLike[str] | None = None,
+        max_nbytes: int | str | None = "1M",
+        mmap_mode: str = "r",
+        return_exceptions: bool = False,
+        progress: bool | ProgressCallback = False,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        n_jobs: int | None = None,
+        backend: str | Backend | None = None,
+        *,
+        return_as: str = "list",
+        verbose: int | None = None,
+        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        batch_size: int | Literal["auto"] = "auto",
+        timeout: float | None = None,
+        temp_folder: str | os.PathLike[str] | None = None,
+        max_nbytes: int | str | None = "1M",
+        mmap_mode: str = "r",
+        return_exceptions: bool = False,
+        progress: bool | ProgressCallback = False,
+    ) -> None:
+        config = current_config()
+        self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
+        backend = backend if backend is not None else config.get("backend")
+        if isinstance(backend, str):
+            self._backend_name = check_backend_name(backend)
+        elif backend is None:
+            self._backend_name = "sequential" if in_worker() else "processes"
+        elif isinstance(backend, Backend):
+            self._backend_name = backend.name
+        else:
+            raise ValueError(
+                f"invalid backend {backend!r}: expected a backend name or a Backend object"
+            )
+        self._backend_object = backend if isinstance(backend, Backend) else None
+        self._backend_options: dict[str, Any] = dict(config.get("backend_options", {}))
+
+        if self._n_jobs_arg is None:
+            if self._backend_name == "dask":
+                self.n_jobs = 0  # the cluster's size, known once connected
+            elif self._backend_object is not None:
+                self.n_jobs = self._backend_object.n_workers
+            else:
+                self.n_jobs = 1
+        else:
+            self.n_jobs = parse_n_jobs(self._n_jobs_arg)
+        if self.n_jobs == 1 and self._backend_name in ("processes", "threads"):
+            self._backend_name = "sequential"
+
+        if return_as not in RETURN_MODES:
+            valid = ", ".join(repr(m) for m in RETURN_MODES)
+            raise ValueError(f"invalid return_as {return_as!r}: expected one of {valid}")
+        self.return_as = return_as
+        if batch_size != "auto" and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+        ):
+            raise ValueError(f"invalid batch_size {batch_size!r}: expected 'auto' or an int >= 1")
+        self._batch_size = None if batch_size == "auto" else int(batch_size)
+        self._pre_dispatch_arg = pre_dispatch
+        self._widen_bound = pre_dispatch == _DEFAULT_PRE_DISPATCH and self._batch_size is None
+        parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(f"invalid timeout {timeout!r}: expected None or seconds > 0")
+        self.timeout = None if timeout is None else float(timeout)
+        verbose = verbose if verbose is not None else config.get("verbose", 0)
+        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
+            raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")
+        self.verbose = verbose
+        if not (isinstance(progress, bool) or callable(progress)):
+            raise ValueError(f"invalid progress {progress!r}: expected a bool or a callable")
+        if progress is True:
+            try:
+                import tqdm  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "progress=True draws a tqdm bar: pip install 'aioparallel[progress]'"
+                ) from None
+        self.progress = progress
+        self.return_exceptions = bool(return_exceptions)
+        if max_nbytes == "1M" and "max_nbytes" in config:
+            max_nbytes = config["max_nbytes"]
+        temp_folder = temp_folder if temp_folder is not None else config.get("temp_folder")
+        mmap_mode = config.get("mmap_mode", mmap_mode) if mmap_mode == "r" else mmap_mode
+        self._options = RunOptions(
+            timeout=self.timeout,
+            stop_on_error=not self.return_exceptions,
+            max_nbytes=parse_max_nbytes(max_nbytes),
+            mmap_mode=parse_mmap_mode(mmap_mode),
+            temp_folder=None if temp_folder is None else os.fspath(temp_folder),
+        )
+        self._warm: Backend | None = None
+
+    def __repr__(self) -> str:
+        shown = self._n_jobs_arg if self._n_jobs_arg is not None else self.n_jobs
+        return f"Parallel(n_jobs={shown})"
+
+    # -- backends ----------------------------------------------------------------------------
+
+    def _make_backend(self, private: bool) -> Backend:
+        if self._backend_object is not None:
+            return self._backend_object
+        name = self._backend_name
+        if name == "sequential":
+            from ._backends._sequential import SequentialBackend
+
+            return SequentialBackend()
+        if name == "threads":
+            from ._backends._threads import ThreadBackend
+
+            return ThreadBackend(self.n_jobs)
+        if name == "processes":
+            from ._backends._processes import ProcessBackend
+
+            return ProcessBackend(self.n_jobs, private=private, **self._backend_options)
+        from ._backends._dask import DaskBackend
+
+        return DaskBackend(self.n_jobs or None, **self._backend_options)
+
+    @asynccontextmanager
+    async def _backend(self) -> AsyncIterator[Backend]:
+        if self._warm is not None:
+            yield self._warm
+            return
+        async with self._make_backend(private=False) as backend:
+            yield backend
+
+    async def __aenter__(self) -> Parallel[M]:
+        """Keep workers warm across calls on this object; release them on exit."""
+        if self._warm is not None:
+            raise RuntimeError(f"{self!r} is already entered")
+        backend = self._make_backend(private=True)
+        self._warm = await backend.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        backend, self._warm = self._warm, None
+        if backend is not None:
+            await backend.__aexit__(exc_type, exc, tb)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _new_run(self, iterable: object, backend: Backend, sink: Sink[Any]) -> Run:
+        n_workers = max(1, backend.n_workers)
+        pre_dispatch = parse_pre_dispatch(self._pre_dispatch_arg, n_workers)
+        shown_jobs = self._n_jobs_arg if self._n_jobs_arg is not None else n_workers
+        reporter = ProgressReporter(
+            name=f"Parallel(n_jobs={shown_jobs})",
+            label=f"{backend.name} with {n_workers}",
+            verbose=self.verbose,
+            progress=self.progress,
+            pre_dispatch=pre_dispatch,
+        )
+        return Run(
+            iterable=iterable,
+            backend=backend,
+            options=self._options,
+            batch_size=self._batch_size,
+            pre_dispatch=pre_dispatch,
+            widen_bound=self._widen_bound,
+            return_exceptions=self.return_exceptions,
+            sink=sink,
+            reporter=reporter,
+        )
+
+    async def _gather(self, iterable: object) -> list[Any]:
+        async with self._backend() as backend:
+            sink: ListSink[Any] = ListSink(Budget(None))
+            await self._new_run(iterable, backend, sink).execute()
+            return sink.results
+
+    def _stream(self, iterable: object) -> ResultStream[Any]:
+        def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:
+            sink = SINKS[self.return_as](Budget(None))
+
+            async def execute() -> None:
+                async with self._backend() as backend:
+                    await self._new_run(iterable, backend, sink).execute()
+
+            return sink, execute
+
+        return ResultStream(make_run)
+
+    @overload
+    def __call__(
+        self: Parallel[ListMode], iterable: Iterable[Call[R]] | AsyncIterable[Call[R]]
+    ) -> Coroutine[Any, Any, list[R]]: ...
+
+    @overload
+    def __call__(
+        self: Parallel[ListMode], iterable: Iterable[Any] | AsyncIterable[Any]
+    ) -> Coroutine[Any, Any, list[Any]]: ...
+
+    @overload
+    def __call__(
+        self: Parallel[StreamMode], iterable: Iterable[Call[R]] | AsyncIterable[Call[R]]
+    ) -> ResultStream[R]: ...
+
+    @overload
+    def __call__(
+        self: Parallel[StreamMode], iterable: Iterable[Any] | AsyncIterable[Any]
+    ) -> ResultStream[Any]: ...
+
+    def __call__(self, iterable: Any) -> Any:
+        """Run the calls: a coroutine of the result list, or an async iterator of results."""
+        if not (hasattr(iterable, "__iter__") or hasattr(iterable, "__aiter__")):
+            raise TypeError(
+                f"{self!r} needs an iterable or async iterable of delayed calls, "
+                f"got {type(iterable).__name__}"
+            )
+        if self.return_as == "list":
+            return self._gather(iterable)
+        return self._stream(iterable)

@@ -1,0 +1,194 @@
+"""Progress reporting: joblib's verbose messages, a tqdm bar, or a user callback.
+
+The run only appends snapshots to a queue; a reporter task in the run's task group writes
+them, so a slow terminal or callback never delays dispatch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Union
+
+import anyio
+
+__all__ = ["ProgressEvent", "ProgressReporter", "short_format_time", "verbosity_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """What a ``progress=callable`` receives after each finished batch."""
+
+    #: Tasks finished so far.
+    done: int
+    #: Tasks in the input, once known (sized input, or the input is exhausted).
+    total: int | None
+    #: Seconds since the run started.
+    elapsed: float
+
+
+ProgressCallback = Callable[[ProgressEvent], Union[Awaitable[Any], Any]]
+
+
+def verbosity_filter(index: int, verbose: int) -> bool:
+    """joblib's sqrt-lag filter: True means *skip* the report for this index."""
+    if not verbose:
+        return True
+    if verbose > 10:
+        return False
+    if index == 0:
+        return False
+    scale_base = 0.5 * (11 - verbose) ** 2
+    scale = math.sqrt(index / scale_base)
+    next_scale = math.sqrt((index + 1) / scale_base)
+    return int(next_scale) == int(scale)
+
+
+def short_format_time(t: float) -> str:
+    """joblib's duration format: ``'   0.2s'`` or ``' 1.5min'``."""
+    if t > 60:
+        return f"{t / 60.0:4.1f}min"
+    return f" {t:5.1f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    completed: int
+    dispatched: int
+    dispatched_batches: int
+    dispatch_done: bool
+    elapsed: float
+
+
+class ProgressReporter:
+    """Collects run counters and reports them from its own task."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        label: str,
+        verbose: int,
+        progress: bool | ProgressCallback,
+        pre_dispatch: int | None,
+        total: int | None = None,
+    ):
+        self._name = name
+        self.label = label
+        self.verbose = verbose
+        self.pre_dispatch_amount = pre_dispatch or 0
+        self.total = total
+        self.completed = 0
+        self.dispatched = 0
+        self.dispatched_batches = 0
+        self.dispatch_done = False
+        self.start = time.monotonic()
+        self._callback = None if isinstance(progress, bool) else progress
+        self._want_bar = progress is True
+        self._bar: Any = None
+        self.enabled = bool(verbose) or self._callback is not None or self._want_bar
+        self._queue: deque[_Snapshot] = deque()
+        self._wake = anyio.Event()
+
+    # -- called by the run, never blocking -------------------------------------------------
+
+    def dispatched_batch(self, n_calls: int) -> None:
+        self.dispatched += n_calls
+        self.dispatched_batches += 1
+
+    def input_exhausted(self) -> None:
+        self.dispatch_done = True
+        self.total = self.dispatched
+
+    def completed_batch(self, n_calls: int) -> None:
+        self.completed += n_calls
+        if self.enabled:
+            self._queue.append(
+                _Snapshot(
+                    self.completed,
+                    self.dispatched,
+                    self.dispatched_batches,
+                    self.dispatch_done,
+                    time.monotonic() - self.start,
+                )
+            )
+            self._wake.set()
+
+    # -- the reporter task -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Report snapshots as they come, until cancelled by the run."""
+        if not self.enabled:
+            return
+        if self.verbose:
+            self._print(f"Using backend {self.label} concurrent workers.")
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                await self.drain()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+
+    async def drain(self) -> None:
+        """Report every queued snapshot (the run calls this once more at the end)."""
+        while self._queue:
+            snap = self._queue.popleft()
+            if self.verbose:
+                self._report_verbose(snap)
+            if self._want_bar:
+                self._update_bar(snap)
+            if self._callback is not None:
+                result = self._callback(ProgressEvent(snap.completed, self.total, snap.elapsed))
+                if inspect.isawaitable(result):
+                    await result
+
+    def _update_bar(self, snap: _Snapshot) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.label.split(" with")[0], leave=True)
+        if self.total is not None and self._bar.total != self.total:
+            self._bar.total = self.total
+        self._bar.update(snap.completed - self._bar.n)
+        if self.total is not None and snap.completed >= self.total:
+            self._bar.close()
+
+    def _print(self, msg: str) -> None:
+        stream = sys.stderr if self.verbose < 50 else sys.stdout
+        stream.write(f"[{self._name}]: {msg}\n")
+        stream.flush()
+
+    def _report_verbose(self, snap: _Snapshot) -> None:
+        """joblib's ``print_progress``, message for message."""
+        elapsed = snap.elapsed
+        if snap.dispatch_done and snap.completed == snap.dispatched:
+            self._print(
+                f"Done {snap.completed:3d} out of {snap.completed:3d} | elapsed: "
+                f"{short_format_time(elapsed)} finished"
+            )
+            return
+        if not snap.dispatch_done:
+            if verbosity_filter(snap.dispatched_batches, self.verbose):
+                return
+            self._print(f"Done {snap.completed:3d} tasks      | elapsed: {short_format_time(elapsed)}")
+            return
+        index = snap.completed
+        total = snap.dispatched
+        if index != 0:
+            cursor = total - index + 1 - self.pre_dispatch_amount
+            frequency = (total // self.verbose) + 1
+            is_last_item = index + 1 == total
+            if is_last_item or cursor % frequency:
+                return
+        remaining = (elapsed / index) * (total - index) if index else 0.0
+        self._print(
+            f"Done {index:3d} out of {total:3d} | elapsed: {short_format_time(elapsed)} "
+            f"remaining: {short_format_time(remaining)}"
+        )

@@ -1,0 +1,169 @@
+"""One run of ``Parallel(...)(calls)``: the only task group, and how data flows through it.
+
+::
+
+    user iterable ──Source.take(n)──► lane 1 ──run_batch──► worker ┐
+       (lazy)        ▲ Budget           lane 2 ──run_batch──► worker ├─ Backend
+                     │ (pre_dispatch)   ...   (n_workers lanes)     ┘
+                     │                   │
+                     └── released by ◄── Sink ◄──put(start, values)── lanes
+                                         │   list / ordered stream / unordered stream
+                                         ▼
+                                       caller          lanes ──counts──► ProgressReporter task
+
+Each lane takes the next consecutive batch (under a lock, so batches are numbered in input
+order), runs it on one worker, learns its duration for auto batching, and hands the values to
+the sink. The first failure (a task error without ``return_exceptions``, or an error of the
+input itself) is recorded and cancels the task group; it is re-raised unwrapped, with its own
+type, once every lane has stopped and the backend has cleaned up.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
+from ._batching import AutoBatcher, FixedBatcher
+from ._budget import Budget
+from ._progress import ProgressReporter
+from ._results import Sink
+from ._source import ProducerError, Source
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Run"]
+
+
+class Run:
+    """Executes the calls of one input on a backend, feeding a sink."""
+
+    def __init__(
+        self,
+        *,
+        iterable: object,
+        backend: Backend,
+        options: RunOptions,
+        batch_size: int | None,
+        pre_dispatch: int | None,
+        widen_bound: bool,
+        return_exceptions: bool,
+        sink: Sink[Any],
+        reporter: ProgressReporter,
+    ):
+        self.source = Source(iterable)
+        self.backend = backend
+        self.options = options
+        self.batcher: AutoBatcher | FixedBatcher = (
+            AutoBatcher() if batch_size is None else FixedBatcher(batch_size)
+        )
+        self.budget = sink.budget
+        self.budget.limit = pre_dispatch
+        self._widen_base = pre_dispatch if widen_bound else None
+        self.return_exceptions = return_exceptions
+        self.sink = sink
+        self.reporter = reporter
+        if reporter.total is None:
+            reporter.total = self.source.total
+        self.error: BaseException | None = None
+        self._take_lock = anyio.Lock()
+        self._lanes: anyio.abc.TaskGroup | None = None
+
+    async def execute(self) -> None:
+        """Run to completion; raise the first error with its own type."""
+        try:
+            async with self.backend.open_run(self.options) as run_batch:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self.reporter.run)
+                    async with anyio.create_task_group() as lanes:
+                        self._lanes = lanes
+                        for _ in range(max(1, self.backend.n_workers)):
+                            lanes.start_soon(self._lane, run_batch)
+                    if self.error is None:
+                        await self.reporter.drain()
+                    outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.source.aclose()
+        if self.error is not None:
+            raise self.error
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        assert self._lanes is not None
+        self._lanes.cancel_scope.cancel()
+
+    async def _take_batch(self) -> tuple[int, list[Any]]:
+        """The next consecutive batch, within the pre_dispatch budget."""
+        async with self._take_lock:
+            if self.source.exhausted:
+                return self.source.taken, []
+            remaining = None if self.source.total is None else self.source.total - self.source.taken
+            want = self.batcher.next_size(remaining, self.backend.n_workers)
+            n = await self.budget.acquire(want)
+            start = self.source.taken
+            try:
+                calls = await self.source.take(n)
+            except BaseException:
+                self.budget.release(n)
+                raise
+            self.budget.release(n - len(calls))
+            if calls:
+                self.sink.reserve(start, len(calls))
+                self.reporter.dispatched_batch(len(calls))
+            if self.source.exhausted:
+                self.reporter.input_exhausted()
+            return start, calls
+
+    async def _lane(self, run_batch: RunBatch) -> None:
+        while True:
+            try:
+                start, calls = await self._take_batch()
+            except ProducerError as exc:
+                self._fail(exc.error)
+                return
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # a bad input item
+                self._fail(exc)
+                return
+            if not calls:
+                return
+            batch = Batch(start, calls)
+            began = time.perf_counter()
+            values = await run_batch(batch)
+            self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
+            if self._widen_base is not None:
+                self.budget.widen(max(self._widen_base, 2 * self.backend.n_workers * self.batcher.size))
+            if not self._deliver(start, values, len(calls)):
+                return
+
+    def _deliver(self, start: int, values: list[Any], n_calls: int) -> bool:
+        """Hand values to the sink; False if a failure stops the run."""
+        for i, value in enumerate(values):
+            if type(value) is Failure:
+                if not self.return_exceptions:
+                    self._fail(value.exc)
+                    return False
+                values[i] = value.exc
+        if len(values) != n_calls:  # a backend stops a batch early only at a failure
+            self._fail(RuntimeError(f"backend returned {len(values)} results for {n_calls} calls"))
+            return False
+        self.sink.put(start, values)
+        self.reporter.completed_batch(n_calls)
+        return True
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,99 @@
+"""The input: a sync or async iterable of calls, consumed lazily, in batches."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from ._call import Call
+
+__all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
+
+
+class NotACallError(TypeError):
+    """An input item that is neither a ``delayed`` call nor an ``(f, args, kwargs)`` tuple."""
+
+
+class ProducerError(Exception):
+    """Carries an exception raised by the user's iterable, so the run re-raises it as is."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
+def as_call(item: object, index: int) -> Call[Any]:
+    """Accept a ``delayed`` call or a joblib-style ``(f, args, kwargs)`` tuple."""
+    if type(item) is Call:
+        return item
+    if isinstance(item, tuple) and len(item) == 3:
+        func, args, kwargs = item
+        if callable(func) and isinstance(args, (tuple, list)) and isinstance(kwargs, dict):
+            return Call(func, tuple(args), kwargs)
+    if isinstance(item, Call):
+        return item
+    raise NotACallError(
+        f"input item {index} is not a delayed call: got {type(item).__name__} {item!r:.80}; "
+        "pass delayed(f)(x) or a (f, args, kwargs) tuple"
+    )
+
+
+class Source:
+    """Takes calls from the user's iterable, ``n`` at a time, numbering them."""
+
+    def __init__(self, iterable: object):
+        self.total: int | None = None
+        self._sync: Iterator[Any] | None = None
+        self._async: AsyncIterator[Any] | None = None
+        if hasattr(iterable, "__aiter__"):
+            self._async = iterable.__aiter__()
+        elif hasattr(iterable, "__iter__"):
+            try:
+                self.total = operator.length_hint(iterable, -1)
+            except Exception:
+                self.total = -1
+            if self.total < 0 or not hasattr(iterable, "__len__"):
+                self.total = None
+            self._sync = iter(iterable)  # type: ignore[call-overload]
+        else:
+            raise TypeError(
+                f"Parallel(...) needs an iterable or async iterable of delayed calls, "
+                f"got {type(iterable).__name__}"
+            )
+        self.taken = 0
+        self.exhausted = False
+
+    async def take(self, n: int) -> list[Call[Any]]:
+        """Up to ``n`` calls; fewer means the input is exhausted. Producer errors are wrapped."""
+        calls: list[Call[Any]] = []
+        index = self.taken
+        try:
+            if self._sync is not None:
+                for item in self._sync:
+                    calls.append(item if type(item) is Call else as_call(item, index + len(calls)))
+                    if len(calls) >= n:
+                        break
+                else:
+                    self.exhausted = True
+            else:
+                assert self._async is not None
+                while len(calls) < n:
+                    try:
+                        item = await self._async.__anext__()
+                    except StopAsyncIteration:
+                        self.exhausted = True
+                        break
+                    calls.append(as_call(item, index + len(calls)))
+        except NotACallError:
+            raise
+        except Exception as exc:
+            raise ProducerError(exc) from None
+        self.taken += len(calls)
+        return calls
+
+    async def aclose(self) -> None:
+        """Close an async generator input we stopped consuming early."""
+        aclose = getattr(self._async, "aclose", None)
+        if aclose is not None and not self.exhausted:
+            await aclose()

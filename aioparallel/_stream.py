@@ -1,0 +1,122 @@
+"""The async iterator behind ``return_as="generator"`` and ``"generator_unordered"``.
+
+A plain ``async for`` gives us no task group to run in, and an async generator may not yield
+from inside one (its finalizer would exit the cancel scope from another task). So the run is
+hosted in a task of its own (an asyncio task, or a trio system task) and results cross over
+through the sink. Breaking out of the loop drops the iterator; its finalizer cancels the host,
+which then cleans up exactly as a cancelled ``await`` does. ``aclose()`` (or
+``async with``) does the same and waits for the cleanup to finish.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+import sniffio
+
+from ._results import Sink
+
+__all__ = ["ResultStream"]
+
+R = TypeVar("R")
+
+# asyncio keeps only weak references to tasks: hold the hosts until they finish.
+_hosts: set[Any] = set()
+
+
+def _spawn_detached(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Start ``fn`` in a task outside the caller's scope; return a sync cancel function."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        scope = trio.CancelScope()
+
+        async def host() -> None:
+            with scope:
+                await fn()
+
+        trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
+        return scope.cancel
+
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(fn())  # type: ignore[arg-type]
+    _hosts.add(task)
+    task.add_done_callback(_hosts.discard)
+
+    def cancel() -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+    return cancel
+
+
+class ResultStream(AsyncIterator[R], Generic[R]):
+    """Results streamed from a run; the run starts on the first ``__anext__``."""
+
+    def __init__(self, make_run: Callable[[], tuple[Sink[R], Callable[[], Awaitable[None]]]]):
+        self._make_run = make_run
+        self._sink: Any = None
+        self._cancel: Callable[[], None] | None = None
+        self._finished: anyio.Event | None = None
+
+    def __aiter__(self) -> ResultStream[R]:
+        return self
+
+    async def __anext__(self) -> R:
+        if self._sink is None:
+            self._start()
+        result: R = await self._sink.get()
+        return result
+
+    def _start(self) -> None:
+        sink, execute = self._make_run()
+        finished = anyio.Event()
+
+        async def host() -> None:
+            try:
+                await execute()
+            except anyio.get_cancelled_exc_class():
+                sink.close(RuntimeError("the run was cancelled"))
+                raise
+            except BaseException as exc:  # handed to the consumer, never lost
+                sink.close(exc)
+            else:
+                sink.close()
+            finally:
+                finished.set()
+
+        self._sink, self._finished = sink, finished
+        self._cancel = _spawn_detached(host)
+
+    async def aclose(self) -> None:
+        """Stop the run (if still going) and wait until its workers and files are cleaned up."""
+        if self._cancel is None or self._finished is None:
+            return
+        if not self._finished.is_set():
+            self._cancel()
+            with anyio.CancelScope(shield=True):
+                await self._finished.wait()
+
+    def __del__(self) -> None:
+        if self._cancel is not None and self._finished is not None and not self._finished.is_set():
+            try:
+                self._cancel()
+            except RuntimeError:  # the loop is already gone
+                pass
+
+    async def __aenter__(self) -> ResultStream[R]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
