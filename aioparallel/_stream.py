@@ -10,51 +10,17 @@ which then cleans up exactly as a cancelled ``await`` does. ``aclose()`` (or
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
-import sniffio
-
+from ._detached import spawn_detached
 from ._results import Sink
 
 __all__ = ["ResultStream"]
 
 R = TypeVar("R")
-
-# asyncio keeps only weak references to tasks: hold the hosts until they finish.
-_hosts: set[Any] = set()
-
-
-def _spawn_detached(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-    """Start ``fn`` in a task outside the caller's scope; return a sync cancel function."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        scope = trio.CancelScope()
-
-        async def host() -> None:
-            with scope:
-                await fn()
-
-        trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
-        return scope.cancel
-
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(fn())  # type: ignore[arg-type]
-    _hosts.add(task)
-    task.add_done_callback(_hosts.discard)
-
-    def cancel() -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(task.cancel)
-
-    return cancel
-
 
 class ResultStream(AsyncIterator[R], Generic[R]):
     """Results streamed from a run; the run starts on the first ``__anext__``."""
@@ -92,7 +58,7 @@ class ResultStream(AsyncIterator[R], Generic[R]):
                 finished.set()
 
         self._sink, self._finished = sink, finished
-        self._cancel = _spawn_detached(host)
+        self._cancel = spawn_detached(host)
 
     async def aclose(self) -> None:
         """Stop the run (if still going) and wait until its workers and files are cleaned up."""

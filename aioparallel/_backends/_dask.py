@@ -1,0 +1,460 @@
+"""``backend="dask"``: each batch runs as one task on a dask.distributed cluster.
+
+::
+
+    run_batch(Batch)
+      ├─ numpy arrays > max_nbytes ──client.scatter (once per array per run)──► cluster memory
+      │     id(array) -> Future, dropped (and released) when the array dies or the run ends
+      ├─ client.submit(_run_calls, [(f, args, kwargs), ...], pure=False) ───► a worker thread
+      │     arrays replaced by their Futures; dask hands the worker the data      │
+      │                                                                          ▼
+      │                                     calls in order; each value or exception pickled
+      │                                     on its own, so a bad one is pinned on its task
+      ◄── await future ◄──────────── [(kind, bytes), ...] ◄─────────────────────┘
+            value | Failure(task's exception + worker traceback) | Failure(SerializationError)
+
+    cancelled await ─► client.cancel(future), shielded and bounded
+    KilledWorker    ─► WorkerCrashedError naming the batch's first task
+
+The client is asynchronous and lives on the caller's event loop, so waiting for a batch is
+one ``await`` on its dask future: no polling, no thread per batch. Nothing in aioparallel
+imports this module unless ``backend="dask"`` is asked for, so ``import aioparallel`` never
+imports dask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import traceback
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import numpy as np
+from distributed import Client, KilledWorker
+from distributed.protocol import pickle as dask_pickle
+
+from .._call import Call, function_name
+from .._errors import AioParallelError, SerializationError, WorkerCrashedError, attach_task
+from ._base import Batch, Failure, RunBatch, RunOptions
+
+__all__ = ["DaskBackend"]
+
+#: (function, args, kwargs) as submitted: builtin containers, so dask finds the Futures in them.
+WireCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: One call's outcome from the worker: (_VALUE, pickled value) or (_RAISED, pickled (exc, tb)).
+Outcome = tuple[int, bytes]
+
+_VALUE, _RAISED = 0, 1
+#: pickle, falling back to cloudpickle for lambdas and closures (as dask itself does).
+_dumps: Callable[..., bytes] = dask_pickle.dumps
+#: Seconds a cancelled run may spend telling the scheduler (or closing our own client).
+_CLEANUP_GRACE = 5.0
+#: Outcomes larger than this are unpickled in a worker thread, off the event loop.
+_OFFLOAD_NBYTES = 1024**2
+_HOW = (
+    'give the backend a cluster: parallel_config(backend="dask", client=client) with a '
+    'distributed.Client, or parallel_config(backend="dask", address="tcp://127.0.0.1:8786")'
+)
+
+
+class DaskBackend:
+    """Runs batches on a dask.distributed cluster through an asynchronous ``Client``.
+
+    Parameters
+    ----------
+    n_jobs
+        Batches in flight at once. ``None`` or ``-1``: the cluster's thread count when the
+        backend is entered; ``-k``: that count minus ``k - 1``.
+    client
+        A ``distributed.Client``; it is borrowed, never closed. An asynchronous client on the
+        caller's event loop is used as is; any other (a synchronous client, say) lends only
+        its scheduler address, to which the backend opens its own asynchronous client.
+    address
+        A scheduler address such as ``"tcp://127.0.0.1:8786"``; the backend opens a client on
+        entry and closes it on exit.
+    """
+
+    name = "dask"
+
+    def __init__(
+        self, n_jobs: int | None = None, client: Client | None = None, address: str | None = None
+    ) -> None:
+        if client is None and address is None:
+            raise ValueError(f"backend 'dask' needs a client or a scheduler address: {_HOW}")
+        if client is not None and address is not None:
+            raise ValueError("backend 'dask' takes client= or address=, not both")
+        if n_jobs == 0 or isinstance(n_jobs, bool):
+            raise ValueError(f"n_jobs={n_jobs!r} has no meaning for backend 'dask'")
+        self._n_jobs = n_jobs
+        self._given = client
+        self._address = address
+        #: distributed's Client is mostly untyped: held as Any, like its Futures.
+        self._client: Any = None
+        self._owns_client = False
+        self.n_workers = n_jobs if n_jobs is not None and n_jobs > 0 else 1
+
+    async def __aenter__(self) -> DaskBackend:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "backend 'dask' needs an asyncio event loop (distributed runs on asyncio); "
+                "run this under asyncio or uvloop, or pick another backend under trio"
+            ) from None
+        given: Any = self._given
+        if given is not None and given.status != "running":
+            raise ValueError(f"the dask client is {given.status}, not running: {_HOW}")
+        if given is not None and given.asynchronous:  # on this event loop: use it as is
+            self._client = given
+        else:
+            address = self._address if given is None else given.scheduler.address
+            # Not set as dask's default client: that one belongs to the user.
+            self._client = await Client(  # type: ignore[no-untyped-call]
+                address, asynchronous=True, set_as_default=False
+            )
+            self._owns_client = True
+        try:
+            info = await self._client.scheduler.identity(n_workers=0)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        self.n_workers = _resolve_n_jobs(self._n_jobs, int(info["total_threads"]))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            self._owns_client = False
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
+                await client.close()
+
+    def open_run(self, options: RunOptions) -> AbstractAsyncContextManager[RunBatch]:
+        """A run's scattered arrays live in this context and are released when it ends."""
+        return self._open_run(options)
+
+    @asynccontextmanager
+    async def _open_run(self, options: RunOptions) -> AsyncIterator[RunBatch]:
+        if self._client is None:
+            raise RuntimeError("enter the dask backend (async with) before running on it")
+        run = _DaskRun(self._client, options)
+        try:
+            yield run.run_batch
+        finally:
+            run.release()
+
+
+def _resolve_n_jobs(n_jobs: int | None, cluster_threads: int) -> int:
+    """joblib's n_jobs convention, counted in cluster threads instead of local CPUs."""
+    threads = max(1, cluster_threads)
+    if n_jobs is None or n_jobs == -1:
+        return threads
+    if n_jobs < 0:
+        return max(1, threads + 1 + n_jobs)
+    return n_jobs
+
+
+class _DaskRun:
+    """One run's client-side state: the arrays it scattered and how to send batches."""
+
+    def __init__(self, client: Any, options: RunOptions) -> None:
+        self._client = client
+        self._options = options
+        self._scattered: dict[int, Any] = {}
+        self._finalizers: dict[int, weakref.finalize[Any, Any]] = {}
+        self._scatter_lock = anyio.Lock()
+
+    async def run_batch(self, batch: Batch) -> list[Any]:
+        calls = await self._wire_calls(batch.calls)
+        options = self._options
+        name = function_name(batch.calls[0].func)
+        try:
+            future = self._client.submit(
+                _run_calls,
+                calls,
+                batch.start,
+                options.stop_on_error,
+                options.timeout,
+                key=f"{name}-{uuid.uuid4().hex}",
+                pure=False,
+            )
+        except Exception as exc:  # nothing ran: find the call that cannot be pickled
+            if len(batch.calls) > 1:
+                return await self._one_by_one(batch)
+            error = SerializationError(f"task {batch.start} ({name}) could not be sent: {exc}")
+            error.__cause__ = exc
+            attach_task(error, batch.start, name)
+            return [Failure(error)]
+        try:
+            outcomes: list[Outcome] = await future
+        except KilledWorker as exc:
+            return _crashed(batch, exc, options.stop_on_error)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if future.cancelled():  # by someone else: the client closed, the scheduler left
+                raise AioParallelError(
+                    f"the dask task of task {batch.start} ({name}) was cancelled outside "
+                    f"aioparallel: {exc}"
+                ) from exc
+            # _run_calls catches everything once the calls start, so this failed before any
+            # call ran (the worker could not unpickle an argument, a module is missing there):
+            # running the calls one per task is safe and names the culprit.
+            if len(batch.calls) > 1:
+                return await self._one_by_one(batch)
+            attach_task(exc, batch.start, name, "".join(traceback.format_exception(exc)))
+            return [Failure(exc)]
+        finally:
+            if future.done():
+                future.release()
+            else:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
+                    await self._client.cancel([future], asynchronous=True)
+        if sum(len(blob) for _, blob in outcomes) > _OFFLOAD_NBYTES:
+            return await anyio.to_thread.run_sync(_unpack, batch, outcomes, options.stop_on_error)
+        return _unpack(batch, outcomes, options.stop_on_error)
+
+    async def _one_by_one(self, batch: Batch) -> list[Any]:
+        """Run a batch as one dask task per call, to pin an error on its task."""
+        results: list[Any] = []
+        for offset, call in enumerate(batch.calls):
+            results += await self.run_batch(Batch(batch.start + offset, [call]))
+            if self._options.stop_on_error and type(results[-1]) is Failure:
+                break
+        return results
+
+    async def _wire_calls(self, calls: Sequence[Call[Any]]) -> list[WireCall]:
+        """The calls as submitted, large arrays replaced by the Futures of their scatter."""
+        limit = self._options.max_nbytes
+        if limit is None:
+            return [(c.func, c.args, c.kwargs) for c in calls]
+        found: dict[int, np.ndarray[Any, Any]] = {}
+        for call in calls:
+            _find_arrays((call.args, call.kwargs), limit, found, set())
+        if not found:
+            return [(c.func, c.args, c.kwargs) for c in calls]
+        async with self._scatter_lock:
+            new = {i: array for i, array in found.items() if i not in self._scattered}
+            if new:
+                await self._scatter(new)
+            futures = {i: self._scattered[i] for i in found}
+        return [(c.func, _swap(c.args, futures), _swap(c.kwargs, futures)) for c in calls]
+
+    async def _scatter(self, arrays: dict[int, np.ndarray[Any, Any]]) -> None:
+        """Send arrays to the cluster once; forget each when the caller's array dies.
+
+        Keyed by ``id(array)``: a weak finalizer drops the entry when the array is freed, so
+        an id is never reused for another array while it is in the map, and a producer of
+        many distinct arrays does not pile them up in the cluster's memory. Shielded: a
+        scatter interrupted half-way would leave data no Future of ours could release.
+        """
+        keys = {f"aioparallel-array-{uuid.uuid4().hex}": i for i in arrays}
+        data = {key: arrays[i] for key, i in keys.items()}
+        with anyio.CancelScope(shield=True):
+            futures = await self._client.scatter(data, hash=False, asynchronous=True)
+        for key, i in keys.items():
+            self._scattered[i] = futures[key]
+            self._finalizers[i] = weakref.finalize(arrays[i], self._forget, i)
+
+    def _forget(self, array_id: int) -> None:
+        """Release one scattered array (any thread: ``Future.release`` is thread-safe)."""
+        self._finalizers.pop(array_id, None)
+        future = self._scattered.pop(array_id, None)
+        if future is not None:
+            future.release()
+
+    def release(self) -> None:
+        """End of run: release every scattered array still held."""
+        for finalizer in list(self._finalizers.values()):
+            finalizer.detach()
+        self._finalizers.clear()
+        futures = list(self._scattered.values())
+        self._scattered.clear()
+        for future in futures:
+            future.release()
+
+
+def _find_arrays(
+    obj: object, limit: int, found: dict[int, np.ndarray[Any, Any]], seen: set[int]
+) -> None:
+    """Collect numpy arrays above ``limit`` bytes nested in lists, tuples and dicts."""
+    kind = type(obj)
+    if kind is list or kind is tuple or kind is dict:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        items: Any = obj.values() if isinstance(obj, dict) else obj
+        for item in items:
+            _find_arrays(item, limit, found, seen)
+    elif isinstance(obj, np.ndarray) and obj.nbytes > limit:
+        found[id(obj)] = obj
+
+
+def _swap(obj: Any, futures: dict[int, Any]) -> Any:
+    """``obj`` with scattered arrays replaced by their Futures; containers copied only if hit."""
+    kind = type(obj)
+    if kind is list or kind is tuple:
+        items = [_swap(item, futures) for item in obj]
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj
+        return items if kind is list else tuple(items)
+    if kind is dict:
+        values = {key: _swap(value, futures) for key, value in obj.items()}
+        if all(values[key] is value for key, value in obj.items()):
+            return obj
+        return values
+    if isinstance(obj, np.ndarray):
+        return futures.get(id(obj), obj)
+    return obj
+
+
+def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
+    """KilledWorker → one WorkerCrashedError per task of the batch (the first one alone)."""
+    tries = exc.args[2] + 1 if len(exc.args) > 2 and isinstance(exc.args[2], int) else None
+    last = f"{exc.last_worker.address} " if hasattr(exc.last_worker, "address") else ""
+    given_up = (
+        f"after {tries} workers died running it " if tries else ""
+    ) + "(distributed.scheduler.allowed-failures)"
+    end = batch.start + len(batch.calls) - 1
+    together = f" (one dask task with tasks {batch.start}..{end})" if end > batch.start else ""
+    failures: list[Any] = []
+    for offset, call in enumerate(batch.calls):
+        index, name = batch.start + offset, function_name(call.func)
+        error = WorkerCrashedError(
+            f"dask worker {last}died while running task {index} ({name}){together}; the "
+            f"scheduler gave up {given_up}. The workers' logs tell why (memory limit, "
+            "segfault, os._exit).",
+            task_index=index,
+        )
+        error.__cause__ = exc
+        attach_task(error, index, name)
+        failures.append(Failure(error))
+        if stop_on_error:
+            break
+    return failures
+
+
+def _unpack(batch: Batch, outcomes: list[Outcome], stop_on_error: bool) -> list[Any]:
+    """Unpickle the worker's outcomes; a task error gets its index and remote traceback."""
+    results: list[Any] = []
+    for offset, (kind, blob) in enumerate(outcomes):
+        index, name = batch.start + offset, function_name(batch.calls[offset].func)
+        try:
+            loaded = pickle.loads(blob)
+        except Exception as exc:
+            unpickling = SerializationError(
+                f"the result of task {index} ({name}) could not be unpickled: {exc!r}"
+            )
+            unpickling.__cause__ = exc
+            loaded, kind = (unpickling, None), _RAISED
+        if kind == _VALUE:
+            results.append(loaded)
+            continue
+        error, tb = loaded
+        attach_task(error, index, name, tb)
+        results.append(Failure(error))
+        if stop_on_error:
+            break
+    return results
+
+
+# -- worker side: runs inside a dask worker's thread ------------------------------------------
+
+
+def _run_calls(
+    calls: list[WireCall], start: int, stop_on_error: bool, timeout: float | None
+) -> list[Outcome]:
+    """Run a batch's calls in order on the worker; never raises.
+
+    Each value and exception is pickled here, one by one, rather than by dask for the whole
+    list: an unpicklable result then fails its own task, not the batch.
+    """
+    outcomes: list[Outcome] = []
+    for offset, (func, args, kwargs) in enumerate(calls):
+        index = start + offset
+        try:
+            if timeout is None:
+                value = func(*args, **kwargs)
+            else:
+                value = _call_with_timeout(func, args, kwargs, timeout, index)
+        except _Overran as overran:
+            outcomes.append(_pack_error(overran.error, None))
+        except BaseException as exc:
+            outcomes.append(_pack_error(exc, "".join(traceback.format_exception(exc))))
+        else:
+            try:
+                outcomes.append((_VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
+                continue
+            except Exception as exc:
+                error = SerializationError(
+                    f"the result of task {index} ({function_name(func)}), "
+                    f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
+                )
+                outcomes.append(_pack_error(error, "".join(traceback.format_exception(exc))))
+        if stop_on_error:
+            break
+    return outcomes
+
+
+class _Overran(Exception):
+    """A call ran past its timeout (wraps the TimeoutError the caller will see)."""
+
+    def __init__(self, error: TimeoutError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _call_with_timeout(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    index: int,
+) -> Any:
+    """Run a call in a helper thread, so the worker can give up on it after ``timeout``.
+
+    A thread cannot be stopped: the overrunning call goes on in the background and its
+    result is dropped, as with the threads backend.
+    """
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, func(*args, **kwargs)))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"aioparallel-task-{index}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise _Overran(
+            TimeoutError(
+                f"task {index} ({function_name(func)}) ran longer than timeout={timeout}s "
+                "on its dask worker"
+            )
+        )
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+def _pack_error(exc: BaseException, tb: str | None) -> Outcome:
+    """Pickle a task's exception with its traceback text, whatever the exception holds."""
+    if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: not the worker's end
+        exc = AioParallelError(f"the task raised {exc!r}, which does not stop a dask worker")
+    try:
+        blob = _dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt (extra __init__ args)
+    except Exception as err:
+        stand_in = SerializationError(
+            f"the task raised {type(exc).__qualname__}: {exc}, which could not be pickled ({err!r})"
+        )
+        blob = pickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)
+    return (_RAISED, blob)

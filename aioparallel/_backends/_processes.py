@@ -1,0 +1,386 @@
+"""The process backend: batches run on warm worker processes, with crashes and timeouts
+isolated to the one task they hit.
+
+For each batch: take a worker from the pool, pickle the job (in a thread unless it is
+obviously small), send it, and read results as the worker streams them. If the worker dies,
+the shared slot says which call it was running: that call fails with
+``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it for running past
+``timeout``), and the calls whose results had not arrived are re-run on a fresh worker.
+A cancelled batch kills its worker (shielded) before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._call import Call, function_name
+from .._errors import SerializationError, WorkerCrashedError, attach_task, describe_exit
+from .._memmap import RunFolder, dumps_job
+from ._base import Batch, Failure, RunBatch, RunOptions
+from ._pool import Pool, WorkerProcess, shared_pool
+from ._wire import BATCH, BATCH_FILE, BATCH_SHIFT, INLINE_LIMIT, LOAD_ERROR, RESULTS_FILE
+from ._wire import TaskError, spill, unspill
+
+__all__ = ["ProcessBackend"]
+
+#: Pickled bodies above this are unpickled in a thread, off the event loop.
+THREAD_UNPICKLE_BYTES = 256 * 1024
+#: Crashes that hit no call (the worker died between calls) before we blame the next call.
+MAX_BLAMELESS_CRASHES = 3
+_SCALARS = (int, float, bool, type(None), complex)
+_SMALL_SEQUENCES = (str, bytes)
+
+
+def _is_small(calls: Sequence[Call[Any]]) -> bool:
+    """True when pickling the calls on the event loop is sure to be quick."""
+    func = calls[0].func
+    module = getattr(func, "__module__", None)
+    if module in (None, "__main__") or "<" in getattr(func, "__qualname__", "<"):
+        return len(calls) <= 64 and all(_small_args(c) for c in calls)
+    for call in calls:
+        if call.func is not func or not _small_args(call):
+            return False
+    return True
+
+
+def _small_args(call: Call[Any]) -> bool:
+    for value in (*call.args, *call.kwargs.values()):
+        if isinstance(value, _SCALARS):
+            continue
+        if isinstance(value, _SMALL_SEQUENCES) and len(value) <= 4096:
+            continue
+        return False
+    return True
+
+
+@dataclass
+class _Attempt:
+    """What came back from one worker for one job."""
+
+    values: list[Any] = field(default_factory=list)
+    done: bool = False
+    load_error: str | None = None
+    timed_out: int | None = None
+
+
+class ProcessBackend:
+    """Warm worker processes: a loop-wide shared pool, or a private one for ``async with``."""
+
+    name = "processes"
+
+    def __init__(self, n_jobs: int, *, private: bool = False, idle_timeout: float = 300.0):
+        if idle_timeout <= 0:
+            raise ValueError(f"invalid idle_timeout {idle_timeout!r}: expected seconds > 0")
+        self.n_workers = n_jobs
+        self._private = private
+        self._idle_timeout = idle_timeout
+        self._pool: Pool | None = None
+
+    async def __aenter__(self) -> ProcessBackend:
+        if self._private:
+            self._pool = Pool(self.n_workers, self._idle_timeout)
+        else:
+            self._pool = shared_pool(self.n_workers, self._idle_timeout)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pool, self._pool = self._pool, None
+        if self._private and pool is not None:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+
+    @asynccontextmanager
+    async def open_run(self, options: RunOptions) -> AsyncIterator[RunBatch]:
+        if self._pool is None:
+            raise RuntimeError("ProcessBackend used outside 'async with'")
+        pool = self._pool
+        folder = RunFolder(options.temp_folder)
+        if options.temp_folder is not None:
+            folder.path  # noqa: B018  (an unwritable temp_folder fails now, not later)
+
+        async def run_batch(batch: Batch) -> list[Any]:
+            return await _BatchRun(pool, folder, options, batch).run()
+
+        try:
+            yield run_batch
+        finally:
+            if folder.may_exist:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(folder.cleanup)
+
+
+class _BatchRun:
+    """One batch, until every call has a result or a failure (re-running after crashes)."""
+
+    def __init__(self, pool: Pool, folder: RunFolder, options: RunOptions, batch: Batch):
+        self.pool = pool
+        self.folder = folder
+        self.options = options
+        self.batch = batch
+        self.results: dict[int, Any] = {}
+        self.blameless = 0
+
+    def _index(self, position: int) -> int:
+        return self.batch.start + position
+
+    def _name(self, position: int) -> str:
+        return function_name(self.batch.calls[position].func)
+
+    async def run(self) -> list[Any]:
+        calls = self.batch.calls
+        groups = [list(range(len(calls)))]
+        while groups:
+            rest = await self._run_positions(groups.pop(0))
+            if self.options.stop_on_error and any(
+                type(v) is Failure for v in self.results.values()
+            ):
+                break
+            if rest and self._split:  # a job that did not (un)pickle: one call at a time
+                groups[:0] = [[p] for p in rest]
+                self._split = False
+            elif rest:
+                groups.insert(0, rest)
+        out: list[Any] = []
+        for position in range(len(calls)):
+            if position not in self.results:
+                break
+            out.append(self.results[position])
+            if type(out[-1]) is Failure and self.options.stop_on_error:
+                break
+        return out
+
+    async def _run_positions(self, todo: list[int]) -> list[int]:
+        """Run ``todo`` on one worker; return the positions that must run again."""
+        worker = await self.pool.acquire()
+        healthy = False
+        try:
+            try:
+                seq = worker.next_seq()
+                body = await self._pickle(todo, seq)
+            except Exception as exc:
+                healthy = True
+                return self._pickling_failed(todo, exc)
+            try:
+                await worker.sync_env()
+                await worker.write_frame(*body)
+            except OSError:  # the worker died while idle: nobody to blame
+                return self._crashed_between(todo, 0)
+            attempt = await self._collect(worker, seq, todo)
+            if attempt.done:
+                healthy = True
+                return []
+            if attempt.load_error is not None:
+                healthy = True
+                return self._load_failed(todo, attempt.load_error)
+            return await self._crashed(worker, seq, todo, attempt)
+        finally:
+            if not healthy:
+                with anyio.CancelScope(shield=True):
+                    await worker.kill()
+            self.pool.release(worker)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _pickle(self, todo: list[int], seq: int) -> tuple[int, bytes]:
+        calls = [self.batch.calls[p] for p in todo]
+        func = calls[0].func
+        if all(c.func is func and not c.kwargs for c in calls):
+            payload: tuple[Any, list[Any]] = (func, [c.args for c in calls])
+        else:
+            payload = (None, [(c.func, c.args, c.kwargs) for c in calls])
+        options = self.options
+        job = (
+            seq << BATCH_SHIFT,
+            options.stop_on_error,
+            self.folder.path,
+            options.max_nbytes,
+            *payload,
+        )
+
+        def dump() -> tuple[int, bytes]:
+            data = dumps_job(job, self.folder, options.max_nbytes, options.mmap_mode)
+            self.batch.nbytes = len(data)
+            if len(data) > INLINE_LIMIT:
+                self.folder.ensure()
+                return BATCH_FILE, spill(self.folder.path, data, "job-")
+            return BATCH, data
+
+        if _is_small(calls):
+            return dump()
+        return await anyio.to_thread.run_sync(dump)
+
+    def _pickling_failed(self, todo: list[int], exc: Exception) -> list[int]:
+        if len(todo) > 1:  # find the culprit: send the calls one by one
+            self._split = True
+            return todo  # re-run; _run_positions splits below
+        position = todo[0]
+        error = SerializationError(
+            f"task {self._index(position)} ({self._name(position)}) could not be pickled "
+            f"for a worker process: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        attach_task(error, self._index(position), self._name(position))
+        self.results[position] = Failure(error)
+        return []
+
+    def _load_failed(self, todo: list[int], tb: str) -> list[int]:
+        if len(todo) > 1:
+            self._split = True
+            return todo
+        position = todo[0]
+        error = SerializationError(
+            f"task {self._index(position)} ({self._name(position)}) could not be unpickled "
+            "in the worker process (is everything it uses importable there?); "
+            "see the worker traceback below"
+        )
+        attach_task(error, self._index(position), self._name(position), tb)
+        self.results[position] = Failure(error)
+        return []
+
+    _split = False
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _collect(self, worker: WorkerProcess, seq: int, todo: list[int]) -> _Attempt:
+        attempt = _Attempt()
+        timeout = self.options.timeout
+        async with anyio.create_task_group() as tg:
+            if timeout is not None:
+                tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
+            while True:
+                frame = await worker.read_frame()
+                if frame is None:
+                    break
+                kind, body = frame
+                if kind == LOAD_ERROR:
+                    attempt.load_error = body.decode("utf-8", "replace")
+                    break
+                if kind == RESULTS_FILE:
+                    body = await anyio.to_thread.run_sync(unspill, body)
+                first, values, done = await self._loads_results(body, todo, len(attempt.values))
+                for offset, value in enumerate(values):
+                    position = todo[first + offset]
+                    if type(value) is TaskError:
+                        value = self._task_failure(value, position)
+                    self.results[position] = value
+                attempt.values.extend(values)
+                if done:
+                    attempt.done = True
+                    break
+            tg.cancel_scope.cancel()
+        return attempt
+
+    async def _loads_results(
+        self, body: bytes, todo: list[int], received: int
+    ) -> tuple[int, list[Any], bool]:
+        try:
+            if len(body) > THREAD_UNPICKLE_BYTES:
+                result: tuple[int, list[Any], bool] = await anyio.to_thread.run_sync(
+                    pickle.loads, body
+                )
+            else:
+                result = pickle.loads(body)
+            return result
+        except Exception as exc:
+            position = todo[received]
+            error = SerializationError(
+                f"the result of task {self._index(position)} ({self._name(position)}) "
+                f"could not be unpickled in the parent: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            attach_task(error, self._index(position), self._name(position))
+            return received, [Failure(error)], self.options.stop_on_error
+
+    def _task_failure(self, error: TaskError, position: int) -> Failure:
+        exc: BaseException | None = None
+        if error.exc_bytes is not None:
+            try:
+                exc = pickle.loads(error.exc_bytes)
+            except Exception:
+                exc = None
+        index, name = self._index(position), self._name(position)
+        if exc is None:
+            if error.type_name == "SerializationError":
+                exc = SerializationError(f"task {index} ({name}): {error.message}")
+            else:
+                exc = SerializationError(
+                    f"task {index} ({name}) raised {error.type_name}: {error.message} "
+                    "(the exception itself could not be pickled back to the parent)"
+                )
+        attach_task(exc, index, name, error.tb)
+        return Failure(exc)
+
+    async def _watchdog(
+        self, worker: WorkerProcess, seq: int, timeout: float, attempt: _Attempt
+    ) -> None:
+        """Kill the worker when its current call runs past ``timeout``."""
+        while True:
+            running = worker.running(seq)
+            if running is None:
+                await anyio.sleep(min(timeout, 0.05))
+                continue
+            position, started = running
+            late = started + timeout - time.monotonic()
+            if late > 0:
+                await anyio.sleep(late)
+                continue
+            attempt.timed_out = position
+            worker.kill_now()
+            return
+
+    # -- crashes -----------------------------------------------------------------------------
+
+    async def _crashed(
+        self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
+    ) -> list[int]:
+        received = len(attempt.values)
+        running = worker.running(seq)
+        exitcode = await worker.exit_code()
+        if running is None or running[0] < received:
+            return self._crashed_between(todo, received)
+        job_position = running[0]
+        position = todo[job_position]
+        index, name = self._index(position), self._name(position)
+        if attempt.timed_out == job_position:
+            elapsed = time.monotonic() - running[1]
+            error: Exception = TimeoutError(
+                f"task {index} ({name}) ran past timeout={self.options.timeout:g}s "
+                f"({elapsed:.1f}s); its worker process {worker.pid} was killed and replaced"
+            )
+        else:
+            error = WorkerCrashedError(
+                f"the worker process (pid {worker.pid}) running task {index} ({name}) died "
+                f"({describe_exit(exitcode)}): a segfault, os._exit(), an out-of-memory kill "
+                "or a signal from outside; the other tasks of its batch run on a fresh worker",
+                task_index=index,
+                exitcode=exitcode,
+            )
+        attach_task(error, index, name)
+        self.results[position] = Failure(error)
+        return todo[received:job_position] + todo[job_position + 1 :]
+
+    def _crashed_between(self, todo: list[int], received: int) -> list[int]:
+        """The worker died outside any call: re-run the rest, blaming the next call if it
+        keeps happening."""
+        rest = todo[received:]
+        self.blameless += 1
+        if self.blameless < MAX_BLAMELESS_CRASHES or not rest:
+            return rest
+        position = rest[0]
+        index, name = self._index(position), self._name(position)
+        error = WorkerCrashedError(
+            f"worker processes died {self.blameless} times in a row before task {index} "
+            f"({name}) could run",
+            task_index=index,
+        )
+        attach_task(error, index, name)
+        self.results[position] = Failure(error)
+        return rest[1:]

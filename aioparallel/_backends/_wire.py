@@ -1,0 +1,161 @@
+"""The worker protocol's frames and (un)pickling, shared by the parent and the worker.
+
+A frame is a 5-byte header (kind, body length) and a body. Bodies above ``INLINE_LIMIT``
+do not cross the pipe: they are written to a file in the run's private folder and the frame
+carries the file name. This module imports only the standard library, so a worker starts
+fast; numpy and cloudpickle are imported on demand.
+
+Frames, parent -> worker: SETUP (sys.path, cwd), BATCH / BATCH_FILE (a pickled job).
+Worker -> parent: READY (pid), RESULTS / RESULTS_FILE (a pickled ``(position, values,
+done)``), LOAD_ERROR (a job could not be unpickled: traceback text).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import traceback
+from typing import Any
+
+HEADER = struct.Struct("<BI")
+#: Slot layout shared with the parent: ``<q`` task number at 0, ``<d`` start time at 8.
+SLOT_SIZE = 16
+SLOT_POS = struct.Struct("<q")
+SLOT_TIME = struct.Struct("<d")
+#: Task numbers in the slot are ``batch_seq << BATCH_SHIFT | position``.
+BATCH_SHIFT = 24
+
+SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR = range(1, 8)
+INLINE_LIMIT = 1024**2
+
+#: Folder name prefix of every temp folder we create (memmaps, large payloads).
+FOLDER_PREFIX = "aioparallel-"
+
+
+class TaskError:
+    """A task's exception as it crosses back to the parent, with the worker's traceback."""
+
+    __slots__ = ("exc_bytes", "message", "tb", "type_name")
+
+    def __init__(self, exc_bytes: bytes | None, tb: str, type_name: str, message: str):
+        self.exc_bytes = exc_bytes
+        self.tb = tb
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskError, (self.exc_bytes, self.tb, self.type_name, self.message))
+
+    @classmethod
+    def capture(cls, exc: BaseException) -> TaskError:
+        """Called in the worker inside ``except``; pickles the exception if it can."""
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        exc_bytes: bytes | None
+        try:
+            exc_bytes = dumps(exc)
+            pickle.loads(exc_bytes)  # an exception that pickles but cannot be rebuilt
+        except BaseException:
+            exc_bytes = None
+        return cls(exc_bytes, tb, type(exc).__qualname__, _safe_str(exc))
+
+
+def _safe_str(obj: object) -> str:
+    try:
+        return str(obj)
+    except BaseException:
+        return f"<{type(obj).__name__} with a failing __str__>"
+
+
+def dumps(obj: object) -> bytes:
+    """stdlib pickle when it can (fast), cloudpickle when it must (lambdas, closures)."""
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception:
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps(obj, protocol=5))
+
+
+# -- memmapped arrays ------------------------------------------------------------------------
+
+#: Arrays this process loaded from our folders, by data address: passed on by reference.
+_loaded_memmaps: dict[int, tuple[str, str]] = {}
+
+
+def load_memmap(path: str, mmap_mode: str) -> Any:
+    """Rebuild an array written by the parent (``numpy.save``) as a ``numpy.memmap``."""
+    import numpy as np
+
+    array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    _loaded_memmaps[array.__array_interface__["data"][0]] = (path, mmap_mode)
+    return array
+
+
+def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
+    """A by-reference reduction for a whole memmap we loaded earlier, else None."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.memmap) or not obj.size:
+        return None
+    entry = _loaded_memmaps.get(obj.__array_interface__["data"][0])
+    if entry is None or not os.path.exists(entry[0]):
+        return None
+    return (load_memmap, entry)
+
+
+# -- blocking frame I/O (the worker's side) --------------------------------------------------
+
+
+def write_frame(fd: int, kind: int, body: bytes) -> None:
+    data = memoryview(HEADER.pack(kind, len(body)) + body)
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes, or None at end of file."""
+    chunks = []
+    while n:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int) -> tuple[int, bytes] | None:
+    header = read_exact(fd, HEADER.size)
+    if header is None:
+        return None
+    kind, length = HEADER.unpack(header)
+    body = read_exact(fd, length) if length else b""
+    if body is None:
+        return None
+    return kind, body
+
+
+def spill(run_dir: str, body: bytes, prefix: str) -> bytes:
+    """Write a large body to a private file in ``run_dir``; return its path as the new body."""
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=run_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return os.fsencode(path)
+
+
+def unspill(body: bytes) -> bytes:
+    """Read and remove a file written by :func:`spill`."""
+    path = os.fsdecode(body)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)

@@ -1,0 +1,59 @@
+"""Tasks that outlive the caller's scope but not its event loop.
+
+Two things need one: the run behind a streamed result (the consumer's ``async for`` gives
+us no task group) and the warm worker pool's keeper (it must shut the workers down when the
+loop ends). On asyncio the task is a plain task, cancelled by ``asyncio.run`` at the end;
+on trio it is a system task, cancelled when the main task exits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sniffio
+
+__all__ = ["loop_identity", "spawn_detached"]
+
+# asyncio keeps only weak references to tasks: hold ours until they finish.
+_hosts: set[Any] = set()
+
+
+def loop_identity() -> object:
+    """The running event loop (asyncio) or trio run token, as a dictionary key."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token()
+    import asyncio
+
+    return asyncio.get_running_loop()
+
+
+def spawn_detached(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Start ``fn()`` outside the caller's scope; return a sync function that cancels it."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        scope = trio.CancelScope()
+
+        async def host() -> None:
+            with scope:
+                await fn()
+
+        trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
+        return scope.cancel
+
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(fn())  # type: ignore[arg-type]
+    _hosts.add(task)
+    task.add_done_callback(_hosts.discard)
+
+    def cancel() -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(task.cancel)
+
+    return cancel
