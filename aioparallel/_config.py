@@ -46,7 +46,7 @@ def current_config() -> MappingProxyType[str, Any]:
     return _config.get()
 
 
-class parallel_config:  # noqa: N801  (joblib's name)
+class parallel_config:
     """Set defaults for the ``Parallel`` objects created inside this block.
 
     Works as ``with`` and ``async with``. Settings live in a context variable, so concurrent

@@ -9,7 +9,7 @@ on trio it is a system task, cancelled when the main task exits.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import sniffio
@@ -31,7 +31,7 @@ def loop_identity() -> object:
     return asyncio.get_running_loop()
 
 
-def spawn_detached(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
     """Start ``fn()`` outside the caller's scope; return a sync function that cancels it."""
     if sniffio.current_async_library() == "trio":
         import trio
@@ -48,7 +48,7 @@ def spawn_detached(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    task = loop.create_task(fn())  # type: ignore[arg-type]
+    task = loop.create_task(fn())
     _hosts.add(task)
     task.add_done_callback(_hosts.discard)
 

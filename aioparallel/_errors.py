@@ -76,11 +76,13 @@ def attach_task(exc: BaseException, index: int, func_name: str, tb: str | None =
     """Name the task on ``exc`` and chain the worker's traceback text as its cause."""
     note = f"aioparallel: raised by task {index} ({func_name})"
     if tb is not None:
-        exc.__cause__ = RemoteTraceback(f"\n\nWorker traceback of task {index} ({func_name}):\n{tb}")
+        exc.__cause__ = RemoteTraceback(
+            f"\n\nWorker traceback of task {index} ({func_name}):\n{tb}"
+        )
     notes = getattr(exc, "__notes__", None)
     if notes is not None and note in notes:
         return
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:  # Python 3.10
-        exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]
+        exc.__notes__ = [*(notes or []), note]

@@ -62,9 +62,7 @@ class RunFolder:
         """The folder's name (workers create it too, to hand back large results)."""
         if self._path is None:
             base = resolve_temp_base(self._temp_folder)
-            self._path = os.path.join(
-                base, f"{FOLDER_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-            )
+            self._path = os.path.join(base, f"{FOLDER_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
             _live_folders.add(self._path)
         return self._path
 
@@ -75,7 +73,9 @@ class RunFolder:
         except FileExistsError:
             st = os.stat(path)
             if st.st_uid != os.getuid() or st.st_mode & 0o077:
-                raise OSError(f"temp folder {path!r} exists and is not private to this user") from None
+                raise OSError(
+                    f"temp folder {path!r} exists and is not private to this user"
+                ) from None
         return path
 
     def array_path(self, array: Any) -> str:
@@ -108,7 +108,7 @@ class RunFolder:
         return self._path is not None
 
 
-class _JobPickler(cloudpickle.Pickler):
+class _JobPickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, plus large arrays sent by file and our memmaps sent by reference."""
 
     def __init__(self, file: Any, folder: RunFolder, max_nbytes: int | None, mmap_mode: str):

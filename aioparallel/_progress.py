@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import anyio
 
@@ -32,7 +32,7 @@ class ProgressEvent:
     elapsed: float
 
 
-ProgressCallback = Callable[[ProgressEvent], Union[Awaitable[Any], Any]]
+ProgressCallback = Callable[[ProgressEvent], Awaitable[Any] | Any]
 
 
 def verbosity_filter(index: int, verbose: int) -> bool:
@@ -153,7 +153,7 @@ class ProgressReporter:
         if self._bar is None:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.label.split(" with")[0], leave=True)
+            self._bar = tqdm(total=self.total, desc=self._name, leave=True)
         if self.total is not None and self._bar.total != self.total:
             self._bar.total = self.total
         self._bar.update(snap.completed - self._bar.n)
@@ -177,7 +177,9 @@ class ProgressReporter:
         if not snap.dispatch_done:
             if verbosity_filter(snap.dispatched_batches, self.verbose):
                 return
-            self._print(f"Done {snap.completed:3d} tasks      | elapsed: {short_format_time(elapsed)}")
+            self._print(
+                f"Done {snap.completed:3d} tasks      | elapsed: {short_format_time(elapsed)}"
+            )
             return
         index = snap.completed
         total = snap.dispatched

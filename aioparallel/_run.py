@@ -28,7 +28,6 @@ import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
 from ._batching import AutoBatcher, FixedBatcher
-from ._budget import Budget
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
@@ -141,7 +140,9 @@ class Run:
             values = await run_batch(batch)
             self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
             if self._widen_base is not None:
-                self.budget.widen(max(self._widen_base, 2 * self.backend.n_workers * self.batcher.size))
+                self.budget.widen(
+                    max(self._widen_base, 2 * self.backend.n_workers * self.batcher.size)
+                )
             if not self._deliver(start, values, len(calls)):
                 return
 

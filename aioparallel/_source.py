@@ -55,7 +55,7 @@ class Source:
                 self.total = -1
             if self.total < 0 or not hasattr(iterable, "__len__"):
                 self.total = None
-            self._sync = iter(iterable)  # type: ignore[call-overload]
+            self._sync = iter(iterable)
         else:
             raise TypeError(
                 f"Parallel(...) needs an iterable or async iterable of delayed calls, "

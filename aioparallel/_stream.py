@@ -10,11 +10,12 @@ which then cleans up exactly as a cancelled ``await`` does. ``aclose()`` (or
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
+
 from ._detached import spawn_detached
 from ._results import Sink
 
@@ -22,10 +23,13 @@ __all__ = ["ResultStream"]
 
 R = TypeVar("R")
 
+
 class ResultStream(AsyncIterator[R], Generic[R]):
     """Results streamed from a run; the run starts on the first ``__anext__``."""
 
-    def __init__(self, make_run: Callable[[], tuple[Sink[R], Callable[[], Awaitable[None]]]]):
+    def __init__(
+        self, make_run: Callable[[], tuple[Sink[R], Callable[[], Coroutine[Any, Any, None]]]]
+    ):
         self._make_run = make_run
         self._sink: Any = None
         self._cancel: Callable[[], None] | None = None

@@ -279,10 +279,10 @@ class Pool:
             else:
                 self._waiters.remove(entry)
             raise
-        worker = handed[0]
-        if worker is None:  # a permission to replace a dead worker
+        given = handed[0]
+        if given is None:  # a permission to replace a dead worker
             return await self._spawn()
-        return worker
+        return given
 
     async def _spawn(self) -> WorkerProcess:
         try:
@@ -364,7 +364,7 @@ def shared_pool(size: int, idle_timeout: float) -> Pool:
 
     async def keeper() -> None:
         try:
-            while True:
+            while True:  # noqa: ASYNC110 (a timer that reaps idle workers)
                 await anyio.sleep(await pool.reap_idle())
         finally:
             _shared.pop(key, None)

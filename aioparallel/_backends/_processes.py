@@ -26,8 +26,17 @@ from .._errors import SerializationError, WorkerCrashedError, attach_task, descr
 from .._memmap import RunFolder, dumps_job
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._pool import Pool, WorkerProcess, shared_pool
-from ._wire import BATCH, BATCH_FILE, BATCH_SHIFT, INLINE_LIMIT, LOAD_ERROR, RESULTS_FILE
-from ._wire import TaskError, spill, unspill
+from ._wire import (
+    BATCH,
+    BATCH_FILE,
+    BATCH_SHIFT,
+    INLINE_LIMIT,
+    LOAD_ERROR,
+    RESULTS_FILE,
+    TaskError,
+    spill,
+    unspill,
+)
 
 __all__ = ["ProcessBackend"]
 
@@ -319,7 +328,11 @@ class _BatchRun:
         return Failure(exc)
 
     async def _watchdog(
-        self, worker: WorkerProcess, seq: int, timeout: float, attempt: _Attempt
+        self,
+        worker: WorkerProcess,
+        seq: int,
+        timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
+        attempt: _Attempt,
     ) -> None:
         """Kill the worker when its current call runs past ``timeout``."""
         while True:

@@ -88,7 +88,7 @@ def load_memmap(path: str, mmap_mode: str) -> Any:
     """Rebuild an array written by the parent (``numpy.save``) as a ``numpy.memmap``."""
     import numpy as np
 
-    array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
     _loaded_memmaps[array.__array_interface__["data"][0]] = (path, mmap_mode)
     return array
 

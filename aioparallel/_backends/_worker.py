@@ -54,7 +54,11 @@ class _ResultPickler(pickle.Pickler):
         reference = _wire.memmap_reference(obj)
         if reference is not None:
             return reference
-        if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and obj.dtype.hasobject is False:
+        if (
+            self.max_nbytes is not None
+            and obj.nbytes > self.max_nbytes
+            and obj.dtype.hasobject is False
+        ):
             import tempfile
 
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
@@ -161,9 +165,7 @@ def _picklable(value: Any) -> Any:
         _wire.dumps(value)
         return value
     except BaseException as exc:
-        error = TypeError(
-            f"the result could not be pickled ({type(value).__name__}): {exc}"
-        )
+        error = TypeError(f"the result could not be pickled ({type(value).__name__}): {exc}")
         error.__cause__ = exc
         return _wire.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
 

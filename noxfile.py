@@ -1,0 +1,47 @@
+"""Sessions: tests, heavy (load/soak), lint, typecheck, docs, bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def heavy(session: nox.Session) -> None:
+    """The reliability suite's long variants (load, soak)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "aioparallel", "tests", "benchmarks", "examples")
+    session.run("ruff", "format", "--check", "aioparallel", "tests", "benchmarks", "examples")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against peers; pass --quick for a one-minute run."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "aioparallel", "bench", *session.posargs)
