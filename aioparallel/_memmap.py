@@ -9,6 +9,7 @@ on every path; folders still present at interpreter exit are removed then.
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import os
 import secrets
@@ -37,7 +38,12 @@ def _remove_leftovers() -> None:
 
 def resolve_temp_base(temp_folder: str | None) -> str:
     """``temp_folder``, else ``$AIOPARALLEL_TEMP_FOLDER``, else /dev/shm, else the temp dir."""
-    chosen = temp_folder or os.environ.get(TEMP_FOLDER_ENV)
+    return _resolve(temp_folder, os.environ.get(TEMP_FOLDER_ENV))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolve(temp_folder: str | None, from_env: str | None) -> str:
+    chosen = temp_folder or from_env
     if chosen:
         if not os.path.isdir(chosen) or not os.access(chosen, os.W_OK | os.X_OK):
             source = "temp_folder" if temp_folder else f"${TEMP_FOLDER_ENV}"
@@ -104,8 +110,8 @@ class RunFolder:
             _live_folders.discard(self._path)
 
     @property
-    def may_exist(self) -> bool:
-        return self._path is not None
+    def exists(self) -> bool:
+        return self._path is not None and os.path.lexists(self._path)
 
 
 class _JobPickler(cloudpickle.Pickler):  # type: ignore[misc]

@@ -69,7 +69,7 @@ class Run:
         if reporter.total is None:
             reporter.total = self.source.total
         self.error: BaseException | None = None
-        self._take_lock = anyio.Lock()
+        self._take_lock = anyio.Lock(fast_acquire=True)
         self._lanes: anyio.abc.TaskGroup | None = None
 
     async def execute(self) -> None:
@@ -77,11 +77,16 @@ class Run:
         try:
             async with self.backend.open_run(self.options) as run_batch:
                 async with anyio.create_task_group() as outer:
-                    outer.start_soon(self.reporter.run)
+                    if self.reporter.enabled:
+                        outer.start_soon(self.reporter.run)
                     async with anyio.create_task_group() as lanes:
                         self._lanes = lanes
-                        for _ in range(max(1, self.backend.n_workers)):
+                        n_lanes = max(1, self.backend.n_workers)
+                        if self.source.total is not None:
+                            n_lanes = max(1, min(n_lanes, self.source.total))
+                        for _ in range(n_lanes - 1):
                             lanes.start_soon(self._lane, run_batch)
+                        await self._lane(run_batch)
                     if self.error is None:
                         await self.reporter.drain()
                     outer.cancel_scope.cancel()

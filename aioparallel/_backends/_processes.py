@@ -121,7 +121,7 @@ class ProcessBackend:
         try:
             yield run_batch
         finally:
-            if folder.may_exist:
+            if folder.exists:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(folder.cleanup)
 
@@ -261,31 +261,37 @@ class _BatchRun:
     async def _collect(self, worker: WorkerProcess, seq: int, todo: list[int]) -> _Attempt:
         attempt = _Attempt()
         timeout = self.options.timeout
+        if timeout is None:
+            await self._receive(worker, todo, attempt)
+            return attempt
         async with anyio.create_task_group() as tg:
-            if timeout is not None:
-                tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
-            while True:
-                frame = await worker.read_frame()
-                if frame is None:
-                    break
-                kind, body = frame
-                if kind == LOAD_ERROR:
-                    attempt.load_error = body.decode("utf-8", "replace")
-                    break
-                if kind == RESULTS_FILE:
-                    body = await anyio.to_thread.run_sync(unspill, body)
-                first, values, done = await self._loads_results(body, todo, len(attempt.values))
-                for offset, value in enumerate(values):
-                    position = todo[first + offset]
-                    if type(value) is TaskError:
-                        value = self._task_failure(value, position)
-                    self.results[position] = value
-                attempt.values.extend(values)
-                if done:
-                    attempt.done = True
-                    break
+            tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
+            await self._receive(worker, todo, attempt)
             tg.cancel_scope.cancel()
         return attempt
+
+    async def _receive(self, worker: WorkerProcess, todo: list[int], attempt: _Attempt) -> None:
+        """Read result frames into ``self.results`` until the job is done or the worker dies."""
+        while True:
+            frame = await worker.read_frame()
+            if frame is None:
+                break
+            kind, body = frame
+            if kind == LOAD_ERROR:
+                attempt.load_error = body.decode("utf-8", "replace")
+                break
+            if kind == RESULTS_FILE:
+                body = await anyio.to_thread.run_sync(unspill, body)
+            first, values, done = await self._loads_results(body, todo, len(attempt.values))
+            for offset, value in enumerate(values):
+                position = todo[first + offset]
+                if type(value) is TaskError:
+                    value = self._task_failure(value, position)
+                self.results[position] = value
+            attempt.values.extend(values)
+            if done:
+                attempt.done = True
+                break
 
     async def _loads_results(
         self, body: bytes, todo: list[int], received: int
