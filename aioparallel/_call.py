@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -51,18 +53,34 @@ class Call(Generic[R]):
         return f"delayed({function_name(self.func)})(...)"
 
 
+# ``delayed(f)(x) for x in xs`` asks for the same wrapper once per item: build it once.
+# Only for plain functions: their equality is identity, so a cached wrapper is always theirs.
+_CACHEABLE = frozenset({types.FunctionType})
+_wrappers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
 def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]:
     """Defer ``func``: ``delayed(f)(x, y=1)`` records the call instead of making it.
 
     The wrapper keeps ``func``'s name, docstring and parameter types.
     """
-    if not callable(func):
+    cacheable = type(func) in _CACHEABLE
+    if cacheable:
+        cached: Callable[P, Call[R]] | None = _wrappers.get(func)
+        if cached is not None:
+            return cached
+    elif not callable(func):
         raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")
 
-    @functools.wraps(func)
     def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Call[R]:
         return Call(func, args, kwargs)
 
+    try:
+        delayed_function = functools.wraps(func)(delayed_function)
+    except AttributeError:  # some callable objects lack __name__
+        pass
+    if cacheable:
+        _wrappers[func] = delayed_function
     return delayed_function
 
 

@@ -44,8 +44,9 @@ __all__ = ["ProcessBackend"]
 THREAD_UNPICKLE_BYTES = 256 * 1024
 #: Crashes that hit no call (the worker died between calls) before we blame the next call.
 MAX_BLAMELESS_CRASHES = 3
-_SCALARS = (int, float, bool, type(None), complex)
-_SMALL_SEQUENCES = (str, bytes)
+_MISSING: Any = object()
+_SCALARS = frozenset({int, float, bool, type(None), complex})
+_SMALL_SEQUENCES = frozenset({str, bytes})
 
 
 def _is_small(calls: Sequence[Call[Any]]) -> bool:
@@ -61,12 +62,13 @@ def _is_small(calls: Sequence[Call[Any]]) -> bool:
 
 
 def _small_args(call: Call[Any]) -> bool:
-    for value in (*call.args, *call.kwargs.values()):
-        if isinstance(value, _SCALARS):
-            continue
-        if isinstance(value, _SMALL_SEQUENCES) and len(value) <= 4096:
+    for value in call.args:
+        kind = type(value)
+        if kind in _SCALARS or (kind in _SMALL_SEQUENCES and len(value) <= 4096):
             continue
         return False
+    if call.kwargs:
+        return _small_args(Call(call.func, tuple(call.kwargs.values()), {}))
     return True
 
 
@@ -134,7 +136,8 @@ class _BatchRun:
         self.folder = folder
         self.options = options
         self.batch = batch
-        self.results: dict[int, Any] = {}
+        self.results: list[Any] = [_MISSING] * len(batch.calls)
+        self.failed = False
         self.blameless = 0
 
     def _index(self, position: int) -> int:
@@ -148,21 +151,21 @@ class _BatchRun:
         groups = [list(range(len(calls)))]
         while groups:
             rest = await self._run_positions(groups.pop(0))
-            if self.options.stop_on_error and any(
-                type(v) is Failure for v in self.results.values()
-            ):
+            if self.failed and self.options.stop_on_error:
                 break
             if rest and self._split:  # a job that did not (un)pickle: one call at a time
                 groups[:0] = [[p] for p in rest]
                 self._split = False
             elif rest:
                 groups.insert(0, rest)
-        out: list[Any] = []
-        for position in range(len(calls)):
-            if position not in self.results:
+        if not self.failed:
+            return self.results
+        out: list[Any] = []  # with stop_on_error: up to the first failure
+        for value in self.results:
+            if value is _MISSING:
                 break
-            out.append(self.results[position])
-            if type(out[-1]) is Failure and self.options.stop_on_error:
+            out.append(value)
+            if type(value) is Failure and self.options.stop_on_error:
                 break
         return out
 
@@ -237,7 +240,7 @@ class _BatchRun:
         )
         error.__cause__ = exc
         attach_task(error, self._index(position), self._name(position))
-        self.results[position] = Failure(error)
+        self._fail(position, error)
         return []
 
     def _load_failed(self, todo: list[int], tb: str) -> list[int]:
@@ -251,7 +254,7 @@ class _BatchRun:
             "see the worker traceback below"
         )
         attach_task(error, self._index(position), self._name(position), tb)
-        self.results[position] = Failure(error)
+        self._fail(position, error)
         return []
 
     _split = False
@@ -283,11 +286,13 @@ class _BatchRun:
             if kind == RESULTS_FILE:
                 body = await anyio.to_thread.run_sync(unspill, body)
             first, values, done = await self._loads_results(body, todo, len(attempt.values))
-            for offset, value in enumerate(values):
-                position = todo[first + offset]
-                if type(value) is TaskError:
-                    value = self._task_failure(value, position)
-                self.results[position] = value
+            results = self.results
+            for offset, value in enumerate(values, first):
+                position = todo[offset]
+                if type(value) is TaskError or type(value) is Failure:
+                    self._fail(position, value)
+                else:
+                    results[position] = value
             attempt.values.extend(values)
             if done:
                 attempt.done = True
@@ -313,6 +318,16 @@ class _BatchRun:
             error.__cause__ = exc
             attach_task(error, self._index(position), self._name(position))
             return received, [Failure(error)], self.options.stop_on_error
+
+    def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
+        if isinstance(error, TaskError):
+            failure = self._task_failure(error, position)
+        elif isinstance(error, Failure):
+            failure = error
+        else:
+            failure = Failure(error)
+        self.results[position] = failure
+        self.failed = True
 
     def _task_failure(self, error: TaskError, position: int) -> Failure:
         exc: BaseException | None = None
@@ -383,7 +398,7 @@ class _BatchRun:
                 exitcode=exitcode,
             )
         attach_task(error, index, name)
-        self.results[position] = Failure(error)
+        self._fail(position, error)
         return todo[received:job_position] + todo[job_position + 1 :]
 
     def _crashed_between(self, todo: list[int], received: int) -> list[int]:
@@ -401,5 +416,5 @@ class _BatchRun:
             task_index=index,
         )
         attach_task(error, index, name)
-        self.results[position] = Failure(error)
+        self._fail(position, error)
         return rest[1:]
