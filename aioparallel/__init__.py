@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+# Not `from typing import ...`: a worker process imports this package, and typing costs ~20 ms.
+TYPE_CHECKING = False
 __version__ = "0.1.0"
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._backends._base import Backend as Backend
     from ._call import Call as Call
     from ._call import delayed as delayed

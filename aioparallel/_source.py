@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ._call import Call
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
+
+
+#: Longest stretch spent pulling items from a sync iterable before the loop gets a turn.
+TAKE_SECONDS = 0.002
 
 
 class NotACallError(TypeError):
@@ -65,14 +70,17 @@ class Source:
         self.exhausted = False
 
     async def take(self, n: int) -> list[Call[Any]]:
-        """Up to ``n`` calls; fewer means the input is exhausted. Producer errors are wrapped."""
+        """Up to ``n`` calls (fewer when the input ends, see ``exhausted``, or is slow to
+        produce them). Errors raised by the input are wrapped in ProducerError."""
         calls: list[Call[Any]] = []
         index = self.taken
         try:
             if self._sync is not None:
+                # A slow producer runs on the event loop: yield back after TAKE_SECONDS.
+                deadline = time.perf_counter() + TAKE_SECONDS
                 for item in self._sync:
                     calls.append(item if type(item) is Call else as_call(item, index + len(calls)))
-                    if len(calls) >= n:
+                    if len(calls) >= n or (not len(calls) % 64 and time.perf_counter() > deadline):
                         break
                 else:
                     self.exhausted = True

@@ -44,13 +44,17 @@ __all__ = ["ProcessBackend"]
 THREAD_UNPICKLE_BYTES = 256 * 1024
 #: Crashes that hit no call (the worker died between calls) before we blame the next call.
 MAX_BLAMELESS_CRASHES = 3
+#: Larger batches are pickled in a thread even when every argument is a scalar.
+INLINE_PICKLE_CALLS = 256
 _MISSING: Any = object()
 _SCALARS = frozenset({int, float, bool, type(None), complex})
 _SMALL_SEQUENCES = frozenset({str, bytes})
 
 
 def _is_small(calls: Sequence[Call[Any]]) -> bool:
-    """True when pickling the calls on the event loop is sure to be quick."""
+    """True when pickling the calls on the event loop is sure to be quick (well under 1 ms)."""
+    if len(calls) > INLINE_PICKLE_CALLS:
+        return False
     func = calls[0].func
     module = getattr(func, "__module__", None)
     if module in (None, "__main__") or "<" in getattr(func, "__qualname__", "<"):

@@ -69,12 +69,13 @@ class ThreadBackend:
             results: list[Any] = []
             for offset, call in enumerate(calls):
                 index = batch.start + offset
-                began = time.monotonic()
-                with anyio.move_on_after(timeout) as scope:
-                    value = await anyio.to_thread.run_sync(
-                        _run_calls, index, [call], options.stop_on_error,
-                        limiter=limiter, abandon_on_cancel=True,
-                    )  # fmt: skip
+                async with limiter:  # waiting for a thread is not part of the timeout
+                    began = time.monotonic()
+                    with anyio.move_on_after(timeout) as scope:
+                        value = await anyio.to_thread.run_sync(
+                            _run_calls, index, [call], options.stop_on_error,
+                            abandon_on_cancel=True,
+                        )  # fmt: skip
                 if scope.cancelled_caught:
                     name = function_name(call.func)
                     exc = TimeoutError(

@@ -16,7 +16,6 @@ import os
 import pickle
 import struct
 import sys
-import traceback
 from typing import Any
 
 HEADER = struct.Struct("<BI")
@@ -51,6 +50,8 @@ class TaskError:
     @classmethod
     def capture(cls, exc: BaseException) -> TaskError:
         """Called in the worker inside ``except``; pickles the exception if it can."""
+        import traceback
+
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         exc_bytes: bytes | None
         try:
