@@ -252,6 +252,8 @@ class Pool:
         self._live = 0
         self._waiters: deque[tuple[anyio.Event, list[WorkerProcess | None]]] = deque()
         self.closed = False
+        #: Set when the idle timeout changes, so the keeper recomputes its next wake-up.
+        self.retimed = anyio.Event()
 
     async def acquire(self) -> WorkerProcess:
         if self.closed:
@@ -357,15 +359,19 @@ def shared_pool(size: int, idle_timeout: float) -> Pool:
     key = (loop_identity(), size)
     pool = _shared.get(key)
     if pool is not None and not pool.closed:
-        pool.idle_timeout = idle_timeout
+        if pool.idle_timeout != idle_timeout:
+            pool.idle_timeout = idle_timeout
+            pool.retimed.set()
         return pool
     pool = Pool(size, idle_timeout)
     _shared[key] = pool
 
     async def keeper() -> None:
         try:
-            while True:  # noqa: ASYNC110 (a timer that reaps idle workers)
-                await anyio.sleep(await pool.reap_idle())
+            while True:
+                with anyio.move_on_after(await pool.reap_idle()):
+                    await pool.retimed.wait()
+                    pool.retimed = anyio.Event()
         finally:
             _shared.pop(key, None)
             with anyio.CancelScope(shield=True):
