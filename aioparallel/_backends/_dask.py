@@ -194,17 +194,15 @@ class _DaskRun:
             outcomes: list[Outcome] = await future
         except KilledWorker as exc:
             return _crashed(batch, exc, options.stop_on_error)
-        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-            raise
         except Exception as exc:
             if future.cancelled():  # by someone else: the client closed, the scheduler left
                 raise AioParallelError(
                     f"the dask task of task {batch.start} ({name}) was cancelled outside "
                     f"aioparallel: {exc}"
                 ) from exc
-            # _run_calls catches everything once the calls start, so this failed before any
-            # call ran (the worker could not unpickle an argument, a module is missing there):
-            # running the calls one per task is safe and names the culprit.
+            # _run_calls catches everything once its calls start, so this failed before any
+            # of them ran (the worker could not unpickle an argument; a module is missing
+            # there): running the calls one per task is then safe, and names the culprit.
             if len(batch.calls) > 1:
                 return await self._one_by_one(batch)
             attach_task(exc, batch.start, name, "".join(traceback.format_exception(exc)))
