@@ -221,7 +221,8 @@ class Parallel(Generic[M]):
             return ProcessBackend(self.n_jobs, private=private, **self._backend_options)
         from ._backends._dask import DaskBackend
 
-        return DaskBackend(self.n_jobs or None, **self._backend_options)
+        # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs
+        return DaskBackend(self._n_jobs_arg, **self._backend_options)
 
     @asynccontextmanager
     async def _backend(self) -> AsyncIterator[Backend]:
