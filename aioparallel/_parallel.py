@@ -162,7 +162,9 @@ class Parallel(Generic[M]):
             raise ValueError(f"invalid batch_size {batch_size!r}: expected 'auto' or an int >= 1")
         self._batch_size = None if batch_size == "auto" else int(batch_size)
         self._pre_dispatch_arg = pre_dispatch
-        self._widen_bound = pre_dispatch == _DEFAULT_PRE_DISPATCH and self._batch_size is None
+        # The default bound counts batches (as joblib's does) so batching never starves a
+        # worker; an explicit pre_dispatch is a hard bound on calls.
+        self._widen_bound = pre_dispatch == _DEFAULT_PRE_DISPATCH
         parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0

@@ -94,6 +94,7 @@ class ProgressReporter:
         self.enabled = bool(verbose) or self._callback is not None or self._want_bar
         self._queue: deque[_Snapshot] = deque()
         self._wake = anyio.Event()
+        self._finishing = False
 
     # -- called by the run, never blocking -------------------------------------------------
 
@@ -121,8 +122,13 @@ class ProgressReporter:
 
     # -- the reporter task -----------------------------------------------------------------
 
+    def finish(self) -> None:
+        """The run succeeded: report what is queued, then let :meth:`run` return."""
+        self._finishing = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Report snapshots as they come, until cancelled by the run."""
+        """Report snapshots one at a time, in order, until :meth:`finish` (or cancellation)."""
         if not self.enabled:
             return
         if self.verbose:
@@ -131,13 +137,14 @@ class ProgressReporter:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                await self.drain()
+                await self._drain()
+                if self._finishing and not self._queue:
+                    return
         finally:
             if self._bar is not None:
                 self._bar.close()
 
-    async def drain(self) -> None:
-        """Report every queued snapshot (the run calls this once more at the end)."""
+    async def _drain(self) -> None:
         while self._queue:
             snap = self._queue.popleft()
             if self.verbose:

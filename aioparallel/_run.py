@@ -62,7 +62,9 @@ class Run:
         )
         self.budget = sink.budget
         self.budget.limit = pre_dispatch
-        self._widen_base = pre_dispatch if widen_bound else None
+        self._widen = widen_bound
+        if widen_bound:
+            self.budget.widen(2 * backend.n_workers * self.batcher.size)
         self.return_exceptions = return_exceptions
         self.sink = sink
         self.reporter = reporter
@@ -88,8 +90,9 @@ class Run:
                             lanes.start_soon(self._lane, run_batch)
                         await self._lane(run_batch)
                     if self.error is None:
-                        await self.reporter.drain()
-                    outer.cancel_scope.cancel()
+                        self.reporter.finish()  # the outer group waits for the last report
+                    else:
+                        outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         finally:
@@ -144,10 +147,8 @@ class Run:
             began = time.perf_counter()
             values = await run_batch(batch)
             self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
-            if self._widen_base is not None:
-                self.budget.widen(
-                    max(self._widen_base, 2 * self.backend.n_workers * self.batcher.size)
-                )
+            if self._widen:  # the default bound: 2 batches per worker
+                self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, len(calls)):
                 return
 

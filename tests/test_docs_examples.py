@@ -149,11 +149,6 @@ def test_extraction(tmp_path: Path) -> None:
 # -- claims of the prose -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the run's final drain() and the reporter task run a slow async callback "
-    "concurrently, then the reporter is cancelled mid-callback (_run.py Run.execute)",
-)
 @pytest.mark.asyncio
 async def test_async_progress_callback_sees_every_batch_in_turn() -> None:
     """progress.md: the callback is awaited after each finished batch."""
@@ -176,11 +171,6 @@ async def test_async_progress_callback_sees_every_batch_in_turn() -> None:
     ), seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with an explicit batch_size >= pre_dispatch / n_jobs, one batch takes the "
-    "whole pre_dispatch budget and the other workers wait (_run.py Run._take_batch)",
-)
 @pytest.mark.asyncio
 async def test_explicit_batch_size_keeps_every_worker_busy() -> None:
     """joblib.md: batch_size sets the calls per round trip, n_jobs the workers."""
