@@ -1,0 +1,343 @@
+"""Run workloads W1-W7 for aioparallel and its peers; print a table, write JSON/PNG.
+
+``python -m benchmarks.run [--smoke | --quick] [--only W1,W3] [--peers a,b]
+[--json PATH] [--plot PATH]`` (also ``python -m aioparallel bench`` and ``nox -s bench``).
+
+Peers are interleaved: each round runs every peer once, and figures are medians over
+rounds, so a slow minute on the machine hurts every peer alike instead of one. In a
+round each peer gets one warm session (pool opened, warmed, W1/W2/W3/W6 measured,
+closed); W4, W5 and W7 run one fresh interpreter per peer (see ``child.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.child import RESULT_PREFIX
+from benchmarks.peers import PEERS, Peer
+from benchmarks.probes import Heartbeat, percentile
+from benchmarks.workloads import calibrate, double, noop, spin_25ms
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each workload is in a mode; full sizes are BENCHMARKS.md's."""
+
+    mode: str
+    rounds: int  # rounds of W1-W4 and W6
+    mem_rounds: int  # rounds of W5/W7: a fresh process each, and peaks vary little
+    w1_calls: int
+    w2_calls: int
+    w3_calls: int
+    w5_mb: float
+    w5_calls: int
+    w6_calls: int
+    w7_items: int
+    w7_item_bytes: int
+    slow_s: float  # a measurement slower than this is not repeated in later rounds
+    timeout_s: float  # per measurement, so a hung peer fails instead of hanging the run
+    check_all: bool  # compare W2's results call by call (costs a sequential W2)
+
+
+MODES = {
+    "smoke": Sizes(
+        mode="smoke", rounds=1, mem_rounds=1, w1_calls=300, w2_calls=4, w3_calls=5,
+        w5_mb=4, w5_calls=4, w6_calls=200, w7_items=200, w7_item_bytes=10_240,
+        slow_s=1.0, timeout_s=60, check_all=True,
+    ),
+    "quick": Sizes(
+        mode="quick", rounds=3, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
+        w5_mb=40, w5_calls=16, w6_calls=5_000, w7_items=20_000, w7_item_bytes=10_240,
+        slow_s=2.0, timeout_s=120, check_all=False,
+    ),
+    "full": Sizes(
+        mode="full", rounds=3, mem_rounds=3, w1_calls=100_000, w2_calls=64, w3_calls=200,
+        w5_mb=400, w5_calls=16, w6_calls=20_000, w7_items=200_000, w7_item_bytes=10_240,
+        slow_s=10.0, timeout_s=600, check_all=False,
+    ),
+}  # fmt: skip
+
+
+# --- W1-W7: one measurement of one peer ------------------------------------------
+
+
+async def w1(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W1: throughput of tiny calls (overhead per call: dispatch, batching, pickling)."""
+    args = [(i,) for i in range(sz.w1_calls)]
+    t0 = time.perf_counter()
+    results = await peer.map(double, args)
+    seconds = time.perf_counter() - t0
+    assert results == [2 * i for i in range(sz.w1_calls)], "W1: wrong results"
+    return {"calls_per_s": sz.w1_calls / seconds, "seconds": seconds}
+
+
+async def w2(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W2: CPU-bound calls holding the GIL; the speedup is taken against sequential."""
+    args = [(i,) for i in range(sz.w2_calls)]
+    t0 = time.perf_counter()
+    results = await peer.map(spin_25ms, args)
+    seconds = time.perf_counter() - t0
+    assert len(results) == sz.w2_calls, "W2: wrong number of results"
+    if sz.check_all:
+        assert results == [spin_25ms(*a) for a in args], "W2: wrong results"
+    return {"seconds": seconds}
+
+
+async def w3(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W3: latency of one trivial call on a warm pool (polling loops show up here)."""
+    lat = []
+    for _ in range(sz.w3_calls):
+        t0 = time.perf_counter()
+        results = await peer.map(noop, [()])
+        lat.append(time.perf_counter() - t0)
+        assert results == [None], "W3: wrong result"
+    return {"p50_us": percentile(lat, 50) * 1e6, "p99_us": percentile(lat, 99) * 1e6}
+
+
+def _child(workload: str, name: str, sz: Sizes, params: dict[str, Any]) -> dict[str, Any]:
+    """Run ``benchmarks.child`` in a fresh interpreter; returns its result and wall time."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "benchmarks.child", workload, name, json.dumps(params)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=sz.timeout_s)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        raise RuntimeError(f"{workload} child exited {proc.returncode}: {tail}")
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result["wall_s"] = wall
+    return result
+
+
+def w4(name: str, sz: Sizes) -> dict[str, float]:
+    """W4: a fresh interpreter imports the peer and makes 2 calls; wall time to exit."""
+    return {"seconds": _child("W4", name, sz, {})["wall_s"]}
+
+
+def w5(name: str, sz: Sizes) -> dict[str, float]:
+    """W5: a big array passed to every call: seconds, peak RSS above idle, loop lag."""
+    r = _child("W5", name, sz, {"mb": sz.w5_mb, "calls": sz.w5_calls})
+    keys = ("seconds", "extra_mb", "shm_mb", "array_mb", "lag_p99_ms", "lag_max_ms")
+    return {k: r[k] for k in keys}
+
+
+async def w6(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W6, first half: loop lag during many small calls (W5's half comes from ``w5``)."""
+    args = [(i,) for i in range(sz.w6_calls)]
+    async with Heartbeat() as beat:
+        results = await peer.map(double, args)
+    assert results == [2 * i for i in range(sz.w6_calls)], "W6: wrong results"
+    return {"w1_p99_ms": beat.p99_ms, "w1_max_ms": beat.max_ms}
+
+
+def w7(name: str, sz: Sizes) -> dict[str, float]:
+    """W7: a lazy generator of 10 KB items: how much does the parent hold at peak?"""
+    r = _child("W7", name, sz, {"items": sz.w7_items, "item_bytes": sz.w7_item_bytes})
+    return {k: r[k] for k in ("parent_mb", "seconds", "input_mb")}
+
+
+IN_SESSION: dict[str, Callable[[Peer, Sizes], Awaitable[dict[str, float]]]] = {
+    "W1": w1,
+    "W2": w2,
+    "W3": w3,
+    "W6": w6,
+}
+IN_CHILD: dict[str, Callable[[str, Sizes], dict[str, float]]] = {"W4": w4, "W5": w5, "W7": w7}
+
+
+# --- orchestration ----------------------------------------------------------------
+
+
+class Collector:
+    """Samples and errors per (workload, peer), and which of them are too slow to repeat."""
+
+    def __init__(self, sz: Sizes) -> None:
+        self.sz = sz
+        self.samples: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+        self.errors: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.slow: set[tuple[str, str]] = set()
+
+    def wants(self, wid: str, name: str) -> bool:
+        return (wid, name) not in self.slow and not self.errors.get((wid, name))
+
+    def add(self, wid: str, name: str, rnd: int, out: dict[str, float], took: float) -> None:
+        self.samples[(wid, name)].append(out)
+        if took > self.sz.slow_s:
+            self.slow.add((wid, name))
+        shown = ", ".join(f"{k}={v:,.4g}" for k, v in out.items())
+        print(f"[{wid} round {rnd + 1}] {name}: {shown} ({took:.2f} s)", file=sys.stderr)
+
+    def fail(self, wid: str, name: str, exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {exc}"
+        self.errors[(wid, name)].append(msg)
+        print(f"[{wid}] {name}: FAILED {msg}", file=sys.stderr)
+
+
+async def session(name: str, wids: list[str], col: Collector, rnd: int) -> None:
+    """One warm pool for one peer; the in-process workloads of this round run on it."""
+    try:
+        async with PEERS[name]() as peer:
+            for wid in wids:
+                t0 = time.perf_counter()
+                try:
+                    out = await asyncio.wait_for(IN_SESSION[wid](peer, col.sz), col.sz.timeout_s)
+                except Exception as exc:
+                    col.fail(wid, name, exc)
+                else:
+                    col.add(wid, name, rnd, out, time.perf_counter() - t0)
+    except Exception as exc:  # the pool failed to start or to close
+        for wid in wids:
+            if not col.errors.get((wid, name)):
+                col.fail(wid, name, exc)
+
+
+def run_all(wids: list[str], names: list[str], col: Collector) -> None:
+    """Round-robin: every round runs every peer once per workload, in the same order."""
+    sz = col.sz
+    in_session = [w for w in wids if w in IN_SESSION]
+    in_child = [w for w in wids if w in IN_CHILD]
+    for rnd in range(max(sz.rounds, sz.mem_rounds)):
+        if rnd < sz.rounds:
+            for name in names:
+                todo = [w for w in in_session if col.wants(w, name)]
+                if todo:
+                    asyncio.run(session(name, todo, col, rnd))
+        for wid in in_child:
+            if rnd >= (sz.rounds if wid == "W4" else sz.mem_rounds):
+                continue
+            for name in names:
+                if not col.wants(wid, name):
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    out = IN_CHILD[wid](name, sz)
+                except Exception as exc:
+                    col.fail(wid, name, exc)
+                else:
+                    col.add(wid, name, rnd, out, time.perf_counter() - t0)
+
+
+def aggregate(col: Collector) -> tuple[report.Table, dict[str, Any]]:
+    """Medians per figure, then the derived ones: W2 speedup and W6's worse half."""
+    table: report.Table = defaultdict(dict)
+    details: dict[str, Any] = defaultdict(dict)
+    for (wid, name), outs in col.samples.items():
+        med = {k: statistics.median(o[k] for o in outs) for k in outs[0]}
+        details[wid][name] = {"median": med, "rounds": outs}
+        for k, v in med.items():
+            table[name][f"{wid}.{k}"] = v
+    seq = table.get("sequential", {}).get("W2.seconds")
+    for figs in table.values():
+        if seq and "W2.seconds" in figs:
+            figs["W2.speedup"] = seq / figs["W2.seconds"]
+        if "W6.w1_p99_ms" in figs:  # W6 is the worse of its two halves
+            for fig in ("p99", "max"):
+                halves = (figs.get(f"W6.w1_{fig}_ms"), figs.get(f"W5.lag_{fig}_ms"))
+                figs[f"W6.{fig}_ms"] = max(h for h in halves if h is not None)
+    for (wid, name), errs in col.errors.items():
+        details[wid].setdefault(name, {})["errors"] = errs
+    return dict(table), dict(details)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="tiny sizes, check results (CI)")
+    mode.add_argument("--quick", action="store_true", help="scaled-down sizes, about a minute")
+    ap.add_argument("--only", default="", help="workloads, e.g. W1,W3 (default: all)")
+    ap.add_argument("--peers", default="", help=f"peers (default: all): {','.join(PEERS)}")
+    ap.add_argument("--rounds", type=int, help="override the number of rounds")
+    ap.add_argument("--json", metavar="PATH", help="write figures, samples and machine info")
+    ap.add_argument("--plot", metavar="PATH", help="write a PNG of ratios to joblib-loky")
+    return ap.parse_args(argv)
+
+
+def _select(text: str, valid: tuple[str, ...], what: str) -> list[str]:
+    chosen = [s.strip() for s in text.split(",") if s.strip()] or list(valid)
+    unknown = [c for c in chosen if c not in valid]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return [v for v in valid if v in chosen]  # canonical order
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m benchmarks.run`` and ``python -m aioparallel bench``."""
+    args = _parse(argv)
+    sz = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.rounds:
+        sz = replace(sz, rounds=args.rounds, mem_rounds=min(args.rounds, sz.mem_rounds))
+    wids = _select(args.only, WORKLOADS, "workloads")
+    names = _select(args.peers, tuple(PEERS), "peers")
+    notes = []
+    if "W2" in wids and "sequential" not in names:
+        names.append("sequential")
+        notes.append("sequential added: W2's speedup is measured against it")
+    for name in list(names):
+        reason = PEERS[name].unavailable()
+        if reason:
+            names.remove(name)
+            notes.append(f"{name} skipped: {reason}")
+    run_wids = sorted({*wids, "W5"} if "W6" in wids else set(wids))  # W6 needs W5's lag
+
+    started = time.perf_counter()
+    spin_iters = calibrate()  # exported to workers via the environment
+    machine = report.machine_info()
+    col = Collector(sz)
+    run_all(run_wids, names, col)
+    table, details = aggregate(col)
+
+    array_mb = next((f["W5.array_mb"] for f in table.values() if "W5.array_mb" in f), sz.w5_mb)
+    targets = report.verdicts(table, array_mb, wids)
+    for (wid, name), errs in sorted(col.errors.items()):
+        notes.append(f"{wid} {name} FAILED: {errs[-1]}")
+    for wid, name in sorted(col.slow):
+        if (sz.rounds if wid in IN_SESSION or wid == "W4" else sz.mem_rounds) > 1:
+            notes.append(f"{wid} {name}: one round only (a round took over {sz.slow_s:g} s)")
+    elapsed = time.perf_counter() - started
+    if machine["load_avg_1m_at_start"] > 0.5:
+        notes.append(
+            f"the machine was busy before the run (1-min load {machine['load_avg_1m_at_start']}):"
+            " other processes compete for the cores, so figures are noisy"
+        )
+    notes.append(f"run took {elapsed:.0f} s; spin_25ms = {spin_iters:,} iterations")
+    print(report.render(table, names, targets, machine, notes, sz.mode))
+
+    if args.json:
+        out = {
+            "machine": machine,
+            "sizes": asdict(sz),
+            "peers": names,
+            "workloads": wids,
+            "figures": table,
+            "details": details,
+            "targets": targets,
+            "notes": notes,
+            "elapsed_s": elapsed,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    if args.plot:
+        report.plot(table, names, args.plot)
+    return 1 if col.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Task functions shared by every peer.
+
+They live at module level in an importable module (not ``__main__``) so that every
+peer can pickle them by reference, including the ones that use the stdlib pickle
+(``ProcessPoolExecutor``, ``anyio.to_process``) and spawn-started workers
+(``aiomultiprocess``). This module imports only the stdlib: a worker that unpickles
+``double`` should not pay for numpy or a peer library, or W4 would measure us, not them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: Environment variable carrying the calibrated loop length from the parent to every
+#: worker, so all peers spin exactly the same number of iterations.
+SPIN_ENV = "AIOPARALLEL_BENCH_SPIN_ITERS"
+SPIN_SECONDS = 0.025
+
+_spin_iters: int | None = None
+
+
+def double(x: int) -> int:
+    """W1/W6: the smallest useful task, so overhead is all that is measured."""
+    return x * 2
+
+
+def noop() -> None:
+    """W3/W4: a call that does nothing, so latency is pure round trip."""
+    return None
+
+
+def length(b: bytes) -> int:
+    """W7: returns a small result for a large argument, so memory is all input."""
+    return len(b)
+
+
+def sum_slice(arr: Any, start: int, stop: int) -> float:
+    """W5: touches only its slice although the whole array is passed.
+
+    The method call keeps this module free of a numpy import; ``arr`` is a numpy
+    array or memmap.
+    """
+    return float(arr[start:stop].sum())
+
+
+def _spin(i: int, iters: int) -> int:
+    acc = 0
+    for k in range(iters):
+        acc += k ^ i
+    return acc
+
+
+def calibrate(seconds: float = SPIN_SECONDS) -> int:
+    """Measure how many loop iterations take ``seconds`` here; best of three.
+
+    Called once by the parent; the result is exported in ``SPIN_ENV`` before any
+    pool starts, so workers inherit it instead of each calibrating differently.
+    """
+    probe = 200_000
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _spin(0, probe)
+        best = min(best, time.perf_counter() - t0)
+    iters = max(1, int(probe * seconds / best))
+    os.environ[SPIN_ENV] = str(iters)
+    global _spin_iters
+    _spin_iters = iters
+    return iters
+
+
+def spin_iterations() -> int:
+    """The calibrated loop length: from the parent's environment, else measured here."""
+    global _spin_iters
+    if _spin_iters is None:
+        env = os.environ.get(SPIN_ENV)
+        _spin_iters = int(env) if env else calibrate()
+    return _spin_iters
+
+
+def spin_25ms(i: int) -> int:
+    """W2: about 25 ms of pure-Python work holding the GIL (threads can't help)."""
+    return _spin(i, spin_iterations())
+
+
+async def acall(func: Callable[..., Any], *args: Any) -> Any:
+    """Run a sync task inside aiomultiprocess, whose workers only await coroutines."""
+    return func(*args)
