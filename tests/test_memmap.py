@@ -204,3 +204,24 @@ async def test_large_job_is_pickled_off_the_event_loop_thread(tmp_path: Path) ->
     assert info[0] == "memmap"
     assert mh.PICKLED_IN, "the recorder was never pickled"
     assert threading.main_thread().name not in mh.PICKLED_IN
+
+
+async def test_callers_memmap_is_passed_by_file_name(tmp_path: Path) -> None:
+    """A memmap the caller opened (and contiguous views of it) travel as file name and
+    offset: nothing is copied into the temp folder. A strided view is copied."""
+    path = tmp_path / "data.npy"
+    np.save(path, np.arange(2 * BIG, dtype=np.float64))
+    opened = np.load(path, mmap_mode="r")
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    whole, window, strided = await Parallel(n_jobs=2, temp_folder=folder)(
+        [
+            delayed(mh.describe)(opened),
+            delayed(mh.describe)(opened[1000:3000]),
+            delayed(mh.describe)(opened[::2]),
+        ]
+    )
+    assert str(whole[1]) == str(window[1]) == str(path)
+    assert window[3] == float(np.arange(1000, 3000).sum())
+    assert str(strided[1]).startswith(str(folder))
+    assert strided[3] == float(np.arange(0, 2 * BIG, 2).sum())

@@ -81,28 +81,46 @@ def dumps(obj: object) -> bytes:
 
 # -- memmapped arrays ------------------------------------------------------------------------
 
-#: Arrays this process loaded from our folders, by data address: passed on by reference.
-_loaded_memmaps: dict[int, tuple[str, str]] = {}
-
 
 def load_memmap(path: str, mmap_mode: str) -> Any:
     """Rebuild an array written by the parent (``numpy.save``) as a ``numpy.memmap``."""
     import numpy as np
 
-    array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
-    _loaded_memmaps[array.__array_interface__["data"][0]] = (path, mmap_mode)
-    return array
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
+
+
+def open_memmap(path: str, dtype: Any, shape: Any, order: str, offset: int, mode: str) -> Any:
+    """Open (a view of) a file the caller had memory-mapped, as a ``numpy.memmap``."""
+    import numpy as np
+
+    return np.memmap(path, dtype=dtype, mode=mode, offset=offset, shape=shape, order=order)  # type: ignore[call-overload]
 
 
 def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
-    """A by-reference reduction for a whole memmap we loaded earlier, else None."""
+    """Send a contiguous memmap (or contiguous view of one) by file name and offset instead
+    of by content, if its file is still there. Else None."""
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.memmap) or not obj.size:
         return None
-    entry = _loaded_memmaps.get(obj.__array_interface__["data"][0])
-    if entry is None or not os.path.exists(entry[0]):
+    mapped, filename = getattr(obj, "_mmap", None), getattr(obj, "filename", None)
+    if mapped is None or not filename or not (obj.flags.c_contiguous or obj.flags.f_contiguous):
         return None
-    return (load_memmap, entry)
+    if not os.path.exists(filename):  # e.g. a result of a run whose folder is gone
+        return None
+    address = obj.__array_interface__["data"][0]
+    try:
+        start = np.frombuffer(mapped, dtype=np.uint8).__array_interface__["data"][0]
+    except (ValueError, TypeError):  # a closed mapping
+        return None
+    import mmap
+
+    mapped_from = obj.offset - obj.offset % mmap.ALLOCATIONGRANULARITY
+    order = "C" if obj.flags.c_contiguous else "F"
+    mode = "r+" if obj.mode == "w+" else obj.mode
+    return (
+        open_memmap,
+        (filename, obj.dtype, obj.shape, order, mapped_from + address - start, mode),
+    )
 
 
 # -- blocking frame I/O (the worker's side) --------------------------------------------------
