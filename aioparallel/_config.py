@@ -11,7 +11,8 @@ from contextvars import ContextVar, Token
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from ._system import cpu_count
+from ._backends._base import Backend
+from ._system import cpu_count, in_worker
 
 __all__ = [
     "BACKEND_ALIASES",
@@ -35,6 +36,15 @@ BACKEND_ALIASES: dict[str, str] = {
 }
 RETURN_MODES = ("list", "generator", "generator_unordered")
 MMAP_MODES = ("r", "r+", "c")
+#: Options each backend takes from ``parallel_config(**backend_options)``.
+BACKEND_OPTIONS: dict[str, frozenset[str]] = {
+    "processes": frozenset({"idle_timeout"}),
+    "threads": frozenset(),
+    "sequential": frozenset(),
+    "dask": frozenset({"client", "address"}),
+}
+PREFER = ("processes", "threads")
+REQUIRE = ("sharedmem",)
 
 _config: ContextVar[MappingProxyType[str, Any]] = ContextVar(
     "aioparallel_config", default=MappingProxyType({})
@@ -54,8 +64,21 @@ class parallel_config:
 
     Parameters
     ----------
-    backend, n_jobs, verbose, temp_folder, max_nbytes, mmap_mode
-        Defaults for the ``Parallel`` parameters of the same names.
+    backend
+        Default backend name (or object).
+    n_jobs
+        Default worker count.
+    verbose
+        Default verbosity.
+    temp_folder
+        Default folder for memmapped arrays.
+    max_nbytes
+        Default size above which arrays are memmapped.
+    mmap_mode
+        Default mode workers open memmapped arrays with.
+    prefer, require
+        joblib's hints: ``prefer="threads"`` picks threads when no backend is named;
+        ``require="sharedmem"`` always picks threads (calls share the caller's memory).
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -70,9 +93,22 @@ class parallel_config:
         temp_folder: str | None = None,
         max_nbytes: int | str | None = "unset",
         mmap_mode: str | None = None,
+        prefer: str | None = None,
+        require: str | None = None,
         **backend_options: Any,
     ) -> None:
         settings: dict[str, Any] = {}
+        known = frozenset().union(*BACKEND_OPTIONS.values())
+        unknown = sorted(set(backend_options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown backend option(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        if prefer is not None:
+            settings["prefer"] = check_choice("prefer", prefer, PREFER)
+        if require is not None:
+            settings["require"] = check_choice("require", require, REQUIRE)
         if backend is not None:
             if isinstance(backend, str):
                 check_backend_name(backend)
@@ -121,6 +157,42 @@ class parallel_config:
         self.__exit__(exc_type, exc, tb)
 
 
+def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``valid``, else ``ValueError`` listing them."""
+    if value not in valid:
+        raise ValueError(f"invalid {what} {value!r}: expected one of {', '.join(map(repr, valid))}")
+    return str(value)
+
+
+def resolve_backend(
+    backend: object, prefer: str | None, require: str | None
+) -> tuple[str, Backend | None]:
+    """(canonical name, backend object or None) from the parameters and the active config."""
+    config = current_config()
+    prefer = check_choice("prefer", prefer, PREFER) if prefer else config.get("prefer")
+    require = check_choice("require", require, REQUIRE) if require else config.get("require")
+    backend = backend if backend is not None else config.get("backend")
+    if isinstance(backend, str):
+        name = check_backend_name(backend)
+    elif backend is None:
+        name = "sequential" if in_worker() else (prefer or "processes")
+    elif isinstance(backend, Backend):
+        return backend.name, backend
+    else:
+        raise ValueError(
+            f"invalid backend {backend!r}: expected a backend name or a Backend object"
+        )
+    if require == "sharedmem" and name == "processes":
+        name = "threads"
+    return name, None
+
+
+def backend_options(name: str) -> dict[str, Any]:
+    """The active ``parallel_config`` options that backend ``name`` takes."""
+    options = current_config().get("backend_options", {})
+    return {k: v for k, v in options.items() if k in BACKEND_OPTIONS.get(name, ())}
+
+
 def check_backend_name(name: str) -> str:
     """The canonical backend name for ``name``, or ``ValueError`` listing the valid ones."""
     try:
@@ -144,8 +216,9 @@ def parse_n_jobs(n_jobs: object) -> int:
     return n_jobs
 
 
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _PRE_DISPATCH = re.compile(
-    r"^\s*(?:(?P<k>\d+(?:\.\d*)?|\.\d+)\s*\*\s*)?n_jobs\s*(?:\*\s*(?P<k2>\d+(?:\.\d*)?|\.\d+)\s*)?$"
+    rf"^\s*(?:(?P<k>{_NUMBER})\s*\*\s*n_jobs|n_jobs(?:\s*\*\s*(?P<k2>{_NUMBER}))?)\s*$"
 )
 
 

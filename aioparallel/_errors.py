@@ -31,7 +31,7 @@ class WorkerCrashedError(AioParallelError):
     """A worker process died while it ran a task (killed, ``os._exit``, segfault, out of memory).
 
     ``task_index`` is the failed task's position in the input; ``exitcode`` is the process
-    exit code, negative for a signal (as in :mod:`subprocess`).
+    exit code, negative for a signal (as in `subprocess`).
     """
 
     def __init__(self, message: str, task_index: int | None = None, exitcode: int | None = None):

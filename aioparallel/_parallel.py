@@ -12,18 +12,18 @@ from ._budget import Budget
 from ._call import Call
 from ._config import (
     RETURN_MODES,
-    check_backend_name,
+    backend_options,
     current_config,
     parse_max_nbytes,
     parse_mmap_mode,
     parse_n_jobs,
     parse_pre_dispatch,
+    resolve_backend,
 )
 from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
 from ._stream import ResultStream
-from ._system import in_worker
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,6 +35,17 @@ M = TypeVar("M", bound=str)
 ListMode = Literal["list"]
 StreamMode = Literal["generator", "generator_unordered"]
 _DEFAULT_PRE_DISPATCH = "2*n_jobs"
+
+
+class _Unset(str):
+    """A default that shows as its value but tells "not given" from an explicit equal value,
+    so that an active ``parallel_config`` fills in only what the caller left out."""
+
+    __slots__ = ()
+
+
+_UNSET_MAX_NBYTES: Any = _Unset("1M")
+_UNSET_MMAP_MODE: Any = _Unset("r")
 
 
 class Parallel(Generic[M]):
@@ -63,13 +74,22 @@ class Parallel(Generic[M]):
         Calls sent to a worker at once; ``"auto"`` tunes it from measured durations.
     timeout
         Seconds one task may run on its worker before it fails with ``TimeoutError``.
-    temp_folder, max_nbytes, mmap_mode
-        Memmapping of large numpy arguments for process workers.
+    temp_folder
+        Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``,
+        else the system temp dir.
+    max_nbytes
+        numpy arguments above this size (``"1M"``, ``"10K"``, an int; None disables) reach
+        process workers as memmaps, written once per run.
+    mmap_mode
+        How workers open memmapped arrays: ``"r"``, ``"r+"`` or ``"c"``.
     return_exceptions
         Like ``asyncio.gather``: a task's exception becomes its result.
     progress
         True for a tqdm bar on stderr, or a (sync or async) callable receiving
-        :class:`~aioparallel.ProgressEvent`.
+        `ProgressEvent` objects.
+    prefer, require
+        joblib's hints: ``prefer="threads"`` picks threads when no backend is named;
+        ``require="sharedmem"`` always picks threads.
     """
 
     @overload
@@ -80,14 +100,16 @@ class Parallel(Generic[M]):
         *,
         return_as: ListMode = "list",
         verbose: int | None = None,
-        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        pre_dispatch: int | str = "2*n_jobs",
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = "1M",
-        mmap_mode: str = "r",
+        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
+        mmap_mode: str = _UNSET_MMAP_MODE,
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        prefer: str | None = None,
+        require: str | None = None,
     ) -> None: ...
 
     @overload
@@ -98,14 +120,16 @@ class Parallel(Generic[M]):
         *,
         return_as: StreamMode,
         verbose: int | None = None,
-        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        pre_dispatch: int | str = "2*n_jobs",
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = "1M",
-        mmap_mode: str = "r",
+        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
+        mmap_mode: str = _UNSET_MMAP_MODE,
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        prefer: str | None = None,
+        require: str | None = None,
     ) -> None: ...
 
     def __init__(
@@ -115,30 +139,21 @@ class Parallel(Generic[M]):
         *,
         return_as: str = "list",
         verbose: int | None = None,
-        pre_dispatch: int | str = _DEFAULT_PRE_DISPATCH,
+        pre_dispatch: int | str = "2*n_jobs",
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = "1M",
-        mmap_mode: str = "r",
+        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
+        mmap_mode: str = _UNSET_MMAP_MODE,
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        prefer: str | None = None,
+        require: str | None = None,
     ) -> None:
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
-        backend = backend if backend is not None else config.get("backend")
-        if isinstance(backend, str):
-            self._backend_name = check_backend_name(backend)
-        elif backend is None:
-            self._backend_name = "sequential" if in_worker() else "processes"
-        elif isinstance(backend, Backend):
-            self._backend_name = backend.name
-        else:
-            raise ValueError(
-                f"invalid backend {backend!r}: expected a backend name or a Backend object"
-            )
-        self._backend_object = backend if isinstance(backend, Backend) else None
-        self._backend_options: dict[str, Any] = dict(config.get("backend_options", {}))
+        self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
+        self._backend_options = backend_options(self._backend_name)
 
         if self._n_jobs_arg is None:
             if self._backend_name == "dask":
@@ -149,8 +164,8 @@ class Parallel(Generic[M]):
                 self.n_jobs = 1
         else:
             self.n_jobs = parse_n_jobs(self._n_jobs_arg)
-        if self.n_jobs == 1 and self._backend_name in ("processes", "threads"):
-            self._backend_name = "sequential"
+        if self.n_jobs == 1 and self._backend_name in ("processes", "threads") and timeout is None:
+            self._backend_name = "sequential"  # a timeout needs a worker that can be abandoned
 
         if return_as not in RETURN_MODES:
             valid = ", ".join(repr(m) for m in RETURN_MODES)
@@ -172,7 +187,7 @@ class Parallel(Generic[M]):
             raise ValueError(f"invalid timeout {timeout!r}: expected None or seconds > 0")
         self.timeout = None if timeout is None else float(timeout)
         verbose = verbose if verbose is not None else config.get("verbose", 0)
-        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
+        if not isinstance(verbose, int) or verbose < 0:  # True counts as 1, as in joblib
             raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")
         self.verbose = verbose
         if not (isinstance(progress, bool) or callable(progress)):
@@ -186,10 +201,11 @@ class Parallel(Generic[M]):
                 ) from None
         self.progress = progress
         self.return_exceptions = bool(return_exceptions)
-        if max_nbytes == "1M" and "max_nbytes" in config:
-            max_nbytes = config["max_nbytes"]
+        if max_nbytes is _UNSET_MAX_NBYTES:
+            max_nbytes = config.get("max_nbytes", "1M")
+        if mmap_mode is _UNSET_MMAP_MODE:
+            mmap_mode = config.get("mmap_mode", "r")
         temp_folder = temp_folder if temp_folder is not None else config.get("temp_folder")
-        mmap_mode = config.get("mmap_mode", mmap_mode) if mmap_mode == "r" else mmap_mode
         self._options = RunOptions(
             timeout=self.timeout,
             stop_on_error=not self.return_exceptions,

@@ -63,6 +63,11 @@ class _Snapshot:
     dispatched_batches: int
     dispatch_done: bool
     elapsed: float
+    total: int | None
+
+    @property
+    def final(self) -> bool:
+        return self.dispatch_done and self.completed == self.dispatched
 
 
 class ProgressReporter:
@@ -95,6 +100,8 @@ class ProgressReporter:
         self._queue: deque[_Snapshot] = deque()
         self._wake = anyio.Event()
         self._finishing = False
+        self._last_final = False
+        self._last_news: tuple[int, int | None] = (-1, None)
 
     # -- called by the run, never blocking -------------------------------------------------
 
@@ -108,22 +115,28 @@ class ProgressReporter:
 
     def completed_batch(self, n_calls: int) -> None:
         self.completed += n_calls
+        self._snapshot()
+
+    def _snapshot(self) -> None:
         if self.enabled:
-            self._queue.append(
-                _Snapshot(
-                    self.completed,
-                    self.dispatched,
-                    self.dispatched_batches,
-                    self.dispatch_done,
-                    time.monotonic() - self.start,
-                )
+            snap = _Snapshot(
+                self.completed,
+                self.dispatched,
+                self.dispatched_batches,
+                self.dispatch_done,
+                time.monotonic() - self.start,
+                self.total,
             )
+            self._last_final = snap.final
+            self._queue.append(snap)
             self._wake.set()
 
     # -- the reporter task -----------------------------------------------------------------
 
     def finish(self) -> None:
         """The run succeeded: report what is queued, then let :meth:`run` return."""
+        if not self._last_final:  # the end of the input was found after the last completion
+            self._snapshot()
         self._finishing = True
         self._wake.set()
 
@@ -149,10 +162,14 @@ class ProgressReporter:
             snap = self._queue.popleft()
             if self.verbose:
                 self._report_verbose(snap)
+            news = (snap.completed, snap.total)
+            if news == self._last_news:  # the closing snapshot: only the verbose line is new
+                continue
+            self._last_news = news
             if self._want_bar:
                 self._update_bar(snap)
             if self._callback is not None:
-                result = self._callback(ProgressEvent(snap.completed, self.total, snap.elapsed))
+                result = self._callback(ProgressEvent(snap.completed, snap.total, snap.elapsed))
                 if inspect.isawaitable(result):
                     await result
 
@@ -161,10 +178,10 @@ class ProgressReporter:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, desc=self._name, leave=True)
-        if self.total is not None and self._bar.total != self.total:
-            self._bar.total = self.total
+        if snap.total is not None and self._bar.total != snap.total:
+            self._bar.total = snap.total
         self._bar.update(snap.completed - self._bar.n)
-        if self.total is not None and snap.completed >= self.total:
+        if snap.total is not None and snap.completed >= snap.total:
             self._bar.close()
 
     def _print(self, msg: str) -> None:

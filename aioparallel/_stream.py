@@ -34,11 +34,14 @@ class ResultStream(AsyncIterator[R], Generic[R]):
         self._sink: Any = None
         self._cancel: Callable[[], None] | None = None
         self._finished: anyio.Event | None = None
+        self._closed = False
 
     def __aiter__(self) -> ResultStream[R]:
         return self
 
     async def __anext__(self) -> R:
+        if self._closed:
+            raise StopAsyncIteration
         if self._sink is None:
             self._start()
         result: R = await self._sink.get()
@@ -66,6 +69,7 @@ class ResultStream(AsyncIterator[R], Generic[R]):
 
     async def aclose(self) -> None:
         """Stop the run (if still going) and wait until its workers and files are cleaned up."""
+        self._closed = True
         if self._cancel is None or self._finished is None:
             return
         if not self._finished.is_set():

@@ -40,6 +40,9 @@ _BOOT = (
     "from aioparallel._backends._worker import main; main(sys.argv[1:])"
 )
 STARTUP_TIMEOUT = 60.0
+#: While waiting for results, how often to check that the worker is still alive: end of
+#: file on its pipe says so at once, unless a process the task forked holds the pipe.
+LIVENESS_SECONDS = 1.0
 _F_SETPIPE_SZ = 1031
 _live_pids: set[int] = set()
 
@@ -144,7 +147,10 @@ class WorkerProcess:
             try:
                 chunk = os.read(self._resp, 1 << 20)
             except BlockingIOError:
-                await anyio.wait_readable(self._resp)
+                if self.process.returncode is not None:
+                    return None  # exited, pipe empty; a process it forked may hold it open
+                with anyio.move_on_after(LIVENESS_SECONDS):
+                    await anyio.wait_readable(self._resp)
                 continue
             except OSError:
                 return None
@@ -174,13 +180,15 @@ class WorkerProcess:
         self._seq += 1
         return self._seq
 
-    def running(self, seq: int) -> tuple[int, float] | None:
-        """(position in the job of batch ``seq``, its start time), if that job is running."""
+    def running(self, seq: int) -> tuple[int, int, float] | None:
+        """What the worker is doing for job ``seq``: (phase flag, position in the job, start
+        time of that call); None if it is not working on that job."""
         number = _wire.SLOT_POS.unpack_from(self._slot, 0)[0]
         started = _wire.SLOT_TIME.unpack_from(self._slot, 8)[0]
         if number < 0 or number >> _wire.BATCH_SHIFT != seq:
             return None
-        return number & ((1 << _wire.BATCH_SHIFT) - 1), started
+        phase = number & (_wire.SLOT_LOADING | _wire.SLOT_SENDING)
+        return phase, number & _wire.POSITION_MASK, started
 
     # -- life and death ----------------------------------------------------------------------
 
@@ -211,14 +219,14 @@ class WorkerProcess:
         await self._reap()
 
     async def stop(self) -> None:
-        """Ask the worker to exit (end of its request pipe), then reap it. Call shielded."""
-        if not self.closed:
+        """Ask the worker to exit (end of its request pipe, so it flushes its output first),
+        then reap it. Call shielded."""
+        if not self.closed and self._req >= 0:
             try:
                 os.close(self._req)
-                os.close(self._lifeline)
             except OSError:
                 pass
-            self._req = self._lifeline = -1
+            self._req = -1
         with anyio.move_on_after(1):
             await self.process.wait()
         self.kill_now()

@@ -31,8 +31,12 @@ from ._wire import (
     BATCH_FILE,
     BATCH_SHIFT,
     INLINE_LIMIT,
+    JOB_HEADER,
     LOAD_ERROR,
+    RESULT_HEADER,
     RESULTS_FILE,
+    SLOT_LOADING,
+    SLOT_SENDING,
     TaskError,
     spill,
     unspill,
@@ -80,7 +84,9 @@ def _small_args(call: Call[Any]) -> bool:
 class _Attempt:
     """What came back from one worker for one job."""
 
-    values: list[Any] = field(default_factory=list)
+    received: int = 0
+    #: Positions whose results arrived but could not be unpickled: run them one by one.
+    resend: list[int] = field(default_factory=list)
     done: bool = False
     load_error: str | None = None
     timed_out: int | None = None
@@ -181,7 +187,7 @@ class _BatchRun:
             try:
                 seq = worker.next_seq()
                 body = await self._pickle(todo, seq)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything
                 healthy = True
                 return self._pickling_failed(todo, exc)
             try:
@@ -190,13 +196,15 @@ class _BatchRun:
             except OSError:  # the worker died while idle: nobody to blame
                 return self._crashed_between(todo, 0)
             attempt = await self._collect(worker, seq, todo)
+            if attempt.resend:
+                self._split = True
             if attempt.done:
                 healthy = True
-                return []
+                return attempt.resend
             if attempt.load_error is not None:
                 healthy = True
                 return self._load_failed(todo, attempt.load_error)
-            return await self._crashed(worker, seq, todo, attempt)
+            return attempt.resend + await self._crashed(worker, seq, todo, attempt)
         finally:
             if not healthy:
                 with anyio.CancelScope(shield=True):
@@ -213,8 +221,8 @@ class _BatchRun:
         else:
             payload = (None, [(c.func, c.args, c.kwargs) for c in calls])
         options = self.options
+        header = JOB_HEADER.pack(seq << BATCH_SHIFT)
         job = (
-            seq << BATCH_SHIFT,
             options.stop_on_error,
             self.folder.path,
             options.max_nbytes,
@@ -226,14 +234,14 @@ class _BatchRun:
             self.batch.nbytes = len(data)
             if len(data) > INLINE_LIMIT:
                 self.folder.ensure()
-                return BATCH_FILE, spill(self.folder.path, data, "job-")
-            return BATCH, data
+                return BATCH_FILE, header + spill(self.folder.path, data, "job-")
+            return BATCH, header + data
 
         if _is_small(calls):
             return dump()
         return await anyio.to_thread.run_sync(dump)
 
-    def _pickling_failed(self, todo: list[int], exc: Exception) -> list[int]:
+    def _pickling_failed(self, todo: list[int], exc: BaseException) -> list[int]:
         if len(todo) > 1:  # find the culprit: send the calls one by one
             self._split = True
             return todo  # re-run; _run_positions splits below
@@ -287,41 +295,46 @@ class _BatchRun:
             if kind == LOAD_ERROR:
                 attempt.load_error = body.decode("utf-8", "replace")
                 break
+            first, count, done = RESULT_HEADER.unpack_from(body)
+            body = body[RESULT_HEADER.size :]
             if kind == RESULTS_FILE:
                 body = await anyio.to_thread.run_sync(unspill, body)
-            first, values, done = await self._loads_results(body, todo, len(attempt.values))
-            results = self.results
-            for offset, value in enumerate(values, first):
-                position = todo[offset]
-                if type(value) is TaskError or type(value) is Failure:
-                    self._fail(position, value)
-                else:
-                    results[position] = value
-            attempt.values.extend(values)
+            positions = todo[first : first + count]
+            values = await self._loads_results(body, positions)
+            if values is None:
+                attempt.resend.extend(positions)
+            else:
+                results = self.results
+                for position, value in zip(positions, values, strict=True):
+                    if type(value) is TaskError or type(value) is Failure:
+                        self._fail(position, value)
+                    else:
+                        results[position] = value
+            attempt.received = first + count
             if done:
                 attempt.done = True
                 break
 
-    async def _loads_results(
-        self, body: bytes, todo: list[int], received: int
-    ) -> tuple[int, list[Any], bool]:
+    async def _loads_results(self, body: bytes, positions: list[int]) -> list[Any] | None:
+        """The values of a results frame; None if several did not unpickle together (then
+        they are re-run one by one, to find the culprit)."""
         try:
             if len(body) > THREAD_UNPICKLE_BYTES:
-                result: tuple[int, list[Any], bool] = await anyio.to_thread.run_sync(
-                    pickle.loads, body
-                )
+                values: list[Any] = await anyio.to_thread.run_sync(pickle.loads, body)
             else:
-                result = pickle.loads(body)
-            return result
-        except Exception as exc:
-            position = todo[received]
+                values = pickle.loads(body)
+            return values
+        except (Exception, SystemExit) as exc:
+            if len(positions) > 1:
+                return None
+            position = positions[0]
             error = SerializationError(
                 f"the result of task {self._index(position)} ({self._name(position)}) "
                 f"could not be unpickled in the parent: {type(exc).__name__}: {exc}"
             )
             error.__cause__ = exc
             attach_task(error, self._index(position), self._name(position))
-            return received, [Failure(error)], self.options.stop_on_error
+            return [Failure(error)]
 
     def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
         if isinstance(error, TaskError):
@@ -362,10 +375,10 @@ class _BatchRun:
         """Kill the worker when its current call runs past ``timeout``."""
         while True:
             running = worker.running(seq)
-            if running is None:
+            if running is None or running[0]:  # not started, or not inside a call
                 await anyio.sleep(min(timeout, 0.05))
                 continue
-            position, started = running
+            _, position, started = running
             late = started + timeout - time.monotonic()
             if late > 0:
                 await anyio.sleep(late)
@@ -379,23 +392,34 @@ class _BatchRun:
     async def _crashed(
         self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
     ) -> list[int]:
-        received = len(attempt.values)
+        received = attempt.received
         running = worker.running(seq)
         exitcode = await worker.exit_code()
-        if running is None or running[0] < received:
+        if running is None or running[1] < received:
             return self._crashed_between(todo, received)
-        job_position = running[0]
+        phase, job_position, started = running
+        if phase and len(todo) - received > 1:
+            # it died unpickling the job or pickling results: find the culprit call by call
+            self._split = True
+            return todo[received:]
+        if phase == SLOT_LOADING:
+            job_position = received
         position = todo[job_position]
         index, name = self._index(position), self._name(position)
-        if attempt.timed_out == job_position:
-            elapsed = time.monotonic() - running[1]
+        doing = {
+            SLOT_LOADING: "unpickling the arguments of",
+            SLOT_SENDING: "pickling the result of",
+        }
+        if attempt.timed_out == job_position and not phase:
+            elapsed = time.monotonic() - started
             error: Exception = TimeoutError(
                 f"task {index} ({name}) ran past timeout={self.options.timeout:g}s "
                 f"({elapsed:.1f}s); its worker process {worker.pid} was killed and replaced"
             )
         else:
             error = WorkerCrashedError(
-                f"the worker process (pid {worker.pid}) running task {index} ({name}) died "
+                f"the worker process (pid {worker.pid}) {doing.get(phase, 'running')} task "
+                f"{index} ({name}) died "
                 f"({describe_exit(exitcode)}): a segfault, os._exit(), an out-of-memory kill "
                 "or a signal from outside; the other tasks of its batch run on a fresh worker",
                 task_index=index,

@@ -6,8 +6,9 @@ carries the file name. This module imports only the standard library, so a worke
 fast; numpy and cloudpickle are imported on demand.
 
 Frames, parent -> worker: SETUP (sys.path, cwd), BATCH / BATCH_FILE (a pickled job).
-Worker -> parent: READY (pid), RESULTS / RESULTS_FILE (a pickled ``(position, values,
-done)``), LOAD_ERROR (a job could not be unpickled: traceback text).
+Worker -> parent: READY (pid), RESULTS / RESULTS_FILE (``RESULT_HEADER`` then the pickled
+list of values, or the name of the file holding it), LOAD_ERROR (a job could not be
+unpickled: traceback text).
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ import sys
 from typing import Any
 
 HEADER = struct.Struct("<BI")
+#: Prefix of a RESULTS / RESULTS_FILE body: first position, number of values, done flag.
+RESULT_HEADER = struct.Struct("<IIB")
 #: Slot layout shared with the parent: ``<q`` task number at 0, ``<d`` start time at 8.
 SLOT_SIZE = 16
 SLOT_POS = struct.Struct("<q")
 SLOT_TIME = struct.Struct("<d")
-#: Task numbers in the slot are ``batch_seq << BATCH_SHIFT | position``.
+#: Task numbers in the slot are ``batch_seq << BATCH_SHIFT | phase | position``.
 BATCH_SHIFT = 24
+#: Phase flags: the worker is unpickling the job, or pickling results up to ``position``.
+SLOT_LOADING = 1 << 23
+SLOT_SENDING = 1 << 22
+POSITION_MASK = SLOT_SENDING - 1
+#: A BATCH body starts with the job's slot base, so the worker can mark it while loading.
+JOB_HEADER = struct.Struct("<q")
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR = range(1, 8)
 INLINE_LIMIT = 1024**2

@@ -69,7 +69,7 @@ class _ResultPickler(pickle.Pickler):
         return NotImplemented
 
 
-def _dump_results(payload: tuple[Any, ...], run_dir: str, max_nbytes: int | None) -> bytes:
+def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> bytes:
     import io
 
     if "numpy" not in sys.modules:
@@ -89,20 +89,29 @@ class Worker:
         self.slot = slot
 
     def send_results(
-        self, position: int, values: list[Any], done: bool, run_dir: str, max_nbytes: int | None
+        self,
+        base: int,
+        position: int,
+        values: list[Any],
+        done: bool,
+        run_dir: str,
+        max_nbytes: int | None,
     ) -> None:
-        payload = (position, values, done)
+        if values:  # if pickling kills us, the parent knows whose results they were
+            last = position + len(values) - 1
+            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | last)
         try:
-            body = _dump_results(payload, run_dir, max_nbytes)
-        except Exception:
-            body = _wire.dumps((position, [_picklable(v) for v in values], done))
+            body = _dump_results(values, run_dir, max_nbytes)
+        except (Exception, SystemExit):
+            body = _wire.dumps([_picklable(v) for v in values])
         kind = _wire.RESULTS
         if len(body) > _wire.INLINE_LIMIT:
             body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
-        _wire.write_frame(self.resp_fd, kind, body)
+        header = _wire.RESULT_HEADER.pack(position, len(values), done)
+        _wire.write_frame(self.resp_fd, kind, header + body)
 
-    def run_job(self, job: tuple[Any, ...]) -> None:
-        base, stop_on_error, run_dir, max_nbytes, func, calls = job
+    def run_job(self, base: int, job: tuple[Any, ...]) -> None:
+        stop_on_error, run_dir, max_nbytes, func, calls = job
         pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
         monotonic = time.monotonic
         results: list[Any] = []
@@ -123,12 +132,12 @@ class Worker:
                 if stop_on_error:
                     break
             if started - last_flush > FLUSH_SECONDS:
-                self.send_results(sent, results, False, run_dir, max_nbytes)
+                self.send_results(base, sent, results, False, run_dir, max_nbytes)
                 sent += len(results)
                 results = []
                 last_flush = monotonic()
+        self.send_results(base, sent, results, True, run_dir, max_nbytes)
         pack_pos(slot, 0, -1)
-        self.send_results(sent, results, True, run_dir, max_nbytes)
 
     def serve(self) -> None:
         _wire.write_frame(self.resp_fd, _wire.READY, str(os.getpid()).encode())
@@ -142,6 +151,9 @@ class Worker:
                 sys.path[:] = path
                 os.chdir(cwd)
                 continue
+            base = _wire.JOB_HEADER.unpack_from(body)[0]
+            body = body[_wire.JOB_HEADER.size :]
+            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_LOADING)
             try:
                 if kind == _wire.BATCH_FILE:
                     body = _wire.unspill(body)
@@ -150,7 +162,9 @@ class Worker:
                 text = "".join(_format(exc))
                 _wire.write_frame(self.resp_fd, _wire.LOAD_ERROR, text.encode("utf-8", "replace"))
                 continue
-            self.run_job(job)
+            finally:
+                _wire.SLOT_POS.pack_into(self.slot, 0, -1)
+            self.run_job(base, job)
 
 
 def _format(exc: BaseException) -> list[str]:
@@ -172,6 +186,8 @@ def _picklable(value: Any) -> Any:
 
 def main(argv: list[str]) -> None:
     req_fd, resp_fd, slot_fd, lifeline_fd = (int(a) for a in argv)
+    for fd in (req_fd, resp_fd, lifeline_fd):  # a task's own subprocesses must not hold them
+        os.set_inheritable(fd, False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), daemon=True).start()
     slot = mmap.mmap(slot_fd, _wire.SLOT_SIZE)
