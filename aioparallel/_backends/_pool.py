@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import sniffio
 
 from .._detached import loop_identity, spawn_detached
 from .._system import IN_WORKER_ENV, blas_thread_env
@@ -98,9 +99,12 @@ class WorkerProcess:
             except OSError:
                 pass
         env = {**os.environ, **blas_thread_env(n_workers), IN_WORKER_ENV: "1"}
+        # asyncio and uvloop fork from the loop's thread, which lives as long as the pool;
+        # trio forks from a cached thread that exits when idle, so there only the lifeline.
+        death_signal = "0" if sniffio.current_async_library() == "trio" else str(os.getpid())
         try:
             process = await anyio.open_process(
-                [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, *map(str, child_ends)],
+                [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, *map(str, child_ends), death_signal],
                 stdin=subprocess.DEVNULL,
                 stdout=None,
                 stderr=None,

@@ -184,8 +184,24 @@ def _picklable(value: Any) -> Any:
         return _wire.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL us when the parent dies, even while a C call holds the
+    GIL and the lifeline thread cannot run. (The parent asks for it only when it spawns from
+    its event loop's own thread: the signal follows the spawning thread, not the process.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
+
+
 def main(argv: list[str]) -> None:
-    req_fd, resp_fd, slot_fd, lifeline_fd = (int(a) for a in argv)
+    req_fd, resp_fd, slot_fd, lifeline_fd, parent_pid = (int(a) for a in argv)
+    if parent_pid and sys.platform == "linux":
+        _die_with_parent(parent_pid)
     for fd in (req_fd, resp_fd, lifeline_fd):  # a task's own subprocesses must not hold them
         os.set_inheritable(fd, False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

@@ -1,0 +1,208 @@
+"""Module-level task functions and instruments shared by the tests.
+
+They live in an importable module (``tests.helpers``), not in test files, so that process
+workers, which see the parent's ``sys.path``, can import them by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+from aioparallel import delayed
+
+__all__ = [
+    "Gate",
+    "Tracker",
+    "add",
+    "async_calls",
+    "async_items",
+    "fail_at",
+    "identity",
+    "reverse_chain",
+    "square",
+    "wait_event",
+    "wait_gate",
+]
+
+#: Upper bound for any blocking wait inside a task, so a broken test cannot hang a worker.
+TASK_WAIT = 10.0
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def add(x: int, y: int = 0) -> int:
+    """Sum of ``x`` and ``y``; used to check keyword arguments."""
+    return x + y
+
+
+def fail_at(x: int, bad: Iterable[int] = (3,)) -> int:
+    """``x * x``, or ``ValueError`` when ``x`` is one of ``bad``."""
+    if x in bad:
+        raise ValueError(f"task input {x} is bad")
+    return x * x
+
+
+class Gate:
+    """A ``threading.Event`` for tasks to block on, plus a count of tasks waiting on it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._cond = threading.Condition()
+        self.waiting = 0
+        self.passed = 0
+
+    def wait(self) -> bool:
+        with self._cond:
+            self.waiting += 1
+            self._cond.notify_all()
+        try:
+            return self.event.wait(TASK_WAIT)
+        finally:
+            with self._cond:
+                self.waiting -= 1
+                self.passed += 1
+                self._cond.notify_all()
+
+    def wait_for_waiting(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until at least ``n`` tasks wait on the gate (call from a thread)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.waiting >= n, timeout)
+
+    def open(self) -> None:
+        self.event.set()
+
+
+def wait_gate(gate: Gate, x: Any) -> Any:
+    """Block until ``gate`` opens (at most TASK_WAIT seconds), then return ``x``."""
+    gate.wait()
+    return x
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class Tracker:
+    """Counts of a run: items taken from the input (by the producer, in the parent) and tasks
+    started and done (by :meth:`task`, wherever it runs).
+
+    Tasks log to an append-only file, so the counts hold across threads and processes alike
+    (a pickled tracker logs to the same file). ``max_ahead`` is the largest ``taken - done``
+    seen when an item was taken: calls dispatched and not finished, which ``pre_dispatch``
+    bounds.
+    """
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="tracker-", suffix=".log")
+        os.close(fd)
+        self._finalizer = weakref.finalize(self, _unlink, self.path)
+        self.taken = 0
+        self.max_ahead = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_finalizer"]  # the parent's copy owns the file
+        return state
+
+    def _log(self, mark: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, mark)  # one small O_APPEND write: atomic
+        finally:
+            os.close(fd)
+
+    def _marks(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    @property
+    def started(self) -> int:
+        return self._marks().count(b"s")
+
+    @property
+    def done(self) -> int:
+        return self._marks().count(b"e")
+
+    @property
+    def running(self) -> int:
+        marks = self._marks()
+        return marks.count(b"s") - marks.count(b"e")
+
+    @property
+    def peak_running(self) -> int:
+        peak = running = 0
+        for mark in self._marks():
+            running += 1 if mark == ord("s") else -1
+            peak = max(peak, running)
+        return peak
+
+    def task(self, x: Any, func: Callable[[Any], Any] | None = None) -> Any:
+        """Logs itself started, returns ``func(x)`` (or ``x``), logs itself done."""
+        self._log(b"s")
+        try:
+            return x if func is None else func(x)
+        finally:
+            self._log(b"e")
+
+    def calls(self, n: int | None, func: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+        """A generator of ``n`` tracked calls (endless if None) recording each item taken."""
+        i = 0
+        while n is None or i < n:
+            self.taken += 1
+            self.max_ahead = max(self.max_ahead, self.taken - self.done)
+            yield delayed(self.task)(i, func)
+            i += 1
+
+    def wait_until(self, predicate: Callable[[Tracker], bool], timeout: float = 5.0) -> bool:
+        """Bounded wait (from a thread, or after the loop) until ``predicate(self)`` holds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Bounded wait until no task runs (abandoned threads finish in the background)."""
+        return self.wait_until(lambda t: t.running == 0, timeout)
+
+
+async def async_calls(func: Callable[..., Any], items: Iterable[Any]) -> AsyncIterator[Any]:
+    """An async generator of ``delayed(func)(item)``."""
+    for item in items:
+        yield delayed(func)(item)
+
+
+def reverse_chain(events: list[threading.Event], i: int) -> int:
+    """Task ``i`` finishes only after task ``i + 1`` did: completion in reverse input order."""
+    if i + 1 < len(events):
+        events[i + 1].wait(TASK_WAIT)
+    events[i].set()
+    return i
+
+
+def wait_event(event: threading.Event | None, x: Any) -> Any:
+    """Wait for ``event`` (if any, at most TASK_WAIT seconds), then return ``x``."""
+    if event is not None:
+        event.wait(TASK_WAIT)
+    return x
+
+
+async def async_items(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """An async generator of ``items``, as they are."""
+    for item in items:
+        yield item
