@@ -149,6 +149,8 @@ class _BatchRun:
         self.results: list[Any] = [_MISSING] * len(batch.calls)
         self.failed = False
         self.blameless = 0
+        #: Set when a job did not (un)pickle as a whole: run what is left call by call.
+        self._split = False
 
     def _index(self, position: int) -> int:
         return self.batch.start + position
@@ -268,8 +270,6 @@ class _BatchRun:
         attach_task(error, self._index(position), self._name(position), tb)
         self._fail(position, error)
         return []
-
-    _split = False
 
     # -- receiving ---------------------------------------------------------------------------
 
