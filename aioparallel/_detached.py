@@ -32,15 +32,21 @@ def loop_identity() -> object:
 
 
 def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Start ``fn()`` outside the caller's scope; return a sync function that cancels it."""
+    """Start ``fn()`` outside the caller's scope; return a sync function that cancels it.
+
+    Cancellation goes through an anyio scope, not ``task.cancel()``: anyio's shielded cleanup
+    scopes hold against the former only.
+    """
+    import anyio
+
+    scope = anyio.CancelScope()
+
+    async def host() -> None:
+        with scope:
+            await fn()
+
     if sniffio.current_async_library() == "trio":
         import trio
-
-        scope = trio.CancelScope()
-
-        async def host() -> None:
-            with scope:
-                await fn()
 
         trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
         return scope.cancel
@@ -48,12 +54,12 @@ def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], 
     import asyncio
 
     loop = asyncio.get_running_loop()
-    task = loop.create_task(fn())
+    task = loop.create_task(host())
     _hosts.add(task)
     task.add_done_callback(_hosts.discard)
 
     def cancel() -> None:
         if not loop.is_closed():
-            loop.call_soon_threadsafe(task.cancel)
+            loop.call_soon_threadsafe(scope.cancel)
 
     return cancel

@@ -26,8 +26,6 @@ from collections import deque
 from typing import Any
 
 import anyio
-import anyio.abc
-import sniffio
 
 from .._detached import loop_identity, spawn_detached
 from .._system import IN_WORKER_ENV, blas_thread_env
@@ -68,10 +66,64 @@ def _slot_fd() -> int:
     return fd
 
 
+class _Child:
+    """A child process started synchronously (so no cancellation can lose it half-spawned),
+    awaited through a pidfd where the kernel has them."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]):
+        self.popen = popen
+        self.pid = popen.pid
+        self._waiting: anyio.Event | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else -1
+        except OSError:
+            self._pidfd = -1
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.kill()
+            except ProcessLookupError:
+                pass
+
+    async def wait(self) -> int:
+        """The exit code, once the process ends; several tasks may wait at once."""
+        while (code := self.popen.poll()) is None:
+            if self._waiting is not None:  # one task watches the pidfd, the others its event
+                await self._waiting.wait()
+                continue
+            self._waiting = anyio.Event()
+            try:
+                if self._pidfd >= 0:
+                    await anyio.wait_readable(self._pidfd)
+                else:  # pragma: no cover - no pidfd: poll
+                    await anyio.sleep(0.01)
+            finally:
+                self._waiting.set()
+                self._waiting = None
+        return code
+
+    def wait_blocking(self, timeout: float) -> None:
+        """Reap synchronously: only for cleanup that can no longer await."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
 class WorkerProcess:
     """One worker process and its pipes, driven from the event loop."""
 
-    def __init__(self, process: anyio.abc.Process, req: int, resp: int, lifeline: int, slot: Any):
+    def __init__(self, process: _Child, req: int, resp: int, lifeline: int, slot: Any):
         self.process = process
         self.pid: int = process.pid
         self._req = req
@@ -99,17 +151,24 @@ class WorkerProcess:
             except OSError:
                 pass
         env = {**os.environ, **blas_thread_env(n_workers), IN_WORKER_ENV: "1"}
-        # asyncio and uvloop fork from the loop's thread, which lives as long as the pool;
-        # trio forks from a cached thread that exits when idle, so there only the lifeline.
-        death_signal = "0" if sniffio.current_async_library() == "trio" else str(os.getpid())
+        # The kernel's parent-death signal follows the spawning thread: the loop's thread,
+        # which outlives the pool, since the pool closes when its loop ends.
+        death_signal = str(os.getpid())
         try:
-            process = await anyio.open_process(
-                [sys.executable, "-c", _BOOT, _PACKAGE_ROOT, *map(str, child_ends), death_signal],
-                stdin=subprocess.DEVNULL,
-                stdout=None,
-                stderr=None,
-                pass_fds=child_ends,
-                env=env,
+            process = _Child(
+                subprocess.Popen(  # noqa: ASYNC220 (a ~1 ms fork/exec that must not be cut short)
+                    [
+                        sys.executable,
+                        "-c",
+                        _BOOT,
+                        _PACKAGE_ROOT,
+                        *map(str, child_ends),
+                        death_signal,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=child_ends,
+                    env=env,
+                )
             )
         except BaseException:
             for fd in (*child_ends, req_w, resp_r, life_w):
@@ -231,26 +290,33 @@ class WorkerProcess:
             except OSError:
                 pass
             self._req = -1
-        with anyio.move_on_after(1):
-            await self.process.wait()
-        self.kill_now()
-        await self._reap()
+        try:
+            with anyio.move_on_after(1):
+                await self.process.wait()
+        finally:
+            self.kill_now()
+            await self._reap()
 
     async def _reap(self) -> None:
-        with anyio.move_on_after(5):
-            await self.process.wait()
-        if self.closed:
-            return
-        self.closed = True
-        _live_pids.discard(self.pid)
-        for fd in (self._req, self._resp, self._lifeline):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._slot.close()
-        await self.process.aclose()
+        try:
+            with anyio.move_on_after(5):
+                await self.process.wait()
+        finally:  # even if the end of the event loop cuts the wait short
+            if self.process.returncode is None:
+                self.kill_now()
+                self.process.wait_blocking(1.0)  # killed: gone in a few ms
+            if not self.closed:
+                self.closed = True
+                if self.process.returncode is not None:
+                    _live_pids.discard(self.pid)
+                for fd in (self._req, self._resp, self._lifeline):
+                    if fd >= 0:
+                        try:
+                            os.close(fd)
+                        except OSError:
+                            pass
+                self._slot.close()
+                self.process.close()
 
 
 class Pool:

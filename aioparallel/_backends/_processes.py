@@ -170,16 +170,10 @@ class _BatchRun:
                 self._split = False
             elif rest:
                 groups.insert(0, rest)
-        if not self.failed:
-            return self.results
-        out: list[Any] = []  # with stop_on_error: up to the first failure
-        for value in self.results:
-            if value is _MISSING:
-                break
-            out.append(value)
-            if type(value) is Failure and self.options.stop_on_error:
-                break
-        return out
+        if self.failed and self.options.stop_on_error:
+            # the run stops at this failure: the calls before it may not have results yet
+            return [next(v for v in self.results if type(v) is Failure)]
+        return self.results
 
     async def _run_positions(self, todo: list[int]) -> list[int]:
         """Run ``todo`` on one worker; return the positions that must run again."""
