@@ -23,7 +23,7 @@ import cloudpickle
 
 from ._backends._wire import FOLDER_PREFIX, load_memmap, memmap_reference
 
-__all__ = ["RunFolder", "dumps_job", "resolve_temp_base"]
+__all__ = ["JobWriter", "RunFolder", "resolve_temp_base"]
 
 TEMP_FOLDER_ENV = "AIOPARALLEL_TEMP_FOLDER"
 
@@ -138,10 +138,19 @@ class _JobPickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps_job(job: object, folder: RunFolder, max_nbytes: int | None, mmap_mode: str) -> bytes:
-    """Pickle a job for a worker (blocking; large jobs are pickled in a thread)."""
-    if "numpy" not in sys.modules:
-        return bytes(cloudpickle.dumps(job, protocol=5))
-    buffer = io.BytesIO()
-    _JobPickler(buffer, folder, max_nbytes, mmap_mode).dump(job)
-    return buffer.getvalue()
+class JobWriter:
+    """Pickles a job as consecutive pickles that share one memo (a function used by every
+    call is written once), so the caller can yield to the event loop between chunks."""
+
+    def __init__(self, folder: RunFolder, max_nbytes: int | None, mmap_mode: str):
+        self.buffer = io.BytesIO()
+        if "numpy" in sys.modules:
+            self._pickler: Any = _JobPickler(self.buffer, folder, max_nbytes, mmap_mode)
+        else:
+            self._pickler = cloudpickle.Pickler(self.buffer, protocol=5)
+
+    def dump(self, obj: object) -> None:
+        self._pickler.dump(obj)
+
+    def getvalue(self) -> bytes:
+        return self.buffer.getvalue()

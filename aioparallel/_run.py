@@ -151,6 +151,9 @@ class Run:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, len(calls)):
                 return
+            # Taking the next batch is a few ms of work for a large batch: let the loop
+            # run the rest of the program first.
+            await anyio.lowlevel.checkpoint()
 
     def _deliver(self, start: int, values: list[Any], n_calls: int) -> bool:
         """Hand values to the sink; False if a failure stops the run."""

@@ -13,7 +13,7 @@ __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
 
 
 #: Longest stretch spent pulling items from a sync iterable before the loop gets a turn.
-TAKE_SECONDS = 0.002
+TAKE_SECONDS = 0.001
 
 
 class NotACallError(TypeError):

@@ -10,6 +10,7 @@ reaches end of file and the worker exits at once, even in the middle of a call.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import pickle
@@ -110,8 +111,15 @@ class Worker:
         header = _wire.RESULT_HEADER.pack(position, len(values), done)
         _wire.write_frame(self.resp_fd, kind, header + body)
 
-    def run_job(self, base: int, job: tuple[Any, ...]) -> None:
-        stop_on_error, run_dir, max_nbytes, func, calls = job
+    def run_job(
+        self,
+        base: int,
+        stop_on_error: bool,
+        run_dir: str,
+        max_nbytes: int | None,
+        func: Any,
+        calls: list[Any],
+    ) -> None:
         pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
         monotonic = time.monotonic
         results: list[Any] = []
@@ -157,14 +165,16 @@ class Worker:
             try:
                 if kind == _wire.BATCH_FILE:
                     body = _wire.unspill(body)
-                job = pickle.loads(body)
+                unpickler = pickle.Unpickler(io.BytesIO(body))
+                stop_on_error, run_dir, max_nbytes, func, n_chunks = unpickler.load()
+                calls = [call for _ in range(n_chunks) for call in unpickler.load()]
             except BaseException as exc:
                 text = "".join(_format(exc))
                 _wire.write_frame(self.resp_fd, _wire.LOAD_ERROR, text.encode("utf-8", "replace"))
                 continue
             finally:
                 _wire.SLOT_POS.pack_into(self.slot, 0, -1)
-            self.run_job(base, job)
+            self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls)
 
 
 def _format(exc: BaseException) -> list[str]:
