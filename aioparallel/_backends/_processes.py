@@ -251,32 +251,35 @@ class _BatchRun:
         return spill(self.folder.path, data, "job-")
 
     def _pickling_failed(self, todo: list[int], exc: BaseException) -> list[int]:
-        if len(todo) > 1:  # find the culprit: send the calls one by one
-            self._split = True
-            return todo  # re-run; _run_positions splits below
-        position = todo[0]
-        error = SerializationError(
-            f"task {self._index(position)} ({self._name(position)}) could not be pickled "
-            f"for a worker process: {type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        attach_task(error, self._index(position), self._name(position))
-        self._fail(position, error)
-        return []
+        what = f"could not be pickled for a worker process: {type(exc).__name__}: {exc}"
+        return self._serialization_failed(todo, what, cause=exc)
 
     def _load_failed(self, todo: list[int], tb: str) -> list[int]:
+        what = (
+            "could not be unpickled in the worker process (is everything it uses importable "
+            "there?); see the worker traceback below"
+        )
+        return self._serialization_failed(todo, what, tb=tb)
+
+    def _serialization_failed(
+        self, todo: list[int], what: str, cause: BaseException | None = None, tb: str | None = None
+    ) -> list[int]:
+        """A job that did not (un)pickle: with several calls, find the culprit by sending them
+        one by one; with one, that call fails."""
         if len(todo) > 1:
             self._split = True
             return todo
-        position = todo[0]
-        error = SerializationError(
-            f"task {self._index(position)} ({self._name(position)}) could not be unpickled "
-            "in the worker process (is everything it uses importable there?); "
-            "see the worker traceback below"
-        )
-        attach_task(error, self._index(position), self._name(position), tb)
-        self._fail(position, error)
+        self._fail(todo[0], self._serialization_error(todo[0], what, cause, tb))
         return []
+
+    def _serialization_error(
+        self, position: int, what: str, cause: BaseException | None = None, tb: str | None = None
+    ) -> SerializationError:
+        index, name = self._index(position), self._name(position)
+        error = SerializationError(f"task {index} ({name}) {what}")
+        error.__cause__ = cause
+        attach_task(error, index, name, tb)
+        return error
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -334,14 +337,8 @@ class _BatchRun:
         except (Exception, SystemExit) as exc:
             if len(positions) > 1:
                 return None
-            position = positions[0]
-            error = SerializationError(
-                f"the result of task {self._index(position)} ({self._name(position)}) "
-                f"could not be unpickled in the parent: {type(exc).__name__}: {exc}"
-            )
-            error.__cause__ = exc
-            attach_task(error, self._index(position), self._name(position))
-            return [Failure(error)]
+            what = f"returned a result that could not be unpickled in the parent: {exc!r}"
+            return [Failure(self._serialization_error(positions[0], what, cause=exc))]
 
     def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
         if isinstance(error, TaskError):
