@@ -9,10 +9,9 @@ on trio it is a system task, cancelled when the main task exits.
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
-
-import sniffio
 
 __all__ = ["loop_identity", "spawn_detached"]
 
@@ -20,9 +19,21 @@ __all__ = ["loop_identity", "spawn_detached"]
 _hosts: set[Any] = set()
 
 
+def _in_trio() -> bool:
+    """True inside trio (not via sniffio: anyio no longer installs it; trio does)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
 def loop_identity() -> object:
     """The running event loop (asyncio) or trio run token, as a dictionary key."""
-    if sniffio.current_async_library() == "trio":
+    if _in_trio():
         import trio
 
         return trio.lowlevel.current_trio_token()
@@ -45,7 +56,7 @@ def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], 
         with scope:
             await fn()
 
-    if sniffio.current_async_library() == "trio":
+    if _in_trio():
         import trio
 
         trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
