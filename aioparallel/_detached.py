@@ -9,6 +9,7 @@ on trio it is a system task, cancelled when the main task exits.
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -54,7 +55,10 @@ def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], 
 
     async def host() -> None:
         with scope:
-            await fn()
+            try:
+                await fn()
+            except Exception:  # a detached task has no caller to raise to: never crash the loop
+                logging.getLogger("aioparallel").exception("aioparallel background task failed")
 
     if _in_trio():
         import trio
