@@ -22,9 +22,16 @@ import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
-from .._errors import SerializationError, WorkerCrashedError, attach_task, describe_exit
+from .._errors import SerializationError
 from .._memmap import JobWriter, RunFolder
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._failures import (
+    crash_error,
+    raised_in_worker,
+    repeated_crash_error,
+    serialization_error,
+    timeout_error,
+)
 from ._pool import Pool, WorkerProcess, shared_pool
 from ._wire import (
     BATCH,
@@ -36,7 +43,6 @@ from ._wire import (
     RESULT_HEADER,
     RESULTS_FILE,
     SLOT_LOADING,
-    SLOT_SENDING,
     TaskError,
     spill,
     unspill,
@@ -275,11 +281,7 @@ class _BatchRun:
     def _serialization_error(
         self, position: int, what: str, cause: BaseException | None = None, tb: str | None = None
     ) -> SerializationError:
-        index, name = self._index(position), self._name(position)
-        error = SerializationError(f"task {index} ({name}) {what}")
-        error.__cause__ = cause
-        attach_task(error, index, name, tb)
-        return error
+        return serialization_error(self._index(position), self._name(position), what, cause, tb)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -342,32 +344,13 @@ class _BatchRun:
 
     def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
         if isinstance(error, TaskError):
-            failure = self._task_failure(error, position)
+            failure = Failure(raised_in_worker(error, self._index(position), self._name(position)))
         elif isinstance(error, Failure):
             failure = error
         else:
             failure = Failure(error)
         self.results[position] = failure
         self.failed = True
-
-    def _task_failure(self, error: TaskError, position: int) -> Failure:
-        exc: BaseException | None = None
-        if error.exc_bytes is not None:
-            try:
-                exc = pickle.loads(error.exc_bytes)
-            except Exception:
-                exc = None
-        index, name = self._index(position), self._name(position)
-        if exc is None:
-            if error.type_name == "SerializationError":
-                exc = SerializationError(f"task {index} ({name}): {error.message}")
-            else:
-                exc = SerializationError(
-                    f"task {index} ({name}) raised {error.type_name}: {error.message} "
-                    "(the exception itself could not be pickled back to the parent)"
-                )
-        attach_task(exc, index, name, error.tb)
-        return Failure(exc)
 
     async def _watchdog(
         self,
@@ -410,26 +393,12 @@ class _BatchRun:
             job_position = received
         position = todo[job_position]
         index, name = self._index(position), self._name(position)
-        doing = {
-            SLOT_LOADING: "unpickling the arguments of",
-            SLOT_SENDING: "pickling the result of",
-        }
-        if attempt.timed_out == job_position and not phase:
+        error: Exception
+        if attempt.timed_out == job_position and not phase and self.options.timeout:
             elapsed = time.monotonic() - started
-            error: Exception = TimeoutError(
-                f"task {index} ({name}) ran past timeout={self.options.timeout:g}s "
-                f"({elapsed:.1f}s); its worker process {worker.pid} was killed and replaced"
-            )
+            error = timeout_error(index, name, self.options.timeout, elapsed, worker.pid)
         else:
-            error = WorkerCrashedError(
-                f"the worker process (pid {worker.pid}) {doing.get(phase, 'running')} task "
-                f"{index} ({name}) died "
-                f"({describe_exit(exitcode)}): a segfault, os._exit(), an out-of-memory kill "
-                "or a signal from outside; the other tasks of its batch run on a fresh worker",
-                task_index=index,
-                exitcode=exitcode,
-            )
-        attach_task(error, index, name)
+            error = crash_error(index, name, worker.pid, exitcode, phase)
         self._fail(position, error)
         return todo[received:job_position] + todo[job_position + 1 :]
 
@@ -441,12 +410,6 @@ class _BatchRun:
         if self.blameless < MAX_BLAMELESS_CRASHES or not rest:
             return rest
         position = rest[0]
-        index, name = self._index(position), self._name(position)
-        error = WorkerCrashedError(
-            f"worker processes died {self.blameless} times in a row before task {index} "
-            f"({name}) could run",
-            task_index=index,
-        )
-        attach_task(error, index, name)
+        error = repeated_crash_error(self._index(position), self._name(position), self.blameless)
         self._fail(position, error)
         return rest[1:]

@@ -1,0 +1,92 @@
+"""What the user reads when a call fails on a process worker: one function per way to fail.
+
+Each names the task (its input index and function) and says what to do about it; the
+worker's traceback, where there is one, is chained as the exception's cause.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from .._errors import SerializationError, WorkerCrashedError, attach_task, describe_exit
+from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
+
+__all__ = [
+    "crash_error",
+    "raised_in_worker",
+    "repeated_crash_error",
+    "serialization_error",
+    "timeout_error",
+]
+
+_DOING = {SLOT_LOADING: "unpickling the arguments of", SLOT_SENDING: "pickling the result of"}
+
+
+def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
+    """The task's own exception, rebuilt in the parent; a SerializationError saying so if
+    it could not cross back."""
+    exc: BaseException | None = None
+    if error.exc_bytes is not None:
+        try:
+            exc = pickle.loads(error.exc_bytes)
+        except Exception:
+            exc = None
+    if exc is None:
+        if error.type_name == "SerializationError":
+            exc = SerializationError(f"task {index} ({name}): {error.message}")
+        else:
+            exc = SerializationError(
+                f"task {index} ({name}) raised {error.type_name}: {error.message} "
+                "(the exception itself could not be pickled back to the parent)"
+            )
+    attach_task(exc, index, name, error.tb)
+    return exc
+
+
+def serialization_error(
+    index: int,
+    name: str,
+    what: str,
+    cause: BaseException | None = None,
+    tb: str | None = None,
+) -> SerializationError:
+    error = SerializationError(f"task {index} ({name}) {what}")
+    error.__cause__ = cause
+    attach_task(error, index, name, tb)
+    return error
+
+
+def timeout_error(index: int, name: str, timeout: float, elapsed: float, pid: int) -> TimeoutError:
+    error = TimeoutError(
+        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s); "
+        f"its worker process {pid} was killed and replaced"
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def crash_error(
+    index: int, name: str, pid: int, exitcode: int | None, phase: int
+) -> WorkerCrashedError:
+    """The worker died while running the call (or unpickling its arguments, or pickling its
+    result: ``phase``)."""
+    error = WorkerCrashedError(
+        f"the worker process (pid {pid}) {_DOING.get(phase, 'running')} task {index} "
+        f"({name}) died ({describe_exit(exitcode)}): a segfault, os._exit(), an "
+        "out-of-memory kill or a signal from outside; the other tasks of its batch run on a "
+        "fresh worker",
+        task_index=index,
+        exitcode=exitcode,
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def repeated_crash_error(index: int, name: str, crashes: int) -> WorkerCrashedError:
+    """Workers kept dying between calls, before this one could run."""
+    error = WorkerCrashedError(
+        f"worker processes died {crashes} times in a row before task {index} ({name}) could run",
+        task_index=index,
+    )
+    attach_task(error, index, name)
+    return error
