@@ -5,7 +5,7 @@
     run_batch(Batch)
       ├─ numpy arrays > max_nbytes ──client.scatter (once per array per run)──► cluster memory
       │     id(array) -> Future, dropped (and released) when the array dies or the run ends
-      ├─ client.submit(_run_calls, [(f, args, kwargs), ...], pure=False) ───► a worker thread
+      ├─ client.submit(run_calls, [(f, args, kwargs), ...], pure=False) ───► a worker thread
       │     arrays replaced by their Futures; dask hands the worker the data      │
       │                                                                          ▼
       │                                     calls in order; each value or exception pickled
@@ -26,33 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import threading
 import traceback
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
 import numpy as np
 from distributed import Client, KilledWorker
-from distributed.protocol import pickle as dask_pickle
 
 from .._call import Call, function_name
 from .._errors import AioParallelError, SerializationError, WorkerCrashedError, attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls
 
 __all__ = ["DaskBackend"]
 
-#: (function, args, kwargs) as submitted: builtin containers, so dask finds the Futures in them.
-WireCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-#: One call's outcome from the worker: (_VALUE, pickled value) or (_RAISED, pickled (exc, tb)).
-Outcome = tuple[int, bytes]
-
-_VALUE, _RAISED = 0, 1
-#: pickle, falling back to cloudpickle for lambdas and closures (as dask itself does).
-_dumps: Callable[..., bytes] = dask_pickle.dumps
 #: Seconds a cancelled run may spend telling the scheduler (or closing our own client).
 _CLEANUP_GRACE = 5.0
 #: Outcomes larger than this are unpickled in a worker thread, off the event loop.
@@ -175,7 +166,7 @@ class _DaskRun:
         name = function_name(batch.calls[0].func)
         try:
             future = self._client.submit(
-                _run_calls,
+                run_calls,
                 calls,
                 batch.start,
                 options.stop_on_error,
@@ -200,7 +191,7 @@ class _DaskRun:
                     f"the dask task of task {batch.start} ({name}) was cancelled outside "
                     f"aioparallel: {exc}"
                 ) from exc
-            # _run_calls catches everything once its calls start, so this failed before any
+            # run_calls catches everything once its calls start, so this failed before any
             # of them ran (the worker could not unpickle an argument; a module is missing
             # there): running the calls one per task is then safe, and names the culprit.
             if len(batch.calls) > 1:
@@ -349,8 +340,8 @@ def _unpack(batch: Batch, outcomes: list[Outcome], stop_on_error: bool) -> list[
                 f"the result of task {index} ({name}) could not be unpickled: {exc!r}"
             )
             unpickling.__cause__ = exc
-            loaded, kind = (unpickling, None), _RAISED
-        if kind == _VALUE:
+            loaded, kind = (unpickling, None), RAISED
+        if kind == VALUE:
             results.append(loaded)
             continue
         error, tb = loaded
@@ -359,100 +350,3 @@ def _unpack(batch: Batch, outcomes: list[Outcome], stop_on_error: bool) -> list[
         if stop_on_error:
             break
     return results
-
-
-# -- worker side: runs inside a dask worker's thread ------------------------------------------
-
-
-def _run_calls(
-    calls: list[WireCall], start: int, stop_on_error: bool, timeout: float | None
-) -> list[Outcome]:
-    """Run a batch's calls in order on the worker; never raises.
-
-    Each value and exception is pickled here, one by one, rather than by dask for the whole
-    list: an unpicklable result then fails its own task, not the batch.
-    """
-    outcomes: list[Outcome] = []
-    for offset, (func, args, kwargs) in enumerate(calls):
-        index = start + offset
-        try:
-            if timeout is None:
-                value = func(*args, **kwargs)
-            else:
-                value = _call_with_timeout(func, args, kwargs, timeout, index)
-        except _Overran as overran:
-            outcomes.append(_pack_error(overran.error, None))
-        except BaseException as exc:
-            outcomes.append(_pack_error(exc, "".join(traceback.format_exception(exc))))
-        else:
-            try:
-                outcomes.append((_VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
-                continue
-            except Exception as exc:
-                error = SerializationError(
-                    f"the result of task {index} ({function_name(func)}), "
-                    f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
-                )
-                outcomes.append(_pack_error(error, "".join(traceback.format_exception(exc))))
-        if stop_on_error:
-            break
-    return outcomes
-
-
-class _Overran(Exception):
-    """A call ran past its timeout (wraps the TimeoutError the caller will see)."""
-
-    def __init__(self, error: TimeoutError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _call_with_timeout(
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    timeout: float,
-    index: int,
-) -> Any:
-    """Run a call in a helper thread, so the worker can give up on it after ``timeout``.
-
-    A thread cannot be stopped: the overrunning call goes on in the background and its
-    result is dropped, as with the threads backend.
-    """
-    box: list[tuple[bool, Any]] = []
-
-    def target() -> None:
-        try:
-            box.append((True, func(*args, **kwargs)))
-        except BaseException as exc:
-            box.append((False, exc))
-
-    thread = threading.Thread(target=target, name=f"aioparallel-task-{index}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not box:
-        raise _Overran(
-            TimeoutError(
-                f"task {index} ({function_name(func)}) ran longer than timeout={timeout}s "
-                "on its dask worker"
-            )
-        )
-    ok, value = box[0]
-    if ok:
-        return value
-    raise value
-
-
-def _pack_error(exc: BaseException, tb: str | None) -> Outcome:
-    """Pickle a task's exception with its traceback text, whatever the exception holds."""
-    if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: not the worker's end
-        exc = AioParallelError(f"the task raised {exc!r}, which does not stop a dask worker")
-    try:
-        blob = _dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt (extra __init__ args)
-    except Exception as err:
-        stand_in = SerializationError(
-            f"the task raised {type(exc).__qualname__}: {exc}, which could not be pickled ({err!r})"
-        )
-        blob = pickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)
-    return (_RAISED, blob)
