@@ -76,9 +76,11 @@ class parallel_config:
         Default size above which arrays are memmapped.
     mmap_mode
         Default mode workers open memmapped arrays with.
-    prefer, require
-        joblib's hints: ``prefer="threads"`` picks threads when no backend is named;
-        ``require="sharedmem"`` always picks threads (calls share the caller's memory).
+    prefer
+        joblib's hint: ``"threads"`` picks threads when no backend is named.
+    require
+        joblib's constraint: ``"sharedmem"`` always picks threads (calls share the
+        caller's memory).
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.

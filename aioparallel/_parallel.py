@@ -37,15 +37,11 @@ StreamMode = Literal["generator", "generator_unordered"]
 _DEFAULT_PRE_DISPATCH = "2*n_jobs"
 
 
-class _Unset(str):
-    """A default that shows as its value but tells "not given" from an explicit equal value,
-    so that an active ``parallel_config`` fills in only what the caller left out."""
+class Default(str):
+    """A default value that tells "not given" from an explicit equal value, so that an
+    active ``parallel_config`` fills in only what the caller left out."""
 
     __slots__ = ()
-
-
-_UNSET_MAX_NBYTES: Any = _Unset("1M")
-_UNSET_MMAP_MODE: Any = _Unset("r")
 
 
 class Parallel(Generic[M]):
@@ -87,9 +83,10 @@ class Parallel(Generic[M]):
     progress
         True for a tqdm bar on stderr, or a (sync or async) callable receiving
         `ProgressEvent` objects.
-    prefer, require
-        joblib's hints: ``prefer="threads"`` picks threads when no backend is named;
-        ``require="sharedmem"`` always picks threads.
+    prefer
+        joblib's hint: ``"threads"`` picks threads when no backend is named.
+    require
+        joblib's constraint: ``"sharedmem"`` always picks threads.
     """
 
     @overload
@@ -104,8 +101,8 @@ class Parallel(Generic[M]):
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
-        mmap_mode: str = _UNSET_MMAP_MODE,
+        max_nbytes: int | str | None = Default("1M"),
+        mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
@@ -124,8 +121,8 @@ class Parallel(Generic[M]):
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
-        mmap_mode: str = _UNSET_MMAP_MODE,
+        max_nbytes: int | str | None = Default("1M"),
+        mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
@@ -143,8 +140,8 @@ class Parallel(Generic[M]):
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = _UNSET_MAX_NBYTES,
-        mmap_mode: str = _UNSET_MMAP_MODE,
+        max_nbytes: int | str | None = Default("1M"),
+        mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
@@ -201,10 +198,10 @@ class Parallel(Generic[M]):
                 ) from None
         self.progress = progress
         self.return_exceptions = bool(return_exceptions)
-        if max_nbytes is _UNSET_MAX_NBYTES:
-            max_nbytes = config.get("max_nbytes", "1M")
-        if mmap_mode is _UNSET_MMAP_MODE:
-            mmap_mode = config.get("mmap_mode", "r")
+        if isinstance(max_nbytes, Default):
+            max_nbytes = config.get("max_nbytes", str(max_nbytes))
+        if isinstance(mmap_mode, Default):
+            mmap_mode = config.get("mmap_mode", str(mmap_mode))
         temp_folder = temp_folder if temp_folder is not None else config.get("temp_folder")
         self._options = RunOptions(
             timeout=self.timeout,
