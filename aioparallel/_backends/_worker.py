@@ -1,4 +1,5 @@
-"""The worker process: ``python -m aioparallel._backends._worker REQ RESP SLOT LIFELINE``.
+"""The worker process, started by the pool as ``python -c <boot> ROOT REQ RESP SLOT LIFELINE
+PARENT_PID`` (``_pool._BOOT``): descriptor numbers of the pipes and slot the parent created.
 
 Imports only the standard library and ``_wire`` (a cold start costs ~20 ms, not ~100 ms).
 It reads jobs from the request pipe, runs their calls in order, and streams results back on
@@ -20,12 +21,7 @@ import threading
 import time
 from typing import Any
 
-# Run as a file, this module has no package: make the package importable first.
-if __package__ in (None, ""):  # pragma: no cover - the spawn path
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    from aioparallel._backends import _wire
-else:
-    from . import _wire
+from . import _wire
 
 #: Results are sent at least this often during a long batch, so a crash loses little.
 FLUSH_SECONDS = 0.05
@@ -55,11 +51,7 @@ class _ResultPickler(pickle.Pickler):
         reference = _wire.memmap_reference(obj)
         if reference is not None:
             return reference
-        if (
-            self.max_nbytes is not None
-            and obj.nbytes > self.max_nbytes
-            and obj.dtype.hasobject is False
-        ):
+        if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
             import tempfile
 
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
@@ -71,8 +63,6 @@ class _ResultPickler(pickle.Pickler):
 
 
 def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> bytes:
-    import io
-
     if "numpy" not in sys.modules:
         return _wire.dumps(payload)
     buffer = io.BytesIO()
