@@ -18,7 +18,6 @@ class Budget:
     def __init__(self, limit: int | None):
         self.limit = limit
         self.used = 0
-        self.peak = 0
         self._freed = anyio.Event()
 
     async def acquire(self, want: int) -> int:
@@ -27,7 +26,6 @@ class Budget:
             await self._freed.wait()
         n = want if self.limit is None else min(want, self.limit - self.used)
         self.used += n
-        self.peak = max(self.peak, self.used)
         return n
 
     def release(self, n: int) -> None:

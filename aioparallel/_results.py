@@ -19,8 +19,6 @@ __all__ = ["ListSink", "OrderedSink", "Sink", "UnorderedSink"]
 
 R = TypeVar("R")
 
-_EMPTY: Any = object()
-
 
 class Sink(Generic[R]):
     """Base: receives ``put(start, values)`` from the run and ``close(error)`` at its end."""
