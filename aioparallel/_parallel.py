@@ -34,12 +34,12 @@ R = TypeVar("R")
 M = TypeVar("M", bound=str)
 ListMode = Literal["list"]
 StreamMode = Literal["generator", "generator_unordered"]
-_DEFAULT_PRE_DISPATCH = "2*n_jobs"
 
 
 class Default(str):
-    """A default value that tells "not given" from an explicit equal value, so that an
-    active ``parallel_config`` fills in only what the caller left out."""
+    """A default value that tells "not given" from an explicit equal value: an active
+    ``parallel_config`` fills in only what the caller left out, and only the default
+    ``pre_dispatch`` widens with the batch size."""
 
     __slots__ = ()
 
@@ -97,7 +97,7 @@ class Parallel(Generic[M]):
         *,
         return_as: ListMode = "list",
         verbose: int | None = None,
-        pre_dispatch: int | str = "2*n_jobs",
+        pre_dispatch: int | str = Default("2*n_jobs"),
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
@@ -117,7 +117,7 @@ class Parallel(Generic[M]):
         *,
         return_as: StreamMode,
         verbose: int | None = None,
-        pre_dispatch: int | str = "2*n_jobs",
+        pre_dispatch: int | str = Default("2*n_jobs"),
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
@@ -136,7 +136,7 @@ class Parallel(Generic[M]):
         *,
         return_as: str = "list",
         verbose: int | None = None,
-        pre_dispatch: int | str = "2*n_jobs",
+        pre_dispatch: int | str = Default("2*n_jobs"),
         batch_size: int | Literal["auto"] = "auto",
         timeout: float | None = None,
         temp_folder: str | os.PathLike[str] | None = None,
@@ -176,7 +176,7 @@ class Parallel(Generic[M]):
         self._pre_dispatch_arg = pre_dispatch
         # The default bound counts batches (as joblib's does) so batching never starves a
         # worker; an explicit pre_dispatch is a hard bound on calls.
-        self._widen_bound = pre_dispatch == _DEFAULT_PRE_DISPATCH
+        self._widen_bound = isinstance(pre_dispatch, Default)
         parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
