@@ -174,10 +174,9 @@ class WorkerProcess:
             for fd in (*child_ends, req_w, resp_r, life_w):
                 os.close(fd)
             raise
-        for fd in child_ends[:2] + child_ends[3:]:
-            os.close(fd)
         slot = mmap.mmap(slot_fd, _wire.SLOT_SIZE)
-        os.close(slot_fd)
+        for fd in child_ends:  # the child has its copies; the mapping keeps the slot
+            os.close(fd)
         os.set_blocking(req_w, False)
         os.set_blocking(resp_r, False)
         worker = cls(process, req_w, resp_r, life_w, slot)
