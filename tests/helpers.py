@@ -23,6 +23,7 @@ __all__ = [
     "add",
     "async_calls",
     "async_items",
+    "endless_calls",
     "fail_at",
     "identity",
     "reverse_chain",
@@ -179,6 +180,18 @@ class Tracker:
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Bounded wait until no task runs (abandoned threads finish in the background)."""
         return self.wait_until(lambda t: t.running == 0, timeout)
+
+
+async def endless_calls(closed: Any) -> AsyncIterator[Any]:
+    """An endless async generator of ``delayed(square)(i)`` that sets ``closed`` (an
+    ``anyio.Event``) when it is closed."""
+    try:
+        i = 0
+        while True:
+            yield delayed(square)(i)
+            i += 1
+    finally:
+        closed.set()
 
 
 async def async_calls(func: Callable[..., Any], items: Iterable[Any]) -> AsyncIterator[Any]:

@@ -28,6 +28,7 @@ from tests.helpers import (
     add,
     async_calls,
     async_items,
+    endless_calls,
     fail_at,
     identity,
     reverse_chain,
@@ -38,7 +39,7 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.anyio
 
-#: Every backend that must pass the contract (the processes backend joins when it is ready).
+#: Every backend that must pass the contract.
 BACKENDS = ["sequential", "threads", "processes"]
 MODES = ["list", "generator", "generator_unordered"]
 #: Upper bound for anything that must happen "promptly".
@@ -146,6 +147,15 @@ async def test_input_taken_at_most_pre_dispatch_ahead(backend: str, mode: str) -
     results = await collect(p, tracker.calls(60))
     expect(mode, results, list(range(60)))
     assert 1 <= tracker.max_ahead <= 3
+
+
+async def test_explicit_default_pre_dispatch_is_a_hard_bound(backend: str) -> None:
+    """pre_dispatch="2*n_jobs" given explicitly bounds calls even with auto batching; only
+    the untouched default widens with the batch size."""
+    tracker = Tracker()
+    p = Parallel(n_jobs=2, backend=backend, pre_dispatch="2*n_jobs")
+    assert await p(tracker.calls(2000)) == list(range(2000))
+    assert 1 <= tracker.max_ahead <= 4
 
 
 async def test_pre_dispatch_bounds_dispatch_while_tasks_block() -> None:
@@ -297,17 +307,8 @@ async def test_breaking_out_of_async_for_stops_the_run(backend: str) -> None:
 async def test_aclose_closes_an_async_producer(backend: str, mode: str) -> None:
     closed = anyio.Event()
 
-    async def endless() -> AsyncIterator[Any]:
-        try:
-            i = 0
-            while True:
-                yield delayed(square)(i)
-                i += 1
-        finally:
-            closed.set()
-
     p = Parallel(n_jobs=2, backend=backend, return_as=mode)  # type: ignore[call-overload]
-    stream = p(endless())
+    stream = p(endless_calls(closed))
     async for _ in stream:
         break
     await stream.aclose()
@@ -330,16 +331,9 @@ async def test_dropping_the_iterator_stops_the_run(backend: str) -> None:
     """Breaking out without aclose(): dropping the iterator cancels the run."""
     closed = anyio.Event()
 
-    async def endless() -> AsyncIterator[Any]:
-        try:
-            i = 0
-            while True:
-                yield delayed(square)(i)
-                i += 1
-        finally:
-            closed.set()
-
-    async for _ in Parallel(n_jobs=2, backend=backend, return_as="generator")(endless()):
+    async for _ in Parallel(n_jobs=2, backend=backend, return_as="generator")(
+        endless_calls(closed)
+    ):
         break
     with anyio.fail_after(PROMPT):
         await closed.wait()
