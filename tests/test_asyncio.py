@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from functools import partial
 
@@ -27,6 +28,7 @@ async def test_gather_of_calls(backend: str) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 async def test_asyncio_timeout_sequential() -> None:
     tracker = Tracker()
     began = time.monotonic()

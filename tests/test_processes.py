@@ -425,6 +425,7 @@ async def test_fail_after_kills_the_running_workers(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 async def test_asyncio_timeout_kills_the_running_workers(tmp_path: Path) -> None:
     pids: dict[int, int] = {}
     fired = 0.0
