@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-USAGE = """usage: python -m aioparallel {demo,bench} [options]
+USAGE = """usage: python -m aioparallel {demo,bench,--version} [options]
 
   demo   map a CPU-bound function on process workers, with a progress bar, while a
          heartbeat shows the event loop stays responsive
@@ -19,6 +19,14 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command in ("-V", "--version"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"aioparallel {version('aioparallel')}")
+        except PackageNotFoundError:  # imported from a source tree that is not installed
+            print("aioparallel (not installed: no version metadata)")
+        return 0
     if command == "demo":
         from ._demo import main as demo
 
