@@ -71,7 +71,7 @@ async def test_wait_for_a_stream_consumer() -> None:
         return [r async for r in stream]
 
     try:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from 3.11 on
             await asyncio.wait_for(consume(), 0.1)
         await asyncio.wait_for(stream.aclose(), PROMPT)
     finally:
