@@ -294,7 +294,7 @@ class Parallel(Generic[M]):
         async with self._backend() as backend:
             sink: ListSink[Any] = ListSink(Budget(None))
             await self._new_run(iterable, backend, sink).execute()
-            return sink.results
+            return sink.result()
 
     def _stream(self, iterable: object) -> ResultStream[Any]:
         def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:

@@ -54,11 +54,12 @@ class ResultStream(AsyncIterator[R], Generic[R]):
         async def host() -> None:
             try:
                 await execute()
-            except anyio.get_cancelled_exc_class():
-                sink.close(RuntimeError("the run was cancelled"))
-                raise
             except BaseException as exc:  # handed to the consumer, never lost
-                sink.close(exc)
+                if exc is sink.error or not isinstance(exc, anyio.get_cancelled_exc_class()):
+                    sink.close(exc)  # the run's error, even a task's own CancelledError
+                else:
+                    sink.close(RuntimeError("the run was cancelled"))
+                    raise
             else:
                 sink.close()
             finally:
