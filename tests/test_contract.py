@@ -345,9 +345,10 @@ async def test_cancelling_the_caller_stops_dispatch(backend: str, mode: str) -> 
     with anyio.CancelScope() as scope:
 
         def cancel_after_five(event: ProgressEvent) -> None:
+            # a sync callback runs in a worker thread: reach the loop through anyio
             if event.done >= 5 and not fired:
                 fired.append(time.monotonic())
-                scope.cancel()
+                anyio.from_thread.run_sync(scope.cancel)
 
         p = Parallel(n_jobs=2, backend=backend, return_as=mode, progress=cancel_after_five)  # type: ignore[call-overload]
         await collect(p, tracker.calls(None))  # endless input
