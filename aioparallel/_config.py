@@ -6,8 +6,10 @@ regular expressions.
 
 from __future__ import annotations
 
+import math
 import re
 from contextvars import ContextVar, Token
+from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -218,10 +220,21 @@ def parse_n_jobs(n_jobs: object) -> int:
     return n_jobs
 
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+#: ASCII digits only: ``\d`` would also match other scripts' digits, which int() rejects.
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _PRE_DISPATCH = re.compile(
     rf"^\s*(?:(?P<k>{_NUMBER})\s*\*\s*n_jobs|n_jobs(?:\s*\*\s*(?P<k2>{_NUMBER}))?)\s*$"
 )
+_INT = re.compile(r"^[0-9]+$")
+
+
+def _exact(number: str) -> Fraction | None:
+    """A decimal literal matched by ``_NUMBER``, exactly (no float overflow or underflow);
+    None if it has more digits than Python converts (``sys.get_int_max_str_digits``)."""
+    try:
+        return Fraction(number)
+    except ValueError:
+        return None
 
 
 def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
@@ -235,20 +248,20 @@ def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
         text = pre_dispatch.strip()
         if text == "all":
             return None
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
+        number, scale = text, 1
         match = _PRE_DISPATCH.match(text)
         if match:
-            k = float(match["k"] or match["k2"] or 1)
-            if k > 0:
-                return max(1, int(k * n_jobs))
+            number, scale = match["k"] or match["k2"] or "1", n_jobs
+        k = _exact(number) if match or _INT.match(text) else None
+        if k is not None and k > 0:
+            return max(1, math.floor(k * scale))
     raise ValueError(
-        f"invalid pre_dispatch {pre_dispatch!r}: expected 'all', a positive int, "
+        f"invalid pre_dispatch {pre_dispatch!r:.60}: expected 'all', a positive int, "
         "or 'k*n_jobs' with a positive number k (e.g. '2*n_jobs')"
     )
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(rf"^\s*({_NUMBER})\s*([KMG]?)B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -260,10 +273,11 @@ def parse_max_nbytes(max_nbytes: object) -> int | None:
         return max_nbytes
     if isinstance(max_nbytes, str):
         match = _SIZE.match(max_nbytes)
-        if match:
-            return int(float(match[1]) * _UNITS[match[2].upper()])
+        size = _exact(match[1]) if match else None
+        if match and size is not None:
+            return math.floor(size * _UNITS[match[2].upper()])
     raise ValueError(
-        f"invalid max_nbytes {max_nbytes!r}: expected None, a non-negative int, "
+        f"invalid max_nbytes {max_nbytes!r:.60}: expected None, a non-negative int, "
         "or a size such as '10K', '1M', '1G'"
     )
 
