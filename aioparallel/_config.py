@@ -81,8 +81,7 @@ class parallel_config:
     prefer
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
-        joblib's constraint: ``"sharedmem"`` always picks threads (calls share the
-        caller's memory).
+        joblib's constraint: ``"sharedmem"`` picks threads (calls share the caller's memory).
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -171,30 +170,57 @@ def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:
 def resolve_backend(
     backend: object, prefer: str | None, require: str | None
 ) -> tuple[str, Backend | None]:
-    """(canonical name, backend object or None) from the parameters and the active config."""
+    """(canonical name, backend object or None) from the parameters and the active config.
+
+    ``require="sharedmem"`` turns a configured process (or dask) backend into threads, as in
+    joblib; with such a backend passed explicitly it is a ``ValueError``, never a silent switch.
+    """
     config = current_config()
     prefer = check_choice("prefer", prefer, PREFER) if prefer else config.get("prefer")
     require = check_choice("require", require, REQUIRE) if require else config.get("require")
-    backend = backend if backend is not None else config.get("backend")
+    explicit = backend is not None
+    backend = backend if explicit else config.get("backend")
+    obj: Backend | None = None
     if isinstance(backend, str):
         name = check_backend_name(backend)
     elif backend is None:
         name = "sequential" if in_worker() else (prefer or "processes")
     elif isinstance(backend, Backend):
-        return backend.name, backend
+        name, obj = backend.name, backend
     else:
         raise ValueError(
             f"invalid backend {backend!r}: expected a backend name or a Backend object"
         )
-    if require == "sharedmem" and name == "processes":
-        name = "threads"
-    return name, None
+    if require == "sharedmem" and name not in ("threads", "sequential"):
+        if explicit:
+            raise ValueError(
+                f"require='sharedmem' needs calls that share the caller's memory, which "
+                f"backend {backend!r} cannot give; pass backend='threads' (or 'sequential'), "
+                "or no backend to let require pick threads"
+            )
+        return "threads", None
+    return name, obj
 
 
 def backend_options(name: str) -> dict[str, Any]:
-    """The active ``parallel_config`` options that backend ``name`` takes."""
-    options = current_config().get("backend_options", {})
-    return {k: v for k, v in options.items() if k in BACKEND_OPTIONS.get(name, ())}
+    """The active ``parallel_config`` backend options, all of which backend ``name`` must
+    take: an option for another backend is a ``ValueError``, never silently dropped."""
+    options: dict[str, Any] = dict(current_config().get("backend_options", {}))
+    foreign = sorted(set(options) - BACKEND_OPTIONS.get(name, frozenset()))
+    if foreign:
+        takers = {
+            option: [b for b, known in BACKEND_OPTIONS.items() if option in known]
+            for option in foreign
+        }
+        described = "; ".join(
+            f"{option}= is an option of {' and '.join(map(repr, takers[option]))}"
+            for option in foreign
+        )
+        raise ValueError(
+            f"parallel_config option(s) {', '.join(map(repr, foreign))} do not apply to "
+            f"backend {name!r} ({described}); drop them or use that backend"
+        )
+    return options
 
 
 def check_backend_name(name: str) -> str:
