@@ -160,12 +160,16 @@ class Parallel(Generic[M]):
         self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
 
         obj = self._backend_object
-        if obj is not None and n_jobs is not None and obj.name != "dask":
-            if parse_n_jobs(n_jobs) != obj.n_workers:
-                raise ValueError(
-                    f"n_jobs={n_jobs!r} contradicts the backend object {obj!r}, which has "
-                    f"{obj.n_workers} workers: drop n_jobs or make them agree"
-                )
+        if (
+            obj is not None
+            and n_jobs is not None
+            and obj.name != "dask"
+            and parse_n_jobs(n_jobs) != obj.n_workers
+        ):
+            raise ValueError(
+                f"n_jobs={n_jobs!r} contradicts the backend object {obj!r}, which has "
+                f"{obj.n_workers} workers: drop n_jobs or make them agree"
+            )
         if obj is not None and obj.name != "dask":
             self.n_jobs = obj.n_workers  # the object decides; a configured n_jobs is a default
         elif self._n_jobs_arg is None:
@@ -199,10 +203,13 @@ class Parallel(Generic[M]):
         # One worker, or "sequential": the calls run one after another in the caller's thread;
         # a timeout needs a worker that can be abandoned, so then on one thread worker.
         self._one_thread = False
-        if obj is None and self._backend_name in ("processes", "threads", "sequential"):
-            if self.n_jobs == 1 or self._backend_name == "sequential":
-                self._backend_name = "sequential" if self.timeout is None else "threads"
-                self._one_thread = self.timeout is not None
+        if (
+            obj is None
+            and self._backend_name in ("processes", "threads", "sequential")
+            and (self.n_jobs == 1 or self._backend_name == "sequential")
+        ):
+            self._backend_name = "sequential" if self.timeout is None else "threads"
+            self._one_thread = self.timeout is not None
         verbose = verbose if verbose is not None else config.get("verbose", 0)
         if not isinstance(verbose, int) or verbose < 0:  # True counts as 1, as in joblib
             raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")

@@ -196,9 +196,7 @@ class ProgressReporter:
         if _is_async(self._callback):
             result = self._callback(event)
         else:
-            result = await anyio.to_thread.run_sync(
-                self._callback, event, abandon_on_cancel=True
-            )
+            result = await anyio.to_thread.run_sync(self._callback, event, abandon_on_cancel=True)
         if inspect.isawaitable(result):
             await result
 

@@ -35,8 +35,8 @@ from typing import Any
 import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
-from ._call import Call, function_name
 from ._batching import AutoBatcher, FixedBatcher
+from ._call import Call, function_name
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
