@@ -8,9 +8,8 @@ from typing import Any
 
 import anyio
 
-from .._call import function_name
-from .._errors import attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._threads import run_calls
 
 __all__ = ["SequentialBackend"]
 
@@ -18,7 +17,8 @@ __all__ = ["SequentialBackend"]
 class SequentialBackend:
     """No workers: each call runs on the event loop thread, with a checkpoint between calls.
 
-    ``timeout`` is not enforced here: nothing can interrupt a call running on the loop.
+    Nothing can interrupt a call running on the loop, so a ``timeout`` needs a worker that
+    can be abandoned: ``Parallel`` then runs the calls on one thread worker instead.
     """
 
     name = "sequential"
@@ -32,17 +32,20 @@ class SequentialBackend:
 
     @asynccontextmanager
     async def open_run(self, options: RunOptions) -> AsyncIterator[RunBatch]:
+        if options.timeout is not None:
+            raise ValueError(
+                "the sequential backend cannot enforce timeout=: nothing interrupts a call "
+                "running on the event loop (Parallel runs such calls on one thread worker)"
+            )
+
         async def run_batch(batch: Batch) -> list[Any]:
             results: list[Any] = []
             for offset, call in enumerate(batch.calls):
                 await anyio.lowlevel.checkpoint()
-                try:
-                    results.append(call.func(*call.args, **call.kwargs))
-                except Exception as exc:
-                    attach_task(exc, batch.start + offset, function_name(call.func))
-                    results.append(Failure(exc))
-                    if options.stop_on_error:
-                        break
+                (outcome,) = run_calls(batch.start + offset, [call], options.stop_on_error)
+                results.append(outcome)
+                if options.stop_on_error and type(outcome) is Failure:
+                    break
             return results
 
         yield run_batch

@@ -1,11 +1,13 @@
 """Thread workers: anyio worker threads, at most ``n_jobs`` at once.
 
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
-its result is dropped; the run does not wait for it.
+its result is dropped; the run does not wait for it. A cancelled batch starts no further
+call: the thread checks the batch's ``stop`` event before each one.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,13 +23,21 @@ from ._base import Batch, Failure, RunBatch, RunOptions
 __all__ = ["ThreadBackend"]
 
 
-def _run_calls(start: int, calls: list[Call[Any]], stop_on_error: bool) -> list[Any]:
-    """Runs in a worker thread."""
+def run_calls(
+    start: int, calls: list[Call[Any]], stop_on_error: bool, stop: threading.Event | None = None
+) -> list[Any]:
+    """Run ``calls`` in order; each outcome, whatever it raised, goes in its slot.
+
+    Stops early at the first failure (with ``stop_on_error``) or once ``stop`` is set.
+    Shared by the thread and sequential backends.
+    """
     results: list[Any] = []
     for offset, call in enumerate(calls):
+        if stop is not None and stop.is_set():
+            break
         try:
             results.append(call.func(*call.args, **call.kwargs))
-        except Exception as exc:
+        except BaseException as exc:  # the task's outcome, whatever its type (SPEC §6)
             attach_task(exc, start + offset, function_name(call.func))
             results.append(Failure(exc))
             if stop_on_error:
@@ -61,10 +71,14 @@ class ThreadBackend:
         async def run_batch(batch: Batch) -> list[Any]:
             calls = list(batch.calls)
             if timeout is None:
-                return await anyio.to_thread.run_sync(
-                    _run_calls, batch.start, calls, options.stop_on_error,
-                    limiter=limiter, abandon_on_cancel=True,
-                )  # fmt: skip
+                stop = threading.Event()
+                try:
+                    return await anyio.to_thread.run_sync(
+                        run_calls, batch.start, calls, options.stop_on_error, stop,
+                        limiter=limiter, abandon_on_cancel=True,
+                    )  # fmt: skip
+                finally:
+                    stop.set()  # cancelled: the thread starts no further call
             # One thread hop per call, so each call gets its own deadline.
             results: list[Any] = []
             for offset, call in enumerate(calls):
@@ -73,7 +87,7 @@ class ThreadBackend:
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
                         value = await anyio.to_thread.run_sync(
-                            _run_calls, index, [call], options.stop_on_error,
+                            run_calls, index, [call], options.stop_on_error,
                             abandon_on_cancel=True,
                         )  # fmt: skip
                 if scope.cancelled_caught:

@@ -165,6 +165,8 @@ def loop_complaints() -> Iterator[list[str]]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # a bare stream dropped while running says so by design (issue 13, E21)
+            warnings.filterwarnings("ignore", "a result stream was not closed", ResourceWarning)
             yield complaints
             gc.collect()
     finally:
