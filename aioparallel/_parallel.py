@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._backends._base import Backend, RunOptions
 from ._budget import Budget
@@ -21,6 +21,7 @@ from ._config import (
     parse_pre_dispatch,
     resolve_backend,
 )
+from ._pending import PendingResults
 from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
@@ -274,6 +275,15 @@ class Parallel(Generic[M]):
         async with self._make_backend(private=False) as backend:
             yield backend
 
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            f"use 'async with {self!r} as parallel:' (in async code): it keeps the workers "
+            "warm across the calls made inside; a plain 'with' cannot await their start"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
+        return None
+
     async def __aenter__(self) -> Parallel[M]:
         """Keep workers warm across calls on this object; release them on exit."""
         if self._warm is not None:
@@ -358,10 +368,13 @@ class Parallel(Generic[M]):
     def __call__(self, iterable: Any) -> Any:
         """Run the calls: a coroutine of the result list, or an async iterator of results."""
         if not (hasattr(iterable, "__iter__") or hasattr(iterable, "__aiter__")):
+            hint = ""
+            if callable(iterable):
+                hint = "; for one function over many inputs write (delayed(f)(x) for x in xs)"
             raise TypeError(
                 f"{self!r} needs an iterable or async iterable of delayed calls, "
-                f"got {type(iterable).__name__}"
+                f"got {type(iterable).__name__} {iterable!r:.60}{hint}"
             )
         if self.return_as == "list":
-            return self._gather(iterable)
+            return PendingResults(self._gather(iterable), f"{self!r}(…)")
         return self._stream(iterable)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
 
@@ -97,6 +97,18 @@ class ResultStream(AsyncIterator[R], Generic[R]):
                 source=self,
                 stacklevel=2,
             )
+
+    def __iter__(self) -> NoReturn:
+        raise TypeError(
+            "a result stream is asynchronous: read it with 'async for r in stream' in async "
+            "code (better: 'async with Parallel(...)(calls) as stream: async for r in stream')"
+        )
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError("use 'async with Parallel(...)(calls) as stream:' (in async code)")
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
+        return None
 
     async def __aenter__(self) -> ResultStream[R]:
         return self
