@@ -50,6 +50,19 @@ def _is_async(func: object) -> bool:
     )
 
 
+def _tqdm_class() -> Any:
+    """tqdm's notebook bar where it can draw one, else the text bar, without tqdm's warning
+    that ipywidgets is missing (a notebook without them gets the text bar, quietly)."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
+
+
 def verbosity_filter(index: int, verbose: int) -> bool:
     """joblib's sqrt-lag filter: True means *skip* the report for this index."""
     if not verbose:
@@ -202,8 +215,7 @@ class ProgressReporter:
 
     def _update_bar(self, snap: _Snapshot) -> None:
         if self._bar is None:
-            from tqdm.auto import tqdm
-
+            tqdm = _tqdm_class()
             self._bar = tqdm(total=self.total, desc=self._name, leave=True)
         if snap.total is not None and self._bar.total != snap.total:
             self._bar.total = snap.total

@@ -237,6 +237,13 @@ async def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
         in printed
     )
 
+    # progress=True without ipywidgets: the text bar, and no warning about the widgets
+    stderr = "".join(
+        o.text for cell in code_cells for o in cell.outputs if o.get("name") == "stderr"
+    )
+    assert "20/20" in stderr, stderr
+    assert "IProgress" not in stderr and "Warning" not in stderr, stderr
+
     assert kernel_cmdline[:3] == [sys.executable, "-m", "ipykernel_launcher"], kernel_cmdline
     assert len(workers) == 2, workers
     assert wait_gone([*kernel, *workers], 10) == []
