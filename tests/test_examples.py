@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: Seconds uvicorn (and later the kernel) may take to start.
 STARTUP_DEADLINE = 30.0
+#: /ping under load may take this many times the slowest idle /ping of the same test...
+PING_FACTOR = 25
+#: ...or this share of the work's duration: one chunk run on the loop would take longer.
+WORK_SHARE = 8
 
 
 def primes_below(n: int) -> int:
@@ -132,6 +136,13 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
     computing = True
 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        # The baseline: the same pings while nothing computes (the machine is shared).
+        idle: list[float] = []
+        for _ in range(20):
+            began = time.perf_counter()
+            assert (await client.get("/ping")).json() == {"status": "ok"}
+            idle.append(time.perf_counter() - began)
+            await asyncio.sleep(0.02)
 
         async def pinger() -> None:
             while computing:
@@ -159,9 +170,16 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
         elapsed = time.perf_counter() - began
 
     assert results == [{"n": n, "primes": primes_below(n)} for n in sizes]
-    # The loop stayed free: /ping was answered throughout, quickly.
+    # The loop stayed free: /ping was answered throughout, and quickly: within a wide margin
+    # of the idle pings, or of a small share of the work (two busy workers share two cores
+    # with both event loops, and other test suites; a chunk run on the loop would hold a
+    # ping for longer than that share).
     assert len(pings) >= 5, (len(pings), elapsed)
-    assert max(pings) < 0.5, f"slowest /ping {max(pings):.3f}s, all: {pings}"
+    bound = max(max(idle) * PING_FACTOR, elapsed / WORK_SHARE)
+    assert max(pings) < bound, (
+        f"slowest /ping {max(pings):.3f}s; bound {bound:.3f}s from the idle pings "
+        f"(slowest {max(idle):.3f}s) and the {elapsed:.2f}s of work; all: {pings}"
+    )
     assert len(workers) == 2, [w.cmdline() for w in workers]
 
     # A clean shutdown: exit code 0, no traceback, no worker left behind.
