@@ -19,6 +19,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.proc_helpers import wait_gone
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: Seconds uvicorn (and later the kernel) may take to start.
@@ -53,19 +55,6 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def wait_gone(processes: list[psutil.Process], deadline: float) -> list[psutil.Process]:
-    """Processes of ``processes`` still alive (not zombies) once ``deadline`` seconds passed."""
-    _, alive = psutil.wait_procs(processes, timeout=deadline)
-    still: list[psutil.Process] = []
-    for process in alive:
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                still.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return still
 
 
 @dataclass
@@ -184,7 +173,7 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
 
     # A clean shutdown: exit code 0, no traceback, no worker left behind.
     assert server.stop() == 0, server.log()
-    assert wait_gone(workers, 5) == [], "worker processes outlived uvicorn"
+    assert wait_gone([w.pid for w in workers], 5) == [], "worker processes outlived uvicorn"
     assert "Traceback" not in server.log(), server.log()
 
 
@@ -257,7 +246,7 @@ async def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
 
     assert kernel_cmdline[:3] == [sys.executable, "-m", "ipykernel_launcher"], kernel_cmdline
     assert len(workers) == 2, workers
-    assert wait_gone([*kernel, *workers], 10) == []
+    assert wait_gone([p.pid for p in (*kernel, *workers)], 10) == []
 
 
 def test_notebook_is_clean() -> None:

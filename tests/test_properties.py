@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aioparallel import Parallel, delayed
-from tests.helpers import Tracker, async_calls, fail_at, square
+from tests.helpers import Tracker, async_calls, collect, fail_at, square
 
 SETTINGS = settings(
     max_examples=30,
@@ -44,13 +44,6 @@ pre_dispatches = st.one_of(
 
 #: How an example runs its ``main``: its own loop, or the test's shared one.
 Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
-
-
-async def collect(p: Parallel[Any], calls: Any) -> list[Any]:
-    if p.return_as == "list":
-        return list(await p(calls))
-    async with p(calls) as stream:
-        return [r async for r in stream]
 
 
 def own_loop(loop: str) -> Runner:
