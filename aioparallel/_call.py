@@ -9,7 +9,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["Call", "delayed"]
+__all__ = ["Call", "Delayed", "delayed"]
 
 
 class Call(Generic[R]):
@@ -49,7 +49,7 @@ class Call(Generic[R]):
         return f"delayed({function_name(self.func)})(...)"
 
 
-class _Delayed(Generic[P, R]):
+class Delayed(Generic[P, R]):
     # What ``delayed(func)`` returns: a callable that records calls to ``func``. It stands in
     # for ``func`` as functools.wraps would make it (name, docstring, module, ``__wrapped__``,
     # so ``inspect.signature`` sees ``func``'s parameters, and ``func``'s own attributes), but
@@ -91,7 +91,7 @@ def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]:
     """
     if not callable(func):
         raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")
-    return _Delayed(func)
+    return Delayed(func)
 
 
 def function_name(func: object) -> str:

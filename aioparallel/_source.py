@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._call import Call
+from ._call import Call, Delayed
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
 
@@ -45,7 +45,7 @@ def _what_instead(item: object) -> str:
     """What the input item is, and the delayed call the user most likely meant."""
     if callable(item):
         name = getattr(item, "__qualname__", None) or type(item).__name__
-        if getattr(item, "__wrapped__", None) is not None:  # what delayed(f) returns
+        if isinstance(item, Delayed):
             return f"got delayed({name}) without its arguments: call it, delayed({name})(x)"
         return f"got the function {name} itself: record the call as delayed({name})(x)"
     return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
 import json
 import os
@@ -310,7 +311,8 @@ def test_n_jobs_default_and_one_run_in_the_caller_thread() -> None:
 
 def test_list_mode_returns_a_coroutine_for_asyncio_run() -> None:
     coro = Parallel(n_jobs=2, backend="threads")(delayed(square)(i) for i in range(5))
-    assert inspect.iscoroutine(coro)
+    # a Coroutine (what asyncio.run, create_task, trio and anyio accept), not a bare one
+    assert isinstance(coro, collections.abc.Coroutine) and asyncio.iscoroutine(coro)
     assert asyncio.run(coro) == [0, 1, 4, 9, 16]
     # again, in a fresh loop, from the same object
     p = Parallel(n_jobs=2, backend="threads")
