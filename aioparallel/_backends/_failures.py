@@ -56,10 +56,20 @@ def serialization_error(
     return error
 
 
-def timeout_error(index: int, name: str, timeout: float, elapsed: float, pid: int) -> TimeoutError:
+_WHILE = {
+    SLOT_LOADING: " while unpickling its arguments",
+    SLOT_SENDING: " while pickling its result",
+}
+
+
+def timeout_error(
+    index: int, name: str, timeout: float, elapsed: float, pid: int, phase: int = 0
+) -> TimeoutError:
+    """The task spent more than ``timeout`` on its worker; ``phase`` says where it was then
+    (the timeout covers receiving the arguments and returning the result too)."""
     error = TimeoutError(
-        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s); "
-        f"its worker process {pid} was killed and replaced"
+        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s)"
+        f"{_WHILE.get(phase, '')}; its worker process {pid} was killed and replaced"
     )
     attach_task(error, index, name)
     return error

@@ -54,8 +54,8 @@ class _ResultPickler(pickle.Pickler):
         if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
             import tempfile
 
-            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=self.run_dir)
+            run_dir = _wire.ensure_private_dir(self.run_dir)
+            fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=run_dir)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, obj, allow_pickle=False)
             return (_wire.load_memmap, (path, "c"))
@@ -69,7 +69,7 @@ def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> b
     try:
         _ResultPickler(buffer, run_dir, max_nbytes).dump(payload)
         return buffer.getvalue()
-    except Exception:
+    except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
         return _wire.dumps(payload)
 
 
@@ -93,11 +93,14 @@ class Worker:
             _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | last)
         try:
             body = _dump_results(values, run_dir, max_nbytes)
-        except (Exception, SystemExit):
+        except BaseException:  # a result's __reduce__ may raise anything
             body = _wire.dumps([_picklable(v) for v in values])
         kind = _wire.RESULTS
         if len(body) > _wire.INLINE_LIMIT:
-            body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
+            try:
+                body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
+            except OSError as exc:  # the run's folder is unusable: each value fails with why
+                body = _wire.dumps([_wire.TaskError.capture(exc)] * len(values))
         header = _wire.RESULT_HEADER.pack(position, len(values), done)
         _wire.write_frame(self.resp_fd, kind, header + body)
 
@@ -109,7 +112,12 @@ class Worker:
         max_nbytes: int | None,
         func: Any,
         calls: list[Any],
+        loaded_from: float,
     ) -> None:
+        """Run the calls. The slot's clock for a call starts when it starts, except for the
+        first call, whose clock started when the job began loading (its time on this worker
+        includes unpickling its arguments); sending results leaves the clock of the last
+        call sent running (its time includes pickling its result)."""
         pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
         monotonic = time.monotonic
         results: list[Any] = []
@@ -117,7 +125,7 @@ class Worker:
         last_flush = monotonic()
         for i, call in enumerate(calls):
             started = monotonic()
-            pack_time(slot, 8, started)
+            pack_time(slot, 8, loaded_from if i == 0 else started)
             pack_pos(slot, 0, base + i)
             try:
                 if func is not None:
@@ -151,6 +159,8 @@ class Worker:
                 continue
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
+            loaded_from = time.monotonic()  # the job's timeout clock starts now
+            _wire.SLOT_TIME.pack_into(self.slot, 8, loaded_from)
             _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_LOADING)
             try:
                 if kind == _wire.BATCH_FILE:
@@ -164,7 +174,7 @@ class Worker:
                 continue
             finally:
                 _wire.SLOT_POS.pack_into(self.slot, 0, -1)
-            self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls)
+            self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from)
 
 
 def _format(exc: BaseException) -> list[str]:
