@@ -524,7 +524,8 @@ class Pool:
                 break
             if worker.alive:
                 return worker
-            await self.release(worker, healthy=False)  # died while idle
+            with anyio.CancelScope(shield=True):  # died while idle
+                await self.release(worker, healthy=False)
         waiter = roster.claim()
         if waiter is not None:
             waited = False
