@@ -28,13 +28,14 @@ from .._errors import SerializationError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._failures import (
+    closed_error,
     crash_error,
     raised_in_worker,
     repeated_crash_error,
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, WorkerProcess, shared_pool
+from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
 from ._wire import (
     BATCH,
     BATCH_FILE,
@@ -214,14 +215,23 @@ class _BatchRun:
         return self.results
 
     async def _run_positions(self, todo: list[int]) -> list[int]:
-        """Run ``todo`` on one worker; return the positions that must run again."""
-        worker = await self.pool.acquire()
+        """Run ``todo`` on one worker; return the positions that must run again.
+
+        This task holds the worker until it gives it back (``release``, shielded); an
+        unhealthy one is killed and reaped there, so its descriptors are closed by this
+        task and no other."""
+        try:
+            worker = await self.pool.acquire()
+        except PoolClosedError:
+            return self._closed(todo, None)
         healthy = False
         try:
             try:
                 seq = worker.next_seq()
                 body = await self._pickle(todo, seq)
-            except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
                 healthy = True
                 return self._pickling_failed(todo, exc)
             try:
@@ -240,10 +250,8 @@ class _BatchRun:
                 return self._load_failed(todo, attempt.load_error)
             return attempt.resend + await self._crashed(worker, seq, todo, attempt)
         finally:
-            if not healthy:
-                with anyio.CancelScope(shield=True):
-                    await worker.kill()
-            self.pool.release(worker)
+            with anyio.CancelScope(shield=True):
+                await self.pool.release(worker, healthy)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -437,6 +445,9 @@ class _BatchRun:
         received = attempt.received
         running = worker.running(seq)
         exitcode = await worker.exit_code()
+        if self.pool.closed:  # killed by the pool's shutdown, not by its task
+            current = None if running is None or running[0] else todo[running[1]]
+            return self._closed(todo[received:], worker.pid, current)
         if running is None or running[1] < received:
             return self._crashed_between(todo, received)
         phase, job_position, started = running
@@ -461,6 +472,8 @@ class _BatchRun:
         """The worker died outside any call: re-run the rest, blaming the next call if it
         keeps happening."""
         rest = todo[received:]
+        if self.pool.closed:
+            return self._closed(rest, None)
         self.blameless += 1
         if self.blameless < MAX_BLAMELESS_CRASHES or not rest:
             return rest
@@ -468,3 +481,11 @@ class _BatchRun:
         error = repeated_crash_error(self._index(position), self._name(position), self.blameless)
         self._fail(position, error)
         return rest[1:]
+
+    def _closed(self, rest: list[int], pid: int | None, running: int | None = None) -> list[int]:
+        """The pool was shut down under this batch: its unfinished calls fail, saying so (the
+        call at position ``running`` was running on worker ``pid``)."""
+        for position in rest:
+            ran = pid if position == running else None
+            self._fail(position, closed_error(self._index(position), self._name(position), ran))
+        return []

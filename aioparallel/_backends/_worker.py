@@ -147,15 +147,15 @@ class Worker:
 
     def serve(self) -> None:
         _wire.write_frame(self.resp_fd, _wire.READY, str(os.getpid()).encode())
+        env: tuple[list[str], str] | None = None
         while True:
             frame = _wire.read_frame(self.req_fd)
             if frame is None:
                 return
             kind, body = frame
             if kind == _wire.SETUP:
-                path, cwd = pickle.loads(body)
-                sys.path[:] = path
-                os.chdir(cwd)
+                env = pickle.loads(body)
+                _enter(env)
                 continue
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
@@ -175,6 +175,27 @@ class Worker:
             finally:
                 _wire.SLOT_POS.pack_into(self.slot, 0, -1)
             self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from)
+            if env is not None:  # whatever its tasks did, the next job runs where it was sent
+                _enter(env)
+
+
+def _enter(env: tuple[list[str], str]) -> None:
+    """Take the parent's ``sys.path`` and working directory (SETUP), or return to them after
+    a job whose tasks changed them: the parent sends them only when its own change, so a
+    task's ``os.chdir`` must not outlive its job. (Environment variables a task sets do
+    stay, as with joblib: they are the process's own, not the parent's view.)"""
+    path, cwd = env
+    if sys.path != path:
+        sys.path[:] = path
+    try:
+        if os.getcwd() == cwd:
+            return
+    except OSError:  # a task removed the directory it moved into
+        pass
+    try:
+        os.chdir(cwd)
+    except OSError:  # the parent's directory is gone: stay where we are
+        pass
 
 
 def _format(exc: BaseException) -> list[str]:
@@ -210,6 +231,12 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str]) -> None:
     req_fd, resp_fd, slot_fd, lifeline_fd, parent_pid = (int(a) for a in argv)
+    # Lead a process group of our own: the processes our tasks start join it, and the
+    # parent kills the whole group when it kills us (SPEC §6, as loky does).
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # pragma: no cover - already a group leader
+        pass
     if parent_pid and sys.platform == "linux":
         _die_with_parent(parent_pid)
     for fd in (req_fd, resp_fd, lifeline_fd):  # a task's own subprocesses must not hold them
