@@ -37,6 +37,7 @@ import anyio
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
 from ._batching import AutoBatcher, FixedBatcher
 from ._call import Call, function_name
+from ._errors import attach_task
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
@@ -185,6 +186,8 @@ class Run:
         n_calls = len(calls)
         for i, value in enumerate(values):
             if type(value) is Failure:
+                # ours name the task already; a custom backend's need not (attach is idempotent)
+                attach_task(value.exc, start + i, function_name(calls[i].func))
                 if not self.return_exceptions:
                     self._fail(_raisable(value.exc, start + i, calls[i]))
                     return False
