@@ -12,6 +12,7 @@ The event rule (docs/progress.md, "The rule for events"):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,7 @@ def check_rule(events: list[tuple[int, int | None]], n: int, sized: bool) -> Non
     assert events, "no progress event"
     assert events[-1] == (n, n), events
     assert events.count((n, n)) == 1, events
-    for before, after in zip(events, events[1:]):
+    for before, after in itertools.pairwise(events):
         assert after != before, f"an event without news: {events}"
         assert after[0] >= before[0], f"done decreased: {events}"
         if before[1] is not None:
@@ -135,7 +136,8 @@ async def test_verbose_above_10_reports_every_task(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     n = 10
-    p = Parallel(n_jobs=n_jobs_for(backend), backend=backend, batch_size=batch_size, verbose=verbose)  # type: ignore[call-overload]
+    jobs = n_jobs_for(backend)
+    p = Parallel(n_jobs=jobs, backend=backend, batch_size=batch_size, verbose=verbose)  # type: ignore[call-overload]
     await p(INPUTS[kind](n))
     out, err = capsys.readouterr()
     shown, silent = (err, out) if verbose < 50 else (out, err)
