@@ -120,3 +120,18 @@ def test_no_line_numbers_cited() -> None:
     text = prose() + (DOCS.parent / "README.md").read_text(encoding="utf-8")
     cited = re.findall(r"(?:aioparallel/|_)\w+\.py\W{0,2} (?:line|l\.) ?\d+", text)
     assert cited == []
+
+
+def test_signatures_show_plain_defaults() -> None:
+    """``help(Parallel)`` and the API page show ``"2*n_jobs"``, not the internal ``Default``."""
+    assert "Default(" not in str(inspect.signature(Parallel.__init__))
+    griffe = pytest.importorskip("griffe")  # the docs extra's; absent from the test extra
+    extension = DOCS.parent / "docs_ext" / "plain_defaults.py"
+    loaded = griffe.load(
+        "aioparallel",
+        search_paths=[str(DOCS.parent)],
+        extensions=griffe.load_extensions(f"{extension}:PlainDefaults"),
+    )
+    shown = {p.name: str(p.default) for p in loaded["Parallel.__init__"].parameters}
+    assert shown["pre_dispatch"] == '"2*n_jobs"'
+    assert not [d for d in shown.values() if "Default(" in d]
