@@ -186,8 +186,8 @@ class Run:
         n_calls = len(calls)
         for i, value in enumerate(values):
             if type(value) is Failure:
-                # ours name the task already; a custom backend's need not (attach is idempotent)
-                attach_task(value.exc, start + i, function_name(calls[i].func))
+                if not _names_a_task(value.exc):  # a custom backend's Failure need not
+                    attach_task(value.exc, start + i, function_name(calls[i].func))
                 if not self.return_exceptions:
                     self._fail(_raisable(value.exc, start + i, calls[i]))
                     return False
@@ -198,6 +198,12 @@ class Run:
         self.sink.put(start, values)
         self.reporter.completed_batch(n_calls)
         return True
+
+
+def _names_a_task(exc: BaseException) -> bool:
+    """True once a backend has named the task on ``exc`` (ours all do)."""
+    notes = getattr(exc, "__notes__", None) or ()
+    return any(str(note).startswith("aioparallel: raised by task ") for note in notes)
 
 
 def _raisable(exc: BaseException, index: int, call: Call[Any]) -> BaseException:
