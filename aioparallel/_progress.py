@@ -10,6 +10,7 @@ it never blocks the event loop either.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -130,6 +131,7 @@ class ProgressReporter:
         self._finishing = False
         self._last_final = False
         self._last_news: tuple[int, int | None] = (-1, None)
+        self._verbose_done = 0  # tasks the verbose messages have reported
 
     # -- called by the run, never blocking -------------------------------------------------
 
@@ -229,6 +231,18 @@ class ProgressReporter:
         stream.flush()
 
     def _report_verbose(self, snap: _Snapshot) -> None:
+        """joblib's messages for ``snap``; above ``verbose=10``, one per task.
+
+        joblib reports after each completed task there; a snapshot follows a whole batch, so
+        the tasks it completed since the previous one get their own messages first.
+        """
+        if self.verbose > 10:
+            for done in range(self._verbose_done + 1, snap.completed):
+                self._report_one(dataclasses.replace(snap, completed=done))
+        self._verbose_done = snap.completed
+        self._report_one(snap)
+
+    def _report_one(self, snap: _Snapshot) -> None:
         """joblib's ``print_progress``, message for message."""
         elapsed = snap.elapsed
         if snap.dispatch_done and snap.completed == snap.dispatched:

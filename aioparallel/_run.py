@@ -37,6 +37,7 @@ import anyio
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
 from ._batching import AutoBatcher, FixedBatcher
 from ._call import Call, function_name
+from ._errors import attach_task
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
@@ -185,6 +186,8 @@ class Run:
         n_calls = len(calls)
         for i, value in enumerate(values):
             if type(value) is Failure:
+                if not _names_a_task(value.exc):  # a custom backend's Failure need not
+                    attach_task(value.exc, start + i, function_name(calls[i].func))
                 if not self.return_exceptions:
                     self._fail(_raisable(value.exc, start + i, calls[i]))
                     return False
@@ -195,6 +198,12 @@ class Run:
         self.sink.put(start, values)
         self.reporter.completed_batch(n_calls)
         return True
+
+
+def _names_a_task(exc: BaseException) -> bool:
+    """True once a backend has named the task on ``exc`` (ours all do)."""
+    notes = getattr(exc, "__notes__", None) or ()
+    return any(str(note).startswith("aioparallel: raised by task ") for note in notes)
 
 
 def _raisable(exc: BaseException, index: int, call: Call[Any]) -> BaseException:

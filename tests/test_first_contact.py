@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -12,6 +16,7 @@ import trio
 from aioparallel import Parallel, delayed
 from tests.helpers import square
 
+ROOT = Path(__file__).resolve().parent.parent
 CALLS = [delayed(square)(i) for i in range(4)]
 EXPECTED = [i * i for i in range(4)]
 
@@ -102,3 +107,32 @@ def test_trio_and_anyio_entry_points(backend: str) -> None:
 
     trio.run(main)
     assert got == [EXPECTED, EXPECTED]
+
+
+def test_bench_from_an_installed_copy_says_how_to_get_it(tmp_path: Path) -> None:
+    """An installed copy (the package without the repository's benchmarks/ folder, as in the
+    wheel) answers `bench --help` and `bench --quick` with how to run it from a checkout."""
+    import shutil
+
+    installed = tmp_path / "site-packages"
+    shutil.copytree(
+        ROOT / "aioparallel",
+        installed / "aioparallel",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aioparallel", "bench", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        )
+
+    helped = bench("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "source checkout" in helped.stdout
+    assert "pip install -e '.[bench]'" in helped.stdout
+    assert "python -m aioparallel bench --quick" in helped.stdout
+    refused = bench("--quick")
+    assert refused.returncode == 2
+    assert refused.stdout == "" and "pip install -e '.[bench]'" in refused.stderr
