@@ -396,3 +396,11 @@ async def test_aclosing_stops_the_run_at_break() -> None:
         async for _ in results:
             break
     assert closed.is_set()
+
+
+@pytest.mark.parametrize("backend", ["sequential", "threads", "processes"])
+async def test_the_failing_task_is_named_by_its_own_index_inside_a_batch(backend: str) -> None:
+    """A batch (tasks 4-7) that stops at its third call names task 6, not task 4."""
+    p = Parallel(n_jobs=2, batch_size=4, backend=backend)
+    with anyio.fail_after(30), pytest.raises(RuntimeError, match=r"^task 6 \(raise_at\)"):
+        await p(delayed(raise_at)(i, StopIteration, 6) for i in range(8))

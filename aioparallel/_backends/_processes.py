@@ -210,8 +210,10 @@ class _BatchRun:
             elif rest:
                 groups.insert(0, rest)
         if self.failed and self.options.stop_on_error:
-            # the run stops at this failure: the calls before it may not have results yet
-            return [next(v for v in self.results if type(v) is Failure)]
+            # the run stops at its first failure, in its own slot (the run names the task
+            # by position); slots before it may still be empty, and are never read
+            first = next(p for p, v in enumerate(self.results) if type(v) is Failure)
+            return self.results[: first + 1]
         return self.results
 
     async def _run_positions(self, todo: list[int]) -> list[int]:
