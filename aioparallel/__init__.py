@@ -23,12 +23,14 @@ __all__ = [
     "cpu_count",
     "delayed",
     "parallel_config",
+    "shutdown_workers",
 ]
 
 if TYPE_CHECKING:
     from typing import Any
 
     from ._backends._base import Backend as Backend
+    from ._backends._pool import shutdown_workers as shutdown_workers
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import parallel_config as parallel_config
@@ -54,6 +56,7 @@ _LAZY = {
     "Parallel": "._parallel",
     "ProgressEvent": "._progress",
     "cpu_count": "._system",
+    "shutdown_workers": "._backends._pool",
 }
 
 
