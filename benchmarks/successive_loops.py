@@ -33,7 +33,7 @@ def _cold() -> None:
     shutdown = getattr(aioparallel, "shutdown_workers", None)
     if shutdown is not None:  # absent before issue 16: each loop's pool died with it
         shutdown()
-    from joblib.externals.loky import get_reusable_executor
+    from joblib.externals.loky import get_reusable_executor  # type: ignore[import-untyped]
 
     get_reusable_executor().shutdown(wait=True)
 
@@ -56,7 +56,7 @@ def one_loop() -> None:
 
 
 def joblib_calls() -> None:
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     for _ in range(RUNS):
         calls = (joblib.delayed(double)(x) for x in range(CALLS))
