@@ -153,7 +153,13 @@ class Reaper:
                     return
                 self._dirty = False
                 self._next = math.inf
-            delay = self._reap()
+            try:
+                delay = self._reap()
+            except BaseException:  # not ours to swallow; the next watch() starts a thread
+                with self._cv:
+                    if self._thread is me:
+                        self._thread = None
+                raise
             with self._cv:
                 if self._thread is not me:
                     return
