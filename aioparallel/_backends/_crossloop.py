@@ -74,9 +74,6 @@ class Signal:
         self._set = False
         self._wakers: list[Callable[[], bool]] = []
 
-    def is_set(self) -> bool:
-        return self._set
-
     def set(self) -> bool:
         """Set it and wake its waiters; False if it had waiters and none of their loops
         still runs (True if it had none yet: a task about to wait sees it set)."""
