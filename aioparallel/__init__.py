@@ -27,6 +27,7 @@ __all__ = [
     "cpu_count",
     "delayed",
     "parallel_config",
+    "shutdown_workers",
 ]
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ._backends._base import Failure as Failure
     from ._backends._base import RunBatch as RunBatch
     from ._backends._base import RunOptions as RunOptions
+    from ._backends._pool import shutdown_workers as shutdown_workers
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import parallel_config as parallel_config
@@ -66,6 +68,7 @@ _LAZY = {
     "Parallel": "._parallel",
     "ProgressEvent": "._progress",
     "cpu_count": "._system",
+    "shutdown_workers": "._backends._pool",
 }
 
 

@@ -1,9 +1,8 @@
 """Tasks that outlive the caller's scope but not its event loop.
 
-Two things need one: the run behind a streamed result (the consumer's ``async for`` gives
-us no task group) and the warm worker pool's keeper (it must shut the workers down when the
-loop ends). On asyncio the task is a plain task, cancelled by ``asyncio.run`` at the end;
-on trio it is a system task, cancelled when the main task exits.
+The run behind a streamed result needs one (the consumer's ``async for`` gives us no task
+group). On asyncio the task is a plain task, cancelled by ``asyncio.run`` at the end; on
+trio it is a system task, cancelled when the main task exits.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["loop_identity", "spawn_detached"]
+__all__ = ["spawn_detached"]
 
 # asyncio keeps only weak references to tasks: hold ours until they finish.
 _hosts: set[Any] = set()
@@ -30,17 +29,6 @@ def _in_trio() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def loop_identity() -> object:
-    """The running event loop (asyncio) or trio run token, as a dictionary key."""
-    if _in_trio():
-        import trio
-
-        return trio.lowlevel.current_trio_token()
-    import asyncio
-
-    return asyncio.get_running_loop()
 
 
 def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

@@ -2,9 +2,10 @@
 
 The leak check snapshots child processes, threads, file descriptors and ``aioparallel-*``
 temp folders before each test and fails the test if new ones are still there after it.
-Workers are released asynchronously (when the event loop closes), so it waits for them,
-bounded: it polls at short intervals for up to ``LEAK_WAIT`` seconds and returns as soon as
-everything is gone.
+Cleanup may finish asynchronously, so it waits, bounded: it polls at short intervals for up
+to ``LEAK_WAIT`` seconds and returns as soon as everything is gone. The shared pool keeps
+idle workers warm across event loops, by design (SPEC §1): each poll first stops the idle
+ones (``aioparallel.shutdown_workers()``), so only a worker still busy is a leak.
 
 Ordering: the check is a plain sync autouse fixture, so pytest sets it up before the event
 loop of the test (pytest-asyncio appends its runner fixture after autouse fixtures; the anyio
@@ -27,6 +28,8 @@ from typing import Any
 
 import psutil
 import pytest
+
+import aioparallel
 
 #: Seconds the leak check waits for asynchronous cleanup before it fails the test.
 LEAK_WAIT = 5.0
@@ -140,9 +143,11 @@ class Snapshot:
 
 
 def leaks_after(before: Snapshot, wait: float = LEAK_WAIT) -> list[str]:
-    """Poll until nothing leaked (bounded by ``wait`` seconds); the leaks left, if any."""
+    """Poll until nothing leaked (bounded by ``wait`` seconds); the leaks left, if any. Idle
+    shared workers are not leaks: they are stopped first."""
     deadline = time.monotonic() + wait
     while True:
+        aioparallel.shutdown_workers()
         leaks = Snapshot.take().leaks_since(before)
         if not leaks or time.monotonic() >= deadline:
             return leaks

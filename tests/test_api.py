@@ -45,6 +45,7 @@ def test_all_is_pinned() -> None:
         "cpu_count",
         "delayed",
         "parallel_config",
+        "shutdown_workers",
     ]
     assert dir(aioparallel) == sorted(aioparallel.__all__)
     for name in aioparallel.__all__:

@@ -146,6 +146,8 @@ try:
     problems = asyncio.run(run_case({layout!r}, {where!r}, {how!r}))
 except BaseException as exc:
     problems = [f"asyncio.run() raised {{exc!r}}: it escaped the event loop"]
+import aioparallel
+aioparallel.shutdown_workers()  # idle ones stay warm after the loop (SPEC 1): not leaks
 alive = [pid for pid in child_pids() if not pid_gone(pid)]
 if alive:
     problems.append(f"worker processes still running after asyncio.run(): {{alive}}")

@@ -7,8 +7,10 @@ holders then give back). After every step, the worker processes that are this pr
 children (zombies included: unreaped is not gone) are exactly the pool's idle and busy
 workers, and there are never more than ``size`` of them.
 
-The pool belongs to one event loop, run in a thread by a blocking portal; the test's steps
-call into it.
+The pool serves any event loop in any thread (SPEC §1): its async methods run in two loops,
+each in a thread of its own (blocking portals), a worker acquired in one may be released in
+the other, and the reaper (synchronous) runs in the test's own thread, as the shared pools'
+reaper thread does.
 
 ``test_reaper_racing_acquires_keeps_the_bound`` pins the race the first release had: the idle
 reaper awaited a worker's exit while the worker was still in the idle list; ``acquire`` took
@@ -68,13 +70,14 @@ class PoolMachine(RuleBasedStateMachine):
         super().__init__()
         self._stack = ExitStack()
         self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal())
+        self.portals = [self.portal, self._stack.enter_context(start_blocking_portal())]
         # idle_timeout 0: the reaper stops every idle worker it finds
         self.pool = self.portal.call(self._make_pool)
         self.held: list[WorkerProcess] = []
         self.closed = False
 
-    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return self.portal.call(_bounded, fn, *args)
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, loop: int = 0) -> T:
+        return self.portals[loop].call(_bounded, fn, *args)
 
     @staticmethod
     async def _make_pool() -> Pool:
@@ -83,38 +86,28 @@ class PoolMachine(RuleBasedStateMachine):
     # -- rules ---------------------------------------------------------------------------------
 
     @precondition(lambda self: not self.closed and len(self.held) < SIZE)
-    @rule()
-    def acquire(self) -> None:
-        self.held.append(self._call(self.pool.acquire))
+    @rule(loop=st.sampled_from([0, 1]))
+    def acquire(self, loop: int) -> None:
+        self.held.append(self._call(self.pool.acquire, loop=loop))
 
     @precondition(lambda self: bool(self.held))
-    @rule(data=st.data(), healthy=st.booleans())
-    def release(self, data: st.DataObject, healthy: bool) -> None:
+    @rule(data=st.data(), healthy=st.booleans(), loop=st.sampled_from([0, 1]))
+    def release(self, data: st.DataObject, healthy: bool, loop: int) -> None:
         worker = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
-        self._call(self.pool.release, worker, healthy)
+        self._call(self.pool.release, worker, healthy, loop=loop)
 
     @rule()
     def reap_idle(self) -> None:
-        self._call(self.pool.reap_idle)
+        self.pool.reap_idle()
 
     @precondition(lambda self: not self.closed and not self.held and self.pool._roster.idle)
     @rule()
     def reap_racing_acquires(self) -> None:
-        """The reaper stops idle workers while two runs take workers."""
-
-        async def race() -> list[WorkerProcess]:
-            got: list[WorkerProcess] = []
-
-            async def take() -> None:
-                got.append(await self.pool.acquire())
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.pool.reap_idle)
-                tg.start_soon(take)
-                tg.start_soon(take)
-            return got
-
-        self.held.extend(self._call(race))
+        """The reaper (this thread) stops idle workers while two runs, one in each loop, take
+        workers."""
+        taking = [p.start_task_soon(_bounded, self.pool.acquire) for p in self.portals]
+        self.pool.reap_idle()
+        self.held.extend(future.result(timeout=STEP_LIMIT) for future in taking)
 
     @rule(data=st.data())
     def crash(self, data: st.DataObject) -> None:
@@ -189,7 +182,7 @@ async def _race(pool: Pool) -> tuple[int, int]:
         held.append(await pool.acquire())
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pool.reap_idle)
+        tg.start_soon(anyio.to_thread.run_sync, pool.reap_idle)
         for _ in range(SIZE):
             tg.start_soon(take)
     for worker in held:

@@ -181,36 +181,6 @@ async def test_idle_workers_exit_after_idle_timeout() -> None:
     assert not ({pid for _, pid in again} & pids)
 
 
-def _run_loop(runner: str, main: Callable[[], Any]) -> Any:
-    if runner == "asyncio":
-        return asyncio.run(main())
-    if runner == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        return uvloop.run(main())
-    trio = pytest.importorskip("trio")
-    return trio.run(main)
-
-
-@pytest.mark.parametrize("runner", ["asyncio", "uvloop", "trio"])
-def test_workers_are_shut_down_when_the_loop_ends(runner: str) -> None:
-    async def main() -> set[int]:
-        results = await Parallel(n_jobs=2)(delayed(h.square_and_pid)(x) for x in range(10))
-        assert [v for v, _ in results] == [x * x for x in range(10)]
-        workers = h.child_pids()
-        assert {pid for _, pid in results} <= workers
-        return workers
-
-    before = h.child_pids()
-    seen: set[int] = set()
-    for _ in range(3):  # several loops one after another do not pile up workers
-        workers = _run_loop(runner, main)
-        assert workers
-        assert [pid for pid in workers if not h.pid_gone(pid)] == []
-        assert h.child_pids() == before
-        seen |= workers
-    assert len(seen) >= 3  # each loop had its own workers
-
-
 @pytest.mark.anyio
 async def test_many_concurrent_calls_share_the_pool() -> None:
     results: dict[int, list[tuple[int, int]]] = {}

@@ -6,9 +6,13 @@ end of file tells the worker its parent is gone, and a 16-byte shared slot where
 notes which call it is running. No network socket is involved.
 
 A ``Pool`` hands workers out first come, first served, so concurrent runs share it fairly;
-it replaces dead workers lazily, reaps idle ones after ``idle_timeout``, and is shut down
-when its event loop ends (the shared pools) or when ``async with Parallel()`` exits (a
-private pool). Workers still alive at interpreter exit are killed then.
+it replaces dead workers lazily. A private pool (``async with Parallel()``) is closed when
+the block exits. The shared pools are process-wide, one per ``n_jobs``: they outlive event
+loops, so successive ``asyncio.run`` calls, trio runs and loops in other threads reuse the
+same workers (SPEC §1). Nothing in them is bound to a loop: the roster's state is behind a
+lock and its waiters are woken in their own loops (``_crossloop``); a reaper thread, alive
+while a worker is idle, stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops
+every idle one now. Workers still alive at interpreter exit are stopped then.
 """
 
 from __future__ import annotations
@@ -21,18 +25,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import anyio
 
-from .._detached import loop_identity, spawn_detached
 from .._system import IN_WORKER_ENV, blas_thread_env
 from . import _wire
+from ._crossloop import Reaper, Signal
 
-__all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool"]
+__all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool", "shutdown_workers"]
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
@@ -49,6 +54,7 @@ _live_pids: set[int] = set()
 
 @atexit.register
 def _kill_leftovers() -> None:
+    _stop_shared_idle()  # first gently: they flush what they printed
     for pid in list(_live_pids):
         try:
             os.killpg(pid, signal.SIGKILL)  # its tasks' processes: it is their group leader
@@ -59,6 +65,15 @@ def _kill_leftovers() -> None:
             os.waitpid(pid, 0)
         except OSError:
             pass
+
+
+def _death_signal_parent() -> int:
+    """The pid a new worker checks its parent against when it asks the kernel for a death
+    signal; 0: ask for none. The signal follows the spawning *thread*, and the shared pools
+    outlive the loops (and threads) that spawn their workers: only the main thread, which
+    lasts as long as the process, may ask. (Workers spawned elsewhere still die with the
+    process through their lifeline pipe.)"""
+    return os.getpid() if threading.current_thread() is threading.main_thread() else 0
 
 
 def _slot_fd() -> int:
@@ -188,9 +203,7 @@ class WorkerProcess:
             except OSError:
                 pass
         env = {**os.environ, **blas_thread_env(n_workers), IN_WORKER_ENV: "1"}
-        # The kernel's parent-death signal follows the spawning thread: the loop's thread,
-        # which outlives the pool, since the pool closes when its loop ends.
-        death_signal = str(os.getpid())
+        death_signal = str(_death_signal_parent())
         try:
             process = _Child(
                 subprocess.Popen(  # noqa: ASYNC220 (a ~1 ms fork/exec that must not be cut short)
@@ -323,15 +336,33 @@ class WorkerProcess:
         self.kill_now()
         await self._reap()
 
-    async def stop(self) -> None:
-        """Ask the worker to exit (end of its request pipe, so it flushes its output first),
-        then reap it. Only for the worker's holder; call shielded."""
+    def ask_to_exit(self) -> None:
+        """Close its request pipe: at the end of it, the worker flushes its output and exits."""
         if not self.closed and self._req >= 0:
             try:
                 os.close(self._req)
             except OSError:
                 pass
             self._req = -1
+
+    def stop_blocking(self, deadline: float) -> None:
+        """``stop`` for a thread with no event loop (the idle reaper, the interpreter's exit):
+        wait for the exit until ``deadline`` (``time.monotonic()``), then kill; reap, close.
+        Only for the worker's holder."""
+        if self.process.returncode is not None:  # it died while idle: take its tree too
+            self.kill_now()
+        else:
+            self.ask_to_exit()
+            self.process.wait_blocking(deadline - time.monotonic())
+        if self.process.returncode is None:
+            self.kill_now()
+            self.process.wait_blocking(1.0)  # killed: gone in a few ms
+        self._close()
+
+    async def stop(self) -> None:
+        """Ask the worker to exit (end of its request pipe, so it flushes its output first),
+        then reap it. Only for the worker's holder; call shielded."""
+        self.ask_to_exit()
         try:
             with anyio.move_on_after(1):
                 await self.process.wait()
@@ -348,19 +379,34 @@ class WorkerProcess:
             if self.process.returncode is None:
                 self.kill_now()
                 self.process.wait_blocking(1.0)  # killed: gone in a few ms
-            if not self.closed:
-                self.closed = True
-                self.process.reap()
-                if self.process.popen.returncode is not None:
-                    _live_pids.discard(self.pid)
-                for fd in (self._req, self._resp, self._lifeline):
-                    if fd >= 0:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
-                self._slot.close()
-                self.process.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Reap the ended process and close every descriptor (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.process.reap()
+        if self.process.popen.returncode is not None:
+            _live_pids.discard(self.pid)
+        self._close_descriptors()
+        self.process.close()
+
+    def _close_descriptors(self) -> None:
+        for fd in (self._req, self._resp, self._lifeline):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._slot.close()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close our copies of its descriptors, leave the process alone
+        (it is the parent's; the lifeline must end when the parent's copy does)."""
+        self.closed = True
+        self._close_descriptors()
+        self.process.close()
 
 
 class PoolClosedError(RuntimeError):
@@ -372,15 +418,19 @@ _PLACE: Any = object()
 
 
 class _Waiter:
+    """A task waiting for a worker or a place; woken in its own event loop, from any
+    thread."""
+
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.signal = Signal()
         self.handed: Any = None  # a WorkerProcess, _PLACE, or None (nothing, or closed)
 
 
 class _Roster:
     """The pool's ``size`` places and who holds each: the one owner of "live worker
-    processes <= size". Its methods are the only way to change its state, and none awaits,
-    so no task ever sees a half-made change.
+    processes <= size". Its methods are the only way to change its state; none awaits, and
+    each holds the roster's lock, so no task of any loop, in any thread, ever sees a half-made
+    change.
 
     A place is the permission to have one worker process; it counts from the moment a
     spawn is allowed until the process is reaped::
@@ -393,9 +443,10 @@ class _Roster:
            └──── free_place() ── retiring <─────────┴───────── retire_idle() ──┘
 
     ``free_place()`` and ``release()`` hand the place (to spawn in) or the worker straight
-    to the first waiter, if any: it then stays counted. ``close()`` wakes every waiter
+    to the first waiter, if any: it then stays counted. (A waiter whose loop has ended, a
+    task abandoned without its cleanup, is skipped.) ``close()`` wakes every waiter
     empty-handed and sends every idle worker to ``retiring``; busy ones stay with their
-    holders, which retire them when they give them back (``closed`` says so).
+    holders, which retire them when they give them back (``release`` refuses them).
     """
 
     def __init__(self, size: int):
@@ -405,110 +456,142 @@ class _Roster:
         self.busy: set[WorkerProcess] = set()
         self.waiters: deque[_Waiter] = deque()
         self.closed = False
-        self._emptied = anyio.Event()
+        self._emptied = Signal()
+        self._lock = threading.Lock()
 
     def take(self) -> WorkerProcess | None:
         """idle -> busy: the most recently used idle worker (alive or not), if any."""
-        if not self.idle:
-            return None
-        worker = self.idle.pop()
-        self.busy.add(worker)
-        return worker
+        with self._lock:
+            if not self.idle:
+                return None
+            worker = self.idle.pop()
+            self.busy.add(worker)
+            return worker
 
     def claim(self) -> _Waiter | None:
         """free -> spawning if a place is free (None); else a waiter queued for the next
         worker or place given back."""
-        if self.closed:
-            raise PoolClosedError("the worker pool is shut down")
-        if self.count < self.size:
-            self.count += 1
-            return None
-        waiter = _Waiter()
-        self.waiters.append(waiter)
-        return waiter
+        with self._lock:
+            if self.closed:
+                raise PoolClosedError("the worker pool is shut down")
+            if self.count < self.size:
+                self.count += 1
+                return None
+            waiter = _Waiter()
+            self.waiters.append(waiter)
+            return waiter
 
     def withdraw(self, waiter: _Waiter) -> Any:
         """A waiter stops waiting: what it was handed (None if nothing)."""
-        if waiter.handed is None and waiter in self.waiters:
-            self.waiters.remove(waiter)
-        return waiter.handed
+        with self._lock:
+            if waiter.handed is None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+            return waiter.handed
 
     def spawned(self, worker: WorkerProcess) -> None:
         """spawning -> busy."""
-        self.busy.add(worker)
+        with self._lock:
+            self.busy.add(worker)
 
-    def release(self, worker: WorkerProcess) -> None:
-        """busy -> idle, or to the first waiter (still busy). A closed roster takes no idle
-        worker: retire it instead."""
-        assert not self.closed and worker in self.busy
-        if self.waiters:
-            self._hand(worker)
-        else:
+    def release(self, worker: WorkerProcess) -> Literal["handed", "idle", "refused"]:
+        """busy -> idle, or to the first waiter (still busy). A closed roster takes no worker
+        back: busy -> retiring ("refused"; the holder stops it, then frees its place)."""
+        with self._lock:
+            assert worker in self.busy
+            if self.closed:
+                self.busy.discard(worker)
+                return "refused"
+            if self._hand(worker):
+                return "handed"
             self.busy.discard(worker)
             self.idle.append(worker)
+            return "idle"
 
     def retire(self, worker: WorkerProcess) -> None:
         """busy -> retiring: its holder now kills and reaps it, then calls free_place()."""
-        self.busy.discard(worker)
+        with self._lock:
+            self.busy.discard(worker)
 
     def retire_idle(self, expired: Callable[[WorkerProcess], bool]) -> list[WorkerProcess]:
         """idle -> retiring, for each idle worker that ``expired`` says must go."""
-        going: list[WorkerProcess] = []
-        keep: list[WorkerProcess] = []
-        for worker in self.idle:
-            (going if expired(worker) else keep).append(worker)
-        self.idle[:] = keep
-        return going
+        with self._lock:
+            going: list[WorkerProcess] = []
+            keep: list[WorkerProcess] = []
+            for worker in self.idle:
+                (going if expired(worker) else keep).append(worker)
+            self.idle[:] = keep
+            return going
+
+    def oldest_idle(self) -> float | None:
+        """When the least recently used idle worker was last used; None if none is idle."""
+        with self._lock:
+            return min((w.last_used for w in self.idle), default=None)
 
     def free_place(self) -> None:
         """spawning or retiring -> free, or (spawning) to the first waiter."""
-        if self.waiters and not self.closed:
-            self._hand(_PLACE)
-            return
-        self.count -= 1
-        if self.closed and self.count == 0:
-            self._emptied.set()
+        with self._lock:
+            if not self.closed and self._hand(_PLACE):
+                return
+            self.count -= 1
+            if self.closed and self.count == 0:
+                self._emptied.set()
 
-    def close(self) -> list[WorkerProcess]:
-        """Refuse new claims, wake every waiter empty-handed; the idle workers, now retiring."""
-        self.closed = True
-        while self.waiters:
-            self.waiters.popleft().event.set()
-        idle, self.idle = self.idle, []
-        if self.count == 0:
-            self._emptied.set()
-        return idle
+    def close(self) -> tuple[list[WorkerProcess], list[WorkerProcess]]:
+        """Refuse new claims, wake every waiter empty-handed; the idle workers, now retiring,
+        and the busy ones (still their holders')."""
+        with self._lock:
+            self.closed = True
+            while self.waiters:
+                self.waiters.popleft().signal.set()
+            idle, self.idle = self.idle, []
+            if self.count == 0:
+                self._emptied.set()
+            return idle, list(self.busy)
 
     async def emptied(self) -> None:
         """Wait until every place is free again (after ``close``)."""
         await self._emptied.wait()
 
-    def _hand(self, given: Any) -> None:
-        waiter = self.waiters.popleft()
-        waiter.handed = given
-        if given is not _PLACE:
-            self.busy.add(given)
-        waiter.event.set()
+    def _hand(self, given: Any) -> bool:
+        """Give ``given`` to the first waiter whose loop still runs (True); False if none."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.handed = given
+            if given is not _PLACE:
+                self.busy.add(given)
+            if waiter.signal.set():
+                return True
+            waiter.handed = None  # its loop is gone, and the task with it
+        return False
 
 
 class Pool:
-    """Up to ``size`` workers, handed out first come, first served.
+    """Up to ``size`` workers, handed out first come, first served, to tasks of any event
+    loop in any thread.
 
     A worker's holder gives it back with ``release`` (healthy or not); the holder, not the
     pool, kills and reaps an unhealthy one, so its descriptors are closed by the one task
-    that reads them. ``close`` only signals busy workers and waits (bounded) for their
+    that reads them. ``reap_idle`` (synchronous, from any thread: the shared pools' reaper)
+    stops idle workers. ``close`` only signals busy workers and waits (bounded) for their
     holders to give them back.
     """
 
     #: How long ``close`` waits for busy workers' holders to give them back.
     CLOSE_WAIT = 5.0
+    #: How long a worker asked to exit (end of its request pipe) gets before it is killed.
+    STOP_WAIT = 1.0
 
-    def __init__(self, size: int, idle_timeout: float = 300.0):
+    def __init__(
+        self,
+        size: int,
+        idle_timeout: float = 300.0,
+        on_idle: Callable[[float], None] | None = None,
+    ):
         self.size = size
         self.idle_timeout = idle_timeout
         self._roster = _Roster(size)
-        #: Set when the idle timeout changes, so the keeper recomputes its next wake-up.
-        self.retimed = anyio.Event()
+        #: Called with the time a worker that went idle expires (the shared pools' reaper).
+        self._on_idle = on_idle
 
     @property
     def closed(self) -> bool:
@@ -530,7 +613,7 @@ class Pool:
         if waiter is not None:
             waited = False
             try:
-                await waiter.event.wait()
+                await waiter.signal.wait()
                 waited = True
             finally:
                 handed = roster.withdraw(waiter)
@@ -567,27 +650,46 @@ class Pool:
         any other (unhealthy, dead, or the pool closed) is killed with its process tree and
         reaped here, in the holder's task, and its place freed. Call shielded."""
         roster = self._roster
-        if healthy and worker.alive and not roster.closed:
+        if healthy and worker.alive:
             worker.last_used = time.monotonic()
-            roster.release(worker)
-            return
-        roster.retire(worker)
+            outcome = roster.release(worker)
+            if outcome == "idle" and self._on_idle is not None:
+                self._on_idle(worker.last_used + self.idle_timeout)
+            if outcome != "refused":
+                return
+        else:
+            roster.retire(worker)
         try:
             await worker.kill()
         finally:
             roster.free_place()
 
-    async def reap_idle(self) -> float:
-        """Stop workers idle past ``idle_timeout``; seconds until the next may expire."""
+    def reap_idle(self, everything: bool = False) -> float | None:
+        """Stop the idle workers past ``idle_timeout`` (or dead; or all of them), waiting for
+        them, bounded: synchronous, for a thread. Seconds until the next may expire; None if
+        no worker is idle any more."""
         now = time.monotonic()
-        for worker in self._roster.retire_idle(
-            lambda w: now - w.last_used >= self.idle_timeout or not w.alive
-        ):
-            await self._stop(worker)
-        keep = self._roster.idle
-        if not keep:
-            return self.idle_timeout
-        return max(0.01, min(w.last_used for w in keep) + self.idle_timeout - time.monotonic())
+        self._stop_blocking(
+            self._roster.retire_idle(
+                lambda w: everything or now - w.last_used >= self.idle_timeout or not w.alive
+            )
+        )
+        oldest = self._roster.oldest_idle()
+        if oldest is None:
+            return None
+        return max(0.01, oldest + self.idle_timeout - time.monotonic())
+
+    def _stop_blocking(self, workers: Iterable[WorkerProcess]) -> None:
+        """Stop retiring workers, all at once, and free their places."""
+        workers = list(workers)
+        for worker in workers:
+            worker.ask_to_exit()
+        deadline = time.monotonic() + self.STOP_WAIT
+        for worker in workers:
+            try:
+                worker.stop_blocking(deadline)
+            finally:
+                self._roster.free_place()
 
     async def _stop(self, worker: WorkerProcess) -> None:
         """Stop a retiring worker (kill it and its tree if it died: a crash) and free its
@@ -602,8 +704,8 @@ class Pool:
         """Stop the idle workers; kill the busy ones (a signal: their holders reap them and
         fail their calls) and wait, bounded, for them to come back. Call shielded."""
         roster = self._roster
-        idle = roster.close()
-        for worker in roster.busy:
+        idle, busy = roster.close()
+        for worker in busy:
             worker.kill_now()
         async with anyio.create_task_group() as tg:
             for worker in idle:
@@ -611,32 +713,89 @@ class Pool:
         with anyio.move_on_after(self.CLOSE_WAIT):
             await roster.emptied()
 
+    def forget_in_child(self) -> None:
+        """In a forked child: drop the parent's workers without touching them."""
+        for worker in [*self._roster.idle, *self._roster.busy]:
+            worker.forget_in_child()
 
-_shared: dict[tuple[object, int], Pool] = {}
+
+# -- the shared pools ----------------------------------------------------------------------------
+
+_shared: dict[tuple[object, ...], Pool] = {}
+_shared_lock = threading.Lock()
+#: Held while idle shared workers are being stopped, so ``shutdown_workers`` returns only
+#: once none is left half-stopped by the reaper.
+_reaping = threading.Lock()
+
+
+def _shared_key(size: int) -> tuple[object, ...]:
+    """What makes two runs' workers interchangeable: the one place the key is built."""
+    return (size,)
 
 
 def shared_pool(size: int, idle_timeout: float) -> Pool:
-    """The warm pool of this event loop for ``size`` workers, shut down when the loop ends."""
-    key = (loop_identity(), size)
-    pool = _shared.get(key)
-    if pool is not None and not pool.closed:
-        if pool.idle_timeout != idle_timeout:
-            pool.idle_timeout = idle_timeout
-            pool.retimed.set()
-        return pool
-    pool = Pool(size, idle_timeout)
-    _shared[key] = pool
-
-    async def keeper() -> None:
-        try:
-            while True:
-                with anyio.move_on_after(await pool.reap_idle()):
-                    await pool.retimed.wait()
-                    pool.retimed = anyio.Event()
-        finally:
-            _shared.pop(key, None)
-            with anyio.CancelScope(shield=True):
-                await pool.close()
-
-    spawn_detached(keeper)
+    """The process-wide warm pool for ``size`` workers, shared by every event loop and
+    thread. The latest ``idle_timeout`` asked for applies."""
+    key = _shared_key(size)
+    with _shared_lock:
+        pool = _shared.get(key)
+        if pool is None:
+            pool = _shared[key] = Pool(size, idle_timeout, on_idle=_reaper.watch)
+        retimed = pool.idle_timeout != idle_timeout
+        pool.idle_timeout = idle_timeout
+    if retimed:
+        _reaper.watch()
     return pool
+
+
+def _shared_pools() -> list[Pool]:
+    with _shared_lock:
+        return list(_shared.values())
+
+
+def _reap_shared() -> float | None:
+    """The reaper's round: stop expired idle workers; seconds until the next may expire."""
+    with _reaping:
+        delays = [delay for pool in _shared_pools() if (delay := pool.reap_idle()) is not None]
+    return min(delays, default=None)
+
+
+_reaper = Reaper(_reap_shared, "aioparallel-idle-reaper")
+
+
+def _stop_shared_idle() -> None:
+    with _reaping:
+        for pool in _shared_pools():
+            pool.reap_idle(everything=True)
+
+
+def shutdown_workers() -> None:
+    """Stop the shared pools' idle worker processes now, and their reaper thread.
+
+    Workers stay warm between calls, and between event loops, until ``idle_timeout``; call
+    this when the program is done with parallel work and wants them gone now (a test
+    fixture, before forking, before measuring memory). Blocking (about a millisecond per
+    worker): from async code, run it in a thread. Workers busy in a running call finish it
+    and then stay warm as usual; the next call starts new workers as needed. Private pools
+    (``async with Parallel(...)``) are not affected.
+    """
+    _stop_shared_idle()
+    _reaper.stop()
+    if any(pool._roster.oldest_idle() is not None for pool in _shared_pools()):
+        _reaper.watch()  # a run gave one back meanwhile: keep an eye on it
+
+
+def _forget_after_fork() -> None:
+    """A forked child must neither use the parent's workers (their pipes are the parent's)
+    nor kill them when it exits; it starts with no shared pool."""
+    global _shared_lock, _reaping
+    for pool in _shared.values():
+        pool.forget_in_child()
+    _shared.clear()
+    _live_pids.clear()
+    _shared_lock = threading.Lock()
+    _reaping = threading.Lock()
+    _reaper.forget()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -142,6 +142,7 @@ class Worker:
                 sent += len(results)
                 results = []
                 last_flush = monotonic()
+        _flush_output()  # what the calls printed goes out before their results come back
         self.send_results(base, sent, results, True, run_dir, max_nbytes)
         pack_pos(slot, 0, -1)
 
@@ -177,6 +178,16 @@ class Worker:
             self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from)
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
+
+
+def _flush_output() -> None:
+    """Flush the worker's stdout and stderr: it stays warm after its caller's event loop
+    ends (SPEC §1), so its exit is no longer when a block-buffered print shows up."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # replaced or closed by a task
+            pass
 
 
 def _enter(env: tuple[list[str], str]) -> None:

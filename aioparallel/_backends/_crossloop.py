@@ -1,0 +1,169 @@
+"""What the process-wide worker pool needs to serve several event loops at once.
+
+The shared pool outlives any one event loop and may be used by two loops in two threads at
+the same time (SPEC §1), so none of its state may be bound to a loop:
+
+- ``Signal``: a one-shot flag that any thread sets and any task of any loop (asyncio or
+  trio) awaits; the wake-up is delivered into the waiting task's own loop
+  (``call_soon_threadsafe``, or the trio token's ``run_sync_soon``).
+- ``Reaper``: a daemon thread that runs a function at the times it asks for (the idle
+  timeout), alive only while that function has something to wait for, so no thread is left
+  behind once no worker is idle.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import anyio
+
+from .._detached import _in_trio
+
+__all__ = ["Reaper", "Signal"]
+
+
+def _loop_waker(event: anyio.Event) -> Callable[[], bool]:
+    """A function that sets ``event`` (made in the running loop) from any thread; it returns
+    False if that loop has ended (nobody can be waiting on the event any more)."""
+    if _in_trio():
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+
+        def wake_trio() -> bool:
+            if _in_trio() and trio.lowlevel.current_trio_token() is token:
+                event.set()  # this very run: no need to go around
+                return True
+            try:
+                token.run_sync_soon(event.set)
+            except trio.RunFinishedError:
+                return False
+            return True
+
+        return wake_trio
+
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    def wake_asyncio() -> bool:
+        try:
+            running: object = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread
+            running = None
+        if running is loop:  # this very loop: no need to go around
+            event.set()
+            return True
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    return wake_asyncio
+
+
+class Signal:
+    """Set once, from any thread; awaited by any number of tasks, in any loops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._wakers: list[Callable[[], bool]] = []
+
+    def set(self) -> bool:
+        """Set it and wake its waiters; False if it had waiters and none of their loops
+        still runs (True if it had none yet: a task about to wait sees it set)."""
+        with self._lock:
+            if self._set:
+                return True
+            self._set = True
+            wakers, self._wakers = self._wakers, []
+        woken = [wake() for wake in wakers]  # outside the lock: a waker may run the callback
+        return any(woken) or not wakers
+
+    async def wait(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            event = anyio.Event()
+            wake = _loop_waker(event)
+            self._wakers.append(wake)
+        try:
+            await event.wait()
+        finally:
+            with self._lock:
+                if wake in self._wakers:
+                    self._wakers.remove(wake)
+
+
+class Reaper:
+    """A daemon thread that calls ``reap()`` and sleeps for the seconds it returns, until it
+    returns None (nothing left to wait for): then the thread ends, and the next ``watch()``
+    starts another. ``stop()`` ends it at once (it restarts on the next ``watch()``)."""
+
+    def __init__(self, reap: Callable[[], float | None], name: str):
+        self._reap = reap
+        self._name = name
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._dirty = False  # watched since the thread last looked: look again
+        self._next = math.inf  # when the thread wakes next (inf: it is looking now)
+
+    def watch(self, when: float | None = None) -> None:
+        """Something may expire at ``when`` (``time.monotonic()``; None: anything may have
+        changed): make sure the thread runs and wakes up by then."""
+        with self._cv:
+            if self._thread is not None:
+                if when is not None and when >= self._next:
+                    return  # it wakes up before that anyway
+                self._dirty = True
+                self._cv.notify_all()
+                return
+            self._dirty = True
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread now and wait for it (bounded: it may be stopping a worker)."""
+        with self._cv:
+            thread, self._thread = self._thread, None
+            self._cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10.0)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's thread does not exist here."""
+        self._cv = threading.Condition()
+        self._thread = None
+        self._dirty = False
+        self._next = math.inf
+
+    def _run(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._cv:
+                if self._thread is not me:
+                    return
+                self._dirty = False
+                self._next = math.inf
+            try:
+                delay = self._reap()
+            except BaseException:  # not ours to swallow; the next watch() starts a thread
+                with self._cv:
+                    if self._thread is me:
+                        self._thread = None
+                raise
+            with self._cv:
+                if self._thread is not me:
+                    return
+                if self._dirty:
+                    continue
+                if delay is None:
+                    self._thread = None
+                    return
+                self._next = time.monotonic() + delay
+                self._cv.wait(delay)
