@@ -67,7 +67,8 @@ class parallel_config:
     Parameters
     ----------
     backend
-        Default backend name (or object).
+        Default backend name (or object); a ``multiprocessing`` context means
+        ``"processes"``, as in ``Parallel``.
     n_jobs
         Default worker count.
     verbose
@@ -187,6 +188,8 @@ def resolve_backend(
         name = "sequential" if in_worker() else (prefer or "processes")
     elif isinstance(backend, Backend):
         name, obj = backend.name, backend
+    elif is_mp_context(backend):
+        name = "processes"
     else:
         raise ValueError(
             f"invalid backend {backend!r}: expected a backend name or a Backend object"
@@ -200,6 +203,13 @@ def resolve_backend(
             )
         return "threads", None
     return name, obj
+
+
+def is_mp_context(backend: object) -> bool:
+    """A ``multiprocessing`` context (or the module itself), which joblib accepts as a backend
+    (recognised as joblib does, by its ``Pool`` and ``Lock``). It means the process backend:
+    our workers are fresh interpreters whatever the start method, so none has to be chosen."""
+    return hasattr(backend, "Pool") and hasattr(backend, "Lock")
 
 
 def backend_options(name: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ._run import Run
 from ._stream import ResultStream
 
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
     from types import TracebackType
 
 __all__ = ["Parallel"]
@@ -62,7 +63,9 @@ class Parallel(Generic[M]):
         object it must match the object's worker count (``ValueError`` otherwise).
     backend
         ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
-        object. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
+        object. A ``multiprocessing`` context (``multiprocessing.get_context("spawn")``, as
+        joblib accepts) means ``"processes"``: the workers are always fresh interpreters
+        (never forks of the caller), so every start method gets the same workers. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
         this backend does not take are a ``ValueError``, never silently dropped.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
@@ -101,7 +104,7 @@ class Parallel(Generic[M]):
     def __init__(
         self: Parallel[ListMode],
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: ListMode = "list",
         verbose: int | None = None,
@@ -121,7 +124,7 @@ class Parallel(Generic[M]):
     def __init__(
         self: Parallel[StreamMode],
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: StreamMode,
         verbose: int | None = None,
@@ -140,7 +143,7 @@ class Parallel(Generic[M]):
     def __init__(
         self,
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: str = "list",
         verbose: int | None = None,
