@@ -40,7 +40,7 @@ RETURN_MODES = ("list", "generator", "generator_unordered")
 MMAP_MODES = ("r", "r+", "c")
 #: Options each backend takes from ``parallel_config(**backend_options)``.
 BACKEND_OPTIONS: dict[str, frozenset[str]] = {
-    "processes": frozenset({"idle_timeout"}),
+    "processes": frozenset({"idle_timeout", "inner_max_num_threads"}),
     "threads": frozenset(),
     "sequential": frozenset(),
     "dask": frozenset({"client", "address"}),
@@ -83,6 +83,14 @@ class parallel_config:
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
         joblib's constraint: ``"sharedmem"`` picks threads (calls share the caller's memory).
+    inner_max_num_threads
+        BLAS/OpenMP threads each process worker may use (``OMP_NUM_THREADS``,
+        ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``... set in its environment), even where
+        the caller's environment sets them. Default: the CPUs divided by ``n_jobs``, except
+        for variables the caller set. Only the process backend starts workers of its own:
+        with ``"threads"`` or ``"dask"`` it is a ``ValueError``; with ``n_jobs=1`` the calls
+        run in the caller, uncapped (as in joblib). Workers are started with their cap, so
+        each cap has its own warm pool.
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -99,9 +107,12 @@ class parallel_config:
         mmap_mode: str | None = None,
         prefer: str | None = None,
         require: str | None = None,
+        inner_max_num_threads: int | None = None,
         **backend_options: Any,
     ) -> None:
         settings: dict[str, Any] = {}
+        if inner_max_num_threads is not None:
+            backend_options["inner_max_num_threads"] = check_thread_cap(inner_max_num_threads)
         known = frozenset().union(*BACKEND_OPTIONS.values())
         unknown = sorted(set(backend_options) - known)
         if unknown:
@@ -159,6 +170,16 @@ class parallel_config:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def check_thread_cap(value: object) -> int:
+    """``inner_max_num_threads``: an int >= 1 (not a bool), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"invalid inner_max_num_threads {value!r}: expected an int >= 1 (threads per "
+            "worker) or None"
+        )
+    return value
 
 
 def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:

@@ -65,8 +65,9 @@ class Parallel(Generic[M]):
         ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
         object. A ``multiprocessing`` context (``multiprocessing.get_context("spawn")``, as
         joblib accepts) means ``"processes"``: the workers are always fresh interpreters
-        (never forks of the caller), so every start method gets the same workers. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
-        this backend does not take are a ``ValueError``, never silently dropped.
+        (never forks of the caller), so every start method gets the same workers.
+        ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that this
+        backend does not take are a ``ValueError``, never silently dropped.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
     verbose

@@ -31,6 +31,7 @@ import anyio
 from .._detached import loop_identity, spawn_detached
 from .._system import IN_WORKER_ENV, blas_thread_env
 from . import _wire
+from ._setup import PLAIN, WorkerSetup
 
 __all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool"]
 
@@ -174,7 +175,7 @@ class WorkerProcess:
         self.closed = False
 
     @classmethod
-    async def spawn(cls, n_workers: int) -> WorkerProcess:
+    async def spawn(cls, n_workers: int, setup: WorkerSetup = PLAIN) -> WorkerProcess:
         import mmap
 
         req_r, req_w = os.pipe()
@@ -187,7 +188,8 @@ class WorkerProcess:
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
             except OSError:
                 pass
-        env = {**os.environ, **blas_thread_env(n_workers), IN_WORKER_ENV: "1"}
+        threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
+        env = {**os.environ, **threads, IN_WORKER_ENV: "1"}
         # The kernel's parent-death signal follows the spawning thread: the loop's thread,
         # which outlives the pool, since the pool closes when its loop ends.
         death_signal = str(os.getpid())
@@ -503,9 +505,10 @@ class Pool:
     #: How long ``close`` waits for busy workers' holders to give them back.
     CLOSE_WAIT = 5.0
 
-    def __init__(self, size: int, idle_timeout: float = 300.0):
+    def __init__(self, size: int, idle_timeout: float = 300.0, setup: WorkerSetup = PLAIN):
         self.size = size
         self.idle_timeout = idle_timeout
+        self.setup = setup
         self._roster = _Roster(size)
         #: Set when the idle timeout changes, so the keeper recomputes its next wake-up.
         self.retimed = anyio.Event()
@@ -551,7 +554,7 @@ class Pool:
 
     async def _spawn(self) -> WorkerProcess:
         try:
-            worker = await WorkerProcess.spawn(self.size)
+            worker = await WorkerProcess.spawn(self.size, self.setup)
         except BaseException:
             self._roster.free_place()
             raise
@@ -612,19 +615,20 @@ class Pool:
             await roster.emptied()
 
 
-_shared: dict[tuple[object, int], Pool] = {}
+_shared: dict[tuple[object, int, WorkerSetup], Pool] = {}
 
 
-def shared_pool(size: int, idle_timeout: float) -> Pool:
-    """The warm pool of this event loop for ``size`` workers, shut down when the loop ends."""
-    key = (loop_identity(), size)
+def shared_pool(size: int, idle_timeout: float, setup: WorkerSetup = PLAIN) -> Pool:
+    """The warm pool of this event loop for ``size`` workers with this ``setup`` (thread
+    cap, initializer: fixed for a worker's life), shut down when the loop ends."""
+    key = (loop_identity(), size, setup)
     pool = _shared.get(key)
     if pool is not None and not pool.closed:
         if pool.idle_timeout != idle_timeout:
             pool.idle_timeout = idle_timeout
             pool.retimed.set()
         return pool
-    pool = Pool(size, idle_timeout)
+    pool = Pool(size, idle_timeout, setup)
     _shared[key] = pool
 
     async def keeper() -> None:

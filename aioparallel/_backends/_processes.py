@@ -36,6 +36,7 @@ from ._failures import (
     timeout_error,
 )
 from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
+from ._setup import WorkerSetup
 from ._wire import (
     BATCH,
     BATCH_FILE,
@@ -127,19 +128,27 @@ class ProcessBackend:
 
     name = "processes"
 
-    def __init__(self, n_jobs: int, *, private: bool = False, idle_timeout: float = 300.0):
+    def __init__(
+        self,
+        n_jobs: int,
+        *,
+        private: bool = False,
+        idle_timeout: float = 300.0,
+        inner_max_num_threads: int | None = None,
+    ):
         if idle_timeout <= 0:
             raise ValueError(f"invalid idle_timeout {idle_timeout!r}: expected seconds > 0")
         self.n_workers = n_jobs
         self._private = private
         self._idle_timeout = idle_timeout
+        self._setup = WorkerSetup(inner_max_num_threads=inner_max_num_threads)
         self._pool: Pool | None = None
 
     async def __aenter__(self) -> ProcessBackend:
         if self._private:
-            self._pool = Pool(self.n_workers, self._idle_timeout)
+            self._pool = Pool(self.n_workers, self._idle_timeout, self._setup)
         else:
-            self._pool = shared_pool(self.n_workers, self._idle_timeout)
+            self._pool = shared_pool(self.n_workers, self._idle_timeout, self._setup)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
