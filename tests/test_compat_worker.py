@@ -120,3 +120,97 @@ def test_inner_max_num_threads_with_one_job_is_accepted() -> None:
     # n_jobs=1 runs in the caller: no worker to cap (joblib does the same)
     with parallel_config("processes", inner_max_num_threads=2):
         assert Parallel(n_jobs=1)._backend_name == "sequential"
+
+
+# -- item 6: multiprocessing.Manager proxies -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spawn() -> Any:
+    """The spawn context, its resource tracker (multiprocessing's own helper process, alive
+    for the rest of the session) started before the leak check's snapshot."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    return multiprocessing.get_context("spawn")
+
+
+def share(items: Any, queue: Any, x: int) -> int:
+    items.append(x)
+    queue.put(x * x)
+    return os.getpid()
+
+
+@pytest.mark.asyncio
+async def test_manager_proxies_work_in_process_workers(spawn: Any) -> None:
+    with spawn.Manager() as manager:
+        items, queue = manager.list(), manager.Queue()
+        pids = await Parallel(n_jobs=2)(delayed(share)(items, queue, x) for x in range(8))
+        assert os.getpid() not in pids
+        assert sorted(items) == list(range(8))
+        assert sorted(queue.get(timeout=10) for _ in range(8)) == [x * x for x in range(8)]
+
+
+@pytest.mark.asyncio
+async def test_manager_proxies_reach_warm_workers_started_before_the_manager(
+    spawn: Any,
+) -> None:
+    parallel = Parallel(n_jobs=2)
+    async with parallel:  # warm workers, started before the manager
+        await parallel(delayed(h.pid_of)(x) for x in range(4))
+        with spawn.Manager() as manager:
+            shared = manager.dict()
+            await parallel(delayed(shared.__setitem__)(x, x) for x in range(4))
+            assert dict(shared) == {x: x for x in range(4)}
+
+
+def authkey_of_worker(_x: int) -> bytes:
+    return bytes(multiprocessing.current_process().authkey)
+
+
+@pytest.mark.asyncio
+async def test_workers_follow_a_changed_authkey() -> None:
+    process = multiprocessing.current_process()
+    old = process.authkey
+    try:
+        process.authkey = b"another key for this test"
+        keys = await Parallel(n_jobs=2)(delayed(authkey_of_worker)(x) for x in range(4))
+    finally:
+        process.authkey = old
+    assert set(keys) == {b"another key for this test"}
+
+
+def test_the_authkey_never_reaches_a_worker_by_its_environment_or_argv() -> None:
+    import inspect
+
+    from aioparallel._backends import _pool
+
+    source = inspect.getsource(_pool.WorkerProcess.spawn)
+    assert "authkey" not in source  # it travels by the SETUP frame of the worker's own pipe
+
+
+def test_workers_import_multiprocessing_only_when_the_parent_has() -> None:
+    # the authkey costs a worker the import of multiprocessing (~5-10 ms): only paid when
+    # the parent has imported it, so Manager proxies can exist
+    import subprocess
+    import sys
+
+    script = """if True:
+        import asyncio, sys
+        from aioparallel import Parallel, delayed
+
+        def loaded(_x):
+            import sys
+            return "multiprocessing" in sys.modules
+
+        async def main():
+            return await Parallel(n_jobs=2)(delayed(loaded)(x) for x in range(2))
+
+        print(asyncio.run(main()), "multiprocessing" in sys.modules)
+        import multiprocessing
+        print(asyncio.run(main()))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
+    assert out[:2] == ["[False, False] False", "[True, True]"]

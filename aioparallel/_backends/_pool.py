@@ -152,6 +152,18 @@ class _Child:
             self._pidfd = -1
 
 
+def _authkey() -> bytes | None:
+    """The parent's ``multiprocessing`` authkey, which ``Manager()`` proxies passed to tasks
+    need in the worker to reach their manager; None while the parent has not imported
+    ``multiprocessing`` (no proxy can exist: the worker then does not import it either).
+    It travels in the SETUP frame over the worker's own pipe, never in its environment or
+    command line, where other local users could read it."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return None
+    return bytes(process.current_process().authkey)
+
+
 class WorkerProcess:
     """One worker process and its pipes, driven from the event loop.
 
@@ -169,7 +181,7 @@ class WorkerProcess:
         self._lifeline = lifeline
         self._slot = slot
         self._buffer = bytearray()
-        self._env: tuple[list[str], str] | None = None
+        self._env: tuple[list[str], str, bytes | None] | None = None
         self._seq = 0
         self.last_used = time.monotonic()
         self.closed = False
@@ -277,10 +289,10 @@ class WorkerProcess:
             data = data[written:]
 
     async def sync_env(self) -> None:
-        """Give the worker the parent's current sys.path and working directory. (The worker
-        returns to the last ones it was given after each job, so this cache stays true
-        whatever a task did.)"""
-        env = (list(sys.path), os.getcwd())
+        """Give the worker the parent's current sys.path, working directory and
+        multiprocessing authkey. (The worker returns to the last path and directory it was
+        given after each job, so this cache stays true whatever a task did.)"""
+        env = (list(sys.path), os.getcwd(), _authkey())
         if env != self._env:
             await self.write_frame(_wire.SETUP, pickle.dumps(env))
             self._env = env

@@ -154,8 +154,11 @@ class Worker:
                 return
             kind, body = frame
             if kind == _wire.SETUP:
-                env = pickle.loads(body)
+                path, cwd, authkey = pickle.loads(body)
+                env = (path, cwd)
                 _enter(env)
+                if authkey is not None:  # before any job is unpickled: its proxies need it
+                    _set_authkey(authkey)
                 continue
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
@@ -196,6 +199,16 @@ def _enter(env: tuple[list[str], str]) -> None:
         os.chdir(cwd)
     except OSError:  # the parent's directory is gone: stay where we are
         pass
+
+
+def _set_authkey(authkey: bytes) -> None:
+    """Take the parent's ``multiprocessing`` authkey, so ``Manager()`` proxies in the jobs
+    can authenticate to their manager. Imported here, not at start: multiprocessing costs
+    a worker ~5-10 ms, paid only when the parent uses it."""
+    from multiprocessing import process
+
+    if bytes(process.current_process().authkey) != authkey:
+        process.current_process().authkey = authkey
 
 
 def _format(exc: BaseException) -> list[str]:
