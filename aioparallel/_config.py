@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ._backends._base import Backend
+from ._backends._setup import Initializer
 from ._system import cpu_count, in_worker
 
 __all__ = [
     "BACKEND_ALIASES",
     "RETURN_MODES",
     "current_config",
+    "make_initializer",
     "parallel_config",
     "parse_max_nbytes",
     "parse_mmap_mode",
@@ -91,6 +94,9 @@ class parallel_config:
         with ``"threads"`` or ``"dask"`` it is a ``ValueError``; with ``n_jobs=1`` the calls
         run in the caller, uncapped (as in joblib). Workers are started with their cap, so
         each cap has its own warm pool.
+    initializer, initargs
+        Default ``initializer(*initargs)``, run once in each worker before its first task;
+        see ``Parallel``.
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -108,9 +114,13 @@ class parallel_config:
         prefer: str | None = None,
         require: str | None = None,
         inner_max_num_threads: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         **backend_options: Any,
     ) -> None:
         settings: dict[str, Any] = {}
+        if initializer is not None or initargs != ():
+            settings["initializer"] = make_initializer(initializer, initargs)
         if inner_max_num_threads is not None:
             backend_options["inner_max_num_threads"] = check_thread_cap(inner_max_num_threads)
         known = frozenset().union(*BACKEND_OPTIONS.values())
@@ -170,6 +180,18 @@ class parallel_config:
         tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
+
+
+def make_initializer(initializer: object, initargs: Iterable[Any]) -> Initializer:
+    """Check joblib's ``initializer`` / ``initargs`` pair; ``initargs`` may be any iterable."""
+    if initializer is None:
+        raise ValueError(f"initargs={initargs!r} without an initializer: pass initializer= too")
+    if not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable (run once in each worker), got "
+            f"{type(initializer).__name__} {initializer!r:.60}"
+        )
+    return Initializer(initializer, tuple(initargs))
 
 
 def check_thread_cap(value: object) -> int:

@@ -33,6 +33,7 @@ def test_all_is_pinned() -> None:
         "AioParallelError",
         "Backend",
         "Call",
+        "InitializerError",
         "Parallel",
         "ProgressEvent",
         "RemoteTraceback",

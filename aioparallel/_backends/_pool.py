@@ -29,9 +29,11 @@ from typing import Any
 import anyio
 
 from .._detached import loop_identity, spawn_detached
+from .._errors import describe_exit
 from .._system import IN_WORKER_ENV, blas_thread_env
 from . import _wire
-from ._setup import PLAIN, WorkerSetup
+from ._failures import rebuild
+from ._setup import PLAIN, WorkerSetup, initializer_error
 
 __all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool"]
 
@@ -238,6 +240,8 @@ class WorkerProcess:
                 frame = await worker.read_frame()
             if frame is None or frame[0] != _wire.READY:
                 raise RuntimeError(f"worker process {worker.pid} failed to start")
+            if setup.initializer is not None:  # as long as it takes: not a start-up timeout
+                await worker._initialize(setup.initializer, setup.initializer_name)
             started = True
         finally:  # not in an ``except``: nothing of ours becomes the context of what is raised
             if not started:
@@ -296,6 +300,26 @@ class WorkerProcess:
         if env != self._env:
             await self.write_frame(_wire.SETUP, pickle.dumps(env))
             self._env = env
+
+    async def _initialize(self, payload: bytes, name: str) -> None:
+        """Run the user's initializer in the new worker, after SETUP (its module may be found
+        only on the parent's sys.path; a Manager proxy in its initargs needs the authkey).
+        Raises ``InitializerError`` if it raised or the worker died running it."""
+        await self.sync_env()
+        frame: tuple[int, bytes] | None = None
+        try:
+            await self.write_frame(_wire.INIT, payload)
+        except OSError:  # died before reading it: the exit code says why
+            pass
+        else:
+            frame = await self.read_frame()
+        if frame is not None and frame[0] == _wire.INIT_DONE:
+            return
+        where = f"worker process {self.pid}"
+        if frame is not None and frame[0] == _wire.INIT_ERROR:
+            raise initializer_error(name, where, rebuild(pickle.loads(frame[1])))
+        died = describe_exit(await self.exit_code())
+        raise initializer_error(name, where, None, died=died)
 
     def next_seq(self) -> int:
         self._seq += 1

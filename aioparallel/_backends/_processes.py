@@ -17,7 +17,7 @@ import time
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -36,7 +36,7 @@ from ._failures import (
     timeout_error,
 )
 from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
-from ._setup import WorkerSetup
+from ._setup import Initializer, WorkerSetup
 from ._wire import (
     BATCH,
     BATCH_FILE,
@@ -49,6 +49,7 @@ from ._wire import (
     SLOT_LOADING,
     TaskError,
     TempFolderError,
+    dumps,
     unspill,
 )
 
@@ -123,6 +124,25 @@ class _Attempt:
     timed_out: int | None = None
 
 
+async def _with_initializer(setup: WorkerSetup, initializer: Initializer) -> WorkerSetup:
+    """``setup`` with the initializer pickled once (in a thread: initargs may be large),
+    for every worker of the pool; equal pickles share a warm pool."""
+    name = initializer.name
+    try:
+        pickled = await anyio.to_thread.run_sync(
+            dumps, (initializer.func, initializer.args), abandon_on_cancel=True
+        )
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
+        error = SerializationError(
+            f"the initializer {name} or its initargs could not be pickled for the worker "
+            f"processes: {type(exc).__name__}: {exc}"
+        )
+        raise error from exc
+    return replace(setup, initializer=pickled, initializer_name=name)
+
+
 class ProcessBackend:
     """Warm worker processes: a loop-wide shared pool, or a private one for ``async with``."""
 
@@ -135,6 +155,7 @@ class ProcessBackend:
         private: bool = False,
         idle_timeout: float = 300.0,
         inner_max_num_threads: int | None = None,
+        initializer: Initializer | None = None,
     ):
         if idle_timeout <= 0:
             raise ValueError(f"invalid idle_timeout {idle_timeout!r}: expected seconds > 0")
@@ -142,9 +163,12 @@ class ProcessBackend:
         self._private = private
         self._idle_timeout = idle_timeout
         self._setup = WorkerSetup(inner_max_num_threads=inner_max_num_threads)
+        self._initializer = initializer
         self._pool: Pool | None = None
 
     async def __aenter__(self) -> ProcessBackend:
+        if self._initializer is not None:
+            self._setup = await _with_initializer(self._setup, self._initializer)
         if self._private:
             self._pool = Pool(self.n_workers, self._idle_timeout, self._setup)
         else:
