@@ -106,7 +106,7 @@ class Parallel(Generic[M]):
         that replaces a crashed one runs it again. Threads: once in each thread that runs a
         batch (anyio's threads are shared and come and go, so possibly on more than
         ``n_jobs`` threads). ``n_jobs=1`` / ``"sequential"``: once in the caller, before
-        the first call. ``"dask"``: once per dask worker. Warm process workers are kept per
+        the first call. Not yet on ``"dask"`` (``ValueError``). Warm process workers are kept per
         (initializer, initargs), compared pickled: equal ones reuse the workers without
         running it again; other ones get workers of their own. If it raises (or its worker
         dies running it), the run stops with `InitializerError`, even with
@@ -185,6 +185,12 @@ class Parallel(Generic[M]):
             if initializer is not None or initargs != ()
             else config.get("initializer")
         )
+        if self._initializer is not None and self._backend_name == "dask":
+            raise ValueError(
+                "initializer= is not supported on backend 'dask' yet (it would run once per "
+                "dask worker, through a worker plugin): register one yourself with "
+                "client.register_plugin(...), or load the resource lazily in the task"
+            )
         if self._initializer is not None and self._backend_object is not None:
             raise ValueError(
                 f"initializer= cannot be given to the backend object {self._backend_object!r}, "

@@ -49,7 +49,6 @@ from ._wire import (
     SLOT_LOADING,
     TaskError,
     TempFolderError,
-    dumps,
     unspill,
 )
 
@@ -124,13 +123,21 @@ class _Attempt:
     timed_out: int | None = None
 
 
+def _cloudpickle_dumps(obj: object) -> bytes:
+    """As jobs are pickled: by value for what lives in ``__main__`` (a script, a notebook),
+    which a worker could not import by name."""
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(obj, protocol=5))
+
+
 async def _with_initializer(setup: WorkerSetup, initializer: Initializer) -> WorkerSetup:
     """``setup`` with the initializer pickled once (in a thread: initargs may be large),
     for every worker of the pool; equal pickles share a warm pool."""
     name = initializer.name
     try:
         pickled = await anyio.to_thread.run_sync(
-            dumps, (initializer.func, initializer.args), abandon_on_cancel=True
+            _cloudpickle_dumps, (initializer.func, initializer.args), abandon_on_cancel=True
         )
     except anyio.get_cancelled_exc_class():
         raise
