@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -126,13 +127,19 @@ def test_inner_max_num_threads_with_one_job_is_accepted() -> None:
 
 
 @pytest.fixture(scope="module")
-def spawn() -> Any:
-    """The spawn context, its resource tracker (multiprocessing's own helper process, alive
-    for the rest of the session) started before the leak check's snapshot."""
+def spawn() -> Iterator[Any]:
+    """The spawn context. Its resource tracker (multiprocessing's own helper process, which
+    would live for the rest of the session) starts before the leak check's snapshot and is
+    stopped when this module's tests are done, so no later test counts it as a child."""
     from multiprocessing import resource_tracker
 
-    resource_tracker.ensure_running()
-    return multiprocessing.get_context("spawn")
+    tracker: Any = resource_tracker._resource_tracker  # type: ignore[attr-defined]
+    tracker.ensure_running()
+    yield multiprocessing.get_context("spawn")
+    if tracker._fd is not None:  # what ResourceTracker._stop() does (3.11+ only)
+        os.close(tracker._fd)
+        os.waitpid(tracker._pid, 0)
+        tracker._fd = tracker._pid = None
 
 
 def share(items: Any, queue: Any, x: int) -> int:
