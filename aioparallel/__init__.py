@@ -17,6 +17,7 @@ __all__ = [
     "Batch",
     "Call",
     "Failure",
+    "InitializerError",
     "Parallel",
     "ProgressEvent",
     "RemoteTraceback",
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ._call import delayed as delayed
     from ._config import parallel_config as parallel_config
     from ._errors import AioParallelError as AioParallelError
+    from ._errors import InitializerError as InitializerError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
     from ._errors import WorkerCrashedError as WorkerCrashedError
@@ -62,6 +64,7 @@ _LAZY = {
     "delayed": "._call",
     "parallel_config": "._config",
     "AioParallelError": "._errors",
+    "InitializerError": "._errors",
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
     "WorkerCrashedError": "._errors",

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
 from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ._backends._base import Backend
+from ._backends._setup import Initializer
 from ._system import cpu_count, in_worker
 
 __all__ = [
     "BACKEND_ALIASES",
     "RETURN_MODES",
     "current_config",
+    "make_initializer",
     "parallel_config",
     "parse_max_nbytes",
     "parse_mmap_mode",
@@ -40,7 +43,7 @@ RETURN_MODES = ("list", "generator", "generator_unordered")
 MMAP_MODES = ("r", "r+", "c")
 #: Options each backend takes from ``parallel_config(**backend_options)``.
 BACKEND_OPTIONS: dict[str, frozenset[str]] = {
-    "processes": frozenset({"idle_timeout"}),
+    "processes": frozenset({"idle_timeout", "inner_max_num_threads"}),
     "threads": frozenset(),
     "sequential": frozenset(),
     "dask": frozenset({"client", "address"}),
@@ -67,7 +70,8 @@ class parallel_config:
     Parameters
     ----------
     backend
-        Default backend name (or object).
+        Default backend name (or object); a ``multiprocessing`` context means
+        ``"processes"``, as in ``Parallel``.
     n_jobs
         Default worker count.
     verbose
@@ -82,6 +86,19 @@ class parallel_config:
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
         joblib's constraint: ``"sharedmem"`` picks threads (calls share the caller's memory).
+    inner_max_num_threads
+        BLAS/OpenMP threads each process worker may use (``OMP_NUM_THREADS``,
+        ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``... set in its environment), even where
+        the caller's environment sets them. Default: the CPUs divided by ``n_jobs``, except
+        for variables the caller set. Only the process backend starts workers of its own:
+        with ``"threads"`` or ``"dask"`` it is a ``ValueError``; with ``n_jobs=1`` the calls
+        run in the caller, uncapped (as in joblib). Workers are started with their cap, so
+        each cap has its own warm pool.
+    initializer
+        Default ``initializer(*initargs)``, run once in each worker before its first task;
+        see ``Parallel``.
+    initargs
+        Default arguments of ``initializer``.
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -98,9 +115,16 @@ class parallel_config:
         mmap_mode: str | None = None,
         prefer: str | None = None,
         require: str | None = None,
+        inner_max_num_threads: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
         **backend_options: Any,
     ) -> None:
         settings: dict[str, Any] = {}
+        if initializer is not None or initargs != ():
+            settings["initializer"] = make_initializer(initializer, initargs)
+        if inner_max_num_threads is not None:
+            backend_options["inner_max_num_threads"] = check_thread_cap(inner_max_num_threads)
         known = frozenset().union(*BACKEND_OPTIONS.values())
         unknown = sorted(set(backend_options) - known)
         if unknown:
@@ -160,6 +184,28 @@ class parallel_config:
         self.__exit__(exc_type, exc, tb)
 
 
+def make_initializer(initializer: object, initargs: Iterable[Any]) -> Initializer:
+    """Check joblib's ``initializer`` / ``initargs`` pair; ``initargs`` may be any iterable."""
+    if initializer is None:
+        raise ValueError(f"initargs={initargs!r} without an initializer: pass initializer= too")
+    if not callable(initializer):
+        raise TypeError(
+            f"initializer must be a callable (run once in each worker), got "
+            f"{type(initializer).__name__} {initializer!r:.60}"
+        )
+    return Initializer(initializer, tuple(initargs))
+
+
+def check_thread_cap(value: object) -> int:
+    """``inner_max_num_threads``: an int >= 1 (not a bool), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"invalid inner_max_num_threads {value!r}: expected an int >= 1 (threads per "
+            "worker) or None"
+        )
+    return value
+
+
 def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:
     """``value`` if it is one of ``valid``, else ``ValueError`` listing them."""
     if value not in valid:
@@ -187,6 +233,8 @@ def resolve_backend(
         name = "sequential" if in_worker() else (prefer or "processes")
     elif isinstance(backend, Backend):
         name, obj = backend.name, backend
+    elif is_mp_context(backend):
+        name = "processes"
     else:
         raise ValueError(
             f"invalid backend {backend!r}: expected a backend name or a Backend object"
@@ -200,6 +248,13 @@ def resolve_backend(
             )
         return "threads", None
     return name, obj
+
+
+def is_mp_context(backend: object) -> bool:
+    """A ``multiprocessing`` context (or the module itself), which joblib accepts as a backend
+    (recognised as joblib does, by its ``Pool`` and ``Lock``). It means the process backend:
+    our workers are fresh interpreters whatever the start method, so none has to be chosen."""
+    return hasattr(backend, "Pool") and hasattr(backend, "Lock")
 
 
 def backend_options(name: str) -> dict[str, Any]:

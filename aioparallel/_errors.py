@@ -5,6 +5,7 @@
     Exception
      ├── AioParallelError              base of the errors this library raises itself
      │    ├── WorkerCrashedError       a worker process died while running a task
+     │    ├── InitializerError         the ``initializer`` failed in a worker: the run stops
      │    └── SerializationError       a function, argument or result could not be (un)pickled
      └── RemoteTraceback               the worker's traceback text, chained as ``__cause__``
 
@@ -18,6 +19,7 @@ import sys
 
 __all__ = [
     "AioParallelError",
+    "InitializerError",
     "RemoteTraceback",
     "SerializationError",
     "WorkerCrashedError",
@@ -43,6 +45,12 @@ class WorkerCrashedError(AioParallelError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (str(self), self.task_index, self.exitcode))
+
+
+class InitializerError(AioParallelError):
+    """The ``initializer`` raised (its exception is the ``__cause__``), or its worker process
+    died running it. No task can run on that worker, so the run stops with this error, even
+    with ``return_exceptions=True``: it is no task's outcome."""
 
 
 class SerializationError(AioParallelError):

@@ -15,6 +15,7 @@ from ._config import (
     RETURN_MODES,
     backend_options,
     current_config,
+    make_initializer,
     parse_max_nbytes,
     parse_mmap_mode,
     parse_n_jobs,
@@ -28,6 +29,7 @@ from ._run import Run
 from ._stream import ResultStream
 
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
     from types import TracebackType
 
 __all__ = ["Parallel"]
@@ -62,8 +64,11 @@ class Parallel(Generic[M]):
         object it must match the object's worker count (``ValueError`` otherwise).
     backend
         ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
-        object. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
-        this backend does not take are a ``ValueError``, never silently dropped.
+        object. A ``multiprocessing`` context (``multiprocessing.get_context("spawn")``, as
+        joblib accepts) means ``"processes"``: the workers are always fresh interpreters
+        (never forks of the caller), so every start method gets the same workers.
+        ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that this
+        backend does not take are a ``ValueError``, never silently dropped.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
     verbose
@@ -95,13 +100,26 @@ class Parallel(Generic[M]):
     require
         joblib's constraint: ``"sharedmem"`` picks threads over a configured or default
         backend; with a process or dask backend passed here it is a ``ValueError``.
+    initializer
+        ``initializer(*initargs)`` runs once in each worker before its first task (joblib
+        >= 1.5), e.g. to load a model once per worker rather than per call; a process worker
+        that replaces a crashed one runs it again. Threads: once in each thread that runs a
+        batch (anyio's threads are shared and come and go, so possibly on more than
+        ``n_jobs`` threads). ``n_jobs=1`` / ``"sequential"``: once in the caller, before
+        the first call. Not yet on ``"dask"`` (``ValueError``). Warm process workers are kept per
+        (initializer, initargs), compared pickled: equal ones reuse the workers without
+        running it again; other ones get workers of their own. If it raises (or its worker
+        dies running it), the run stops with `InitializerError`, even with
+        ``return_exceptions=True``. Not with a backend object (``ValueError``).
+    initargs
+        The positional arguments ``initializer`` is called with (default: none).
     """
 
     @overload
     def __init__(
         self: Parallel[ListMode],
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: ListMode = "list",
         verbose: int | None = None,
@@ -115,13 +133,15 @@ class Parallel(Generic[M]):
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
         require: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
     ) -> None: ...
 
     @overload
     def __init__(
         self: Parallel[StreamMode],
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: StreamMode,
         verbose: int | None = None,
@@ -135,12 +155,14 @@ class Parallel(Generic[M]):
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
         require: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
     ) -> None: ...
 
     def __init__(
         self,
         n_jobs: int | None = None,
-        backend: str | Backend | None = None,
+        backend: str | Backend | BaseContext | None = None,
         *,
         return_as: str = "list",
         verbose: int | None = None,
@@ -154,10 +176,28 @@ class Parallel(Generic[M]):
         progress: bool | ProgressCallback = False,
         prefer: str | None = None,
         require: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
     ) -> None:
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
         self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
+        self._initializer = (
+            make_initializer(initializer, initargs)
+            if initializer is not None or initargs != ()
+            else config.get("initializer")
+        )
+        if self._initializer is not None and self._backend_name == "dask":
+            raise ValueError(
+                "initializer= is not supported on backend 'dask' yet (it would run once per "
+                "dask worker, through a worker plugin): register one yourself with "
+                "client.register_plugin(...), or load the resource lazily in the task"
+            )
+        if self._initializer is not None and self._backend_object is not None:
+            raise ValueError(
+                f"initializer= cannot be given to the backend object {self._backend_object!r}, "
+                "which starts its own workers: give it a backend name instead"
+            )
         self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
 
         obj = self._backend_object
@@ -253,15 +293,17 @@ class Parallel(Generic[M]):
         if name == "sequential":
             from ._backends._sequential import SequentialBackend
 
-            return SequentialBackend()
+            return SequentialBackend(self._initializer)
         if name == "threads":
             from ._backends._threads import ThreadBackend
 
-            return ThreadBackend(1 if self._one_thread else self.n_jobs)
+            return ThreadBackend(1 if self._one_thread else self.n_jobs, self._initializer)
         if name == "processes":
             from ._backends._processes import ProcessBackend
 
-            return ProcessBackend(self.n_jobs, private=private, **self._backend_options)
+            return ProcessBackend(
+                self.n_jobs, private=private, initializer=self._initializer, **self._backend_options
+            )
         from ._backends._dask import DaskBackend
 
         # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs

@@ -107,7 +107,8 @@ class Run:
                     else:
                         outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None
+            leaf = _first_leaf(group)
+            raise leaf from leaf.__cause__  # hide the group, keep the error's own cause
         finally:
             await self._close_source()
         if self.error is not None:

@@ -57,10 +57,14 @@ def in_worker() -> bool:
     return os.environ.get(IN_WORKER_ENV) == "1"
 
 
-def blas_thread_env(n_workers: int) -> dict[str, str]:
+def blas_thread_env(n_workers: int, inner_max_num_threads: int | None = None) -> dict[str, str]:
     """Thread caps for a worker so ``n_workers`` of them do not oversubscribe the CPUs.
 
-    Variables the user already set are left alone.
+    Variables the user already set are left alone, unless ``inner_max_num_threads`` is given
+    (``parallel_config(inner_max_num_threads=N)``): that explicit setting is then every
+    variable's value, as in joblib.
     """
+    if inner_max_num_threads is not None:
+        return dict.fromkeys(_THREAD_VARS, str(inner_max_num_threads))
     threads = str(max(1, cpu_count() // max(1, n_workers)))
     return {var: threads for var in _THREAD_VARS if var not in os.environ}

@@ -35,6 +35,7 @@ def test_all_is_pinned() -> None:
         "Batch",
         "Call",
         "Failure",
+        "InitializerError",
         "Parallel",
         "ProgressEvent",
         "RemoteTraceback",

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import pickle
 
-from .._errors import SerializationError, WorkerCrashedError, attach_task, describe_exit
+from .._errors import (
+    RemoteTraceback,
+    SerializationError,
+    WorkerCrashedError,
+    attach_task,
+    describe_exit,
+)
 from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
 
 __all__ = [
     "closed_error",
     "crash_error",
     "raised_in_worker",
+    "rebuild",
     "repeated_crash_error",
     "serialization_error",
     "timeout_error",
@@ -26,6 +33,14 @@ _DOING = {SLOT_LOADING: "unpickling the arguments of", SLOT_SENDING: "pickling t
 def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
     """The task's own exception, rebuilt in the parent; a SerializationError saying so if
     it could not cross back."""
+    exc = rebuild(error, f"task {index} ({name})")
+    attach_task(exc, index, name, error.tb)
+    return exc
+
+
+def rebuild(error: TaskError, who: str = "the initializer") -> BaseException:
+    """The exception ``who`` raised in a worker, rebuilt in the parent with the worker's
+    traceback as its cause; a SerializationError saying so if it could not cross back."""
     exc: BaseException | None = None
     if error.exc_bytes is not None:
         try:
@@ -34,13 +49,13 @@ def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
             exc = None
     if exc is None:
         if error.type_name == "SerializationError":
-            exc = SerializationError(f"task {index} ({name}): {error.message}")
+            exc = SerializationError(f"{who}: {error.message}")
         else:
             exc = SerializationError(
-                f"task {index} ({name}) raised {error.type_name}: {error.message} "
+                f"{who} raised {error.type_name}: {error.message} "
                 "(the exception itself could not be pickled back to the parent)"
             )
-    attach_task(exc, index, name, error.tb)
+    exc.__cause__ = RemoteTraceback(f"\n\nWorker traceback of {who}:\n{error.tb}")
     return exc
 
 

@@ -33,9 +33,12 @@ from typing import Any, Literal
 
 import anyio
 
+from .._errors import describe_exit
 from .._system import IN_WORKER_ENV, blas_thread_env
 from . import _wire
 from ._crossloop import Reaper, Signal
+from ._failures import rebuild
+from ._setup import PLAIN, WorkerSetup, initializer_error
 
 __all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool", "shutdown_workers"]
 
@@ -166,6 +169,18 @@ class _Child:
             self._pidfd = -1
 
 
+def _authkey() -> bytes | None:
+    """The parent's ``multiprocessing`` authkey, which ``Manager()`` proxies passed to tasks
+    need in the worker to reach their manager; None while the parent has not imported
+    ``multiprocessing`` (no proxy can exist: the worker then does not import it either).
+    It travels in the SETUP frame over the worker's own pipe, never in its environment or
+    command line, where other local users could read it."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return None
+    return bytes(process.current_process().authkey)
+
+
 class WorkerProcess:
     """One worker process and its pipes, driven from the event loop.
 
@@ -183,13 +198,13 @@ class WorkerProcess:
         self._lifeline = lifeline
         self._slot = slot
         self._buffer = bytearray()
-        self._env: tuple[list[str], str] | None = None
+        self._env: tuple[list[str], str, bytes | None] | None = None
         self._seq = 0
         self.last_used = time.monotonic()
         self.closed = False
 
     @classmethod
-    async def spawn(cls, n_workers: int) -> WorkerProcess:
+    async def spawn(cls, n_workers: int, setup: WorkerSetup = PLAIN) -> WorkerProcess:
         import mmap
 
         req_r, req_w = os.pipe()
@@ -202,7 +217,8 @@ class WorkerProcess:
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
             except OSError:
                 pass
-        env = {**os.environ, **blas_thread_env(n_workers), IN_WORKER_ENV: "1"}
+        threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
+        env = {**os.environ, **threads, IN_WORKER_ENV: "1"}
         death_signal = str(_death_signal_parent())
         try:
             process = _Child(
@@ -237,6 +253,8 @@ class WorkerProcess:
                 frame = await worker.read_frame()
             if frame is None or frame[0] != _wire.READY:
                 raise RuntimeError(f"worker process {worker.pid} failed to start")
+            if setup.initializer is not None:  # as long as it takes: not a start-up timeout
+                await worker._initialize(setup.initializer, setup.initializer_name)
             started = True
         finally:  # not in an ``except``: nothing of ours becomes the context of what is raised
             if not started:
@@ -288,13 +306,33 @@ class WorkerProcess:
             data = data[written:]
 
     async def sync_env(self) -> None:
-        """Give the worker the parent's current sys.path and working directory. (The worker
-        returns to the last ones it was given after each job, so this cache stays true
-        whatever a task did.)"""
-        env = (list(sys.path), os.getcwd())
+        """Give the worker the parent's current sys.path, working directory and
+        multiprocessing authkey. (The worker returns to the last path and directory it was
+        given after each job, so this cache stays true whatever a task did.)"""
+        env = (list(sys.path), os.getcwd(), _authkey())
         if env != self._env:
             await self.write_frame(_wire.SETUP, pickle.dumps(env))
             self._env = env
+
+    async def _initialize(self, payload: bytes, name: str) -> None:
+        """Run the user's initializer in the new worker, after SETUP (its module may be found
+        only on the parent's sys.path; a Manager proxy in its initargs needs the authkey).
+        Raises ``InitializerError`` if it raised or the worker died running it."""
+        await self.sync_env()
+        frame: tuple[int, bytes] | None = None
+        try:
+            await self.write_frame(_wire.INIT, payload)
+        except OSError:  # died before reading it: the exit code says why
+            pass
+        else:
+            frame = await self.read_frame()
+        if frame is not None and frame[0] == _wire.INIT_DONE:
+            return
+        where = f"worker process {self.pid}"
+        if frame is not None and frame[0] == _wire.INIT_ERROR:
+            raise initializer_error(name, where, rebuild(pickle.loads(frame[1])))
+        died = describe_exit(await self.exit_code())
+        raise initializer_error(name, where, None, died=died)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -585,10 +623,12 @@ class Pool:
         self,
         size: int,
         idle_timeout: float = 300.0,
+        setup: WorkerSetup = PLAIN,
         on_idle: Callable[[float], None] | None = None,
     ):
         self.size = size
         self.idle_timeout = idle_timeout
+        self.setup = setup
         self._roster = _Roster(size)
         #: Called with the time a worker that went idle expires (the shared pools' reaper).
         self._on_idle = on_idle
@@ -634,7 +674,7 @@ class Pool:
 
     async def _spawn(self) -> WorkerProcess:
         try:
-            worker = await WorkerProcess.spawn(self.size)
+            worker = await WorkerProcess.spawn(self.size, self.setup)
         except BaseException:
             self._roster.free_place()
             raise
@@ -728,19 +768,20 @@ _shared_lock = threading.Lock()
 _reaping = threading.Lock()
 
 
-def _shared_key(size: int) -> tuple[object, ...]:
-    """What makes two runs' workers interchangeable: the one place the key is built."""
-    return (size,)
+def _shared_key(size: int, setup: WorkerSetup) -> tuple[object, ...]:
+    """What makes two runs' workers interchangeable: the one place the key is built (the
+    thread cap and the initializer are fixed for a worker's life)."""
+    return (size, setup)
 
 
-def shared_pool(size: int, idle_timeout: float) -> Pool:
+def shared_pool(size: int, idle_timeout: float, setup: WorkerSetup = PLAIN) -> Pool:
     """The process-wide warm pool for ``size`` workers, shared by every event loop and
     thread. The latest ``idle_timeout`` asked for applies."""
-    key = _shared_key(size)
+    key = _shared_key(size, setup)
     with _shared_lock:
         pool = _shared.get(key)
         if pool is None:
-            pool = _shared[key] = Pool(size, idle_timeout, on_idle=_reaper.watch)
+            pool = _shared[key] = Pool(size, idle_timeout, setup, on_idle=_reaper.watch)
         retimed = pool.idle_timeout != idle_timeout
         pool.idle_timeout = idle_timeout
     if retimed:

@@ -17,7 +17,7 @@ import time
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -36,6 +36,7 @@ from ._failures import (
     timeout_error,
 )
 from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
+from ._setup import Initializer, WorkerSetup
 from ._wire import (
     BATCH,
     BATCH_FILE,
@@ -122,24 +123,63 @@ class _Attempt:
     timed_out: int | None = None
 
 
+def _cloudpickle_dumps(obj: object) -> bytes:
+    """As jobs are pickled: by value for what lives in ``__main__`` (a script, a notebook),
+    which a worker could not import by name."""
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(obj, protocol=5))
+
+
+async def _with_initializer(setup: WorkerSetup, initializer: Initializer) -> WorkerSetup:
+    """``setup`` with the initializer pickled once (in a thread: initargs may be large),
+    for every worker of the pool; equal pickles share a warm pool."""
+    name = initializer.name
+    try:
+        pickled = await anyio.to_thread.run_sync(
+            _cloudpickle_dumps, (initializer.func, initializer.args), abandon_on_cancel=True
+        )
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
+        error = SerializationError(
+            f"the initializer {name} or its initargs could not be pickled for the worker "
+            f"processes: {type(exc).__name__}: {exc}"
+        )
+        raise error from exc
+    return replace(setup, initializer=pickled, initializer_name=name)
+
+
 class ProcessBackend:
     """Warm worker processes: a loop-wide shared pool, or a private one for ``async with``."""
 
     name = "processes"
 
-    def __init__(self, n_jobs: int, *, private: bool = False, idle_timeout: float = 300.0):
+    def __init__(
+        self,
+        n_jobs: int,
+        *,
+        private: bool = False,
+        idle_timeout: float = 300.0,
+        inner_max_num_threads: int | None = None,
+        initializer: Initializer | None = None,
+    ):
         if idle_timeout <= 0:
             raise ValueError(f"invalid idle_timeout {idle_timeout!r}: expected seconds > 0")
         self.n_workers = n_jobs
         self._private = private
         self._idle_timeout = idle_timeout
+        self._setup = WorkerSetup(inner_max_num_threads=inner_max_num_threads)
+        self._initializer = initializer
         self._pool: Pool | None = None
 
     async def __aenter__(self) -> ProcessBackend:
+        if self._initializer is not None:
+            self._setup = await _with_initializer(self._setup, self._initializer)
         if self._private:
-            self._pool = Pool(self.n_workers, self._idle_timeout)
+            self._pool = Pool(self.n_workers, self._idle_timeout, self._setup)
         else:
-            self._pool = shared_pool(self.n_workers, self._idle_timeout)
+            self._pool = shared_pool(self.n_workers, self._idle_timeout, self._setup)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

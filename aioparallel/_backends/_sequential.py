@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._setup import Initializer, InitOnce
 from ._threads import run_calls
 
 __all__ = ["SequentialBackend"]
@@ -23,6 +24,11 @@ class SequentialBackend:
 
     name = "sequential"
     n_workers = 1
+
+    def __init__(self, initializer: Initializer | None = None):
+        #: The caller is the worker: the initializer runs once in it, before the first call
+        #: of this backend's runs (one run, or an ``async with Parallel()`` block).
+        self._init = None if initializer is None else InitOnce(initializer, "the caller")
 
     async def __aenter__(self) -> SequentialBackend:
         return self
@@ -42,7 +48,9 @@ class SequentialBackend:
             results: list[Any] = []
             for offset, call in enumerate(batch.calls):
                 await anyio.lowlevel.checkpoint()
-                (outcome,) = run_calls(batch.start + offset, [call], options.stop_on_error)
+                (outcome,) = run_calls(
+                    batch.start + offset, [call], options.stop_on_error, None, self._init
+                )
                 results.append(outcome)
                 if options.stop_on_error and type(outcome) is Failure:
                     break

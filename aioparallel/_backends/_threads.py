@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,18 +19,27 @@ import anyio.to_thread
 from .._call import Call, function_name
 from .._errors import attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._setup import Initializer, InitOnce
 
 __all__ = ["ThreadBackend"]
 
 
 def run_calls(
-    start: int, calls: list[Call[Any]], stop_on_error: bool, stop: threading.Event | None = None
+    start: int,
+    calls: list[Call[Any]],
+    stop_on_error: bool,
+    stop: threading.Event | None = None,
+    init: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Run ``calls`` in order; each outcome, whatever it raised, goes in its slot.
 
     Stops early at the first failure (with ``stop_on_error``) or once ``stop`` is set.
-    Shared by the thread and sequential backends.
+    ``init`` first makes sure this thread ran the user's initializer (its failure is the
+    run's ``InitializerError``, raised, not a task's outcome). Shared by the thread and
+    sequential backends.
     """
+    if init is not None:
+        init()
     results: list[Any] = []
     for offset, call in enumerate(calls):
         if stop is not None and stop.is_set():
@@ -46,12 +55,19 @@ def run_calls(
 
 
 class ThreadBackend:
-    """``n_jobs`` threads of anyio's worker-thread pool."""
+    """``n_jobs`` threads of anyio's worker-thread pool.
+
+    anyio's worker threads are shared by the whole event loop and come and go (idle ones
+    exit after a while), so "a worker" is whichever thread runs a batch: the ``initializer``
+    runs once in each thread before its first call of this backend's runs (an ``async with
+    Parallel()`` block, or one run) — possibly on more than ``n_jobs`` threads over time.
+    """
 
     name = "threads"
 
-    def __init__(self, n_jobs: int):
+    def __init__(self, n_jobs: int, initializer: Initializer | None = None):
         self.n_workers = n_jobs
+        self._init = None if initializer is None else InitOnce(initializer)
         self._limiter: anyio.CapacityLimiter | None = None
 
     async def __aenter__(self) -> ThreadBackend:
@@ -67,6 +83,7 @@ class ThreadBackend:
         if limiter is None:
             raise RuntimeError("ThreadBackend used outside 'async with'")
         timeout = options.timeout
+        init = self._init
 
         async def run_batch(batch: Batch) -> list[Any]:
             calls = list(batch.calls)
@@ -74,7 +91,7 @@ class ThreadBackend:
                 stop = threading.Event()
                 try:
                     return await anyio.to_thread.run_sync(
-                        run_calls, batch.start, calls, options.stop_on_error, stop,
+                        run_calls, batch.start, calls, options.stop_on_error, stop, init,
                         limiter=limiter, abandon_on_cancel=True,
                     )  # fmt: skip
                 finally:
@@ -87,7 +104,7 @@ class ThreadBackend:
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
                         value = await anyio.to_thread.run_sync(
-                            run_calls, index, [call], options.stop_on_error,
+                            run_calls, index, [call], options.stop_on_error, None, init,
                             abandon_on_cancel=True,
                         )  # fmt: skip
                 if scope.cancelled_caught:

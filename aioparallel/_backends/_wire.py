@@ -5,10 +5,11 @@ do not cross the pipe: they are written to a file in the run's private folder an
 carries the file name. This module imports only the standard library, so a worker starts
 fast; numpy and cloudpickle are imported on demand.
 
-Frames, parent -> worker: SETUP (sys.path, cwd), BATCH / BATCH_FILE (a pickled job).
-Worker -> parent: READY (pid), RESULTS / RESULTS_FILE (``RESULT_HEADER`` then the pickled
-list of values, or the name of the file holding it), LOAD_ERROR (a job could not be
-unpickled: traceback text).
+Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None), INIT
+(a pickled ``(initializer, initargs)``, once, right after SETUP), BATCH / BATCH_FILE (a
+pickled job). Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError),
+RESULTS / RESULTS_FILE (``RESULT_HEADER`` then the pickled list of values, or the name of
+the file holding it), LOAD_ERROR (a job could not be unpickled: traceback text).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ POSITION_MASK = SLOT_SENDING - 1
 JOB_HEADER = struct.Struct("<q")
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR = range(1, 8)
+INIT, INIT_DONE, INIT_ERROR = range(8, 11)
 INLINE_LIMIT = 1024**2
 
 #: Folder name prefix of every temp folder we create (memmaps, large payloads).

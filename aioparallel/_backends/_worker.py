@@ -155,8 +155,16 @@ class Worker:
                 return
             kind, body = frame
             if kind == _wire.SETUP:
-                env = pickle.loads(body)
+                path, cwd, authkey = pickle.loads(body)
+                env = (path, cwd)
                 _enter(env)
+                if authkey is not None:  # before any job is unpickled: its proxies need it
+                    _set_authkey(authkey)
+                continue
+            if kind == _wire.INIT:
+                _initialize(self.resp_fd, body)
+                if env is not None:  # whatever the initializer did, jobs run where sent
+                    _enter(env)
                 continue
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
@@ -207,6 +215,28 @@ def _enter(env: tuple[list[str], str]) -> None:
         os.chdir(cwd)
     except OSError:  # the parent's directory is gone: stay where we are
         pass
+
+
+def _initialize(resp_fd: int, body: bytes) -> None:
+    """Run the user's ``initializer(*initargs)`` once, before any job; answer INIT_DONE, or
+    INIT_ERROR with what it raised (unpickling it included), whatever its type."""
+    try:
+        initializer, initargs = pickle.loads(body)
+        initializer(*initargs)
+    except BaseException as exc:  # the parent stops the run with it, and kills this worker
+        _wire.write_frame(resp_fd, _wire.INIT_ERROR, _wire.dumps(_wire.TaskError.capture(exc)))
+        return
+    _wire.write_frame(resp_fd, _wire.INIT_DONE, b"")
+
+
+def _set_authkey(authkey: bytes) -> None:
+    """Take the parent's ``multiprocessing`` authkey, so ``Manager()`` proxies in the jobs
+    can authenticate to their manager. Imported here, not at start: multiprocessing costs
+    a worker ~5-10 ms, paid only when the parent uses it."""
+    from multiprocessing import process
+
+    if bytes(process.current_process().authkey) != authkey:
+        process.current_process().authkey = authkey
 
 
 def _format(exc: BaseException) -> list[str]:
