@@ -26,6 +26,7 @@ from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
 from ._stream import ResultStream
+from ._system import check_process_backend
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -158,6 +159,8 @@ class Parallel(Generic[M]):
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
         self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
+        if self._backend_name == "processes":  # even for n_jobs=1: fail alike at any size
+            check_process_backend()
         self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
 
         obj = self._backend_object
