@@ -74,7 +74,7 @@ def _detect() -> Features:
         pidfd=linux and hasattr(os, "pidfd_open"),
         waitid=hasattr(os, "waitid") and not portable,  # macOS: from Python 3.13
         death_signal=linux,
-        dev_shm=linux and os.path.isdir("/dev/shm"),
+        dev_shm=linux,
         pipe_size=linux,
         processes_missing=_missing_for_processes(),
     )
@@ -97,6 +97,7 @@ def check_process_backend() -> None:
         "(with a dask.distributed cluster, local or remote), or set one for a whole block "
         "with parallel_config(backend='threads'); see the docs' Platforms page."
     )
+
 
 _THREAD_VARS = (
     "OMP_NUM_THREADS",

@@ -3,10 +3,10 @@ functions gone, ``import aioparallel`` works, so do every module outside the pro
 and the sequential and threads backends, and ``backend="processes"`` (the default) fails at
 ``Parallel(...)`` with an error that names the platform and the alternatives.
 
-It runs in a fresh interpreter (with dask.distributed, if installed, imported first: on Linux
-it loads psutil's Linux parts, which would not be imported on Windows) whose ``sys.modules`` makes those modules unimportable before
+It runs in a fresh interpreter whose ``sys.modules`` makes those modules unimportable before
 aioparallel is imported (``sys.platform`` itself cannot be faked: asyncio would then want
-Windows' own modules).
+Windows' own modules). dask.distributed, if installed, is imported first: on Linux it loads
+psutil's Linux parts, which Windows would not import.
 """
 
 from __future__ import annotations
