@@ -1,10 +1,11 @@
-"""Sessions: tests, heavy (load/soak), lint, typecheck, docs, bench."""
+"""Sessions: tests, portable (the macOS paths), heavy (load/soak), lint, typecheck, docs,
+bench."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "portable", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -14,11 +15,40 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-q", *session.posargs)
 
 
+#: The tests of the process backend's workers, pipes, slot, crashes, cancellation, parent
+#: death and temp folders: what the Linux-only facilities change. (.ci/run runs the same list.)
+PORTABLE_TESTS = (
+    "tests/test_portable.py",
+    "tests/test_processes.py",
+    "tests/test_crash_matrix.py",
+    "tests/test_pool_state.py",
+    "tests/test_memmap.py",
+    "tests/test_temp_folders.py",
+    "tests/reliability/test_cancellation.py",
+    "tests/reliability/test_parent_death.py",
+    "tests/reliability/test_worker_faults.py",
+    "tests/reliability/test_worker_world.py",
+    "tests/reliability/test_security.py",
+)
+
+
+@nox.session
+def portable(session: nox.Session) -> None:
+    """The process backend on the paths macOS takes: AIOPARALLEL_PORTABLE=1 switches off
+    memfd, pidfd, waitid, the parent-death signal, /dev/shm and pipe resizing (SPEC §9)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-q", *PORTABLE_TESTS, *session.posargs, env={"AIOPARALLEL_PORTABLE": "1"}
+    )
+
+
 @nox.session
 def heavy(session: nox.Session) -> None:
     """The reliability suite's long variants (load, soak)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs)
+    session.run(
+        "pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs
+    )
 
 
 @nox.session
