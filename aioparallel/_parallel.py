@@ -64,7 +64,9 @@ class Parallel(Generic[M]):
     backend
         ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
         object. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
-        this backend does not take are a ``ValueError``, never silently dropped.
+        this backend does not take are a ``ValueError``, never silently dropped. Where the
+        process backend cannot run (Windows), ``"processes"`` raises ``NotImplementedError``
+        here, naming the alternatives.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
     verbose
@@ -79,8 +81,8 @@ class Parallel(Generic[M]):
         ``n_jobs=1`` or ``"sequential"``, the calls then run on one thread worker (still no
         pickling), since nothing can interrupt a call running on the event loop.
     temp_folder
-        Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``,
-        else the system temp dir.
+        Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``
+        (Linux), else the system temp dir.
     max_nbytes
         numpy arguments above this size (``"1M"``, ``"10K"``, an int; None disables) reach
         process workers as memmaps, written once per run.
