@@ -104,7 +104,7 @@ class _Child:
     @property
     def returncode(self) -> int | None:
         """The exit code (negative: the signal) once the process has ended; None while it
-        runs. Does not reap it."""
+        runs. Does not reap it, unless the system lacks ``waitid`` (see ``_poll``)."""
         if self.popen.returncode is not None:
             return self.popen.returncode
         if not FEATURES.waitid:
@@ -121,7 +121,8 @@ class _Child:
         """The exit code if the process has ended, which reaps it: its group (the processes
         its tasks started) is killed then, as ``kill()`` can no longer reach it."""
         code = self.popen.poll()
-        if code is not None:
+        if code is not None:  # just reaped (``returncode`` does not come here again)
+            _live_pids.discard(self.pid)  # the number is no longer ours to kill at exit
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
