@@ -1,10 +1,13 @@
-"""Sessions: tests, heavy (load/soak), lint, typecheck, docs, bench."""
+"""Sessions: tests, portable (the macOS paths), heavy (load/soak), lint, typecheck, docs,
+bench."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "portable", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
 
@@ -14,11 +17,28 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-q", *session.posargs)
 
 
+#: The tests of the process backend's workers, pipes, slot, crashes, cancellation, parent
+#: death and temp folders: what the Linux-only facilities change (.ci/run runs the same list).
+PORTABLE_TESTS = Path("tests/portable_tests.txt").read_text().split()
+
+
+@nox.session
+def portable(session: nox.Session) -> None:
+    """The process backend on the paths macOS takes: AIOPARALLEL_PORTABLE=1 switches off
+    memfd, pidfd, waitid, the parent-death signal, /dev/shm and pipe resizing (SPEC §9)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-q", *PORTABLE_TESTS, *session.posargs, env={"AIOPARALLEL_PORTABLE": "1"}
+    )
+
+
 @nox.session
 def heavy(session: nox.Session) -> None:
     """The reliability suite's long variants (load, soak)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs)
+    session.run(
+        "pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs
+    )
 
 
 @nox.session

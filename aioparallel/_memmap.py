@@ -36,11 +36,13 @@ from ._backends._wire import (
     load_memmap,
     memmap_reference,
 )
+from ._system import FEATURES
 
 __all__ = ["JobWriter", "Lease", "RunFolder", "remove_folders"]
 
 TEMP_FOLDER_ENV = "AIOPARALLEL_TEMP_FOLDER"
-#: The RAM-backed default base; a run falls back to the system temp dir when it is full.
+#: The RAM-backed default base (where ``FEATURES.dev_shm`` says it is used); a run falls back
+#: to the system temp dir when it is full, or without it (macOS).
 SHM_FOLDER = "/dev/shm"
 #: Released array files kept for reuse (while their arrays live), per run.
 KEEP_RELEASED = 2
@@ -68,7 +70,7 @@ def remove_folders(paths: list[str]) -> None:
 
 @functools.lru_cache(maxsize=4)
 def _default_base(shm: str) -> str:
-    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+    if FEATURES.dev_shm and os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
         return shm
     return tempfile.gettempdir()
 

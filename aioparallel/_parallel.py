@@ -27,6 +27,7 @@ from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
 from ._stream import ResultStream
+from ._system import check_process_backend
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -68,7 +69,9 @@ class Parallel(Generic[M]):
         joblib accepts) means ``"processes"``: the workers are always fresh interpreters
         (never forks of the caller), so every start method gets the same workers.
         ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that this
-        backend does not take are a ``ValueError``, never silently dropped.
+        backend does not take are a ``ValueError``, never silently dropped. Where the
+        process backend cannot run (Windows), ``"processes"`` raises ``NotImplementedError``
+        here, naming the alternatives.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
     verbose
@@ -83,8 +86,8 @@ class Parallel(Generic[M]):
         ``n_jobs=1`` or ``"sequential"``, the calls then run on one thread worker (still no
         pickling), since nothing can interrupt a call running on the event loop.
     temp_folder
-        Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``,
-        else the system temp dir.
+        Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``
+        (Linux), else the system temp dir.
     max_nbytes
         numpy arguments above this size (``"1M"``, ``"10K"``, an int; None disables) reach
         process workers as memmaps, written once per run.
@@ -182,6 +185,8 @@ class Parallel(Generic[M]):
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
         self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
+        if self._backend_name == "processes":  # even for n_jobs=1: fail alike at any size
+            check_process_backend()
         self._initializer = (
             make_initializer(initializer, initargs)
             if initializer is not None or initargs != ()

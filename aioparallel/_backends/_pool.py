@@ -18,7 +18,6 @@ every idle one now. Workers still alive at interpreter exit are stopped then.
 from __future__ import annotations
 
 import atexit
-import fcntl
 import os
 import pickle
 import signal
@@ -34,7 +33,7 @@ from typing import Any, Literal
 import anyio
 
 from .._errors import describe_exit
-from .._system import IN_WORKER_ENV, blas_thread_env
+from .._system import FEATURES, IN_WORKER_ENV, blas_thread_env
 from . import _wire
 from ._crossloop import Reaper, Signal
 from ._failures import rebuild
@@ -52,6 +51,8 @@ STARTUP_TIMEOUT = 60.0
 #: file on its pipe says so at once, unless a process the task forked holds the pipe.
 LIVENESS_SECONDS = 1.0
 _F_SETPIPE_SZ = 1031
+#: Without a pidfd, a worker's exit is polled this often, from the first to the last delay.
+_POLL_FIRST, _POLL_LAST = 0.001, 0.05
 _live_pids: set[int] = set()
 
 
@@ -76,14 +77,18 @@ def _death_signal_parent() -> int:
     outlive the loops (and threads) that spawn their workers: only the main thread, which
     lasts as long as the process, may ask. (Workers spawned elsewhere still die with the
     process through their lifeline pipe.)"""
+    if not FEATURES.death_signal:
+        return 0
     return os.getpid() if threading.current_thread() is threading.main_thread() else 0
 
 
 def _slot_fd() -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("aioparallel-slot", 0)
-    else:  # pragma: no cover - non-Linux
-        fd, path = tempfile.mkstemp(prefix=_wire.FOLDER_PREFIX)
+    """The worker's 16-byte slot: a memfd, or a temp file unlinked at once (macOS). Close on
+    exec either way: only the worker it is passed to (``pass_fds``) gets it."""
+    if FEATURES.memfd:
+        fd = os.memfd_create("aioparallel-slot")
+    else:
+        fd, path = tempfile.mkstemp(prefix=_wire.FOLDER_PREFIX + "slot-")
         os.unlink(path)
     os.ftruncate(fd, _wire.SLOT_SIZE)
     return fd
@@ -91,13 +96,17 @@ def _slot_fd() -> int:
 
 class _Child:
     """A worker process started synchronously (so no cancellation can lose it half-spawned),
-    awaited through a pidfd where the kernel has them.
+    awaited through a pidfd where the kernel has them, else polled with a growing delay
+    (1 ms to 50 ms: a reader waiting for results learns of a death at once anyway, from the
+    end of file on its pipe).
 
     The worker leads its own process group (it calls ``setpgid`` first thing), so ``kill()``
     takes the processes its tasks started with it (SPEC §6). Its exit is observed without
     reaping it (``waitid(WNOWAIT)``) until ``reap()``: while the dead leader is unreaped, its
     pid and group id cannot be reused, so the group kill can never hit a stranger, even
-    after a crash the parent noticed late. (A task that moves its children into a session
+    after a crash the parent noticed late. Without ``waitid`` (macOS before Python 3.13)
+    the first look that finds the process ended reaps it, and kills its group at once, while
+    no other group can have that number yet. (A task that moves its children into a session
     of their own, ``setsid()``, takes them out of our reach: we do not walk ``/proc``.)
     """
 
@@ -105,17 +114,21 @@ class _Child:
         self.popen = popen
         self.pid = popen.pid
         self._waiting: anyio.Event | None = None
-        try:
-            self._pidfd = os.pidfd_open(popen.pid) if hasattr(os, "pidfd_open") else -1
-        except OSError:
-            self._pidfd = -1
+        self._pidfd = -1
+        if FEATURES.pidfd:
+            try:
+                self._pidfd = os.pidfd_open(popen.pid)
+            except OSError:  # pragma: no cover - a kernel or sandbox without them
+                pass
 
     @property
     def returncode(self) -> int | None:
         """The exit code (negative: the signal) once the process has ended; None while it
-        runs. Does not reap it."""
+        runs. Does not reap it, unless the system lacks ``waitid`` (see ``_poll``)."""
         if self.popen.returncode is not None:
             return self.popen.returncode
+        if not FEATURES.waitid:
+            return self._poll()
         try:
             info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:  # pragma: no cover - reaped behind our back
@@ -123,6 +136,18 @@ class _Child:
         if info is None:
             return None
         return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def _poll(self) -> int | None:
+        """The exit code if the process has ended, which reaps it: its group (the processes
+        its tasks started) is killed then, as ``kill()`` can no longer reach it."""
+        code = self.popen.poll()
+        if code is not None:  # just reaped (``returncode`` does not come here again)
+            _live_pids.discard(self.pid)  # the number is no longer ours to kill at exit
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return code
 
     def kill(self) -> None:
         """SIGKILL the process and its process group (until it is reaped: after that, the
@@ -137,6 +162,7 @@ class _Child:
 
     async def wait(self) -> int:
         """The exit code, once the process ends (not reaped); several tasks may wait."""
+        delay = _POLL_FIRST
         while (code := self.returncode) is None:
             if self._waiting is not None:  # one task watches the pidfd, the others its event
                 await self._waiting.wait()
@@ -145,8 +171,9 @@ class _Child:
             try:
                 if self._pidfd >= 0:
                     await anyio.wait_readable(self._pidfd)
-                else:  # pragma: no cover - no pidfd: poll
-                    await anyio.sleep(0.01)
+                else:
+                    await anyio.sleep(delay)
+                    delay = min(2 * delay, _POLL_LAST)
             finally:
                 self._waiting.set()
                 self._waiting = None
@@ -212,13 +239,17 @@ class WorkerProcess:
         life_r, life_w = os.pipe()
         slot_fd = _slot_fd()
         child_ends = (req_r, resp_w, slot_fd, life_r)
-        for fd in (req_w, resp_w):
-            try:
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
-            except OSError:
-                pass
+        if FEATURES.pipe_size:  # a whole inline frame fits: one write, one read
+            import fcntl
+
+            for fd in (req_w, resp_w):
+                try:
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
+                except OSError:
+                    pass
         threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
         env = {**os.environ, **threads, IN_WORKER_ENV: "1"}
+        # Without a death signal ("0") the worker's lifeline thread alone ends it when we die.
         death_signal = str(_death_signal_parent())
         try:
             process = _Child(

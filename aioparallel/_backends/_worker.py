@@ -1,12 +1,14 @@
 """The worker process, started by the pool as ``python -c <boot> ROOT REQ RESP SLOT LIFELINE
-PARENT_PID`` (``_pool._BOOT``): descriptor numbers of the pipes and slot the parent created.
+PARENT_PID`` (``_pool._BOOT``): descriptor numbers of the pipes and slot the parent created,
+and the parent's pid if it wants the kernel's parent-death signal (else 0).
 
 Imports only the standard library and ``_wire`` (a cold start costs ~20 ms, not ~100 ms).
 It reads jobs from the request pipe, runs their calls in order, and streams results back on
 the response pipe. Before each call it writes the call's number and start time into the
 shared slot, so the parent can tell which call was running if this process dies or runs
 past its timeout. A thread blocks on the lifeline pipe: when the parent dies, the pipe
-reaches end of file and the worker exits at once, even in the middle of a call.
+reaches end of file and the worker (with its process group) exits at once, even in the
+middle of a call, unless that call holds the GIL (then Linux's parent-death signal does it).
 """
 
 from __future__ import annotations
@@ -28,11 +30,20 @@ FLUSH_SECONDS = 0.05
 
 
 def _watch_parent(lifeline_fd: int) -> None:
+    """The lifeline: at its end of file the parent is gone, so this process and the ones its
+    tasks started (our process group) end at once. Where the kernel's parent-death signal
+    is not used (macOS), this is the only guard: it needs the GIL, so a C call that holds
+    it delays the end until it returns."""
     try:
         while os.read(lifeline_fd, 1):
             pass
     except OSError:
         pass
+    if os.getpgrp() == os.getpid():  # we lead the group (see main)
+        try:
+            os.killpg(os.getpid(), signal.SIGKILL)
+        except OSError:  # pragma: no cover - we are in it: cannot fail
+            pass
     os._exit(0)
 
 
@@ -258,8 +269,9 @@ def _picklable(value: Any) -> Any:
 
 def _die_with_parent(parent_pid: int) -> None:
     """Linux: have the kernel SIGKILL us when the parent dies, even while a C call holds the
-    GIL and the lifeline thread cannot run. (The parent asks for it only when it spawns from
-    its event loop's own thread: the signal follows the spawning thread, not the process.)"""
+    GIL and the lifeline thread cannot run. (The parent asks for it, with its pid, where its
+    ``FEATURES.death_signal`` says so, from its event loop's own thread: the signal follows
+    the spawning thread, not the process.)"""
     try:
         import ctypes
 
@@ -278,7 +290,7 @@ def main(argv: list[str]) -> None:
         os.setpgid(0, 0)
     except OSError:  # pragma: no cover - already a group leader
         pass
-    if parent_pid and sys.platform == "linux":
+    if parent_pid:  # 0: the parent wants no death signal (not Linux, or AIOPARALLEL_PORTABLE)
         _die_with_parent(parent_pid)
     for fd in (req_fd, resp_fd, lifeline_fd):  # a task's own subprocesses must not hold them
         os.set_inheritable(fd, False)
