@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import types
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,20 +57,30 @@ _CACHEABLE = frozenset({types.FunctionType})
 _wrappers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]:
+@overload
+def delayed(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Call[R]]: ...
+
+
+@overload
+def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]: ...
+
+
+def delayed(func: Callable[P, Any]) -> Callable[P, Call[Any]]:
     """Defer ``func``: ``delayed(f)(x, y=1)`` records the call instead of making it.
 
-    The wrapper keeps ``func``'s name, docstring and parameter types.
+    The wrapper keeps ``func``'s name, docstring and parameter types. A coroutine function
+    (``async def``) is awaited where the call runs (SPEC §8), so its call is typed with the
+    coroutine's result: ``await Parallel()(delayed(async_f)(x) for x in xs)`` is ``list[R]``.
     """
     cacheable = type(func) in _CACHEABLE
     if cacheable:
-        cached: Callable[P, Call[R]] | None = _wrappers.get(func)
+        cached: Callable[P, Call[Any]] | None = _wrappers.get(func)
         if cached is not None:
             return cached
     elif not callable(func):
         raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")
 
-    def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Call[R]:
+    def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Call[Any]:
         return Call(func, args, kwargs)
 
     try:
