@@ -28,6 +28,7 @@ import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
 from ._batching import AutoBatcher, FixedBatcher
+from ._coroutines import async_flags
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
@@ -72,6 +73,7 @@ class Run:
             reporter.total = self.source.total
         self.error: BaseException | None = None
         self._take_lock = anyio.Lock(fast_acquire=True)
+        self._async_floor = options.worker_concurrency
         self._lanes: anyio.abc.TaskGroup | None = None
 
     async def execute(self) -> None:
@@ -123,6 +125,9 @@ class Run:
                 raise
             self.budget.release(n - len(calls))
             if calls:
+                if self.batcher.size < self._async_floor and async_flags(calls) is not None:
+                    self.batcher.raise_floor(self._async_floor)  # SPEC §8: keep workers busy
+                    self._async_floor = 0
                 self.sink.reserve(start, len(calls))
                 self.reporter.dispatched_batch(len(calls))
             if self.source.exhausted:
