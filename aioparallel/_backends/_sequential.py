@@ -1,4 +1,5 @@
-"""The debugging path: calls run one after another in the caller's thread, unpickled."""
+"""The debugging path: calls run one after another in the caller's thread, unpickled; a
+coroutine function's coroutine is awaited right there, in the caller's event loop (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import anyio
 
 from .._call import function_name
+from .._coroutines import is_coroutine
 from .._errors import attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
 
@@ -37,7 +39,10 @@ class SequentialBackend:
             for offset, call in enumerate(batch.calls):
                 await anyio.lowlevel.checkpoint()
                 try:
-                    results.append(call.func(*call.args, **call.kwargs))
+                    value = call.func(*call.args, **call.kwargs)
+                    if is_coroutine(value):
+                        value = await value
+                    results.append(value)
                 except Exception as exc:
                     attach_task(exc, batch.start + offset, function_name(call.func))
                     results.append(Failure(exc))

@@ -1,11 +1,14 @@
 """Thread workers: anyio worker threads, at most ``n_jobs`` at once.
 
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
-its result is dropped; the run does not wait for it.
+its result is dropped; the run does not wait for it. A batch with async calls runs on an
+event loop of its thread (``_async_runner.run_calls_on_loop``); its coroutines are cancelled
+when the run is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,8 +18,11 @@ import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
+from .._coroutines import async_flags, is_coroutine
 from .._errors import attach_task
+from ._async_runner import VALUE, LoopHandle, TimedOut, run_calls_on_loop
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._failures import async_timeout_error
 
 __all__ = ["ThreadBackend"]
 
@@ -26,7 +32,10 @@ def _run_calls(start: int, calls: list[Call[Any]], stop_on_error: bool) -> list[
     results: list[Any] = []
     for offset, call in enumerate(calls):
         try:
-            results.append(call.func(*call.args, **call.kwargs))
+            value = call.func(*call.args, **call.kwargs)
+            if is_coroutine(value):  # a sync function handed back a coroutine: await it
+                value = asyncio.run(value)
+            results.append(value)
         except Exception as exc:
             attach_task(exc, start + offset, function_name(call.func))
             results.append(Failure(exc))
@@ -60,6 +69,9 @@ class ThreadBackend:
 
         async def run_batch(batch: Batch) -> list[Any]:
             calls = list(batch.calls)
+            flags = async_flags(calls)
+            if flags is not None and (timeout is None or all(flags)):
+                return await _run_on_loop(batch.start, calls, flags, options, limiter)
             if timeout is None:
                 return await anyio.to_thread.run_sync(
                     _run_calls, batch.start, calls, options.stop_on_error,
@@ -69,6 +81,12 @@ class ThreadBackend:
             results: list[Any] = []
             for offset, call in enumerate(calls):
                 index = batch.start + offset
+                if flags is not None and flags[offset]:  # mixed with sync calls: one by one
+                    value = await _run_on_loop(index, [call], b"\x01", options, limiter)
+                    results.extend(value)
+                    if options.stop_on_error and type(value[0]) is Failure:
+                        break
+                    continue
                 async with limiter:  # waiting for a thread is not part of the timeout
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
@@ -91,3 +109,37 @@ class ThreadBackend:
             return results
 
         yield run_batch
+
+
+async def _run_on_loop(
+    start: int,
+    calls: list[Call[Any]],
+    flags: bytes,
+    options: RunOptions,
+    limiter: anyio.CapacityLimiter,
+) -> list[Any]:
+    """A batch with async calls, on an event loop of one thread worker (SPEC §8)."""
+    handle = LoopHandle()
+    wire = [(c.func, c.args, c.kwargs, bool(flag)) for c, flag in zip(calls, flags, strict=True)]
+    try:
+        outcomes = await anyio.to_thread.run_sync(
+            run_calls_on_loop, wire, options.timeout, options.worker_concurrency,
+            options.stop_on_error, handle, limiter=limiter, abandon_on_cancel=True,
+        )  # fmt: skip
+    except anyio.get_cancelled_exc_class():
+        handle.cancel()  # its coroutines' finally blocks run, in the background
+        raise
+    results: list[Any] = []
+    for offset, (kind, value) in enumerate(outcomes):
+        index, name = start + offset, function_name(calls[offset].func)
+        if kind == VALUE:
+            results.append(value)
+            continue
+        if isinstance(value, TimedOut):
+            value = async_timeout_error(
+                index, name, options.timeout or 0.0, value.elapsed, None, value.stuck
+            )
+        else:
+            attach_task(value, index, name)
+        results.append(Failure(value))
+    return results
