@@ -146,3 +146,11 @@ async def guarded_peak(folder: str, x: int, limit: int = 3) -> int:
     finally:
         running.unlink()  # noqa: ASYNC240
     return x
+
+
+async def on_dask_worker_loop(x: int) -> bool:
+    """True when awaited on the event loop of the dask worker running it."""
+    from distributed import get_worker
+
+    await asyncio.sleep(0)
+    return get_worker().loop.asyncio_loop is asyncio.get_running_loop()
