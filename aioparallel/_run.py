@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
-from ._batching import AutoBatcher, FixedBatcher
+from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
 from ._coroutines import async_flags
 from ._progress import ProgressReporter
 from ._results import Sink
@@ -73,7 +73,7 @@ class Run:
             reporter.total = self.source.total
         self.error: BaseException | None = None
         self._take_lock = anyio.Lock(fast_acquire=True)
-        self._async_floor = options.worker_concurrency
+        self._async_floor = ASYNC_BATCH_FACTOR * options.worker_concurrency
         self._lanes: anyio.abc.TaskGroup | None = None
 
     async def execute(self) -> None:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from aioparallel import Parallel, delayed, parallel_config
@@ -214,4 +213,23 @@ def anyio_backend_name(anyio_backend: Any) -> str:
     return anyio_backend[0] if isinstance(anyio_backend, tuple) else str(anyio_backend)
 
 
-_ = anyio
+@pytest.mark.anyio
+async def test_sync_only_workers_never_import_asyncio() -> None:
+    """The worker starts on the stdlib and _wire only; its loop thread (and asyncio) come
+    with its first async call, so sync-only cold starts stay as fast as before."""
+    probe = "'asyncio' in __import__('sys').modules"
+    async with Parallel(n_jobs=2, batch_size=1) as parallel:  # fresh workers of its own
+        assert await parallel(delayed(eval)(probe) for _ in range(4)) == [False] * 4
+
+
+def test_auto_batching_floor_for_async_input() -> None:
+    """An async batch's duration is mostly waiting: auto batching never sends a worker fewer
+    than ASYNC_BATCH_FACTOR * worker_concurrency of them, except to share the input's tail."""
+    from aioparallel._batching import AutoBatcher
+
+    batcher = AutoBatcher()
+    batcher.raise_floor(64)
+    assert batcher.next_size(None, 2) == 64
+    batcher.record(64, 10.0)  # slow batches do not shrink it below the floor
+    assert batcher.next_size(None, 2) == 64
+    assert batcher.next_size(40, 2) == 20  # the tail: shared between the workers
