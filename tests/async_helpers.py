@@ -154,3 +154,10 @@ async def on_dask_worker_loop(x: int) -> bool:
 
     await asyncio.sleep(0)
     return get_worker().loop.asyncio_loop is asyncio.get_running_loop()
+
+
+async def block_the_loop(folder: str, x: int) -> int:
+    """A sync call inside async code: the worker's loop cannot cancel it."""
+    mark(folder, f"start-{x}")
+    time.sleep(LONG)  # noqa: ASYNC251  (the fault under test)
+    return x

@@ -41,6 +41,12 @@ __all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop", "run_calls_on_l
 #: worker is killed (processes) or given up on (threads).
 CANCEL_GRACE = 1.0
 
+#: A process worker's main thread, while it waits for its async tasks, checks this often
+#: whether one is overdue by more than the grace plus ``BLOCKED_MARGIN`` (the loop thread
+#: should have reported it by then, unless a sync call inside async code blocks the loop).
+BLOCKED_CHECK = 0.25
+BLOCKED_MARGIN = 0.5
+
 #: Outcome kinds handed to ``InFlight``'s report callback.
 VALUE, RAISED, TIMED_OUT = 0, 1, 2
 
@@ -140,10 +146,20 @@ class InFlight:
         self.settled()
 
     def cancel_all(self) -> None:
-        """Cancel every task and drop its outcome (the batch is stopping)."""
+        """Cancel every task and drop its outcome (the batch is stopping). A task still
+        running ``CANCEL_GRACE`` later (it ignores cancellation) is given up on, so the batch
+        can end; it goes on in the background."""
+        if self._dropping:
+            return
         self._dropping = True
         for task in self.tasks.values():
             task.cancel()
+        self.loop.call_later(CANCEL_GRACE, self._give_up_dropped)
+
+    def _give_up_dropped(self) -> None:
+        for position in list(self.tasks):
+            del self.tasks[position]
+            self.settled()
 
 
 # -- process workers -------------------------------------------------------------------------
@@ -171,6 +187,10 @@ class WorkerLoop:
         self._send: Callable[[list[int], list[Any]], None] | None = None
         self._stop_on_error = False
         self._flush_scheduled = False
+        self._timeout: float | None = None
+        #: Async tasks started and not yet reported (position -> start time): written by
+        #: the main thread, cleared by the loop thread.
+        self._started: dict[int, float] = {}
 
     def begin(
         self,
@@ -182,6 +202,8 @@ class WorkerLoop:
         self._stop_on_error = stop_on_error
         self._send = send
         self._in_flight = self._unsent = 0
+        self._timeout = timeout
+        self._started = {}
         self._tasks = InFlight(self.loop, timeout, self._report, self._settled)
         self._on_loop(self.loop.add_reader, self.req_fd, self._on_request)
 
@@ -191,11 +213,12 @@ class WorkerLoop:
         """Start an async call; False if the job stopped (an error, or the parent cancelled)."""
         with self._cond:
             while self._in_flight >= concurrency and not self.stopped:
-                self._cond.wait()
+                self._wait()
             if self.stopped:
                 return False
             self._in_flight += 1
             self._unsent += 1
+            self._started[position] = time.monotonic()
         assert self._tasks is not None
         self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
         return True
@@ -205,6 +228,7 @@ class WorkerLoop:
         with self._cond:
             self._in_flight += 1
             self._unsent += 1
+            self._started[position] = time.monotonic()
         assert self._tasks is not None
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
 
@@ -212,9 +236,28 @@ class WorkerLoop:
         """Wait until every task of the job settled and its outcome was sent."""
         with self._cond:
             while self._unsent:
-                self._cond.wait()
+                self._wait()
         self._on_loop(self.loop.remove_reader, self.req_fd)
         self._tasks = None
+
+    def _wait(self) -> None:
+        """Wait for the loop thread (holding ``_cond``). With a timeout, also watch for a
+        task overdue past its timeout and grace: the loop could not cancel it, so a sync call
+        inside async code blocks it. That task is reported stuck (the parent then kills this
+        worker, the only way to stop it)."""
+        if self._timeout is None:
+            self._cond.wait()
+            return
+        self._cond.wait(BLOCKED_CHECK)
+        if self.stopped:  # dropped tasks are given up on by the loop, or we get killed
+            return
+        limit = self._timeout + CANCEL_GRACE + BLOCKED_MARGIN
+        now = time.monotonic()
+        for position, started in list(self._started.items()):
+            # pop: unless the loop thread reported it meanwhile
+            overdue = now - started > limit and self._send is not None
+            if overdue and self._started.pop(position, None) is not None:
+                self._send([position], [TimedOut(now - started, stuck=True)])
 
     def _on_loop(self, func: Callable[..., Any], *args: Any) -> None:
         done = threading.Event()
@@ -244,6 +287,8 @@ class WorkerLoop:
             self._tasks.cancel_all()
 
     def _report(self, position: int, kind: int, value: Any) -> None:
+        if self._started.pop(position, None) is None:  # already reported stuck (blocked)
+            return
         if kind == RAISED:
             value = _wire.TaskError.capture(value)
         if kind != VALUE and self._stop_on_error:

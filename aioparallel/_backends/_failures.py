@@ -78,7 +78,8 @@ def async_timeout_error(
         )
     elif stuck:
         what = (
-            f"was cancelled, did not finish cancelling within {elapsed - timeout:.1f}s, and "
+            f"was cancelled, but did not finish cancelling within {elapsed - timeout:.1f}s "
+            "(it ignores cancellation, or a sync call inside it blocks the event loop), so "
             f"its worker process {pid} was killed (its other tasks in flight fail with "
             "WorkerCrashedError)"
         )

@@ -117,3 +117,19 @@ def _own_pid() -> int:
     import os
 
     return os.getpid()
+
+
+@pytest.mark.anyio
+async def test_async_task_blocking_its_loop_is_timed_out_and_its_worker_killed(
+    tmp_path: Path,
+) -> None:
+    calls = [delayed(ah.block_the_loop)(str(tmp_path), 0), delayed(ah.nap)(1, 0)]
+    began = time.monotonic()
+    results = await Parallel(n_jobs=2, batch_size=2, timeout=0.5, return_exceptions=True)(calls)
+    assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT
+    assert isinstance(results[0], TimeoutError) and "was killed" in str(results[0])
+    assert "task 0 (block_the_loop)" in str(results[0])
+    # in flight on the blocked loop: overdue as well, or crashed with the worker
+    assert isinstance(results[1], (TimeoutError, WorkerCrashedError))
+    assert "task 1 (nap)" in str(results[1])
+    assert not wait_gone(pids(tmp_path, "start-"), PROMPT)
