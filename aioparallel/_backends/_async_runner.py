@@ -254,10 +254,10 @@ class WorkerLoop:
         limit = self._timeout + CANCEL_GRACE + BLOCKED_MARGIN
         now = time.monotonic()
         for position, started in list(self._started.items()):
+            send = self._send
             # pop: unless the loop thread reported it meanwhile
-            overdue = now - started > limit and self._send is not None
-            if overdue and self._started.pop(position, None) is not None:
-                self._send([position], [TimedOut(now - started, stuck=True)])
+            if now - started > limit and send and self._started.pop(position, None) is not None:
+                send([position], [TimedOut(now - started, stuck=True)])
 
     def _on_loop(self, func: Callable[..., Any], *args: Any) -> None:
         done = threading.Event()
