@@ -125,7 +125,7 @@ async def crash_with_in_flight(folder: str, x: int, quick: int, n: int) -> int:
     if x == n - 1:
         await wait_count(folder, "start-", n)
         await wait_count(folder, "done-", quick)
-        await asyncio.sleep(0.05)  # a few loop turns: the quick results' frame is written
+        await asyncio.sleep(0.2)  # past FLUSH_SECONDS: the quick results are sent
         os._exit(3)
     await asyncio.sleep(LONG)
     return x

@@ -27,6 +27,7 @@ not is reported ``stuck``, and the parent kills its worker.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import types
@@ -46,6 +47,10 @@ CANCEL_GRACE = 1.0
 #: should have reported it by then, unless a sync call inside async code blocks the loop).
 BLOCKED_CHECK = 0.25
 BLOCKED_MARGIN = 0.5
+
+#: Async outcomes are sent at most this long after they are known: one frame carries
+#: several, instead of one frame (and one wake-up of the parent) per task.
+FLUSH_SECONDS = 0.01
 
 #: Outcome kinds handed to ``InFlight``'s report callback.
 VALUE, RAISED, TIMED_OUT = 0, 1, 2
@@ -238,6 +243,7 @@ class WorkerLoop:
             while self._unsent:
                 self._wait()
         self._on_loop(self.loop.remove_reader, self.req_fd)
+        os.set_blocking(self.req_fd, True)  # some loops (uvloop) leave a watched fd non-blocking
         self._tasks = None
 
     def _wait(self) -> None:
@@ -294,17 +300,19 @@ class WorkerLoop:
         if kind != VALUE and self._stop_on_error:
             self._stop()
         self._outcomes.append((position, value))
-        if not self._flush_scheduled:  # outcomes of one loop turn share a frame
+        if not self._flush_scheduled:  # outcomes of FLUSH_SECONDS share a frame
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_later(FLUSH_SECONDS, self._flush)
 
     def _settled(self) -> None:
         with self._cond:
             self._in_flight -= 1
             self._cond.notify_all()
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        if not self._in_flight:  # the job may be ending: send what is left now
             self.loop.call_soon(self._flush)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_later(FLUSH_SECONDS, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
