@@ -14,10 +14,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AioParallelError",
     "Backend",
+    "Batch",
     "Call",
+    "Failure",
     "Parallel",
     "ProgressEvent",
     "RemoteTraceback",
+    "RunBatch",
+    "RunOptions",
     "SerializationError",
     "WorkerCrashedError",
     "cpu_count",
@@ -29,6 +33,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._backends._base import Backend as Backend
+    from ._backends._base import Batch as Batch
+    from ._backends._base import Failure as Failure
+    from ._backends._base import RunBatch as RunBatch
+    from ._backends._base import RunOptions as RunOptions
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import parallel_config as parallel_config
@@ -44,6 +52,10 @@ if TYPE_CHECKING:
 # `import aioparallel` stays cheap for a cold start.
 _LAZY = {
     "Backend": "._backends._base",
+    "Batch": "._backends._base",
+    "Failure": "._backends._base",
+    "RunBatch": "._backends._base",
+    "RunOptions": "._backends._base",
     "Call": "._call",
     "delayed": "._call",
     "parallel_config": "._config",

@@ -5,13 +5,43 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-USAGE = """usage: python -m aioparallel {demo,bench} [options]
+USAGE = """usage: python -m aioparallel {demo,bench,--version} [options]
 
   demo   map a CPU-bound function on process workers, with a progress bar, while a
          heartbeat shows the event loop stays responsive
   bench  compare aioparallel with joblib, run_in_executor, anyio.to_process, ...
-         (needs a source checkout: the benchmarks/ folder; pip install -e '.[bench]')
+         (from a source checkout only: see `python -m aioparallel bench --help`)
 """
+
+#: What an installed copy (which has no benchmarks/ folder) says about ``bench``.
+BENCH_FROM_SOURCE = """\
+python -m aioparallel bench runs from a source checkout of aioparallel: the harness and its
+workloads live in the repository's benchmarks/ folder, which the installed package does not
+include. To run it:
+
+    git clone {repository} aioparallel && cd aioparallel
+    python -m venv .venv && . .venv/bin/activate
+    pip install -e '.[bench]'
+    python -m aioparallel bench --quick       # about a minute
+
+Published results: https://aioparallel.readthedocs.io/benchmarks/
+"""
+
+
+def _repository() -> str:
+    """The source repository's URL from the package metadata (``Repository`` or ``Source``
+    in ``[project.urls]``), else a placeholder the reader can fill in."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls: list[str] = metadata("aioparallel").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() in ("repository", "source", "source code"):
+            return url.strip()
+    return "<aioparallel's source repository>"
 
 
 def main(argv: list[str]) -> int:
@@ -19,6 +49,14 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
+    if command in ("-V", "--version"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"aioparallel {version('aioparallel')}")
+        except PackageNotFoundError:  # imported from a source tree that is not installed
+            print("aioparallel (not installed: no version metadata)")
+        return 0
     if command == "demo":
         from ._demo import main as demo
 
@@ -26,12 +64,15 @@ def main(argv: list[str]) -> int:
     if command == "bench":
         root = Path(__file__).resolve().parent.parent
         if not (root / "benchmarks" / "run.py").exists():
-            print("bench needs a source checkout of aioparallel (the benchmarks/ folder)")
-            return 2
+            wants_help = bool({"-h", "--help"} & set(rest))
+            text = BENCH_FROM_SOURCE.format(repository=_repository())
+            print(text, end="", file=sys.stdout if wants_help else sys.stderr)
+            return 0 if wants_help else 2
         sys.path.insert(0, str(root))
-        from benchmarks.run import main as bench
+        # imported by name: the harness is not part of the package (nor of its type check)
+        from importlib import import_module
 
-        return int(bench(rest) or 0)
+        return int(import_module("benchmarks.run").main(rest) or 0)
     print(USAGE, file=sys.stderr)
     return 2
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import types
-import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["Call", "delayed"]
+__all__ = ["Call", "Delayed", "delayed"]
 
 
 class Call(Generic[R]):
@@ -51,10 +49,38 @@ class Call(Generic[R]):
         return f"delayed({function_name(self.func)})(...)"
 
 
-# ``delayed(f)(x) for x in xs`` asks for the same wrapper once per item: build it once.
-# Only for plain functions: their equality is identity, so a cached wrapper is always theirs.
-_CACHEABLE = frozenset({types.FunctionType})
-_wrappers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+class Delayed(Generic[P, R]):
+    # What ``delayed(func)`` returns: a callable that records calls to ``func``. It stands in
+    # for ``func`` as functools.wraps would make it (name, docstring, module, ``__wrapped__``,
+    # so ``inspect.signature`` sees ``func``'s parameters, and ``func``'s own attributes), but
+    # costs one small object, so ``delayed(f)(x) for x in xs`` needs no cache. (A cache of
+    # wrappers keyed weakly by function cannot work: each wrapper holds its function, so
+    # every function ever wrapped, with all its closure captured, stayed alive.)
+
+    __slots__ = ("__wrapped__",)
+
+    def __init__(self, func: Callable[P, R]):
+        self.__wrapped__ = func
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        return Call(self.__wrapped__, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __qualname__, func's own attributes
+        return getattr(self.__wrapped__, name)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return getattr(self.__wrapped__, "__doc__", None)
+
+    @property
+    def __module__(self) -> str:  # type: ignore[override]
+        return str(getattr(self.__wrapped__, "__module__", __name__))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (delayed, (self.__wrapped__,))
+
+    def __repr__(self) -> str:
+        return f"delayed({function_name(self.__wrapped__)})"
 
 
 @overload
@@ -68,28 +94,14 @@ def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]: ...
 def delayed(func: Callable[P, Any]) -> Callable[P, Call[Any]]:
     """Defer ``func``: ``delayed(f)(x, y=1)`` records the call instead of making it.
 
-    The wrapper keeps ``func``'s name, docstring and parameter types. A coroutine function
-    (``async def``) is awaited where the call runs (SPEC §8), so its call is typed with the
-    coroutine's result: ``await Parallel()(delayed(async_f)(x) for x in xs)`` is ``list[R]``.
+    The wrapper keeps ``func``'s name, docstring and parameter types, and holds ``func``
+    only as long as it is itself held. A coroutine function (``async def``) is awaited where
+    the call runs (SPEC §8), so its call is typed with the coroutine's result:
+    ``await Parallel()(delayed(async_f)(x) for x in xs)`` is ``list[R]``.
     """
-    cacheable = type(func) in _CACHEABLE
-    if cacheable:
-        cached: Callable[P, Call[Any]] | None = _wrappers.get(func)
-        if cached is not None:
-            return cached
-    elif not callable(func):
+    if not callable(func):
         raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")
-
-    def delayed_function(*args: P.args, **kwargs: P.kwargs) -> Call[Any]:
-        return Call(func, args, kwargs)
-
-    try:
-        delayed_function = functools.wraps(func)(delayed_function)
-    except AttributeError:  # some callable objects lack __name__
-        pass
-    if cacheable:
-        _wrappers[func] = delayed_function
-    return delayed_function
+    return Delayed(func)
 
 
 def function_name(func: object) -> str:

@@ -6,8 +6,10 @@ regular expressions.
 
 from __future__ import annotations
 
+import math
 import re
 from contextvars import ContextVar, Token
+from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -82,8 +84,7 @@ class parallel_config:
     prefer
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
-        joblib's constraint: ``"sharedmem"`` always picks threads (calls share the
-        caller's memory).
+        joblib's constraint: ``"sharedmem"`` picks threads (calls share the caller's memory).
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -175,30 +176,57 @@ def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:
 def resolve_backend(
     backend: object, prefer: str | None, require: str | None
 ) -> tuple[str, Backend | None]:
-    """(canonical name, backend object or None) from the parameters and the active config."""
+    """(canonical name, backend object or None) from the parameters and the active config.
+
+    ``require="sharedmem"`` turns a configured process (or dask) backend into threads, as in
+    joblib; with such a backend passed explicitly it is a ``ValueError``, never a silent switch.
+    """
     config = current_config()
     prefer = check_choice("prefer", prefer, PREFER) if prefer else config.get("prefer")
     require = check_choice("require", require, REQUIRE) if require else config.get("require")
-    backend = backend if backend is not None else config.get("backend")
+    explicit = backend is not None
+    backend = backend if explicit else config.get("backend")
+    obj: Backend | None = None
     if isinstance(backend, str):
         name = check_backend_name(backend)
     elif backend is None:
         name = "sequential" if in_worker() else (prefer or "processes")
     elif isinstance(backend, Backend):
-        return backend.name, backend
+        name, obj = backend.name, backend
     else:
         raise ValueError(
             f"invalid backend {backend!r}: expected a backend name or a Backend object"
         )
-    if require == "sharedmem" and name == "processes":
-        name = "threads"
-    return name, None
+    if require == "sharedmem" and name not in ("threads", "sequential"):
+        if explicit:
+            raise ValueError(
+                f"require='sharedmem' needs calls that share the caller's memory, which "
+                f"backend {backend!r} cannot give; pass backend='threads' (or 'sequential'), "
+                "or no backend to let require pick threads"
+            )
+        return "threads", None
+    return name, obj
 
 
 def backend_options(name: str) -> dict[str, Any]:
-    """The active ``parallel_config`` options that backend ``name`` takes."""
-    options = current_config().get("backend_options", {})
-    return {k: v for k, v in options.items() if k in BACKEND_OPTIONS.get(name, ())}
+    """The active ``parallel_config`` backend options, all of which backend ``name`` must
+    take: an option for another backend is a ``ValueError``, never silently dropped."""
+    options: dict[str, Any] = dict(current_config().get("backend_options", {}))
+    foreign = sorted(set(options) - BACKEND_OPTIONS.get(name, frozenset()))
+    if foreign:
+        takers = {
+            option: [b for b, known in BACKEND_OPTIONS.items() if option in known]
+            for option in foreign
+        }
+        described = "; ".join(
+            f"{option}= is an option of {' and '.join(map(repr, takers[option]))}"
+            for option in foreign
+        )
+        raise ValueError(
+            f"parallel_config option(s) {', '.join(map(repr, foreign))} do not apply to "
+            f"backend {name!r} ({described}); drop them or use that backend"
+        )
+    return options
 
 
 def check_backend_name(name: str) -> str:
@@ -224,10 +252,21 @@ def parse_n_jobs(n_jobs: object) -> int:
     return n_jobs
 
 
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+#: ASCII digits only: ``\d`` would also match other scripts' digits, which int() rejects.
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _PRE_DISPATCH = re.compile(
     rf"^\s*(?:(?P<k>{_NUMBER})\s*\*\s*n_jobs|n_jobs(?:\s*\*\s*(?P<k2>{_NUMBER}))?)\s*$"
 )
+_INT = re.compile(r"^[0-9]+$")
+
+
+def _exact(number: str) -> Fraction | None:
+    """A decimal literal matched by ``_NUMBER``, exactly (no float overflow or underflow);
+    None if it has more digits than Python converts (``sys.get_int_max_str_digits``)."""
+    try:
+        return Fraction(number)
+    except ValueError:
+        return None
 
 
 def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
@@ -241,20 +280,20 @@ def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
         text = pre_dispatch.strip()
         if text == "all":
             return None
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
+        number, scale = text, 1
         match = _PRE_DISPATCH.match(text)
         if match:
-            k = float(match["k"] or match["k2"] or 1)
-            if k > 0:
-                return max(1, int(k * n_jobs))
+            number, scale = match["k"] or match["k2"] or "1", n_jobs
+        k = _exact(number) if match or _INT.match(text) else None
+        if k is not None and k > 0:
+            return max(1, math.floor(k * scale))
     raise ValueError(
-        f"invalid pre_dispatch {pre_dispatch!r}: expected 'all', a positive int, "
+        f"invalid pre_dispatch {pre_dispatch!r:.60}: expected 'all', a positive int, "
         "or 'k*n_jobs' with a positive number k (e.g. '2*n_jobs')"
     )
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMG]?)B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(rf"^\s*({_NUMBER})\s*([KMG]?)B?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -266,10 +305,11 @@ def parse_max_nbytes(max_nbytes: object) -> int | None:
         return max_nbytes
     if isinstance(max_nbytes, str):
         match = _SIZE.match(max_nbytes)
-        if match:
-            return int(float(match[1]) * _UNITS[match[2].upper()])
+        size = _exact(match[1]) if match else None
+        if match and size is not None:
+            return math.floor(size * _UNITS[match[2].upper()])
     raise ValueError(
-        f"invalid max_nbytes {max_nbytes!r}: expected None, a non-negative int, "
+        f"invalid max_nbytes {max_nbytes!r:.60}: expected None, a non-negative int, "
         "or a size such as '10K', '1M', '1G'"
     )
 

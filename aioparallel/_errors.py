@@ -14,6 +14,8 @@ a task that ran past ``timeout=``. Both carry a note naming the task.
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "AioParallelError",
     "RemoteTraceback",
@@ -82,7 +84,7 @@ def attach_task(exc: BaseException, index: int, func_name: str, tb: str | None =
     notes = getattr(exc, "__notes__", None)
     if notes is not None and note in notes:
         return
-    if hasattr(exc, "add_note"):
+    if sys.version_info >= (3, 11):
         exc.add_note(note)
-    else:  # Python 3.10
-        exc.__notes__ = [*(notes or []), note]
+    else:  # Python 3.10 shows __notes__ too (through exceptiongroup's traceback hook)
+        exc.__dict__["__notes__"] = [*(notes or []), note]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._backends._base import Backend, RunOptions
 from ._budget import Budget
@@ -22,6 +23,7 @@ from ._config import (
     parse_worker_concurrency,
     resolve_backend,
 )
+from ._pending import PendingResults
 from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
@@ -57,10 +59,13 @@ class Parallel(Generic[M]):
     Parameters
     ----------
     n_jobs
-        Workers. None: the active ``parallel_config`` value, else 1. -1: all CPUs.
+        Workers. None: the active ``parallel_config`` value, else 1. -1: all CPUs. 1 runs
+        the calls one after another in the caller's thread (see ``timeout``). With a backend
+        object it must match the object's worker count (``ValueError`` otherwise).
     backend
         ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
-        object.
+        object. ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that
+        this backend does not take are a ``ValueError``, never silently dropped.
     return_as
         ``"list"``, ``"generator"`` or ``"generator_unordered"``.
     verbose
@@ -71,7 +76,9 @@ class Parallel(Generic[M]):
     batch_size
         Calls sent to a worker at once; ``"auto"`` tunes it from measured durations.
     timeout
-        Seconds one task may run on its worker before it fails with ``TimeoutError``.
+        Seconds one task may run on its worker before it fails with ``TimeoutError``. With
+        ``n_jobs=1`` or ``"sequential"``, the calls then run on one thread worker (still no
+        pickling), since nothing can interrupt a call running on the event loop.
     temp_folder
         Folder for memmapped arrays: else ``$AIOPARALLEL_TEMP_FOLDER``, else ``/dev/shm``,
         else the system temp dir.
@@ -93,7 +100,8 @@ class Parallel(Generic[M]):
     prefer
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
-        joblib's constraint: ``"sharedmem"`` always picks threads.
+        joblib's constraint: ``"sharedmem"`` picks threads over a configured or default
+        backend; with a process or dask backend passed here it is a ``ValueError``.
     """
 
     @overload
@@ -160,19 +168,25 @@ class Parallel(Generic[M]):
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
         self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
-        self._backend_options = backend_options(self._backend_name)
+        self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
 
-        if self._n_jobs_arg is None:
-            if self._backend_name == "dask":
-                self.n_jobs = 0  # the cluster's size, known once connected
-            elif self._backend_object is not None:
-                self.n_jobs = self._backend_object.n_workers
-            else:
-                self.n_jobs = 1
+        obj = self._backend_object
+        if (
+            obj is not None
+            and n_jobs is not None
+            and obj.name != "dask"
+            and parse_n_jobs(n_jobs) != obj.n_workers
+        ):
+            raise ValueError(
+                f"n_jobs={n_jobs!r} contradicts the backend object {obj!r}, which has "
+                f"{obj.n_workers} workers: drop n_jobs or make them agree"
+            )
+        if obj is not None and obj.name != "dask":
+            self.n_jobs = obj.n_workers  # the object decides; a configured n_jobs is a default
+        elif self._n_jobs_arg is None:
+            self.n_jobs = 0 if self._backend_name == "dask" else 1  # dask: the cluster's size
         else:
             self.n_jobs = parse_n_jobs(self._n_jobs_arg)
-        if self.n_jobs == 1 and self._backend_name in ("processes", "threads") and timeout is None:
-            self._backend_name = "sequential"  # a timeout needs a worker that can be abandoned
 
         if return_as not in RETURN_MODES:
             valid = ", ".join(repr(m) for m in RETURN_MODES)
@@ -189,10 +203,24 @@ class Parallel(Generic[M]):
         self._widen_bound = isinstance(pre_dispatch, Default)
         parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < math.inf  # also rejects nan
         ):
-            raise ValueError(f"invalid timeout {timeout!r}: expected None or seconds > 0")
+            raise ValueError(
+                f"invalid timeout {timeout!r}: expected None (no timeout) or finite seconds > 0"
+            )
         self.timeout = None if timeout is None else float(timeout)
+        # One worker, or "sequential": the calls run one after another in the caller's thread;
+        # a timeout needs a worker that can be abandoned, so then on one thread worker.
+        self._one_thread = False
+        if (
+            obj is None
+            and self._backend_name in ("processes", "threads", "sequential")
+            and (self.n_jobs == 1 or self._backend_name == "sequential")
+        ):
+            self._backend_name = "sequential" if self.timeout is None else "threads"
+            self._one_thread = self.timeout is not None
         verbose = verbose if verbose is not None else config.get("verbose", 0)
         if not isinstance(verbose, int) or verbose < 0:  # True counts as 1, as in joblib
             raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")
@@ -243,7 +271,7 @@ class Parallel(Generic[M]):
         if name == "threads":
             from ._backends._threads import ThreadBackend
 
-            return ThreadBackend(self.n_jobs)
+            return ThreadBackend(1 if self._one_thread else self.n_jobs)
         if name == "processes":
             from ._backends._processes import ProcessBackend
 
@@ -260,6 +288,15 @@ class Parallel(Generic[M]):
             return
         async with self._make_backend(private=False) as backend:
             yield backend
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError(
+            f"use 'async with {self!r} as parallel:' (in async code): it keeps the workers "
+            "warm across the calls made inside; a plain 'with' cannot await their start"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
+        return None
 
     async def __aenter__(self) -> Parallel[M]:
         """Keep workers warm across calls on this object; release them on exit."""
@@ -308,7 +345,7 @@ class Parallel(Generic[M]):
         async with self._backend() as backend:
             sink: ListSink[Any] = ListSink(Budget(None))
             await self._new_run(iterable, backend, sink).execute()
-            return sink.results
+            return sink.result()
 
     def _stream(self, iterable: object) -> ResultStream[Any]:
         def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:
@@ -345,10 +382,13 @@ class Parallel(Generic[M]):
     def __call__(self, iterable: Any) -> Any:
         """Run the calls: a coroutine of the result list, or an async iterator of results."""
         if not (hasattr(iterable, "__iter__") or hasattr(iterable, "__aiter__")):
+            hint = ""
+            if callable(iterable):
+                hint = "; for one function over many inputs write (delayed(f)(x) for x in xs)"
             raise TypeError(
                 f"{self!r} needs an iterable or async iterable of delayed calls, "
-                f"got {type(iterable).__name__}"
+                f"got {type(iterable).__name__} {iterable!r:.60}{hint}"
             )
         if self.return_as == "list":
-            return self._gather(iterable)
+            return PendingResults(self._gather(iterable), f"{self!r}(…)")
         return self._stream(iterable)

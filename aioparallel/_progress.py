@@ -1,11 +1,17 @@
 """Progress reporting: joblib's verbose messages, a tqdm bar, or a user callback.
 
 The run only appends snapshots to a queue; a reporter task in the run's task group writes
-them, so a slow terminal or callback never delays dispatch.
+them, so a slow terminal or callback never delays dispatch. The reporter coalesces: while a
+callback runs, new snapshots pile up, and the next call gets only the latest of them, so a
+slow callback neither falls behind nor holds up the end of the run, and always sees the final
+count. A sync callback runs in a worker thread (one call at a time, never overlapping), so
+it never blocks the event loop either.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import math
 import sys
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 __all__ = ["ProgressEvent", "ProgressReporter", "short_format_time", "verbosity_filter"]
 
@@ -33,6 +40,28 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], Awaitable[Any] | Any]
+
+
+def _is_async(func: object) -> bool:
+    """True for a coroutine function, a partial of one, or an object with an async __call__."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004
+    )
+
+
+def _tqdm_class() -> Any:
+    """tqdm's notebook bar where it can draw one, else the text bar, without tqdm's warning
+    that ipywidgets is missing (a notebook without them gets the text bar, quietly)."""
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TqdmWarning)
+        from tqdm.auto import tqdm
+    return tqdm
 
 
 def verbosity_filter(index: int, verbose: int) -> bool:
@@ -102,6 +131,7 @@ class ProgressReporter:
         self._finishing = False
         self._last_final = False
         self._last_news: tuple[int, int | None] = (-1, None)
+        self._verbose_done = 0  # tasks the verbose messages have reported
 
     # -- called by the run, never blocking -------------------------------------------------
 
@@ -158,25 +188,36 @@ class ProgressReporter:
                 self._bar.close()
 
     async def _drain(self) -> None:
+        """Every queued snapshot to the verbose messages; the latest news to bar and callback."""
+        latest: _Snapshot | None = None
         while self._queue:
             snap = self._queue.popleft()
             if self.verbose:
                 self._report_verbose(snap)
             news = (snap.completed, snap.total)
-            if news == self._last_news:  # the closing snapshot: only the verbose line is new
-                continue
-            self._last_news = news
-            if self._want_bar:
-                self._update_bar(snap)
-            if self._callback is not None:
-                result = self._callback(ProgressEvent(snap.completed, snap.total, snap.elapsed))
-                if inspect.isawaitable(result):
-                    await result
+            if news != self._last_news:  # else the closing snapshot: only its verbose line
+                self._last_news = news
+                latest = snap
+        if latest is None:
+            return
+        if self._want_bar:
+            self._update_bar(latest)
+        if self._callback is not None:
+            await self._call(ProgressEvent(latest.completed, latest.total, latest.elapsed))
+
+    async def _call(self, event: ProgressEvent) -> None:
+        """An async callback is awaited here; a sync one runs in a worker thread."""
+        assert self._callback is not None
+        if _is_async(self._callback):
+            result = self._callback(event)
+        else:
+            result = await anyio.to_thread.run_sync(self._callback, event, abandon_on_cancel=True)
+        if inspect.isawaitable(result):
+            await result
 
     def _update_bar(self, snap: _Snapshot) -> None:
         if self._bar is None:
-            from tqdm.auto import tqdm
-
+            tqdm = _tqdm_class()
             self._bar = tqdm(total=self.total, desc=self._name, leave=True)
         if snap.total is not None and self._bar.total != snap.total:
             self._bar.total = snap.total
@@ -190,6 +231,18 @@ class ProgressReporter:
         stream.flush()
 
     def _report_verbose(self, snap: _Snapshot) -> None:
+        """joblib's messages for ``snap``; above ``verbose=10``, one per task.
+
+        joblib reports after each completed task there; a snapshot follows a whole batch, so
+        the tasks it completed since the previous one get their own messages first.
+        """
+        if self.verbose > 10:
+            for done in range(self._verbose_done + 1, snap.completed):
+                self._report_one(dataclasses.replace(snap, completed=done))
+        self._verbose_done = snap.completed
+        self._report_one(snap)
+
+    def _report_one(self, snap: _Snapshot) -> None:
         """joblib's ``print_progress``, message for message."""
         elapsed = snap.elapsed
         if snap.dispatch_done and snap.completed == snap.dispatched:

@@ -3,6 +3,9 @@
 Every sink releases the ``pre_dispatch`` budget: the list sink when a batch is stored, the
 streaming sinks only when the consumer reads a result, so unread results count against the
 bound and a slow consumer slows the producer instead of filling memory.
+
+Every sink counts the calls reserved and the results delivered: a run that ends without
+error but with a slot unfilled raises instead of returning a short or padded result.
 """
 
 from __future__ import annotations
@@ -25,15 +28,31 @@ class Sink(Generic[R]):
 
     def __init__(self, budget: Budget):
         self.budget = budget
+        self.reserved = 0
+        self.delivered = 0
+        #: The run's error, once it ended with one.
+        self.error: BaseException | None = None
 
     def reserve(self, start: int, n: int) -> None:
         """A batch of ``n`` calls starting at ``start`` was taken from the input."""
+        self.reserved += n
 
     def put(self, start: int, values: list[Any]) -> None:
-        raise NotImplementedError
+        self.delivered += len(values)
 
     def close(self, error: BaseException | None = None) -> None:
         """The run ended; streaming sinks pass ``error`` on to the consumer."""
+        if self.error is None:
+            self.error = error if error is not None else self.shortfall()
+
+    def shortfall(self) -> RuntimeError | None:
+        """The error of a run that ended with a result slot unfilled, if it did."""
+        if self.delivered == self.reserved:
+            return None
+        return RuntimeError(
+            f"aioparallel bug: the run ended with {self.delivered} of {self.reserved} results "
+            "and no error; please report it"
+        )
 
 
 class ListSink(Sink[R]):
@@ -44,11 +63,20 @@ class ListSink(Sink[R]):
         self.results: list[Any] = []
 
     def reserve(self, start: int, n: int) -> None:
+        super().reserve(start, n)
         self.results.extend([None] * n)
 
     def put(self, start: int, values: list[Any]) -> None:
+        super().put(start, values)
         self.results[start : start + len(values)] = values
         self.budget.release(len(values))
+
+    def result(self) -> list[Any]:
+        """The results of a run that ended without error: one per call, never a placeholder."""
+        missing = self.shortfall()
+        if missing is not None:
+            raise missing
+        return self.results
 
 
 class _StreamSink(Sink[R]):
@@ -58,15 +86,13 @@ class _StreamSink(Sink[R]):
         super().__init__(budget)
         self._changed = anyio.Event()
         self._closed = False
-        self._error: BaseException | None = None
 
     def _notify(self) -> None:
         self._changed.set()
 
     def close(self, error: BaseException | None = None) -> None:
+        super().close(error)
         self._closed = True
-        if self._error is None:
-            self._error = error
         self._notify()
 
     def _ready(self) -> bool:
@@ -78,8 +104,8 @@ class _StreamSink(Sink[R]):
     async def get(self) -> Any:
         """The next result; ``StopAsyncIteration`` at the end; the run's error if it failed."""
         while True:
-            if self._error is not None:
-                raise self._error
+            if self.error is not None:
+                raise self.error
             if self._ready():
                 self.budget.release(1)
                 return self._pop()
@@ -99,6 +125,7 @@ class OrderedSink(_StreamSink[R]):
         self._next = 0
 
     def put(self, start: int, values: list[Any]) -> None:
+        super().put(start, values)
         self._pending[start] = values
         if start == self._next:
             self._notify()
@@ -125,6 +152,7 @@ class UnorderedSink(_StreamSink[R]):
         self._ready_values: deque[Any] = deque()
 
     def put(self, start: int, values: list[Any]) -> None:
+        super().put(start, values)
         self._ready_values.extend(values)
         self._notify()
 

@@ -15,20 +15,30 @@ Each lane takes the next consecutive batch (under a lock, so batches are numbere
 order), runs it on one worker, learns its duration for auto batching, and hands the values to
 the sink. The first failure (a task error without ``return_exceptions``, or an error of the
 input itself) is recorded and cancels the task group; it is re-raised unwrapped, with its own
-type, once every lane has stopped and the backend has cleaned up.
+type, once every lane has stopped and the backend has cleaned up. A task's exception of any
+type is its outcome (a ``Failure`` in its slot), never the run's own cancellation; only a
+``StopIteration``/``StopAsyncIteration`` is wrapped in a ``RuntimeError`` naming the task, as
+it cannot leave a coroutine or an async iterator as itself (PEP 479).
+
+At the end, an async generator input we stopped consuming is closed, shielded from the
+caller's cancellation but bounded by ``SOURCE_CLOSE_GRACE``: a generator whose ``finally``
+hangs gets a ``RuntimeWarning``, not the caller's run stuck forever.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any
 
 import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
 from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
+from ._call import Call, function_name
 from ._coroutines import async_flags
+from ._errors import attach_task
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
@@ -36,7 +46,10 @@ from ._source import ProducerError, Source
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["Run"]
+__all__ = ["SOURCE_CLOSE_GRACE", "Run"]
+
+#: Seconds the user's async generator gets to run its ``finally`` once the run stops with it.
+SOURCE_CLOSE_GRACE = 2.0
 
 
 class Run:
@@ -98,10 +111,23 @@ class Run:
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.source.aclose()
+            await self._close_source()
         if self.error is not None:
+            self.sink.close(self.error)  # a stream tells it from its own cancellation
             raise self.error
+
+    async def _close_source(self) -> None:
+        """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SOURCE_CLOSE_GRACE) as scope:
+            await self.source.aclose()
+        if scope.cancelled_caught:
+            warnings.warn(
+                f"the input async generator did not finish closing within "
+                f"{SOURCE_CLOSE_GRACE:g}s (its finally block or an await in it hangs); "
+                "it was cancelled and the run went on without waiting for it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -175,18 +201,21 @@ class Run:
             self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-            if not self._deliver(start, values, len(calls)):
+            if not self._deliver(start, values, calls):
                 return
             # Taking the next batch is a few ms of work for a large batch: let the loop
             # run the rest of the program first.
             await anyio.lowlevel.checkpoint()
 
-    def _deliver(self, start: int, values: list[Any], n_calls: int) -> bool:
+    def _deliver(self, start: int, values: list[Any], calls: list[Call[Any]]) -> bool:
         """Hand values to the sink; False if a failure stops the run."""
+        n_calls = len(calls)
         for i, value in enumerate(values):
             if type(value) is Failure:
+                if not _names_a_task(value.exc):  # a custom backend's Failure need not
+                    attach_task(value.exc, start + i, function_name(calls[i].func))
                 if not self.return_exceptions:
-                    self._fail(value.exc)
+                    self._fail(_raisable(value.exc, start + i, calls[i]))
                     return False
                 values[i] = value.exc
         if len(values) != n_calls:  # a backend stops a batch early only at a failure
@@ -195,6 +224,26 @@ class Run:
         self.sink.put(start, values)
         self.reporter.completed_batch(n_calls)
         return True
+
+
+def _names_a_task(exc: BaseException) -> bool:
+    """True once a backend has named the task on ``exc`` (ours all do)."""
+    notes = getattr(exc, "__notes__", None) or ()
+    return any(str(note).startswith("aioparallel: raised by task ") for note in notes)
+
+
+def _raisable(exc: BaseException, index: int, call: Call[Any]) -> BaseException:
+    """A task's exception as the run re-raises it: as is, except the ``StopIteration``
+    family, which would read as the end of a coroutine or of a result stream (PEP 479)."""
+    if not isinstance(exc, (StopIteration, StopAsyncIteration)):
+        return exc
+    error = RuntimeError(
+        f"task {index} ({function_name(call.func)}) raised {type(exc).__name__}, which "
+        "cannot propagate out of a coroutine or an async iterator (PEP 479); it is chained "
+        "as this error's __cause__. Pass return_exceptions=True to get it as the task's result."
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ._call import Call
+from ._call import Call, Delayed
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
 
@@ -38,8 +38,18 @@ def as_call(item: object, index: int) -> Call[Any]:
             return Call(func, tuple(args), kwargs)
     if isinstance(item, Call):
         return item
-    raise NotACallError(
-        f"input item {index} is not a delayed call: got {type(item).__name__} {item!r:.80}; "
+    raise NotACallError(f"input item {index} is not a delayed call: {_what_instead(item)}")
+
+
+def _what_instead(item: object) -> str:
+    """What the input item is, and the delayed call the user most likely meant."""
+    if callable(item):
+        name = getattr(item, "__qualname__", None) or type(item).__name__
+        if isinstance(item, Delayed):
+            return f"got delayed({name}) without its arguments: call it, delayed({name})(x)"
+        return f"got the function {name} itself: record the call as delayed({name})(x)"
+    return (
+        f"got {type(item).__name__} {item!r:.80} (was the function called directly, f(x)?); "
         "pass delayed(f)(x) or a (f, args, kwargs) tuple"
     )
 

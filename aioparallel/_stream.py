@@ -3,16 +3,20 @@
 A plain ``async for`` gives us no task group to run in, and an async generator may not yield
 from inside one (its finalizer would exit the cancel scope from another task). So the run is
 hosted in a task of its own (an asyncio task, or a trio system task) and results cross over
-through the sink. Breaking out of the loop drops the iterator; its finalizer cancels the host,
-which then cleans up exactly as a cancelled ``await`` does. ``aclose()`` (or
-``async with``) does the same and waits for the cleanup to finish.
+through the sink. ``aclose()`` (or leaving ``async with``) cancels the host, which then cleans
+up exactly as a cancelled ``await`` does, and waits for the cleanup to finish.
+
+Python's ``async for`` does not close its iterator on ``break``: a stream held in a variable
+keeps its run going until it is closed or garbage-collected. The finalizer still cancels the
+run, but warns (``ResourceWarning``) so the missing ``async with`` gets noticed.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import anyio
 
@@ -54,11 +58,12 @@ class ResultStream(AsyncIterator[R], Generic[R]):
         async def host() -> None:
             try:
                 await execute()
-            except anyio.get_cancelled_exc_class():
-                sink.close(RuntimeError("the run was cancelled"))
-                raise
             except BaseException as exc:  # handed to the consumer, never lost
-                sink.close(exc)
+                if exc is sink.error or not isinstance(exc, anyio.get_cancelled_exc_class()):
+                    sink.close(exc)  # the run's error, even a task's own CancelledError
+                else:
+                    sink.close(RuntimeError("the run was cancelled"))
+                    raise
             else:
                 sink.close()
             finally:
@@ -83,6 +88,27 @@ class ResultStream(AsyncIterator[R], Generic[R]):
                 self._cancel()
             except RuntimeError:  # the loop is already gone
                 pass
+            # after the cancel: with warnings as errors, warn() raises
+            warnings.warn(
+                "a result stream was not closed while its run was still going; it is "
+                "cancelled now, at garbage collection. Use 'async with Parallel(...)(calls) "
+                "as stream:' (or contextlib.aclosing) so that leaving the loop stops the run",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+
+    def __iter__(self) -> NoReturn:
+        raise TypeError(
+            "a result stream is asynchronous: read it with 'async for r in stream' in async "
+            "code (better: 'async with Parallel(...)(calls) as stream: async for r in stream')"
+        )
+
+    def __enter__(self) -> NoReturn:
+        raise TypeError("use 'async with Parallel(...)(calls) as stream:' (in async code)")
+
+    def __exit__(self, *exc_info: object) -> None:  # pragma: no cover - __enter__ raises
+        return None
 
     async def __aenter__(self) -> ResultStream[R]:
         return self

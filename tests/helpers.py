@@ -23,12 +23,15 @@ __all__ = [
     "add",
     "async_calls",
     "async_items",
+    "collect",
     "endless_calls",
     "fail_at",
     "identity",
     "reverse_chain",
     "square",
+    "stamp",
     "wait_event",
+    "wait_file",
     "wait_gate",
 ]
 
@@ -37,6 +40,7 @@ TASK_WAIT = 10.0
 
 
 def square(x: int) -> int:
+    """The task of most tests; proc_helpers and reliability.helpers re-export this one."""
     return x * x
 
 
@@ -90,6 +94,27 @@ def wait_gate(gate: Gate, x: Any) -> Any:
     """Block until ``gate`` opens (at most TASK_WAIT seconds), then return ``x``."""
     gate.wait()
     return x
+
+
+def stamp(folder: str | os.PathLike[str], name: str) -> None:
+    """Atomically write ``"<pid> <monotonic time>"`` to ``folder/name``: this process got
+    there then (``CLOCK_MONOTONIC`` is system-wide, so the parent can compare)."""
+    path = os.path.join(folder, name)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {time.monotonic()!r}")
+    os.rename(tmp, path)
+
+
+def wait_file(path: str | os.PathLike[str], limit: float = TASK_WAIT) -> bool:
+    """Bounded poll until ``path`` exists (a file another process creates); False if it
+    never did."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _unlink(path: str) -> None:
@@ -219,3 +244,12 @@ async def async_items(items: Iterable[Any]) -> AsyncIterator[Any]:
     """An async generator of ``items``, as they are."""
     for item in items:
         yield item
+
+
+async def collect(p: Any, calls: Any) -> list[Any]:
+    """The results of ``p(calls)`` as a list, whatever ``p.return_as`` is (arrival order for
+    streams); a stream is closed on every path, as the docs tell users to."""
+    if p.return_as == "list":
+        return list(await p(calls))
+    async with p(calls) as stream:
+        return [r async for r in stream]

@@ -22,6 +22,9 @@ from typing import Any
 import anyio
 import psutil
 
+from tests.helpers import square as square  # re-exported: tests call ``h.square``
+from tests.helpers import stamp, wait_file
+
 #: Longest a blocking task sleeps; cancellation and timeouts must cut it short.
 LONG_SLEEP = 30.0
 #: How long the bounded polls below wait at most.
@@ -41,10 +44,6 @@ def in_worker() -> bool:
 
 
 # -- plain tasks -----------------------------------------------------------------------------
-
-
-def square(x: int) -> int:
-    return x * x
 
 
 def pid_of(_x: object = None) -> int:
@@ -145,11 +144,12 @@ def sleep_if(
 
 
 def pid_then_wait_file(folder: str, x: int, release: str) -> int:
-    """Records its pid, then blocks until the file ``release`` exists (bounded)."""
+    """Records its pid (``<x>.pid``, for :func:`read_pids`) and when it started (the stamp
+    ``<x>.started``, for the reliability suite's ``read_stamp``), then blocks until the file
+    ``release`` exists (bounded)."""
     write_pid(folder, x)
-    deadline = time.monotonic() + POLL_LIMIT
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    stamp(folder, f"{x}.started")
+    wait_file(release, POLL_LIMIT)
     return x
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import inspect
 import json
 import os
@@ -31,10 +32,14 @@ def test_all_is_pinned() -> None:
     assert aioparallel.__all__ == [
         "AioParallelError",
         "Backend",
+        "Batch",
         "Call",
+        "Failure",
         "Parallel",
         "ProgressEvent",
         "RemoteTraceback",
+        "RunBatch",
+        "RunOptions",
         "SerializationError",
         "WorkerCrashedError",
         "cpu_count",
@@ -208,19 +213,39 @@ def test_valid_pre_dispatch(pre_dispatch: Any, n_jobs: int, expected: int | None
     assert parse_pre_dispatch(pre_dispatch, n_jobs) == expected
 
 
-def test_pre_dispatch_with_two_factors_is_not_misread() -> None:
+@pytest.mark.parametrize("pre_dispatch", ["2*n_jobs*3", "2*3*n_jobs", "n_jobs*2*n_jobs"])
+def test_pre_dispatch_with_two_factors_is_not_misread(pre_dispatch: str) -> None:
+    """SPEC §2: only ``k*n_jobs`` is parsed; a longer product is refused, not read as a part
+    of it (``2*n_jobs`` or ``n_jobs*3``)."""
     from aioparallel._config import parse_pre_dispatch
 
-    try:
-        value = parse_pre_dispatch("2*n_jobs*3", 2)
-    except ValueError:
-        return
-    assert value == 12
+    with pytest.raises(ValueError, match="invalid pre_dispatch"):
+        parse_pre_dispatch(pre_dispatch, 2)
+    with pytest.raises(ValueError, match="invalid pre_dispatch"):
+        Parallel(n_jobs=2, backend="threads", pre_dispatch=pre_dispatch)
 
 
-@pytest.mark.parametrize("max_nbytes", [None, 0, 1000, "10K", "1M", "1G", "2.5M", "100"])
-def test_valid_max_nbytes(max_nbytes: Any) -> None:
-    Parallel(n_jobs=2, backend="threads", max_nbytes=max_nbytes)
+@pytest.mark.parametrize(
+    ("max_nbytes", "expected"),
+    [
+        (None, None),
+        (0, 0),
+        (1000, 1000),
+        ("100", 100),
+        ("10K", 10 * 1024),
+        ("1M", 1024**2),
+        ("1G", 1024**3),
+        ("2.5M", int(2.5 * 1024**2)),
+        ("10k", 10 * 1024),
+        ("1MB", 1024**2),
+    ],
+)
+def test_valid_max_nbytes(max_nbytes: Any, expected: int | None) -> None:
+    from aioparallel._config import parse_max_nbytes
+
+    assert parse_max_nbytes(max_nbytes) == expected
+    parallel = Parallel(n_jobs=2, backend="threads", max_nbytes=max_nbytes)
+    assert parallel._options.max_nbytes == expected
 
 
 @pytest.mark.parametrize(
@@ -246,9 +271,36 @@ def test_negative_n_jobs_counts_from_cpu_count(
     assert Parallel(n_jobs=n_jobs, backend="threads").n_jobs == expected
 
 
+_N_JOBS_UNDER_AFFINITY = """
+import os, sys
+os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
+from aioparallel import Parallel, cpu_count
+print(cpu_count(), Parallel(n_jobs=-1, backend="threads").n_jobs,
+      Parallel(n_jobs=-2, backend="threads").n_jobs)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity")
 def test_n_jobs_minus_one_is_the_real_cpu_count() -> None:
-    assert Parallel(n_jobs=-1, backend="threads").n_jobs == cpu_count() >= 1
-    assert Parallel(n_jobs=-2, backend="threads").n_jobs == max(1, cpu_count() - 1)
+    """-1 means the CPUs this process may use: a process pinned to fewer CPUs than the
+    machine has gets that many workers (as joblib/loky count), not ``os.cpu_count()``."""
+    from aioparallel._system import _cgroup_cpu_limit
+
+    allowed = sorted(os.sched_getaffinity(0))
+    # with a cgroup CPU quota, two pinned CPUs may count as one: then only pin to one
+    pins = [allowed[:1]] if _cgroup_cpu_limit() is not None else [allowed[:1], allowed[:2]]
+    for cpus in pins:
+        out = subprocess.run(
+            [sys.executable, "-c", _N_JOBS_UNDER_AFFINITY, ",".join(map(str, cpus))],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+        n = len(cpus)
+        assert list(map(int, out)) == [n, n, max(1, n - 1)], (cpus, out)
+    assert 1 <= Parallel(n_jobs=-1, backend="threads").n_jobs == cpu_count() <= len(allowed)
 
 
 def test_n_jobs_default_and_one_run_in_the_caller_thread() -> None:
@@ -263,7 +315,8 @@ def test_n_jobs_default_and_one_run_in_the_caller_thread() -> None:
 
 def test_list_mode_returns_a_coroutine_for_asyncio_run() -> None:
     coro = Parallel(n_jobs=2, backend="threads")(delayed(square)(i) for i in range(5))
-    assert inspect.iscoroutine(coro)
+    # a Coroutine (what asyncio.run, create_task, trio and anyio accept), not a bare one
+    assert isinstance(coro, collections.abc.Coroutine) and asyncio.iscoroutine(coro)
     assert asyncio.run(coro) == [0, 1, 4, 9, 16]
     # again, in a fresh loop, from the same object
     p = Parallel(n_jobs=2, backend="threads")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from functools import partial
 
@@ -27,6 +28,7 @@ async def test_gather_of_calls(backend: str) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is new in 3.11")
 async def test_asyncio_timeout_sequential() -> None:
     tracker = Tracker()
     began = time.monotonic()
@@ -69,7 +71,7 @@ async def test_wait_for_a_stream_consumer() -> None:
         return [r async for r in stream]
 
     try:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from 3.11 on
             await asyncio.wait_for(consume(), 0.1)
         await asyncio.wait_for(stream.aclose(), PROMPT)
     finally:

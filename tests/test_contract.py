@@ -284,22 +284,32 @@ async def test_a_returned_exception_is_a_value(backend: str, mode: str) -> None:
 # -- §1 and §6: stopping early ------------------------------------------------------------------
 
 
-async def test_breaking_out_of_async_for_stops_the_run(backend: str) -> None:
+@pytest.mark.parametrize("closing", ["async_with", "aclose"])
+async def test_breaking_out_of_async_for_stops_the_run(backend: str, closing: str) -> None:
+    """``break`` inside ``async with stream:`` (the documented form), or ``break`` and then
+    ``aclose()``: either way the run stops there and the producer is not consumed further."""
     for mode in ("generator", "generator_unordered"):
         tracker = Tracker()
         p = Parallel(n_jobs=2, backend=backend, return_as=mode, pre_dispatch=2, batch_size=1)
         stream = p(tracker.calls(None))  # endless input
         seen = 0
-        async for _ in stream:
-            seen += 1
-            if seen == 3:
-                break
-        await stream.aclose()
+        if closing == "async_with":
+            async with stream:
+                async for _ in stream:
+                    seen += 1
+                    if seen == 3:
+                        break
+        else:
+            async for _ in stream:
+                seen += 1
+                if seen == 3:
+                    break
+            await stream.aclose()
         if backend != "processes":  # a killed worker never logs its task's end
             assert await anyio.to_thread.run_sync(tracker.wait_idle)
         taken = tracker.taken
         await anyio.wait_all_tasks_blocked()
-        assert tracker.taken == taken, "the producer was consumed after aclose()"
+        assert tracker.taken == taken, "the producer was consumed after the stream was closed"
         assert taken <= seen + 2
 
 
@@ -328,13 +338,14 @@ async def test_a_stream_closed_before_iteration_stays_closed(backend: str) -> No
 
 
 async def test_dropping_the_iterator_stops_the_run(backend: str) -> None:
-    """Breaking out without aclose(): dropping the iterator cancels the run."""
+    """Breaking out without closing: dropping the iterator cancels the run, and warns."""
     closed = anyio.Event()
 
-    async for _ in Parallel(n_jobs=2, backend=backend, return_as="generator")(
-        endless_calls(closed)
-    ):
-        break
+    with pytest.warns(ResourceWarning, match="not closed while its run was still going"):
+        async for _ in Parallel(n_jobs=2, backend=backend, return_as="generator")(
+            endless_calls(closed)
+        ):
+            break
     with anyio.fail_after(PROMPT):
         await closed.wait()
 
@@ -345,9 +356,10 @@ async def test_cancelling_the_caller_stops_dispatch(backend: str, mode: str) -> 
     with anyio.CancelScope() as scope:
 
         def cancel_after_five(event: ProgressEvent) -> None:
+            # a sync callback runs in a worker thread: reach the loop through anyio
             if event.done >= 5 and not fired:
                 fired.append(time.monotonic())
-                scope.cancel()
+                anyio.from_thread.run_sync(scope.cancel)
 
         p = Parallel(n_jobs=2, backend=backend, return_as=mode, progress=cancel_after_five)  # type: ignore[call-overload]
         await collect(p, tracker.calls(None))  # endless input

@@ -19,10 +19,16 @@ import httpx
 import psutil
 import pytest
 
+from tests.proc_helpers import wait_gone
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: Seconds uvicorn (and later the kernel) may take to start.
 STARTUP_DEADLINE = 30.0
+#: /ping under load may take this many times the slowest idle /ping of the same test...
+PING_FACTOR = 25
+#: ...or this share of the work's duration: one chunk run on the loop would take longer.
+WORK_SHARE = 8
 
 
 def primes_below(n: int) -> int:
@@ -49,19 +55,6 @@ def descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def wait_gone(processes: list[psutil.Process], deadline: float) -> list[psutil.Process]:
-    """Processes of ``processes`` still alive (not zombies) once ``deadline`` seconds passed."""
-    _, alive = psutil.wait_procs(processes, timeout=deadline)
-    still: list[psutil.Process] = []
-    for process in alive:
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                still.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return still
 
 
 @dataclass
@@ -132,6 +125,13 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
     computing = True
 
     async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        # The baseline: the same pings while nothing computes (the machine is shared).
+        idle: list[float] = []
+        for _ in range(20):
+            began = time.perf_counter()
+            assert (await client.get("/ping")).json() == {"status": "ok"}
+            idle.append(time.perf_counter() - began)
+            await asyncio.sleep(0.02)
 
         async def pinger() -> None:
             while computing:
@@ -159,14 +159,21 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
         elapsed = time.perf_counter() - began
 
     assert results == [{"n": n, "primes": primes_below(n)} for n in sizes]
-    # The loop stayed free: /ping was answered throughout, quickly.
+    # The loop stayed free: /ping was answered throughout, and quickly: within a wide margin
+    # of the idle pings, or of a small share of the work (two busy workers share two cores
+    # with both event loops, and other test suites; a chunk run on the loop would hold a
+    # ping for longer than that share).
     assert len(pings) >= 5, (len(pings), elapsed)
-    assert max(pings) < 0.5, f"slowest /ping {max(pings):.3f}s, all: {pings}"
+    bound = max(max(idle) * PING_FACTOR, elapsed / WORK_SHARE)
+    assert max(pings) < bound, (
+        f"slowest /ping {max(pings):.3f}s; bound {bound:.3f}s from the idle pings "
+        f"(slowest {max(idle):.3f}s) and the {elapsed:.2f}s of work; all: {pings}"
+    )
     assert len(workers) == 2, [w.cmdline() for w in workers]
 
     # A clean shutdown: exit code 0, no traceback, no worker left behind.
     assert server.stop() == 0, server.log()
-    assert wait_gone(workers, 5) == [], "worker processes outlived uvicorn"
+    assert wait_gone([w.pid for w in workers], 5) == [], "worker processes outlived uvicorn"
     assert "Traceback" not in server.log(), server.log()
 
 
@@ -237,9 +244,16 @@ async def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
         in printed
     )
 
+    # progress=True without ipywidgets: the text bar, and no warning about the widgets
+    stderr = "".join(
+        o.text for cell in code_cells for o in cell.outputs if o.get("name") == "stderr"
+    )
+    assert "20/20" in stderr, stderr
+    assert "IProgress" not in stderr and "Warning" not in stderr, stderr
+
     assert kernel_cmdline[:3] == [sys.executable, "-m", "ipykernel_launcher"], kernel_cmdline
     assert len(workers) == 2, workers
-    assert wait_gone([*kernel, *workers], 10) == []
+    assert wait_gone([p.pid for p in (*kernel, *workers)], 10) == []
 
 
 def test_notebook_is_clean() -> None:

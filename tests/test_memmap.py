@@ -103,9 +103,15 @@ async def test_env_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 async def test_large_result_comes_back_by_file(tmp_path: Path) -> None:
+    """The worker writes a result above max_nbytes to a file in the run folder; the parent
+    maps that file (copy-on-write) instead of reading the array through the pipe."""
     (result,) = await Parallel(n_jobs=2, temp_folder=tmp_path)([delayed(mh.make_array)(BIG)])
-    assert isinstance(result, np.ndarray) and result.shape == (BIG,)
-    assert result[-1] == BIG - 1
+    assert isinstance(result, np.memmap), type(result)
+    assert result.mode == "c"
+    backing = Path(result.filename)
+    assert backing.parent.parent == tmp_path and backing.parent.name.startswith("aioparallel-")
+    assert result.shape == (BIG,)
+    assert np.array_equal(result, np.arange(BIG, dtype=np.float64))
     result[0] = -1.0  # copy-on-write: the caller may modify it
     assert _leftovers(tmp_path) == []
 

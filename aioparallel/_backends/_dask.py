@@ -111,11 +111,13 @@ class DaskBackend:
                 address, asynchronous=True, set_as_default=False
             )
             self._owns_client = True
+        connected = False
         try:
             info = await self._client.scheduler.identity(n_workers=0)
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
+            connected = True
+        finally:  # not in an except block: our cleanup must not chain into the user's error
+            if not connected:
+                await self.__aexit__(None, None, None)
         self.n_workers = _resolve_n_jobs(self._n_jobs, int(info["total_threads"]))
         return self
 
@@ -182,15 +184,19 @@ class _DaskRun:
                 key=key,
                 pure=False,
             )
-        except Exception as exc:  # nothing ran: find the call that cannot be pickled
-            if len(batch.calls) > 1:
-                return await self._one_by_one(batch)
-            error = SerializationError(f"task {batch.start} ({name}) could not be sent: {exc}")
-            error.__cause__ = exc
-            attach_task(error, batch.start, name)
-            return [Failure(error)]
+        except BaseException as exc:  # nothing ran (a __reduce__ may raise anything)
+            if len(batch.calls) == 1:
+                error = SerializationError(
+                    f"task {batch.start} ({name}) could not be sent: {exc!r}"
+                )
+                error.__cause__ = exc
+                attach_task(error, batch.start, name)
+                return [Failure(error)]
+            future = None
+        if future is None:  # find the call that cannot be pickled, outside the except block
+            return await self._one_by_one(batch)
         try:
-            outcomes: list[Outcome | None] = await future
+            outcomes: list[Outcome | None] | None = await future
         except KilledWorker as exc:
             return _crashed(batch, exc, options.stop_on_error)
         except Exception as exc:
@@ -202,16 +208,18 @@ class _DaskRun:
             # run_calls catches everything once its calls start, so this failed before any
             # of them ran (the worker could not unpickle an argument; a module is missing
             # there): running the calls one per task is then safe, and names the culprit.
-            if len(batch.calls) > 1:
-                return await self._one_by_one(batch)
-            attach_task(exc, batch.start, name, "".join(traceback.format_exception(exc)))
-            return [Failure(exc)]
+            if len(batch.calls) == 1:
+                attach_task(exc, batch.start, name, "".join(traceback.format_exception(exc)))
+                return [Failure(exc)]
+            outcomes = None  # split below, outside the except block
         finally:
             if future.done():
                 future.release()
             else:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
                     await self._client.cancel([future], asynchronous=True)
+        if outcomes is None:
+            return await self._one_by_one(batch)
         if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
             return await anyio.to_thread.run_sync(_unpack, batch, outcomes, options.stop_on_error)
         return _unpack(batch, outcomes, options.stop_on_error)

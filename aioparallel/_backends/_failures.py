@@ -13,6 +13,7 @@ from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
 
 __all__ = [
     "async_timeout_error",
+    "closed_error",
     "crash_error",
     "raised_in_worker",
     "repeated_crash_error",
@@ -57,10 +58,20 @@ def serialization_error(
     return error
 
 
-def timeout_error(index: int, name: str, timeout: float, elapsed: float, pid: int) -> TimeoutError:
+_WHILE = {
+    SLOT_LOADING: " while unpickling its arguments",
+    SLOT_SENDING: " while pickling its result",
+}
+
+
+def timeout_error(
+    index: int, name: str, timeout: float, elapsed: float, pid: int, phase: int = 0
+) -> TimeoutError:
+    """The task spent more than ``timeout`` on its worker; ``phase`` says where it was then
+    (the timeout covers receiving the arguments and returning the result too)."""
     error = TimeoutError(
-        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s); "
-        f"its worker process {pid} was killed and replaced"
+        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s)"
+        f"{_WHILE.get(phase, '')}; its worker process {pid} was killed and replaced"
     )
     attach_task(error, index, name)
     return error
@@ -113,6 +124,23 @@ def repeated_crash_error(index: int, name: str, crashes: int) -> WorkerCrashedEr
     """Workers kept dying between calls, before this one could run."""
     error = WorkerCrashedError(
         f"worker processes died {crashes} times in a row before task {index} ({name}) could run",
+        task_index=index,
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def closed_error(index: int, name: str, pid: int | None) -> WorkerCrashedError:
+    """The pool was shut down (``async with Parallel()`` left, or its event loop ended) while
+    this call ran on worker ``pid``, or before it could run (``pid`` None)."""
+    if pid is None:
+        what = f"before task {index} ({name}) could run"
+    else:
+        what = f"while task {index} ({name}) was running; its worker process {pid} was killed"
+    error = WorkerCrashedError(
+        f"the Parallel's worker pool was closed (its 'async with' block was left, or its event "
+        f"loop ended) {what}. Leave 'async with Parallel()' only after the calls made on it "
+        "have finished.",
         task_index=index,
     )
     attach_task(error, index, name)

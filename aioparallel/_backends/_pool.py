@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,7 +32,7 @@ from .._detached import loop_identity, spawn_detached
 from .._system import IN_WORKER_ENV, blas_thread_env
 from . import _wire
 
-__all__ = ["Pool", "WorkerProcess", "shared_pool"]
+__all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool"]
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
@@ -50,9 +51,13 @@ _live_pids: set[int] = set()
 def _kill_leftovers() -> None:
     for pid in list(_live_pids):
         try:
+            os.killpg(pid, signal.SIGKILL)  # its tasks' processes: it is their group leader
+        except OSError:
+            pass
+        try:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        except (OSError, ChildProcessError):
+        except OSError:
             pass
 
 
@@ -67,8 +72,16 @@ def _slot_fd() -> int:
 
 
 class _Child:
-    """A child process started synchronously (so no cancellation can lose it half-spawned),
-    awaited through a pidfd where the kernel has them."""
+    """A worker process started synchronously (so no cancellation can lose it half-spawned),
+    awaited through a pidfd where the kernel has them.
+
+    The worker leads its own process group (it calls ``setpgid`` first thing), so ``kill()``
+    takes the processes its tasks started with it (SPEC §6). Its exit is observed without
+    reaping it (``waitid(WNOWAIT)``) until ``reap()``: while the dead leader is unreaped, its
+    pid and group id cannot be reused, so the group kill can never hit a stranger, even
+    after a crash the parent noticed late. (A task that moves its children into a session
+    of their own, ``setsid()``, takes them out of our reach: we do not walk ``/proc``.)
+    """
 
     def __init__(self, popen: subprocess.Popen[bytes]):
         self.popen = popen
@@ -81,18 +94,32 @@ class _Child:
 
     @property
     def returncode(self) -> int | None:
-        return self.popen.poll()
+        """The exit code (negative: the signal) once the process has ended; None while it
+        runs. Does not reap it."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # pragma: no cover - reaped behind our back
+            return self.popen.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
     def kill(self) -> None:
-        if self.popen.poll() is None:
+        """SIGKILL the process and its process group (until it is reaped: after that, the
+        numbers may belong to others)."""
+        if self.popen.returncode is not None:
+            return
+        for kill in (os.killpg, os.kill):  # the group is not there yet for a ms at start-up
             try:
-                self.popen.kill()
-            except ProcessLookupError:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
 
     async def wait(self) -> int:
-        """The exit code, once the process ends; several tasks may wait at once."""
-        while (code := self.popen.poll()) is None:
+        """The exit code, once the process ends (not reaped); several tasks may wait."""
+        while (code := self.returncode) is None:
             if self._waiting is not None:  # one task watches the pidfd, the others its event
                 await self._waiting.wait()
                 continue
@@ -108,11 +135,15 @@ class _Child:
         return code
 
     def wait_blocking(self, timeout: float) -> None:
-        """Reap synchronously: only for cleanup that can no longer await."""
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
+        """Wait synchronously for the end: only for cleanup that can no longer await."""
+        deadline = time.monotonic() + timeout
+        while self.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def reap(self) -> None:
+        """Collect the ended process's exit status (after which its pid may be reused)."""
+        if self.returncode is not None:
+            self.popen.wait()
 
     def close(self) -> None:
         if self._pidfd >= 0:
@@ -121,7 +152,13 @@ class _Child:
 
 
 class WorkerProcess:
-    """One worker process and its pipes, driven from the event loop."""
+    """One worker process and its pipes, driven from the event loop.
+
+    Its descriptors and slot are closed only by the task that holds the worker (the pool's
+    ``release``, ``reap_idle`` or ``close`` once the worker is out of every list): another
+    task that wants it gone only signals it (``kill_now``), so no reader ever finds a
+    descriptor closed (or reused for another file) under it.
+    """
 
     def __init__(self, process: _Child, req: int, resp: int, lifeline: int, slot: Any):
         self.process = process
@@ -181,15 +218,17 @@ class WorkerProcess:
         os.set_blocking(resp_r, False)
         worker = cls(process, req_w, resp_r, life_w, slot)
         _live_pids.add(worker.pid)
+        started = False
         try:
             with anyio.fail_after(STARTUP_TIMEOUT):
                 frame = await worker.read_frame()
             if frame is None or frame[0] != _wire.READY:
                 raise RuntimeError(f"worker process {worker.pid} failed to start")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await worker.kill()
-            raise
+            started = True
+        finally:  # not in an ``except``: nothing of ours becomes the context of what is raised
+            if not started:
+                with anyio.CancelScope(shield=True):
+                    await worker.kill()
         return worker
 
     # -- frames ------------------------------------------------------------------------------
@@ -207,15 +246,17 @@ class WorkerProcess:
                     del buffer[:end]
                     return kind, body
             try:
-                chunk = os.read(self._resp, 1 << 20)
+                chunk: bytes | None = os.read(self._resp, 1 << 20)
             except BlockingIOError:
+                chunk = None  # wait below, outside the handler (no internal context)
+            except OSError:
+                return None
+            if chunk is None:
                 if self.process.returncode is not None:
                     return None  # exited, pipe empty; a process it forked may hold it open
                 with anyio.move_on_after(LIVENESS_SECONDS):
                     await anyio.wait_readable(self._resp)
                 continue
-            except OSError:
-                return None
             if not chunk:
                 return None
             buffer += chunk
@@ -227,12 +268,16 @@ class WorkerProcess:
             try:
                 written = os.write(self._req, data)
             except BlockingIOError:
+                written = 0  # wait below, outside the handler (no internal context)
+            if not written:
                 await anyio.wait_writable(self._req)
                 continue
             data = data[written:]
 
     async def sync_env(self) -> None:
-        """Give the worker the parent's current sys.path and working directory."""
+        """Give the worker the parent's current sys.path and working directory. (The worker
+        returns to the last ones it was given after each job, so this cache stays true
+        whatever a task did.)"""
         env = (list(sys.path), os.getcwd())
         if env != self._env:
             await self.write_frame(_wire.SETUP, pickle.dumps(env))
@@ -266,12 +311,9 @@ class WorkerProcess:
         return not self.closed and self.process.returncode is None
 
     def kill_now(self) -> None:
-        """SIGKILL without waiting (safe from any task)."""
-        if self.process.returncode is None:
-            try:
-                self.process.kill()
-            except ProcessLookupError:
-                pass
+        """SIGKILL it and its process tree, without waiting: a signal only, safe from any
+        task (the holder reaps it and closes its descriptors)."""
+        self.process.kill()
 
     async def exit_code(self) -> int | None:
         """Wait (bounded) for the process to end; kill it if it does not."""
@@ -283,13 +325,14 @@ class WorkerProcess:
         return None
 
     async def kill(self) -> None:
-        """Kill, reap and release every descriptor. Call shielded."""
+        """Kill it and its process tree, reap it and close every descriptor. Only for the
+        worker's holder; call shielded."""
         self.kill_now()
         await self._reap()
 
     async def stop(self) -> None:
         """Ask the worker to exit (end of its request pipe, so it flushes its output first),
-        then reap it. Call shielded."""
+        then reap it. Only for the worker's holder; call shielded."""
         if not self.closed and self._req >= 0:
             try:
                 os.close(self._req)
@@ -300,7 +343,8 @@ class WorkerProcess:
             with anyio.move_on_after(1):
                 await self.process.wait()
         finally:
-            self.kill_now()
+            if self.process.returncode is None:
+                self.kill_now()
             await self._reap()
 
     async def _reap(self) -> None:
@@ -313,7 +357,8 @@ class WorkerProcess:
                 self.process.wait_blocking(1.0)  # killed: gone in a few ms
             if not self.closed:
                 self.closed = True
-                if self.process.returncode is not None:
+                self.process.reap()
+                if self.process.popen.returncode is not None:
                     _live_pids.discard(self.pid)
                 for fd in (self._req, self._resp, self._lifeline):
                     if fd >= 0:
@@ -325,114 +370,253 @@ class WorkerProcess:
                 self.process.close()
 
 
+class PoolClosedError(RuntimeError):
+    """The pool was shut down: no worker to be had."""
+
+
+#: What a waiter may be handed: a worker, or this, a place to spawn one in.
+_PLACE: Any = object()
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.handed: Any = None  # a WorkerProcess, _PLACE, or None (nothing, or closed)
+
+
+class _Roster:
+    """The pool's ``size`` places and who holds each: the one owner of "live worker
+    processes <= size". Its methods are the only way to change its state, and none awaits,
+    so no task ever sees a half-made change.
+
+    A place is the permission to have one worker process; it counts from the moment a
+    spawn is allowed until the process is reaped::
+
+                  claim()               spawned(w)              release(w)
+          free ───────────> spawning ─────────────> busy <──────────────────> idle
+           ^ ^                 │                    │  │       take()          │
+           │ └── free_place() ─┘                    │  └── (release: handed to a waiter)
+           │                           retire(w)    │                          │
+           └──── free_place() ── retiring <─────────┴───────── retire_idle() ──┘
+
+    ``free_place()`` and ``release()`` hand the place (to spawn in) or the worker straight
+    to the first waiter, if any: it then stays counted. ``close()`` wakes every waiter
+    empty-handed and sends every idle worker to ``retiring``; busy ones stay with their
+    holders, which retire them when they give them back (``closed`` says so).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.count = 0
+        self.idle: list[WorkerProcess] = []
+        self.busy: set[WorkerProcess] = set()
+        self.waiters: deque[_Waiter] = deque()
+        self.closed = False
+        self._emptied = anyio.Event()
+
+    def take(self) -> WorkerProcess | None:
+        """idle -> busy: the most recently used idle worker (alive or not), if any."""
+        if not self.idle:
+            return None
+        worker = self.idle.pop()
+        self.busy.add(worker)
+        return worker
+
+    def claim(self) -> _Waiter | None:
+        """free -> spawning if a place is free (None); else a waiter queued for the next
+        worker or place given back."""
+        if self.closed:
+            raise PoolClosedError("the worker pool is shut down")
+        if self.count < self.size:
+            self.count += 1
+            return None
+        waiter = _Waiter()
+        self.waiters.append(waiter)
+        return waiter
+
+    def withdraw(self, waiter: _Waiter) -> Any:
+        """A waiter stops waiting: what it was handed (None if nothing)."""
+        if waiter.handed is None and waiter in self.waiters:
+            self.waiters.remove(waiter)
+        return waiter.handed
+
+    def spawned(self, worker: WorkerProcess) -> None:
+        """spawning -> busy."""
+        self.busy.add(worker)
+
+    def release(self, worker: WorkerProcess) -> None:
+        """busy -> idle, or to the first waiter (still busy). A closed roster takes no idle
+        worker: retire it instead."""
+        assert not self.closed and worker in self.busy
+        if self.waiters:
+            self._hand(worker)
+        else:
+            self.busy.discard(worker)
+            self.idle.append(worker)
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """busy -> retiring: its holder now kills and reaps it, then calls free_place()."""
+        self.busy.discard(worker)
+
+    def retire_idle(self, expired: Callable[[WorkerProcess], bool]) -> list[WorkerProcess]:
+        """idle -> retiring, for each idle worker that ``expired`` says must go."""
+        going: list[WorkerProcess] = []
+        keep: list[WorkerProcess] = []
+        for worker in self.idle:
+            (going if expired(worker) else keep).append(worker)
+        self.idle[:] = keep
+        return going
+
+    def free_place(self) -> None:
+        """spawning or retiring -> free, or (spawning) to the first waiter."""
+        if self.waiters and not self.closed:
+            self._hand(_PLACE)
+            return
+        self.count -= 1
+        if self.closed and self.count == 0:
+            self._emptied.set()
+
+    def close(self) -> list[WorkerProcess]:
+        """Refuse new claims, wake every waiter empty-handed; the idle workers, now retiring."""
+        self.closed = True
+        while self.waiters:
+            self.waiters.popleft().event.set()
+        idle, self.idle = self.idle, []
+        if self.count == 0:
+            self._emptied.set()
+        return idle
+
+    async def emptied(self) -> None:
+        """Wait until every place is free again (after ``close``)."""
+        await self._emptied.wait()
+
+    def _hand(self, given: Any) -> None:
+        waiter = self.waiters.popleft()
+        waiter.handed = given
+        if given is not _PLACE:
+            self.busy.add(given)
+        waiter.event.set()
+
+
 class Pool:
-    """Up to ``size`` workers, handed out first come, first served."""
+    """Up to ``size`` workers, handed out first come, first served.
+
+    A worker's holder gives it back with ``release`` (healthy or not); the holder, not the
+    pool, kills and reaps an unhealthy one, so its descriptors are closed by the one task
+    that reads them. ``close`` only signals busy workers and waits (bounded) for their
+    holders to give them back.
+    """
+
+    #: How long ``close`` waits for busy workers' holders to give them back.
+    CLOSE_WAIT = 5.0
 
     def __init__(self, size: int, idle_timeout: float = 300.0):
         self.size = size
         self.idle_timeout = idle_timeout
-        self._idle: list[WorkerProcess] = []
-        self._busy: set[WorkerProcess] = set()
-        self._live = 0
-        self._waiters: deque[tuple[anyio.Event, list[WorkerProcess | None]]] = deque()
-        self.closed = False
+        self._roster = _Roster(size)
         #: Set when the idle timeout changes, so the keeper recomputes its next wake-up.
         self.retimed = anyio.Event()
 
+    @property
+    def closed(self) -> bool:
+        return self._roster.closed
+
     async def acquire(self) -> WorkerProcess:
-        if self.closed:
-            raise RuntimeError("the worker pool is shut down")
-        while self._idle:
-            worker = self._idle.pop()
+        """A worker for the caller to hold until it calls ``release``. Raises
+        ``PoolClosedError`` once the pool is shut down."""
+        roster = self._roster
+        while not roster.closed:
+            worker = roster.take()
+            if worker is None:
+                break
             if worker.alive:
-                self._busy.add(worker)
                 return worker
-            self._live -= 1
+            with anyio.CancelScope(shield=True):  # died while idle
+                await self.release(worker, healthy=False)
+        waiter = roster.claim()
+        if waiter is not None:
+            waited = False
+            try:
+                await waiter.event.wait()
+                waited = True
+            finally:
+                handed = roster.withdraw(waiter)
+                if not waited and handed is not None:  # handed over as we were cancelled
+                    await self._give_back(handed)
+            if handed is None:
+                raise PoolClosedError("the worker pool is shut down")
+            if handed is not _PLACE:
+                return handed  # type: ignore[no-any-return]
+        return await self._spawn()
+
+    async def _give_back(self, handed: Any) -> None:
+        if handed is _PLACE:
+            self._roster.free_place()
+        else:
             with anyio.CancelScope(shield=True):
-                await worker.kill()
-        if self._live < self.size:
-            self._live += 1
-            return await self._spawn()
-        event = anyio.Event()
-        handed: list[WorkerProcess | None] = []
-        entry = (event, handed)
-        self._waiters.append(entry)
-        try:
-            await event.wait()
-        except BaseException:
-            if handed:  # handed over just as we were cancelled: pass it on
-                self._pass_on(handed[0])
-            else:
-                self._waiters.remove(entry)
-            raise
-        given = handed[0]
-        if given is None:  # a permission to replace a dead worker
-            return await self._spawn()
-        return given
+                await self.release(handed)
 
     async def _spawn(self) -> WorkerProcess:
         try:
             worker = await WorkerProcess.spawn(self.size)
         except BaseException:
-            self._pass_on(None)
+            self._roster.free_place()
             raise
-        self._busy.add(worker)
+        self._roster.spawned(worker)
+        if self.closed:  # shut down while it started
+            with anyio.CancelScope(shield=True):
+                await self.release(worker, healthy=False)
+            raise PoolClosedError("the worker pool is shut down")
         return worker
 
-    def release(self, worker: WorkerProcess) -> None:
-        """Give a worker back; a dead one (already killed by the caller) frees its place."""
-        self._busy.discard(worker)
-        if worker.closed or not worker.alive or self.closed:
-            self._pass_on(None)
+    async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
+        """Give a held worker back. A healthy one goes to the next waiter or the idle list;
+        any other (unhealthy, dead, or the pool closed) is killed with its process tree and
+        reaped here, in the holder's task, and its place freed. Call shielded."""
+        roster = self._roster
+        if healthy and worker.alive and not roster.closed:
+            worker.last_used = time.monotonic()
+            roster.release(worker)
             return
-        worker.last_used = time.monotonic()
-        self._pass_on(worker)
-
-    def _pass_on(self, worker: WorkerProcess | None) -> None:
-        if self._waiters:
-            event, handed = self._waiters.popleft()
-            handed.append(worker)
-            if worker is not None:
-                self._busy.add(worker)
-            event.set()
-        elif worker is None:
-            self._live -= 1
-        else:
-            self._busy.discard(worker)
-            self._idle.append(worker)
+        roster.retire(worker)
+        try:
+            await worker.kill()
+        finally:
+            roster.free_place()
 
     async def reap_idle(self) -> float:
         """Stop workers idle past ``idle_timeout``; seconds until the next may expire."""
         now = time.monotonic()
-        keep = []
-        for worker in self._idle:
-            if now - worker.last_used >= self.idle_timeout or not worker.alive:
-                self._live -= 1
-                with anyio.CancelScope(shield=True):
-                    await worker.stop()
-            else:
-                keep.append(worker)
-        self._idle[:] = keep
+        for worker in self._roster.retire_idle(
+            lambda w: now - w.last_used >= self.idle_timeout or not w.alive
+        ):
+            await self._stop(worker)
+        keep = self._roster.idle
         if not keep:
             return self.idle_timeout
-        return max(0.01, min(w.last_used for w in keep) + self.idle_timeout - now)
+        return max(0.01, min(w.last_used for w in keep) + self.idle_timeout - time.monotonic())
+
+    async def _stop(self, worker: WorkerProcess) -> None:
+        """Stop a retiring worker (kill it and its tree if it died: a crash) and free its
+        place."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await (worker.stop() if worker.alive else worker.kill())
+        finally:
+            self._roster.free_place()
 
     async def close(self) -> None:
-        """Stop every worker (busy ones are killed). Call shielded."""
-        self.closed = True
-        idle, self._idle = self._idle, []
-        busy, self._busy = list(self._busy), set()
-        for worker in busy:
+        """Stop the idle workers; kill the busy ones (a signal: their holders reap them and
+        fail their calls) and wait, bounded, for them to come back. Call shielded."""
+        roster = self._roster
+        idle = roster.close()
+        for worker in roster.busy:
             worker.kill_now()
         async with anyio.create_task_group() as tg:
             for worker in idle:
-                tg.start_soon(worker.stop)
-            for worker in busy:
-                tg.start_soon(worker.kill)
-        while self._waiters:
-            event, handed = self._waiters.popleft()
-            handed.append(None)
-            event.set()
+                tg.start_soon(self._stop, worker)
+        with anyio.move_on_after(self.CLOSE_WAIT):
+            await roster.emptied()
 
 
 _shared: dict[tuple[object, int], Pool] = {}

@@ -11,8 +11,10 @@ A cancelled batch kills its worker (shielded) before the cancellation goes on.
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
+import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,19 +25,20 @@ import anyio.to_thread
 
 from .._call import Call, function_name
 from .._coroutines import async_flags
-from .._errors import SerializationError
-from .._memmap import JobWriter, RunFolder
+from .._errors import SerializationError, attach_task
+from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._async_runner import CANCEL_GRACE, TimedOut
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._failures import (
     async_timeout_error,
+    closed_error,
     crash_error,
     raised_in_worker,
     repeated_crash_error,
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, WorkerProcess, shared_pool
+from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
 from ._wire import (
     BATCH,
     BATCH_FILE,
@@ -47,7 +50,7 @@ from ._wire import (
     RESULTS_FILE,
     SLOT_LOADING,
     TaskError,
-    spill,
+    TempFolderError,
     split_results,
     unspill,
 )
@@ -72,14 +75,42 @@ def _by_reference(func: object) -> bool:
     return module not in (None, "__main__") and "<" not in getattr(func, "__qualname__", "<")
 
 
-def _small_args(call: Call[Any]) -> bool:
-    for value in call.args:
+def _cheap_callable(func: object) -> bool:
+    """True if pickling ``func`` writes its name and nothing else: a module-level function
+    or class, or a module's builtin. Anything else carries state of unknown size by value:
+    a bound method its object, a partial its arguments, a closure its cells, a callable
+    object its attributes."""
+    kind = type(func)
+    if kind is types.FunctionType or isinstance(func, type):
+        return _by_reference(func)
+    if kind is types.BuiltinFunctionType:
+        owner = getattr(func, "__self__", None)
+        return (owner is None or type(owner) is types.ModuleType) and _by_reference(func)
+    return False
+
+
+def _small_values(values: Any) -> bool:
+    for value in values:
         kind = type(value)
         if kind in _SCALARS or (kind in _SMALL_SEQUENCES and len(value) <= 4096):
             continue
         return False
-    if call.kwargs:
-        return _small_args(Call(call.func, tuple(call.kwargs.values()), {}))
+    return True
+
+
+def _small_calls(calls: list[Call[Any]], with_func: bool) -> bool:
+    """Whether pickling ``calls`` is obviously cheap (safe on the event loop): small
+    positional and keyword arguments and, ``with_func``, cheap callables."""
+    cheap: object = None  # the last callable found cheap: most calls share one
+    for call in calls:
+        if with_func and call.func is not cheap:
+            if not _cheap_callable(call.func):
+                return False
+            cheap = call.func
+        if not _small_values(call.args) or (
+            call.kwargs and not _small_values(call.kwargs.values())
+        ):
+            return False
     return True
 
 
@@ -129,19 +160,26 @@ class ProcessBackend:
         if self._pool is None:
             raise RuntimeError("ProcessBackend used outside 'async with'")
         pool = self._pool
-        folder = RunFolder(options.temp_folder)
-        if options.temp_folder is not None:
-            folder.path  # noqa: B018  (an unwritable temp_folder fails now, not later)
+        folder = RunFolder(options.temp_folder)  # checked when a file is first needed
 
         async def run_batch(batch: Batch) -> list[Any]:
-            return await _BatchRun(pool, folder, options, batch).run()
+            run = _BatchRun(pool, folder, options, batch)
+            try:
+                return await run.run()
+            finally:
+                if run.lease.keys:  # its arrays' files go once no other batch uses them
+                    doomed = folder.release(run.lease)
+                    if doomed:
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(remove_folders, doomed)
 
         try:
             yield run_batch
         finally:
-            if folder.exists:
+            leftovers = folder.close()  # a pickling thread abandoned by a cancel writes nothing
+            if leftovers:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(folder.cleanup)
+                    await anyio.to_thread.run_sync(remove_folders, leftovers)
 
 
 class _BatchRun:
@@ -155,6 +193,8 @@ class _BatchRun:
         self.results: list[Any] = [_MISSING] * len(batch.calls)
         self.failed = False
         self.blameless = 0
+        #: The array files this batch's jobs reference (released when the batch is over).
+        self.lease = Lease()
         #: Set when a job did not (un)pickle as a whole: run what is left call by call.
         self._split = False
 
@@ -177,13 +217,22 @@ class _BatchRun:
             elif rest:
                 groups.insert(0, rest)
         if self.failed and self.options.stop_on_error:
-            # the run stops at this failure: the calls before it may not have results yet
-            return [next(v for v in self.results if type(v) is Failure)]
+            # the run stops at its first failure, in its own slot (the run names the task
+            # by position); slots before it may still be empty, and are never read
+            first = next(p for p, v in enumerate(self.results) if type(v) is Failure)
+            return self.results[: first + 1]
         return self.results
 
     async def _run_positions(self, todo: list[int]) -> list[int]:
-        """Run ``todo`` on one worker; return the positions that must run again."""
-        worker = await self.pool.acquire()
+        """Run ``todo`` on one worker; return the positions that must run again.
+
+        This task holds the worker until it gives it back (``release``, shielded); an
+        unhealthy one is killed and reaped there, so its descriptors are closed by this
+        task and no other."""
+        try:
+            worker = await self.pool.acquire()
+        except PoolClosedError:
+            return self._closed(todo, None)
         healthy = False
         flags = async_flags([self.batch.calls[p] for p in todo])
         sent = False
@@ -191,7 +240,9 @@ class _BatchRun:
             try:
                 seq = worker.next_seq()
                 body = await self._pickle(todo, seq, flags)
-            except (Exception, SystemExit) as exc:  # a __reduce__ may raise anything
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
                 healthy = True
                 return self._pickling_failed(todo, exc)
             try:
@@ -211,19 +262,19 @@ class _BatchRun:
                 return self._load_failed(todo, attempt.load_error)
             return attempt.resend + await self._crashed(worker, seq, todo, attempt, flags)
         finally:
-            if not healthy:
-                with anyio.CancelScope(shield=True):
-                    if flags is not None and sent and worker.alive:
-                        await _cancel_coroutines(worker)
-                    await worker.kill()
-            self.pool.release(worker)
+            with anyio.CancelScope(shield=True):
+                if not healthy and flags is not None and sent and worker.alive:
+                    await _cancel_coroutines(worker)  # their finally blocks run, bounded
+                await self.pool.release(worker, healthy)
 
     # -- sending -----------------------------------------------------------------------------
 
     async def _pickle(self, todo: list[int], seq: int, flags: bytes | None) -> tuple[int, bytes]:
-        """The job's frame. Chunks of calls with only small arguments are pickled on the
-        event loop, yielding between chunks; from the first chunk that could be expensive (a
-        large or unusual argument, a function sent by value), the rest goes to a thread."""
+        """The job's frame. A job that is obviously cheap to pickle (cheap callables, small
+        arguments) is pickled on the event loop, yielding between chunks; from the first
+        chunk that could be expensive (a large or unusual argument, a callable that carries
+        state), the rest is pickled in a thread, abandoned if the batch is cancelled.
+        ``flags`` marks the async calls (SPEC §8): the worker awaits them on its loop."""
         calls = [self.batch.calls[p] for p in todo]
         func: Any = calls[0].func
         items: list[Any]
@@ -233,7 +284,7 @@ class _BatchRun:
             func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
         chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
         options = self.options
-        writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode)
+        writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode, self.lease)
         async_job = None if flags is None else (flags, options.timeout, options.worker_concurrency)
         meta = (
             options.stop_on_error,
@@ -243,40 +294,53 @@ class _BatchRun:
             len(chunks),
             async_job,
         )
-        inline = func is None or _by_reference(func)
-        if inline:
-            writer.dump(meta)
+        header = JOB_HEADER.pack(seq << BATCH_SHIFT)
+        if func is not None and not _cheap_callable(func):
+            return await self._off_loop(writer, header, [meta, *chunks])
+        writer.dump(meta)
         for n, chunk in enumerate(chunks):
-            if not inline or not all(
-                _small_args(calls[n * PICKLE_CHUNK + k]) for k in range(len(chunk))
-            ):
-                rest = chunks[n:]
-                first = meta if not inline else None
-                await anyio.to_thread.run_sync(self._dump_rest, writer, first, rest)
-                break
+            start = n * PICKLE_CHUNK
+            if not _small_calls(calls[start : start + len(chunk)], with_func=func is None):
+                return await self._off_loop(writer, header, chunks[n:])
             writer.dump(chunk)
             if n + 1 < len(chunks):
                 await anyio.lowlevel.checkpoint()
         data = writer.getvalue()
         self.batch.nbytes = len(data)
-        header = JOB_HEADER.pack(seq << BATCH_SHIFT)
         if len(data) > INLINE_LIMIT:
-            path = await anyio.to_thread.run_sync(self._spill, data)
+            path = await anyio.to_thread.run_sync(self._spill, data, abandon_on_cancel=True)
             return BATCH_FILE, header + path
         return BATCH, header + data
 
-    @staticmethod
-    def _dump_rest(writer: JobWriter, meta: tuple[Any, ...] | None, chunks: list[Any]) -> None:
-        if meta is not None:
-            writer.dump(meta)
-        for chunk in chunks:
-            writer.dump(chunk)
+    async def _off_loop(
+        self, writer: JobWriter, header: bytes, pickles: list[Any]
+    ) -> tuple[int, bytes]:
+        frame, nbytes = await anyio.to_thread.run_sync(
+            self._finish, writer, header, pickles, abandon_on_cancel=True
+        )
+        self.batch.nbytes = nbytes
+        return frame
+
+    def _finish(
+        self, writer: JobWriter, header: bytes, pickles: list[Any]
+    ) -> tuple[tuple[int, bytes], int]:
+        """In a thread: pickle the rest of the job, spill it if large; (frame, size)."""
+        for obj in pickles:
+            writer.dump(obj)
+        data = writer.getvalue()
+        if len(data) > INLINE_LIMIT:
+            return (BATCH_FILE, header + self._spill(data)), len(data)
+        return (BATCH, header + data), len(data)
 
     def _spill(self, data: bytes) -> bytes:
-        self.folder.ensure()
-        return spill(self.folder.path, data, "job-")
+        return os.fsencode(self.folder.write_file("job-", "", lambda f: f.write(data)))
 
     def _pickling_failed(self, todo: list[int], exc: BaseException) -> list[int]:
+        if isinstance(exc, TempFolderError) and len(todo) == 1:
+            # the folder, not the call, is at fault: say so, naming the task it stopped
+            attach_task(exc, self._index(todo[0]), self._name(todo[0]))
+            self._fail(todo[0], exc)
+            return []
         what = f"could not be pickled for a worker process: {type(exc).__name__}: {exc}"
         return self._serialization_failed(todo, what, cause=exc)
 
@@ -395,13 +459,15 @@ class _BatchRun:
         timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
         attempt: _Attempt,
     ) -> None:
-        """Kill the worker when its current call runs past ``timeout``."""
+        """Kill the worker when its current call has spent more than ``timeout`` on it:
+        unpickling its arguments (the first call's clock starts when the job does), running,
+        or pickling its result."""
         while True:
             running = worker.running(seq)
-            if running is None or running[0]:  # not started, or not inside a call
+            if running is None:  # not started, or between calls
                 await anyio.sleep(min(timeout, 0.05))
                 continue
-            _, position, started = running
+            _, position, started = running  # loading, running or sending: the clock runs
             late = started + timeout - time.monotonic()
             if late > 0:
                 await anyio.sleep(late)
@@ -428,6 +494,12 @@ class _BatchRun:
         last_async = worker.async_started(seq) if flags is not None else -1
         exitcode = await worker.exit_code()
         in_flight = [j for j in range(last_async + 1) if flags and flags[j] and j not in got]
+        if self.pool.closed:  # killed by the pool's shutdown, not by its task
+            current = {todo[j] for j in in_flight}
+            if running is not None and not running[0]:
+                current.add(todo[running[1]])
+            unfinished = [todo[j] for j in range(len(todo)) if j not in got]
+            return self._closed(unfinished, worker.pid, current)
         for j in in_flight:
             position = todo[j]
             self._fail(
@@ -450,9 +522,9 @@ class _BatchRun:
         position = todo[job_position]
         index, name = self._index(position), self._name(position)
         error: Exception
-        if attempt.timed_out == job_position and not phase and self.options.timeout:
+        if attempt.timed_out == job_position and self.options.timeout:
             elapsed = time.monotonic() - began
-            error = timeout_error(index, name, self.options.timeout, elapsed, worker.pid)
+            error = timeout_error(index, name, self.options.timeout, elapsed, worker.pid, phase)
         else:
             error = crash_error(index, name, worker.pid, exitcode, phase)
         self._fail(position, error)
@@ -461,6 +533,8 @@ class _BatchRun:
     def _crashed_between(self, todo: list[int], rest: list[int]) -> list[int]:
         """The worker died outside any call: re-run the rest, blaming the next call if it
         keeps happening."""
+        if self.pool.closed:
+            return self._closed(rest, None)
         self.blameless += 1
         if self.blameless < MAX_BLAMELESS_CRASHES or not rest:
             return rest
@@ -468,6 +542,16 @@ class _BatchRun:
         error = repeated_crash_error(self._index(position), self._name(position), self.blameless)
         self._fail(position, error)
         return rest[1:]
+
+    def _closed(
+        self, rest: list[int], pid: int | None, running: frozenset[int] | set[int] = frozenset()
+    ) -> list[int]:
+        """The pool was shut down under this batch: its unfinished calls fail, saying so (the
+        calls at the positions in ``running`` were running on worker ``pid``)."""
+        for position in rest:
+            ran = pid if position in running else None
+            self._fail(position, closed_error(self._index(position), self._name(position), ran))
+        return []
 
 
 async def _cancel_coroutines(worker: WorkerProcess) -> None:

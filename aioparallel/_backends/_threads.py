@@ -1,16 +1,18 @@
 """Thread workers: anyio worker threads, at most ``n_jobs`` at once.
 
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
-its result is dropped; the run does not wait for it. A batch with async calls runs on an
-event loop of its thread (``_async_runner.run_calls_on_loop``); its coroutines are cancelled
-when the run is.
+its result is dropped; the run does not wait for it. A cancelled batch starts no further
+call: the thread checks the batch's ``stop`` event before each one. A batch with async calls
+runs on an event loop of its thread (``_async_runner.run_calls_on_loop``); its coroutines are
+cancelled when the run is, and it starts no further call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,16 +29,30 @@ from ._failures import async_timeout_error
 __all__ = ["ThreadBackend"]
 
 
-def _run_calls(start: int, calls: list[Call[Any]], stop_on_error: bool) -> list[Any]:
-    """Runs in a worker thread."""
+def run_calls(
+    start: int,
+    calls: list[Call[Any]],
+    stop_on_error: bool,
+    stop: threading.Event | None = None,
+    run_coroutine: Callable[[Coroutine[Any, Any, Any]], Any] | None = asyncio.run,
+) -> list[Any]:
+    """Run ``calls`` in order; each outcome, whatever it raised, goes in its slot.
+
+    Stops early at the first failure (with ``stop_on_error``) or once ``stop`` is set. A
+    coroutine a call returns is run by ``run_coroutine`` (on a thread: its own loop), or
+    with None handed back as is (the sequential backend awaits it in the caller's loop).
+    Shared by the thread and sequential backends.
+    """
     results: list[Any] = []
     for offset, call in enumerate(calls):
+        if stop is not None and stop.is_set():
+            break
         try:
             value = call.func(*call.args, **call.kwargs)
-            if is_coroutine(value):  # a sync function handed back a coroutine: await it
-                value = asyncio.run(value)
+            if run_coroutine is not None and is_coroutine(value):
+                value = run_coroutine(value)
             results.append(value)
-        except Exception as exc:
+        except BaseException as exc:  # the task's outcome, whatever its type (SPEC §6)
             attach_task(exc, start + offset, function_name(call.func))
             results.append(Failure(exc))
             if stop_on_error:
@@ -73,10 +89,14 @@ class ThreadBackend:
             if flags is not None and (timeout is None or all(flags)):
                 return await _run_on_loop(batch.start, calls, flags, options, limiter)
             if timeout is None:
-                return await anyio.to_thread.run_sync(
-                    _run_calls, batch.start, calls, options.stop_on_error,
-                    limiter=limiter, abandon_on_cancel=True,
-                )  # fmt: skip
+                stop = threading.Event()
+                try:
+                    return await anyio.to_thread.run_sync(
+                        run_calls, batch.start, calls, options.stop_on_error, stop,
+                        limiter=limiter, abandon_on_cancel=True,
+                    )  # fmt: skip
+                finally:
+                    stop.set()  # cancelled: the thread starts no further call
             # One thread hop per call, so each call gets its own deadline.
             results: list[Any] = []
             for offset, call in enumerate(calls):
@@ -91,7 +111,7 @@ class ThreadBackend:
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
                         value = await anyio.to_thread.run_sync(
-                            _run_calls, index, [call], options.stop_on_error,
+                            run_calls, index, [call], options.stop_on_error,
                             abandon_on_cancel=True,
                         )  # fmt: skip
                 if scope.cancelled_caught:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import struct
 import sys
 from typing import Any
@@ -47,6 +48,31 @@ INLINE_LIMIT = 1024**2
 
 #: Folder name prefix of every temp folder we create (memmaps, large payloads).
 FOLDER_PREFIX = "aioparallel-"
+
+
+class TempFolderError(OSError):
+    """A temp folder we cannot use: missing, not writable, full, or not private to us."""
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create the run's folder (mode 0700), or check that the one there is ours: a real
+    directory, not a symlink, owned by this user, closed to everyone else. Both the parent
+    and the workers go through here before writing a file into it, so a folder planted at
+    that path (by another user, in a shared /dev/shm) is never written into."""
+    try:
+        os.mkdir(path, 0o700)
+        return path
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TempFolderError(f"cannot create temp folder {path!r}: {exc.strerror}") from exc
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise TempFolderError(
+            f"temp folder {path!r} exists and is not a private directory of this user "
+            "(a symlink, another user's, or open to others): refusing to write there"
+        )
+    return path
 
 
 class TaskError:
@@ -184,10 +210,9 @@ def read_frame(fd: int) -> tuple[int, bytes] | None:
 
 def spill(run_dir: str, body: bytes, prefix: str) -> bytes:
     """Write a large body to a private file in ``run_dir``; return its path as the new body."""
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
     import tempfile
 
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=run_dir)
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=ensure_private_dir(run_dir))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)

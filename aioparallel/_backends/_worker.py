@@ -55,8 +55,8 @@ class _ResultPickler(pickle.Pickler):
         if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
             import tempfile
 
-            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=self.run_dir)
+            run_dir = _wire.ensure_private_dir(self.run_dir)
+            fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=run_dir)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, obj, allow_pickle=False)
             return (_wire.load_memmap, (path, "c"))
@@ -70,7 +70,7 @@ def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> b
     try:
         _ResultPickler(buffer, run_dir, max_nbytes).dump(payload)
         return buffer.getvalue()
-    except Exception:
+    except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
         return _wire.dumps(payload)
 
 
@@ -99,11 +99,14 @@ class Worker:
             _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | positions[-1])
         try:
             body = _dump_results(values, run_dir, max_nbytes)
-        except (Exception, SystemExit):
+        except BaseException:  # a result's __reduce__ may raise anything
             body = _wire.dumps([_picklable(v) for v in values])
         kind = _wire.RESULTS
         if len(body) > _wire.INLINE_LIMIT:
-            body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
+            try:
+                body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
+            except OSError as exc:  # the run's folder is unusable: each value fails with why
+                body = _wire.dumps([_wire.TaskError.capture(exc)] * len(values))
         frame = _wire.results_header(positions, done) + body
         with self.write_lock:
             _wire.write_frame(self.resp_fd, kind, frame)
@@ -116,10 +119,16 @@ class Worker:
         max_nbytes: int | None,
         func: Any,
         calls: list[Any],
+        loaded_from: float,
         async_job: tuple[bytes, float | None, int] | None = None,
     ) -> None:
         """Run the calls in order; async ones (``async_job``: per-call flags, timeout,
-        concurrency) go to the worker's event loop thread and finish out of order."""
+        concurrency) go to the worker's event loop thread and finish out of order.
+
+        The slot's clock for a sync call starts when it starts, except for the first call,
+        whose clock started when the job began loading (its time on this worker includes
+        unpickling its arguments); sending results leaves the clock of the last call sent
+        running (its time includes pickling its result). Async calls are timed on the loop."""
         pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
         monotonic = time.monotonic
         positions: list[int] = []
@@ -143,7 +152,7 @@ class Worker:
                     break
                 continue
             started = monotonic()
-            pack_time(slot, 8, started)
+            pack_time(slot, 8, loaded_from if i == 0 else started)
             pack_pos(slot, 0, base + i)
             try:
                 if func is not None:
@@ -190,6 +199,7 @@ class Worker:
 
     def serve(self) -> None:
         _wire.write_frame(self.resp_fd, _wire.READY, str(os.getpid()).encode())
+        env: tuple[list[str], str] | None = None
         while True:
             frame = _wire.read_frame(self.req_fd)
             if frame is None:
@@ -198,12 +208,13 @@ class Worker:
             if kind == _wire.CANCEL:  # late: the job it was meant for has finished
                 continue
             if kind == _wire.SETUP:
-                path, cwd = pickle.loads(body)
-                sys.path[:] = path
-                os.chdir(cwd)
+                env = pickle.loads(body)
+                _enter(env)
                 continue
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
+            loaded_from = time.monotonic()  # the job's timeout clock starts now
+            _wire.SLOT_TIME.pack_into(self.slot, 8, loaded_from)
             _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_LOADING)
             try:
                 if kind == _wire.BATCH_FILE:
@@ -217,7 +228,30 @@ class Worker:
                 continue
             finally:
                 _wire.SLOT_POS.pack_into(self.slot, 0, -1)
-            self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls, async_job)
+            self.run_job(
+                base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from, async_job
+            )
+            if env is not None:  # whatever its tasks did, the next job runs where it was sent
+                _enter(env)
+
+
+def _enter(env: tuple[list[str], str]) -> None:
+    """Take the parent's ``sys.path`` and working directory (SETUP), or return to them after
+    a job whose tasks changed them: the parent sends them only when its own change, so a
+    task's ``os.chdir`` must not outlive its job. (Environment variables a task sets do
+    stay, as with joblib: they are the process's own, not the parent's view.)"""
+    path, cwd = env
+    if sys.path != path:
+        sys.path[:] = path
+    try:
+        if os.getcwd() == cwd:
+            return
+    except OSError:  # a task removed the directory it moved into
+        pass
+    try:
+        os.chdir(cwd)
+    except OSError:  # the parent's directory is gone: stay where we are
+        pass
 
 
 def _format(exc: BaseException) -> list[str]:
@@ -253,6 +287,12 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def main(argv: list[str]) -> None:
     req_fd, resp_fd, slot_fd, lifeline_fd, parent_pid = (int(a) for a in argv)
+    # Lead a process group of our own: the processes our tasks start join it, and the
+    # parent kills the whole group when it kills us (SPEC §6, as loky does).
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # pragma: no cover - already a group leader
+        pass
     if parent_pid and sys.platform == "linux":
         _die_with_parent(parent_pid)
     for fd in (req_fd, resp_fd, lifeline_fd):  # a task's own subprocesses must not hold them

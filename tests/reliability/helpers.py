@@ -18,6 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.probes import RssSampler as _ProbeRssSampler
+from tests.helpers import identity as identity
+from tests.helpers import square as square
+from tests.helpers import stamp as stamp
+from tests.helpers import wait_file
+from tests.proc_helpers import pid_then_wait_file as pid_then_wait_file
+from tests.proc_helpers import square_and_pid as square_and_pid
+
 #: Longest any task blocks or spins; the library must cut it short long before.
 LONG = 60.0
 #: Upper bound of the bounded polls below.
@@ -29,14 +37,6 @@ MEMORY_HOG = 2 * 1024**3
 
 
 # -- stamps: "this process reached this point at this time" -----------------------------------
-
-
-def stamp(folder: str | Path, name: str) -> None:
-    """Atomically write ``"<pid> <monotonic time>"`` to ``folder/name``."""
-    path = Path(folder, name)
-    tmp = path.with_name(f".{name}.tmp")
-    tmp.write_text(f"{os.getpid()} {time.monotonic()!r}")
-    tmp.rename(path)
 
 
 def read_stamp(folder: str | Path, name: str) -> tuple[int, float] | None:
@@ -61,27 +61,10 @@ def wait_stamp_sync(folder: str | Path, name: str, limit: float = POLL_LIMIT) ->
 
 def wait_file_sync(path: str | Path, limit: float = POLL_LIMIT) -> bool:
     """Bounded poll until ``path`` exists; False if it never did."""
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+    return wait_file(path, limit)
 
 
 # -- plain tasks -----------------------------------------------------------------------------
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def square_and_pid(x: int) -> tuple[int, int]:
-    return x * x, os.getpid()
-
-
-def identity(x: Any) -> Any:
-    return x
 
 
 def nap(x: int, seconds: float, folder: str | None = None) -> int:
@@ -97,13 +80,6 @@ def timed_nap(x: int, seconds: float, folder: str) -> int:
     stamp(folder, f"{x}.start")
     time.sleep(seconds)
     stamp(folder, f"{x}.end")
-    return x
-
-
-def pid_then_wait_file(folder: str, x: int, go: str) -> int:
-    """Stamp ``<x>.started``, then wait (bounded) until the file ``go`` exists."""
-    stamp(folder, f"{x}.started")
-    wait_file_sync(go, POLL_LIMIT)
     return x
 
 
@@ -244,44 +220,16 @@ def get_env(name: str) -> str | None:
 # -- instruments -----------------------------------------------------------------------------
 
 
-class RssSampler:
+class RssSampler(_ProbeRssSampler):
     """Samples this process's resident set size in a thread: ``with RssSampler() as s:``.
 
-    ``s.peak - s.baseline`` is the growth over the block, ``baseline`` being the RSS when
-    the block began.
+    The benchmarks' sampler, for this process only; ``s.growth`` is the peak RSS over the
+    block minus the RSS when the block began.
     """
 
     def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self.baseline = 0
-        self.peak = 0
-        self.samples = 0
-
-    def _sample(self) -> None:
-        rss = self._process.memory_info().rss
-        self.peak = max(self.peak, rss)
-        self.samples += 1
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self._interval)
+        super().__init__(children=False, interval=interval)
 
     @property
     def growth(self) -> int:
         return self.peak - self.baseline
-
-    def __enter__(self) -> RssSampler:
-        self.baseline = self.peak = self._process.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(POLL_LIMIT)
-        self._sample()

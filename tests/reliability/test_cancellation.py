@@ -8,8 +8,10 @@ on asyncio, uvloop or trio, from a cold or a warm pool, cancelled after 0-300 ms
 (native asyncio cancellation). Streams are closed with ``async with`` or dropped bare.
 Checked:
 
-- the cancelled code gets control back within 0.5 s of the cancellation (1.0 s if the
-  machine is loaded, as other test suites share it);
+- the cancelled code gets control back within 0.5 s of the cancellation, plus ten times
+  what the same loop took, just before, to get control back from a cancelled wait on a
+  child process it kills (the machine is shared with other test suites: that baseline
+  grows with its load, where a fixed bound would flake);
 - process workers that were running a cancelled call are dead by then, and no call starts
   after it (threads cannot be killed: their running calls finish, no new one starts);
 - the loop reports nothing (no ResourceWarning, no asyncio error log);
@@ -58,10 +60,19 @@ LOOPS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _bound() -> float:
-    """0.5 s; 1.0 s when the machine is loaded (more runnable tasks than CPUs)."""
-    loaded = os.getloadavg()[0] > (os.cpu_count() or 1)
-    return 1.0 if loaded else 0.5
+#: Control must come back this soon after a cancellation on an idle machine...
+BOUND = 0.5
+#: ...plus this many times the loop's baseline latency measured in the same example.
+BASELINE_FACTOR = 10
+
+
+async def _baseline_latency() -> float:
+    """The same measurement without aioparallel: seconds from a cancellation to control
+    back, for a wait on a child process that the cancelled code kills and reaps (what a
+    cancelled run does with its workers). It grows with the machine's load."""
+    with anyio.move_on_after(0.05) as scope:
+        await anyio.run_process(["sleep", "30"])
+    return anyio.current_time() - scope.deadline
 
 
 def _stamps(folder: Path, suffix: str) -> dict[int, tuple[int, float]]:
@@ -82,6 +93,12 @@ class Outcome:
     back: float
     #: calls started and not finished at that moment: (pid of their worker)
     running_pids: set[int]
+    #: what :func:`_baseline_latency` measured just before the run
+    baseline: float
+
+    @property
+    def slack(self) -> float:
+        return BASELINE_FACTOR * self.baseline
 
 
 async def _cancel_once(
@@ -91,6 +108,7 @@ async def _cancel_once(
         await Parallel(n_jobs=N_JOBS, backend=backend, batch_size=1)(
             delayed(nap)(i, 0.02) for i in range(2 * N_JOBS)
         )
+    baseline = await _baseline_latency()
     p = Parallel(n_jobs=N_JOBS, backend=backend, return_as=mode)  # type: ignore[call-overload]
     calls = (delayed(timed_nap)(i, CALL_SECONDS, str(folder)) for i in range(N_CALLS))
     got: list[Any] = []
@@ -146,6 +164,7 @@ async def _cancel_once(
         results=len(got),
         back=back,
         running_pids=running,
+        baseline=baseline,
     )
 
 
@@ -165,6 +184,8 @@ def loop_complaints() -> Iterator[list[str]]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # a bare stream dropped while running says so by design (issue 13, E21)
+            warnings.filterwarnings("ignore", "a result stream was not closed", ResourceWarning)
             yield complaints
             gc.collect()
     finally:
@@ -244,9 +265,12 @@ def _check_one_cancellation(
             backend=name,
             backend_options=options,
         )
-    bound = _bound()
+    bound = BOUND + outcome.slack
     _latencies.append((outcome.latency, label))
-    note(f"latency {outcome.latency:.3f}s (bound {bound}s), {outcome.results} results")
+    note(
+        f"latency {outcome.latency:.3f}s (bound {bound:.3f}s, baseline "
+        f"{outcome.baseline:.3f}s), {outcome.results} results"
+    )
     assert outcome.cancelled, "the run ended before the cancellation"
     assert outcome.results < N_CALLS
     assert outcome.latency < bound, f"control came back {outcome.latency:.3f}s after the cancel"
@@ -265,13 +289,15 @@ def _check_one_cancellation(
         if backend == "processes":
             assert not late, f"calls {sorted(late)} started after the cancellation"
         else:  # a thread that took its call just before the cancel may stamp it just after
-            assert len(late) <= N_JOBS and all(t < outcome.back + 0.25 for t in late.values())
+            assert len(late) <= N_JOBS
+            assert all(t < outcome.back + 0.25 + outcome.slack for t in late.values())
 
     worst, worst_label = max(_latencies)
     report.figures[:] = [f for f in report.figures if f[0] != "cancellation: worst latency"]
     report.figure(
         "cancellation: worst latency",
-        f"{worst:.3f} s over {len(_latencies)} examples ({worst_label}; bound {bound} s)",
+        f"{worst:.3f} s over {len(_latencies)} examples ({worst_label}; "
+        f"bound {BOUND} s + {BASELINE_FACTOR} x the loop's baseline)",
     )
 
 

@@ -1,0 +1,217 @@
+"""The warm pool's one invariant: never more than ``size`` worker processes (SPEC §1).
+
+A hypothesis state machine drives the pool's methods in any order on real worker processes:
+acquire, release (healthy or not), the idle reaper (alone, or racing two acquires), a crash
+(a worker SIGKILLed from outside, busy or idle) and close (while workers are held, which the
+holders then give back). After every step, the worker processes that are this process's
+children (zombies included: unreaped is not gone) are exactly the pool's idle and busy
+workers, and there are never more than ``size`` of them.
+
+The pool belongs to one event loop, run in a thread by a blocking portal; the test's steps
+call into it.
+
+``test_reaper_racing_acquires_keeps_the_bound`` pins the race the first release had: the idle
+reaper awaited a worker's exit while the worker was still in the idle list; ``acquire`` took
+it, found it dead and freed its place a second time, so the pool spawned past ``size``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from typing import Any, TypeVar
+
+import anyio
+import psutil
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from aioparallel._backends._pool import Pool, PoolClosedError, WorkerProcess
+
+T = TypeVar("T")
+SIZE = 2
+#: Bound on any one step: a pool that waits forever fails the test instead of hanging it.
+STEP_LIMIT = 20.0
+
+
+async def _bounded(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    with anyio.fail_after(STEP_LIMIT):
+        return await fn(*args)
+
+
+def _worker_children() -> set[int]:
+    """Our child processes that run the worker module (zombies included)."""
+    found = set()
+    for proc in psutil.Process().children():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE or any(
+                "_backends._worker" in part for part in proc.cmdline()
+            ):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _pool_pids(pool: Pool) -> set[int]:
+    roster = pool._roster
+    return {w.pid for w in roster.idle} | {w.pid for w in roster.busy}
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stack = ExitStack()
+        self.portal: BlockingPortal = self._stack.enter_context(start_blocking_portal())
+        # idle_timeout 0: the reaper stops every idle worker it finds
+        self.pool = self.portal.call(self._make_pool)
+        self.held: list[WorkerProcess] = []
+        self.closed = False
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self.portal.call(_bounded, fn, *args)
+
+    @staticmethod
+    async def _make_pool() -> Pool:
+        return Pool(SIZE, idle_timeout=0.0)
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @precondition(lambda self: not self.closed and len(self.held) < SIZE)
+    @rule()
+    def acquire(self) -> None:
+        self.held.append(self._call(self.pool.acquire))
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data(), healthy=st.booleans())
+    def release(self, data: st.DataObject, healthy: bool) -> None:
+        worker = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        self._call(self.pool.release, worker, healthy)
+
+    @rule()
+    def reap_idle(self) -> None:
+        self._call(self.pool.reap_idle)
+
+    @precondition(lambda self: not self.closed and not self.held and self.pool._roster.idle)
+    @rule()
+    def reap_racing_acquires(self) -> None:
+        """The reaper stops idle workers while two runs take workers."""
+
+        async def race() -> list[WorkerProcess]:
+            got: list[WorkerProcess] = []
+
+            async def take() -> None:
+                got.append(await self.pool.acquire())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.pool.reap_idle)
+                tg.start_soon(take)
+                tg.start_soon(take)
+            return got
+
+        self.held.extend(self._call(race))
+
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        """SIGKILL a worker from outside, held or idle."""
+        workers = [w for w in self.held if w.alive] + [w for w in self.pool._roster.idle if w.alive]
+        if not workers:
+            return
+        victim = data.draw(st.sampled_from(workers))
+        os.kill(victim.pid, signal.SIGKILL)
+        self._call(victim.process.wait)
+
+    @precondition(lambda self: not self.closed)
+    @rule()
+    def close(self) -> None:
+        """Close while workers are held: close kills them; the holders give them back."""
+        closing = self.portal.start_task_soon(self.pool.close)
+        while self.held:
+            self._call(self.pool.release, self.held.pop(), True)
+        closing.result(timeout=30)
+        self.closed = True
+        with pytest.raises(PoolClosedError):
+            self._call(self.pool.acquire)
+
+    # -- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def at_most_size_workers_and_all_counted(self) -> None:
+        pids = _worker_children()
+        assert len(pids) <= SIZE, f"{len(pids)} worker processes for size {SIZE}"
+        assert pids == _pool_pids(self.pool)
+        assert self.pool._roster.count == len(pids)
+        if self.closed:
+            assert not pids
+
+    def teardown(self) -> None:
+        try:
+            for worker in self.held:
+                self._call(self.pool.release, worker, False)
+            self._call(self.pool.close)
+        finally:
+            self._stack.close()
+
+
+PoolMachine.TestCase.settings = settings(
+    max_examples=20,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_pool_state_machine = PoolMachine.TestCase
+
+
+# -- the reported race, pinned ------------------------------------------------------------------
+
+
+@pytest.fixture
+def portal() -> Iterator[BlockingPortal]:
+    with start_blocking_portal() as portal:
+        yield portal
+
+
+async def _race(pool: Pool) -> tuple[int, int]:
+    """Warm both workers, let them expire, then reap while two runs acquire; give them back
+    and ask for one more worker than the pool holds: (live workers seen, workers handed)."""
+    warm = [await pool.acquire() for _ in range(SIZE)]
+    for worker in warm:
+        await pool.release(worker)
+    await anyio.sleep(pool.idle_timeout + 0.05)  # both are now past the idle timeout
+    held: list[WorkerProcess] = []
+
+    async def take() -> None:
+        held.append(await pool.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pool.reap_idle)
+        for _ in range(SIZE):
+            tg.start_soon(take)
+    for worker in held:
+        await pool.release(worker, worker.alive)
+    held.clear()
+    with anyio.move_on_after(1.0):  # the last acquire must wait: every place is taken
+        for _ in range(SIZE + 1):
+            held.append(await pool.acquire())
+    live = len(_worker_children())
+    for worker in held:
+        await pool.release(worker)
+    return live, len(held)
+
+
+def test_reaper_racing_acquires_keeps_the_bound(portal: BlockingPortal) -> None:
+    async def make() -> Pool:
+        return Pool(SIZE, idle_timeout=0.2)
+
+    pool = portal.call(make)
+    try:
+        live, handed = portal.call(_bounded, _race, pool)
+    finally:
+        portal.call(pool.close)
+    assert live <= SIZE, f"{live} worker processes for n_jobs={SIZE}"
+    assert handed == SIZE
