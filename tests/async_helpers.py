@@ -161,3 +161,15 @@ async def block_the_loop(folder: str, x: int) -> int:
     mark(folder, f"start-{x}")
     time.sleep(LONG)  # noqa: ASYNC251  (the fault under test)
     return x
+
+
+class TaskBaseError(BaseException):
+    """A BaseException subclass of the user's own, raised by a task."""
+
+
+async def raise_at(x: int, exc_type: type[BaseException], bad: int = 3) -> int:
+    """Raises ``exc_type`` at input ``bad``. It awaits nothing, so it runs on any loop (the
+    sequential backend awaits it in a trio caller's loop too)."""
+    if x == bad:
+        raise exc_type(f"raised by task input {x}")
+    return x

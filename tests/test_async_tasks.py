@@ -8,17 +8,22 @@ caller's loop (those cases run on asyncio callers only).
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aioparallel import Parallel, delayed, parallel_config
 from tests import async_helpers as ah
 
 BACKENDS = ["processes", "threads"]
+#: Seconds a cancelled run may take past its deadline on a loaded machine.
+PROMPT = 2.0
 
 
 async def collect(parallel: Any, calls: Any) -> list[Any]:
@@ -113,6 +118,77 @@ async def test_a_tasks_own_cancelled_error_is_its_outcome(backend: str) -> None:
     results = await Parallel(n_jobs=2, backend=backend, return_exceptions=True)(calls)
     assert isinstance(results[0], asyncio.CancelledError)
     assert results[1] == 2
+
+
+#: Exceptions an async task may raise that must never be taken for the run's cancellation or
+#: for the end of a stream, nor kill a worker's event loop (SPEC §6). (A StopIteration cannot
+#: leave a coroutine: Python itself turns it into a RuntimeError there.)
+TASK_EXCEPTIONS: dict[str, type[BaseException]] = {
+    "CancelledError": asyncio.CancelledError,
+    "BaseException-subclass": ah.TaskBaseError,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+    "StopAsyncIteration": StopAsyncIteration,
+}
+ALL_WAYS = {
+    "processes": {"backend": "processes"},
+    "threads": {"backend": "threads"},
+    "threads-timeout": {"backend": "threads", "timeout": 30},
+    "sequential": {"backend": "sequential"},
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("way", list(ALL_WAYS))
+@pytest.mark.parametrize("kind", list(TASK_EXCEPTIONS))
+async def test_any_async_task_exception_is_its_outcome(way: str, kind: str) -> None:
+    exc_type = TASK_EXCEPTIONS[kind]
+    calls = [delayed(ah.raise_at)(x, exc_type) for x in range(8)]
+    options = ALL_WAYS[way]
+    with anyio.fail_after(30):
+        results = await Parallel(n_jobs=2, batch_size=4, return_exceptions=True, **options)(calls)  # type: ignore[call-overload]
+    assert [r for x, r in enumerate(results) if x != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert type(results[3]) is exc_type, results
+    expected = RuntimeError if exc_type is StopAsyncIteration else exc_type
+    with anyio.fail_after(30), pytest.raises(expected) as info:
+        await Parallel(n_jobs=2, batch_size=4, **options)(calls)  # type: ignore[call-overload]
+    if expected is RuntimeError:
+        assert "task 3 (raise_at)" in str(info.value)
+    else:
+        assert "aioparallel: raised by task 3 (raise_at)" in info.value.__notes__
+
+
+async def _sleep_long(x: int) -> int:
+    await anyio.sleep(ah.LONG)
+    return x
+
+
+@pytest.mark.anyio
+async def test_sequential_cancellation_passes_through_the_awaited_coroutine() -> None:
+    """The run's own cancellation, arriving while the caller's loop awaits a task's
+    coroutine, is not taken for that task's outcome: the caller's deadline fires promptly."""
+    began = time.monotonic()
+    with pytest.raises(TimeoutError), anyio.fail_after(0.2):
+        await Parallel(n_jobs=1, return_exceptions=True)(delayed(_sleep_long)(x) for x in range(3))
+    assert time.monotonic() - began < 0.2 + PROMPT
+
+
+async def test_sequential_native_asyncio_cancellation_passes_through() -> None:
+    """The same with asyncio's own timeout (a Task.cancel() no anyio scope records)."""
+    began = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await Parallel(n_jobs=1, return_exceptions=True)(
+                delayed(_sleep_long)(x) for x in range(3)
+            )
+    assert time.monotonic() - began < 0.2 + PROMPT
+
+
+test_sequential_native_asyncio_cancellation_passes_through = pytest.mark.asyncio(
+    pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")(
+        test_sequential_native_asyncio_cancellation_passes_through
+    )
+)
 
 
 # -- concurrency, batching, bounds -------------------------------------------------------------

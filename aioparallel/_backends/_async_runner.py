@@ -78,6 +78,24 @@ async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     return value
 
 
+class _Raised:
+    """A task's KeyboardInterrupt or SystemExit, returned instead of raised: asyncio lets
+    those escape the event loop from a task, which would end the loop (and its thread) and
+    strand every task in flight. They are the task's outcome like any other (SPEC §6)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+async def _outcome(coro: Any) -> Any:
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return _Raised(exc)
+
+
 Report = Callable[[int, int, Any], None]
 
 
@@ -107,7 +125,7 @@ class InFlight:
         self.start_coroutine(position, _call(func, args, kwargs))
 
     def start_coroutine(self, position: int, coro: Any) -> None:
-        task = self.loop.create_task(coro)
+        task = self.loop.create_task(_outcome(coro))
         self.tasks[position] = task
         timer = None
         if self.timeout is not None:
@@ -146,8 +164,10 @@ class InFlight:
             self.report(position, RAISED, asyncio.CancelledError())
         elif (exc := task.exception()) is not None:
             self.report(position, RAISED, exc)
+        elif type(result := task.result()) is _Raised:
+            self.report(position, RAISED, result.exc)
         else:
-            self.report(position, VALUE, task.result())
+            self.report(position, VALUE, result)
         self.settled()
 
     def cancel_all(self) -> None:
