@@ -63,3 +63,20 @@ async def test_cancelled_run_cancels_the_coroutines_on_dask(local: Local, tmp_pa
     with anyio.fail_after(10):
         while ah.count(tmp_path, "finally-") < 4:  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_failure_after_a_dropped_task_is_raised_as_itself_on_dask(local: Local) -> None:
+    """Task 2 fails while task 1 still waits: the batch drops task 1, and the run raises
+    task 2's own error (its slot is not shifted onto task 1's)."""
+    calls = [
+        delayed(ah.double)(0),
+        delayed(ah.nap)(1, ah.LONG),
+        delayed(ah.fail_if)(2, 2),
+        delayed(ah.double)(3),
+    ]
+    with parallel_config(backend="dask", client=local.client):
+        with anyio.fail_after(30), pytest.raises(ValueError, match="bad input 2") as info:
+            await Parallel(batch_size=4)(calls)
+    assert "aioparallel: raised by task 2 (fail_if)" in info.value.__notes__
+    await local.log.wait_for(local.no_tasks)

@@ -158,6 +158,22 @@ async def test_any_async_task_exception_is_its_outcome(way: str, kind: str) -> N
         assert "aioparallel: raised by task 3 (raise_at)" in info.value.__notes__
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_failure_after_a_dropped_task_is_raised_as_itself(backend: str) -> None:
+    """Async tasks finish out of order: task 2 fails while task 1 still waits, so the batch
+    stops and drops task 1; the run raises task 2's own error, in its own slot."""
+    calls = [
+        delayed(ah.double)(0),
+        delayed(ah.nap)(1, ah.LONG),
+        delayed(ah.fail_if)(2, 2),
+        delayed(ah.double)(3),
+    ]
+    with anyio.fail_after(30), pytest.raises(ValueError, match="bad input 2") as info:
+        await Parallel(n_jobs=2, backend=backend, batch_size=4)(calls)
+    assert "aioparallel: raised by task 2 (fail_if)" in info.value.__notes__
+
+
 async def _sleep_long(x: int) -> int:
     await anyio.sleep(ah.LONG)
     return x

@@ -374,8 +374,8 @@ def run_calls_on_loop(
 ) -> list[tuple[int, Any]]:
     """Run a thread worker's batch on an event loop of this thread: sync calls inline, in
     order; async calls (flagged) as tasks, ``concurrency`` at most at once. One
-    ``(kind, value)`` per call; with ``stop_on_error`` the list may stop at a failure (the
-    other outcomes are then ``None``)."""
+    ``(kind, value)`` per call; with ``stop_on_error`` the list stops at the first failure
+    in input order."""
     outcomes: list[tuple[int, Any] | None] = [None] * len(calls)
 
     async def drive() -> None:
@@ -426,6 +426,8 @@ def run_calls_on_loop(
     handle.loop = handle.tasks = None
     if stop_on_error:
         for n, outcome in enumerate(outcomes):
-            if outcome is None or outcome[0] != VALUE:
-                return [o for o in outcomes[: n + 1] if o is not None]
+            if outcome is not None and outcome[0] != VALUE:
+                # the first failure, in its own slot (the run names the task by position);
+                # a slot before it whose task was dropped is never read
+                return [o if o is not None else (VALUE, None) for o in outcomes[: n + 1]]
     return [o if o is not None else (RAISED, asyncio.CancelledError()) for o in outcomes]

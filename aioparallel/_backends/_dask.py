@@ -346,10 +346,12 @@ def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
 
 def _unpack(batch: Batch, outcomes: list[Outcome | None], stop_on_error: bool) -> list[Any]:
     """Unpickle the worker's outcomes; a task error gets its index and remote traceback.
-    (None: an async call dropped after another failed with ``stop_on_error``.)"""
+    (None: an async call dropped after another failed with ``stop_on_error``; its slot keeps
+    the place of the failure after it, and is never read, as the run stops there.)"""
     results: list[Any] = []
     for offset, outcome in enumerate(outcomes):
         if outcome is None:
+            results.append(None)
             continue
         kind, blob = outcome
         index, name = batch.start + offset, function_name(batch.calls[offset].func)
