@@ -17,6 +17,11 @@ MAX_BATCH_SECONDS = 0.2
 #: Upper bounds on one batch, by calls and by pickled bytes.
 MAX_BATCH_CALLS = 4096
 MAX_BATCH_BYTES = 1024**2
+#: Async input: a batch holds at least this many times ``worker_concurrency`` calls, so a
+#: worker refills its in-flight set as tasks finish instead of draining it at every batch's
+#: end (measured: 1,000 tasks of 20 ms wait + 0.5 ms CPU on 2 workers at concurrency 16 take
+#: 1.20 s in batches of 16, 0.99 s in batches of 64, 0.96 s in batches of 128).
+ASYNC_BATCH_FACTOR = 4
 
 
 class FixedBatcher:
@@ -28,6 +33,9 @@ class FixedBatcher:
     def record(self, n_calls: int, seconds: float, nbytes: int = 0) -> None:
         """Fixed sizes ignore measurements."""
 
+    def raise_floor(self, floor: int) -> None:
+        """An explicit batch_size is honoured, async input or not."""
+
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         return self.size
 
@@ -38,6 +46,14 @@ class AutoBatcher:
     def __init__(self) -> None:
         self.size = 1
         self._byte_cap = MAX_BATCH_CALLS
+        #: Smallest batch: ``ASYNC_BATCH_FACTOR * worker_concurrency`` once the input has
+        #: async calls, whose duration is mostly waiting, so a worker gets enough of them
+        #: to overlap.
+        self.floor = 1
+
+    def raise_floor(self, floor: int) -> None:
+        self.floor = max(self.floor, min(floor, MAX_BATCH_CALLS))
+        self.size = max(self.size, min(self.floor, self._byte_cap))
 
     def record(self, n_calls: int, seconds: float, nbytes: int = 0) -> None:
         """Learn from a finished batch; batches of a stale size are ignored (as in joblib)."""
@@ -52,10 +68,13 @@ class AutoBatcher:
             self.size = min(2 * n_calls, max(1, int(2 * ideal)))
         elif seconds > MAX_BATCH_SECONDS and n_calls >= 2:
             self.size = max(1, n_calls // 2)
-        self.size = max(1, min(self.size, self._byte_cap, MAX_BATCH_CALLS))
+        self.size = max(1, min(max(self.size, self.floor), self._byte_cap, MAX_BATCH_CALLS))
 
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         """The size to dispatch next; near the end of a sized input, share the tail."""
         if remaining is not None and remaining > 0:
-            return max(1, min(self.size, math.ceil(remaining / (2 * n_workers))))
+            share = math.ceil(remaining / (2 * n_workers))
+            if self.floor > 1:  # async: up to a floor's worth each, rather than half a share
+                share = max(share, min(self.floor, math.ceil(remaining / n_workers)))
+            return max(1, min(self.size, share))
         return self.size

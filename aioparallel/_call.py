@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -83,11 +83,21 @@ class Delayed(Generic[P, R]):
         return f"delayed({function_name(self.__wrapped__)})"
 
 
-def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]:
+@overload
+def delayed(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Call[R]]: ...
+
+
+@overload
+def delayed(func: Callable[P, R]) -> Callable[P, Call[R]]: ...
+
+
+def delayed(func: Callable[P, Any]) -> Callable[P, Call[Any]]:
     """Defer ``func``: ``delayed(f)(x, y=1)`` records the call instead of making it.
 
     The wrapper keeps ``func``'s name, docstring and parameter types, and holds ``func``
-    only as long as it is itself held.
+    only as long as it is itself held. A coroutine function (``async def``) is awaited where
+    the call runs (SPEC §8), so its call is typed with the coroutine's result:
+    ``await Parallel()(delayed(async_f)(x) for x in xs)`` is ``list[R]``.
     """
     if not callable(func):
         raise TypeError(f"delayed() needs a callable, got {type(func).__name__}: {func!r}")

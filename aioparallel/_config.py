@@ -28,6 +28,7 @@ __all__ = [
     "parse_mmap_mode",
     "parse_n_jobs",
     "parse_pre_dispatch",
+    "parse_worker_concurrency",
 ]
 
 BACKEND_ALIASES: dict[str, str] = {
@@ -82,6 +83,8 @@ class parallel_config:
         Default size above which arrays are memmapped.
     mmap_mode
         Default mode workers open memmapped arrays with.
+    worker_concurrency
+        Default number of async tasks one worker keeps in flight.
     prefer
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
@@ -113,6 +116,7 @@ class parallel_config:
         temp_folder: str | None = None,
         max_nbytes: int | str | None = "unset",
         mmap_mode: str | None = None,
+        worker_concurrency: int | None = None,
         prefer: str | None = None,
         require: str | None = None,
         inner_max_num_threads: int | None = None,
@@ -153,6 +157,8 @@ class parallel_config:
         if mmap_mode is not None:
             parse_mmap_mode(mmap_mode)
             settings["mmap_mode"] = mmap_mode
+        if worker_concurrency is not None:
+            settings["worker_concurrency"] = parse_worker_concurrency(worker_concurrency)
         if backend_options:
             outer = dict(_config.get().get("backend_options", {}))
             settings["backend_options"] = {**outer, **backend_options}
@@ -369,3 +375,22 @@ def parse_mmap_mode(mmap_mode: object) -> str:
         valid = ", ".join(repr(m) for m in MMAP_MODES)
         raise ValueError(f"invalid mmap_mode {mmap_mode!r}: expected one of {valid}")
     return str(mmap_mode)
+
+
+#: Async tasks (SPEC §8) one worker keeps in flight by default; see docs/async-tasks.md for
+#: the measurement behind it.
+DEFAULT_WORKER_CONCURRENCY = 16
+
+
+def parse_worker_concurrency(worker_concurrency: object) -> int:
+    """How many async tasks one worker keeps in flight: an int >= 1."""
+    if (
+        isinstance(worker_concurrency, bool)
+        or not isinstance(worker_concurrency, int)
+        or worker_concurrency < 1
+    ):
+        raise ValueError(
+            f"invalid worker_concurrency {worker_concurrency!r}: expected an int >= 1 "
+            "(async tasks one worker keeps in flight at once)"
+        )
+    return worker_concurrency

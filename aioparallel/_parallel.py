@@ -12,6 +12,7 @@ from ._backends._base import Backend, RunOptions
 from ._budget import Budget
 from ._call import Call
 from ._config import (
+    DEFAULT_WORKER_CONCURRENCY,
     RETURN_MODES,
     backend_options,
     current_config,
@@ -20,6 +21,7 @@ from ._config import (
     parse_mmap_mode,
     parse_n_jobs,
     parse_pre_dispatch,
+    parse_worker_concurrency,
     resolve_backend,
 )
 from ._pending import PendingResults
@@ -98,6 +100,11 @@ class Parallel(Generic[M]):
     progress
         True for a tqdm bar on stderr, or a (sync or async) callable receiving
         `ProgressEvent` objects.
+    worker_concurrency
+        Async tasks (``delayed(async_fn)``) one worker keeps in flight at once, so the
+        waits of one overlap the others (default 16, or the active ``parallel_config``
+        value); sync calls always run one at a time per worker. Auto batching sends a
+        worker at least this many async calls at a time. See the docs' "Async tasks" page.
     prefer
         joblib's hint: ``"threads"`` picks threads when no backend is named.
     require
@@ -134,6 +141,7 @@ class Parallel(Generic[M]):
         mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        worker_concurrency: int | None = None,
         prefer: str | None = None,
         require: str | None = None,
         initializer: Callable[..., object] | None = None,
@@ -156,6 +164,7 @@ class Parallel(Generic[M]):
         mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        worker_concurrency: int | None = None,
         prefer: str | None = None,
         require: str | None = None,
         initializer: Callable[..., object] | None = None,
@@ -177,6 +186,7 @@ class Parallel(Generic[M]):
         mmap_mode: str = Default("r"),
         return_exceptions: bool = False,
         progress: bool | ProgressCallback = False,
+        worker_concurrency: int | None = None,
         prefer: str | None = None,
         require: str | None = None,
         initializer: Callable[..., object] | None = None,
@@ -276,12 +286,16 @@ class Parallel(Generic[M]):
         if isinstance(mmap_mode, Default):
             mmap_mode = config.get("mmap_mode", str(mmap_mode))
         temp_folder = temp_folder if temp_folder is not None else config.get("temp_folder")
+        if worker_concurrency is None:
+            worker_concurrency = config.get("worker_concurrency", DEFAULT_WORKER_CONCURRENCY)
+        self.worker_concurrency = parse_worker_concurrency(worker_concurrency)
         self._options = RunOptions(
             timeout=self.timeout,
             stop_on_error=not self.return_exceptions,
             max_nbytes=parse_max_nbytes(max_nbytes),
             mmap_mode=parse_mmap_mode(mmap_mode),
             temp_folder=None if temp_folder is None else os.fspath(temp_folder),
+            worker_concurrency=self.worker_concurrency,
         )
         self._warm: Backend | None = None
 

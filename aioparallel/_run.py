@@ -35,8 +35,9 @@ from typing import Any
 import anyio
 
 from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
-from ._batching import AutoBatcher, FixedBatcher
+from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
 from ._call import Call, function_name
+from ._coroutines import async_flags
 from ._errors import attach_task
 from ._progress import ProgressReporter
 from ._results import Sink
@@ -85,6 +86,7 @@ class Run:
             reporter.total = self.source.total
         self.error: BaseException | None = None
         self._take_lock = anyio.Lock(fast_acquire=True)
+        self._async_floor = ASYNC_BATCH_FACTOR * options.worker_concurrency
         self._lanes: anyio.abc.TaskGroup | None = None
 
     async def execute(self) -> None:
@@ -149,12 +151,36 @@ class Run:
                 self.budget.release(n)
                 raise
             self.budget.release(n - len(calls))
+            if calls and self.batcher.size < self._async_floor and async_flags(calls):
+                calls += await self._async_input(remaining, len(calls))
             if calls:
                 self.sink.reserve(start, len(calls))
                 self.reporter.dispatched_batch(len(calls))
             if self.source.exhausted:
                 self.reporter.input_exhausted()
             return start, calls
+
+    async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
+        """The input has async calls (SPEC §8): their duration is mostly waiting, so raise
+        the batch floor to keep ``worker_concurrency`` of them in flight per worker, and top
+        up the batch just taken to it. Called once, under the take lock."""
+        self.batcher.raise_floor(self._async_floor)
+        self._async_floor = 0
+        if self._widen:
+            self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+        more = self.batcher.next_size(remaining, self.backend.n_workers) - taken
+        budget = self.budget
+        full = budget.limit is not None and budget.used >= budget.limit
+        if more <= 0 or self.source.exhausted or full:  # never wait holding taken calls
+            return []
+        n = await budget.acquire(more)
+        try:
+            extra: list[Any] = await self.source.take(n)
+        except BaseException:
+            budget.release(n)
+            raise
+        budget.release(n - len(extra))
+        return extra
 
     async def _lane(self, run_batch: RunBatch) -> None:
         while True:

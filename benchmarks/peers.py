@@ -12,6 +12,10 @@ uses its library the way an async user would today:
   a ``CapacityLimiter`` bounding the workers;
 - aiomultiprocess only runs coroutines, so tasks go through ``workloads.acall``.
 
+``amap`` runs an async function the same way (W8): natively where the library awaits
+coroutines (aioparallel, aiomultiprocess at its default 16 per worker, sequential), else
+through ``workloads.run_coroutine`` (an ``asyncio.run`` per call in the worker).
+
 Peer libraries are imported inside ``_open``, never at module import: the W4
 cold-start child imports this module and must pay only for the peer it measures.
 """
@@ -26,7 +30,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from benchmarks.workloads import acall, noop
+from benchmarks.workloads import acall, noop, run_coroutine
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -94,6 +98,10 @@ class Peer:
         """Run ``func(*a)`` for each ``a`` in ``args``; ``n`` is the count when known."""
         raise NotImplementedError
 
+    async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
+        """Await ``afunc(*a)`` for each ``a`` (W8); by default one event loop per call."""
+        return await self.map(run_coroutine, [(afunc, *a) for a in args])
+
 
 class Aioparallel(Peer):
     """The library under test, used exactly as its README says."""
@@ -122,6 +130,9 @@ class Aioparallel(Peer):
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         d = self._delayed
         return list(await self._p(d(func)(*a) for a in args))
+
+    async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
+        return await self.map(afunc, args)  # delayed(async_fn): awaited on the workers
 
 
 class _Joblib(Peer):
@@ -220,6 +231,9 @@ class Aiomultiprocess(Peer):
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         return list(await self._pool.starmap(acall, ((func, *a) for a in args)))
 
+    async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
+        return list(await self._pool.starmap(afunc, args))  # childconcurrency=16 per worker
+
 
 class Mpire(Peer):
     """mpire ``WorkerPool.map`` with ``keep_alive`` so workers are reused across calls."""
@@ -248,6 +262,9 @@ class Sequential(Peer):
 
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         return [func(*a) for a in args]
+
+    async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
+        return [await afunc(*a) for a in args]
 
 
 #: Every peer, in table order; the keys are the names ``--peers`` accepts.

@@ -57,6 +57,7 @@ COLUMNS = (
     Column("W6.p99_ms", "W6 lag p99 ms", False, "{:,.1f}"),
     Column("W6.max_ms", "W6 lag max ms", False, "{:,.1f}"),
     Column("W7.parent_mb", "W7 parent +MB", False, "{:,.1f}"),
+    Column("W8.seconds", "W8 async s", False, "{:.3f}"),
 )
 
 
@@ -92,6 +93,9 @@ TARGETS = (
     Target("W6", "lag p99 <= 5 ms", "W6.p99_ms", _const(5.0), False),
     Target("W6", "lag max <= 20 ms", "W6.max_ms", _const(20.0), False),
     Target("W7", "parent growth <= 50 MB", "W7.parent_mb", _const(50.0), False),
+    Target(
+        "W8", "s <= aiomultiprocess's", "W8.seconds", _peer("aiomultiprocess", "W8.seconds"), False
+    ),
 )
 
 

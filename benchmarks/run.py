@@ -29,10 +29,10 @@ from benchmarks import report
 from benchmarks.child import RESULT_PREFIX
 from benchmarks.peers import PEERS, Peer
 from benchmarks.probes import Heartbeat, percentile
-from benchmarks.workloads import calibrate, double, noop, spin_25ms
+from benchmarks.workloads import calibrate, double, nap_then_spin, noop, spin_25ms
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Sizes:
     w6_calls: int
     w7_items: int
     w7_item_bytes: int
+    w8_calls: int
     slow_s: float  # a measurement slower than this is not repeated in later rounds
     timeout_s: float  # per measurement, so a hung peer fails instead of hanging the run
     check_all: bool  # compare W2's results call by call (costs a sequential W2)
@@ -59,17 +60,17 @@ MODES = {
     "smoke": Sizes(
         mode="smoke", rounds=1, mem_rounds=1, w1_calls=300, w2_calls=4, w3_calls=5,
         w5_mb=4, w5_calls=4, w6_calls=200, w7_items=200, w7_item_bytes=10_240,
-        slow_s=1.0, timeout_s=60, check_all=True,
+        w8_calls=50, slow_s=1.0, timeout_s=60, check_all=True,
     ),
     "quick": Sizes(
         mode="quick", rounds=3, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
         w5_mb=40, w5_calls=16, w6_calls=5_000, w7_items=20_000, w7_item_bytes=10_240,
-        slow_s=2.0, timeout_s=120, check_all=False,
+        w8_calls=200, slow_s=2.0, timeout_s=120, check_all=False,
     ),
     "full": Sizes(
         mode="full", rounds=3, mem_rounds=3, w1_calls=100_000, w2_calls=64, w3_calls=200,
         w5_mb=400, w5_calls=16, w6_calls=20_000, w7_items=200_000, w7_item_bytes=10_240,
-        slow_s=10.0, timeout_s=600, check_all=False,
+        w8_calls=1_000, slow_s=10.0, timeout_s=600, check_all=False,
     ),
 }  # fmt: skip
 
@@ -154,11 +155,22 @@ def w7(name: str, sz: Sizes) -> dict[str, float]:
     return {k: r[k] for k in ("parent_mb", "seconds", "input_mb")}
 
 
+async def w8(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W8 (SPEC §8): async tasks that wait 20 ms, then compute 0.5 ms."""
+    args = [(i,) for i in range(sz.w8_calls)]
+    t0 = time.perf_counter()
+    results = await peer.amap(nap_then_spin, args)
+    seconds = time.perf_counter() - t0
+    assert len(results) == sz.w8_calls, "W8: wrong number of results"
+    return {"seconds": seconds}
+
+
 IN_SESSION: dict[str, Callable[[Peer, Sizes], Awaitable[dict[str, float]]]] = {
     "W1": w1,
     "W2": w2,
     "W3": w3,
     "W6": w6,
+    "W8": w8,
 }
 IN_CHILD: dict[str, Callable[[str, Sizes], dict[str, float]]] = {"W4": w4, "W5": w5, "W7": w7}
 

@@ -89,3 +89,24 @@ def spin_25ms(i: int) -> int:
 async def acall(func: Callable[..., Any], *args: Any) -> Any:
     """Run a sync task inside aiomultiprocess, whose workers only await coroutines."""
     return func(*args)
+
+
+#: W8: each async task waits this long, then computes for about ``W8_CPU_SECONDS``.
+W8_WAIT_SECONDS = 0.02
+W8_CPU_SECONDS = 0.0005
+
+
+async def nap_then_spin(i: int) -> int:
+    """W8 (SPEC §8): an I/O wait, then a little CPU, as a fetch-then-parse task does."""
+    import asyncio
+
+    await asyncio.sleep(W8_WAIT_SECONDS)
+    return _spin(i, max(1, int(spin_iterations() * W8_CPU_SECONDS / SPIN_SECONDS)))
+
+
+def run_coroutine(func: Callable[..., Any], *args: Any) -> Any:
+    """W8 for peers that only run sync functions: one event loop per call, in the worker
+    (what wrapping an async function for ``run_in_executor`` or ``to_process`` gives)."""
+    import asyncio
+
+    return asyncio.run(func(*args))

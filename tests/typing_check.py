@@ -33,6 +33,20 @@ async def list_mode(xs: list[int]) -> None:
     assert_type(explicit, list[int])
 
 
+async def fetch(x: int) -> str:
+    return str(x)
+
+
+async def async_tasks(xs: list[int]) -> None:
+    """SPEC §8: a coroutine function's calls are awaited on the workers."""
+    fetched = await Parallel(n_jobs=2)(delayed(fetch)(x) for x in xs)
+    assert_type(fetched, list[str])
+    assert_type(delayed(fetch)(1), Call[str])
+    delayed(fetch)("not an int")  # type: ignore[arg-type]
+    async for r in Parallel(n_jobs=2, return_as="generator")(delayed(fetch)(x) for x in xs):
+        assert_type(r, str)
+
+
 async def generator_modes(xs: list[int]) -> None:
     ordered = Parallel(n_jobs=2, return_as="generator")(delayed(f)(x) for x in xs)
     stream: AsyncIterator[int] = ordered

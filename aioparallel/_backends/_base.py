@@ -94,6 +94,8 @@ class RunOptions:
     max_nbytes: int | None = 1024**2
     mmap_mode: str = "r"
     temp_folder: str | None = None
+    #: Async tasks (SPEC §8) one worker keeps in flight at once.
+    worker_concurrency: int = 16
 
 
 RunBatch = Callable[[Batch], Awaitable[list[Any]]]

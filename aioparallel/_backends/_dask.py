@@ -38,9 +38,10 @@ import numpy as np
 from distributed import Client, KilledWorker
 
 from .._call import Call, function_name
+from .._coroutines import async_flags
 from .._errors import AioParallelError, SerializationError, WorkerCrashedError, attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
-from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls
+from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls, run_calls_async
 
 __all__ = ["DaskBackend"]
 
@@ -166,14 +167,21 @@ class _DaskRun:
         calls = await self._wire_calls(batch.calls)
         options = self._options
         name = function_name(batch.calls[0].func)
+        flags = async_flags(batch.calls)
+        # coroutine functions run on the dask worker's event loop (SPEC §8)
+        head: tuple[Any, ...] = (
+            (run_calls, calls) if flags is None else (run_calls_async, calls, flags)
+        )
+        key = f"{name}-{uuid.uuid4().hex}"
+        tail = () if flags is None else (options.worker_concurrency, key)
         try:
             future = self._client.submit(
-                run_calls,
-                calls,
+                *head,
                 batch.start,
                 options.stop_on_error,
                 options.timeout,
-                key=f"{name}-{uuid.uuid4().hex}",
+                *tail,
+                key=key,
                 pure=False,
             )
         except BaseException as exc:  # nothing ran (a __reduce__ may raise anything)
@@ -188,7 +196,7 @@ class _DaskRun:
         if future is None:  # find the call that cannot be pickled, outside the except block
             return await self._one_by_one(batch)
         try:
-            outcomes: list[Outcome] | None = await future
+            outcomes: list[Outcome | None] | None = await future
         except KilledWorker as exc:
             return _crashed(batch, exc, options.stop_on_error)
         except Exception as exc:
@@ -212,7 +220,7 @@ class _DaskRun:
                     await self._client.cancel([future], asynchronous=True)
         if outcomes is None:
             return await self._one_by_one(batch)
-        if sum(len(blob) for _, blob in outcomes) > _OFFLOAD_NBYTES:
+        if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
             return await anyio.to_thread.run_sync(_unpack, batch, outcomes, options.stop_on_error)
         return _unpack(batch, outcomes, options.stop_on_error)
 
@@ -336,10 +344,16 @@ def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
     return failures
 
 
-def _unpack(batch: Batch, outcomes: list[Outcome], stop_on_error: bool) -> list[Any]:
-    """Unpickle the worker's outcomes; a task error gets its index and remote traceback."""
+def _unpack(batch: Batch, outcomes: list[Outcome | None], stop_on_error: bool) -> list[Any]:
+    """Unpickle the worker's outcomes; a task error gets its index and remote traceback.
+    (None: an async call dropped after another failed with ``stop_on_error``; its slot keeps
+    the place of the failure after it, and is never read, as the run stops there.)"""
     results: list[Any] = []
-    for offset, (kind, blob) in enumerate(outcomes):
+    for offset, outcome in enumerate(outcomes):
+        if outcome is None:
+            results.append(None)
+            continue
+        kind, blob = outcome
         index, name = batch.start + offset, function_name(batch.calls[offset].func)
         try:
             loaded = pickle.loads(blob)

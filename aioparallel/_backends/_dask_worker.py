@@ -17,7 +17,7 @@ from distributed.protocol import pickle as dask_pickle
 from .._call import function_name
 from .._errors import AioParallelError, SerializationError
 
-__all__ = ["RAISED", "VALUE", "Outcome", "WireCall", "run_calls"]
+__all__ = ["RAISED", "VALUE", "Outcome", "WireCall", "run_calls", "run_calls_async"]
 
 #: (function, args, kwargs) as submitted: builtin containers, so dask finds the Futures in them.
 WireCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
@@ -121,3 +121,114 @@ def _pack_error(exc: BaseException, tb: str | None) -> Outcome:
         )
         blob = pickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)
     return (RAISED, blob)
+
+
+async def run_calls_async(
+    calls: list[WireCall],
+    flags: bytes,
+    start: int,
+    stop_on_error: bool,
+    timeout: float | None,
+    concurrency: int,
+    key: str,
+) -> list[Outcome | None]:
+    """A batch with async calls (SPEC §8), run on the dask worker's event loop (distributed
+    awaits coroutine functions there): async calls as tasks, ``concurrency`` at most at
+    once, each cancelled at its ``timeout``; sync calls one at a time in the worker's
+    executor, so they never block its loop. One outcome per call, in input order; with
+    ``stop_on_error``, calls dropped after the first failure are None.
+
+    distributed cancels a running coroutine task only when its worker closes, not when the
+    client cancels its future: so the batch watches its own ``key`` and cancels its
+    coroutines (their ``finally`` blocks run) once the worker no longer wants it."""
+    import asyncio
+
+    from ._async_runner import RAISED as RAISED_KIND
+    from ._async_runner import VALUE as VALUE_KIND
+    from ._async_runner import InFlight
+
+    loop = asyncio.get_running_loop()
+    outcomes: list[Outcome | None] = [None] * len(calls)
+    room = asyncio.Semaphore(concurrency)
+    idle = asyncio.Event()
+    idle.set()
+    failed = False
+
+    def report(position: int, kind: int, value: Any) -> None:
+        nonlocal failed
+        index, func = start + position, calls[position][0]
+        if kind == VALUE_KIND:
+            outcomes[position] = _pack_value(value, index, func)
+        elif kind == RAISED_KIND:
+            outcomes[position] = _pack_error(value, "".join(traceback.format_exception(value)))
+        else:
+            error = TimeoutError(
+                f"task {index} ({function_name(func)}) ran past timeout={timeout}s on its dask "
+                "worker and was cancelled"
+            )
+            outcomes[position] = _pack_error(error, None)
+        if outcomes[position][0] == RAISED and stop_on_error:  # type: ignore[index]
+            failed = True
+            tasks.cancel_all()
+
+    def settled() -> None:
+        room.release()
+        if not tasks.tasks:
+            idle.set()
+
+    tasks = InFlight(loop, timeout, report, settled)
+    watcher = loop.create_task(_cancel_when_released(key, tasks))
+    try:
+        for position, (call, flag) in enumerate(zip(calls, flags, strict=True)):
+            if failed or watcher.done():
+                break
+            if flag:
+                await room.acquire()
+                if failed:
+                    break
+                idle.clear()
+                tasks.start(position, *call)
+                continue
+            done = await loop.run_in_executor(
+                None, run_calls, [call], start + position, True, timeout
+            )
+            outcomes[position] = done[0]
+            if done[0][0] == RAISED and stop_on_error:
+                failed = True
+                tasks.cancel_all()
+        await idle.wait()
+    except asyncio.CancelledError:  # the worker is closing: so are the coroutines
+        tasks.cancel_all()
+        raise
+    finally:
+        watcher.cancel()
+    return outcomes
+
+
+#: How often a batch of async calls checks that the scheduler still wants it.
+_RELEASED_POLL = 0.1
+
+
+async def _cancel_when_released(key: str, tasks: Any) -> None:
+    import asyncio
+
+    from distributed import get_worker
+
+    worker = get_worker()
+    while True:
+        await asyncio.sleep(_RELEASED_POLL)
+        state = worker.state.tasks.get(key)
+        if state is None or state.state in ("cancelled", "released", "forgotten"):
+            tasks.cancel_all()
+            return
+
+
+def _pack_value(value: Any, index: int, func: Any) -> Outcome:
+    try:
+        return (VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        error = SerializationError(
+            f"the result of task {index} ({function_name(func)}), "
+            f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
+        )
+        return _pack_error(error, "".join(traceback.format_exception(exc)))

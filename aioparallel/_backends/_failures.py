@@ -18,6 +18,7 @@ from .._errors import (
 from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
 
 __all__ = [
+    "async_timeout_error",
     "closed_error",
     "crash_error",
     "raised_in_worker",
@@ -86,6 +87,32 @@ def timeout_error(
     error = TimeoutError(
         f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s)"
         f"{_WHILE.get(phase, '')}; its worker process {pid} was killed and replaced"
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def async_timeout_error(
+    index: int, name: str, timeout: float, elapsed: float, pid: int | None, stuck: bool
+) -> TimeoutError:
+    """An async task ran past ``timeout`` and was cancelled inside its worker (a process,
+    or a thread: ``pid`` None)."""
+    if stuck and pid is None:
+        what = (
+            "was cancelled but ignores cancellation: its thread keeps running it in the "
+            "background (threads cannot be killed) and its result will be dropped"
+        )
+    elif stuck:
+        what = (
+            f"was cancelled, but did not finish cancelling within {elapsed - timeout:.1f}s "
+            "(it ignores cancellation, or a sync call inside it blocks the event loop), so "
+            f"its worker process {pid} was killed (its other tasks in flight fail with "
+            "WorkerCrashedError)"
+        )
+    else:
+        what = "was cancelled in its worker (its finally blocks ran); the worker carries on"
+    error = TimeoutError(
+        f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s) and {what}"
     )
     attach_task(error, index, name)
     return error

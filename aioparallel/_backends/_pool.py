@@ -379,6 +379,13 @@ class WorkerProcess:
         phase = number & (_wire.SLOT_LOADING | _wire.SLOT_SENDING)
         return phase, number & _wire.POSITION_MASK, started
 
+    def async_started(self, seq: int) -> int:
+        """Job position of the last async call the worker started for job ``seq``, or -1."""
+        number = _wire.SLOT_POS.unpack_from(self._slot, _wire.SLOT_ASYNC)[0]
+        if number < 0 or number >> _wire.BATCH_SHIFT != seq:
+            return -1
+        return int(number & _wire.POSITION_MASK)
+
     # -- life and death ----------------------------------------------------------------------
 
     @property

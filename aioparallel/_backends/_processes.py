@@ -24,10 +24,13 @@ import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
+from .._coroutines import async_flags
 from .._errors import SerializationError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
+from ._async_runner import CANCEL_GRACE, TimedOut
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._failures import (
+    async_timeout_error,
     closed_error,
     crash_error,
     raised_in_worker,
@@ -41,14 +44,15 @@ from ._wire import (
     BATCH,
     BATCH_FILE,
     BATCH_SHIFT,
+    CANCEL,
     INLINE_LIMIT,
     JOB_HEADER,
     LOAD_ERROR,
-    RESULT_HEADER,
     RESULTS_FILE,
     SLOT_LOADING,
     TaskError,
     TempFolderError,
+    split_results,
     unspill,
 )
 
@@ -115,12 +119,15 @@ def _small_calls(calls: list[Call[Any]], with_func: bool) -> bool:
 class _Attempt:
     """What came back from one worker for one job."""
 
-    received: int = 0
+    #: Job positions whose outcome arrived.
+    got: set[int] = field(default_factory=set)
     #: Positions whose results arrived but could not be unpickled: run them one by one.
     resend: list[int] = field(default_factory=list)
     done: bool = False
     load_error: str | None = None
     timed_out: int | None = None
+    #: We killed the worker: an async task did not finish cancelling after its timeout.
+    killed: bool = False
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
@@ -267,10 +274,12 @@ class _BatchRun:
         except PoolClosedError:
             return self._closed(todo, None)
         healthy = False
+        flags = async_flags([self.batch.calls[p] for p in todo])
+        sent = False
         try:
             try:
                 seq = worker.next_seq()
-                body = await self._pickle(todo, seq)
+                body = await self._pickle(todo, seq, flags)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
@@ -279,29 +288,33 @@ class _BatchRun:
             try:
                 await worker.sync_env()
                 await worker.write_frame(*body)
+                sent = True
             except OSError:  # the worker died while idle: nobody to blame
-                return self._crashed_between(todo, 0)
+                return self._crashed_between(todo, todo)
             attempt = await self._collect(worker, seq, todo)
             if attempt.resend:
                 self._split = True
             if attempt.done:
-                healthy = True
+                healthy = not attempt.killed  # killed for a task stuck cancelling
                 return attempt.resend
             if attempt.load_error is not None:
                 healthy = True
                 return self._load_failed(todo, attempt.load_error)
-            return attempt.resend + await self._crashed(worker, seq, todo, attempt)
+            return attempt.resend + await self._crashed(worker, seq, todo, attempt, flags)
         finally:
             with anyio.CancelScope(shield=True):
+                if not healthy and flags is not None and sent and worker.alive:
+                    await _cancel_coroutines(worker)  # their finally blocks run, bounded
                 await self.pool.release(worker, healthy)
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _pickle(self, todo: list[int], seq: int) -> tuple[int, bytes]:
+    async def _pickle(self, todo: list[int], seq: int, flags: bytes | None) -> tuple[int, bytes]:
         """The job's frame. A job that is obviously cheap to pickle (cheap callables, small
         arguments) is pickled on the event loop, yielding between chunks; from the first
         chunk that could be expensive (a large or unusual argument, a callable that carries
-        state), the rest is pickled in a thread, abandoned if the batch is cancelled."""
+        state), the rest is pickled in a thread, abandoned if the batch is cancelled.
+        ``flags`` marks the async calls (SPEC §8): the worker awaits them on its loop."""
         calls = [self.batch.calls[p] for p in todo]
         func: Any = calls[0].func
         items: list[Any]
@@ -312,7 +325,15 @@ class _BatchRun:
         chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
         options = self.options
         writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode, self.lease)
-        meta = (options.stop_on_error, self.folder.path, options.max_nbytes, func, len(chunks))
+        async_job = None if flags is None else (flags, options.timeout, options.worker_concurrency)
+        meta = (
+            options.stop_on_error,
+            self.folder.path,
+            options.max_nbytes,
+            func,
+            len(chunks),
+            async_job,
+        )
         header = JOB_HEADER.pack(seq << BATCH_SHIFT)
         if func is not None and not _cheap_callable(func):
             return await self._off_loop(writer, header, [meta, *chunks])
@@ -410,11 +431,11 @@ class _BatchRun:
             if kind == LOAD_ERROR:
                 attempt.load_error = body.decode("utf-8", "replace")
                 break
-            first, count, done = RESULT_HEADER.unpack_from(body)
-            body = body[RESULT_HEADER.size :]
+            job_positions, done, body = split_results(body)
             if kind == RESULTS_FILE:
                 body = await anyio.to_thread.run_sync(unspill, body)
-            positions = todo[first : first + count]
+            positions = [todo[p] for p in job_positions]
+            attempt.got.update(job_positions)
             values = await self._loads_results(body, positions)
             if values is None:
                 attempt.resend.extend(positions)
@@ -423,12 +444,28 @@ class _BatchRun:
                 for position, value in zip(positions, values, strict=True):
                     if type(value) is TaskError or type(value) is Failure:
                         self._fail(position, value)
+                    elif type(value) is TimedOut:
+                        self._timed_out(worker, position, value, attempt)
                     else:
                         results[position] = value
-            attempt.received = first + count
             if done:
                 attempt.done = True
                 break
+
+    def _timed_out(
+        self, worker: WorkerProcess, position: int, outcome: TimedOut, attempt: _Attempt
+    ) -> None:
+        """An async task cancelled in its worker for running past its timeout; if it did not
+        finish cancelling, its worker is killed (its other tasks then count as crashed)."""
+        index, name = self._index(position), self._name(position)
+        timeout = self.options.timeout or 0.0
+        self._fail(
+            position,
+            async_timeout_error(index, name, timeout, outcome.elapsed, worker.pid, outcome.stuck),
+        )
+        if outcome.stuck:
+            attempt.killed = True
+            worker.kill_now()
 
     async def _loads_results(self, body: bytes, positions: list[int]) -> list[Any] | None:
         """The values of a results frame; None if several did not unpickle together (then
@@ -482,38 +519,60 @@ class _BatchRun:
     # -- crashes -----------------------------------------------------------------------------
 
     async def _crashed(
-        self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
+        self,
+        worker: WorkerProcess,
+        seq: int,
+        todo: list[int],
+        attempt: _Attempt,
+        flags: bytes | None,
     ) -> list[int]:
-        received = attempt.received
+        """Fail the calls the worker was running when it died (its sync call, its async
+        calls in flight); return the ones it had not started, to run again. A call whose
+        outcome arrived is never run again."""
+        got = attempt.got
         running = worker.running(seq)
+        last_async = worker.async_started(seq) if flags is not None else -1
         exitcode = await worker.exit_code()
+        in_flight = [j for j in range(last_async + 1) if flags and flags[j] and j not in got]
         if self.pool.closed:  # killed by the pool's shutdown, not by its task
-            current = None if running is None or running[0] else todo[running[1]]
-            return self._closed(todo[received:], worker.pid, current)
-        if running is None or running[1] < received:
-            return self._crashed_between(todo, received)
-        phase, job_position, started = running
-        if phase and len(todo) - received > 1:
+            current = {todo[j] for j in in_flight}
+            if running is not None and not running[0]:
+                current.add(todo[running[1]])
+            unfinished = [todo[j] for j in range(len(todo)) if j not in got]
+            return self._closed(unfinished, worker.pid, current)
+        for j in in_flight:
+            position = todo[j]
+            self._fail(
+                position,
+                crash_error(self._index(position), self._name(position), worker.pid, exitcode, 0),
+            )
+        started = set(in_flight)
+        rest = [j for j in range(len(todo)) if j not in got and j not in started]
+        if running is None or running[1] in got or running[1] in started:
+            if in_flight:
+                return [todo[j] for j in rest]
+            return self._crashed_between(todo, [todo[j] for j in rest])
+        phase, job_position, began = running
+        if phase and len(rest) > 1:
             # it died unpickling the job or pickling results: find the culprit call by call
             self._split = True
-            return todo[received:]
+            return [todo[j] for j in rest]
         if phase == SLOT_LOADING:
-            job_position = received
+            job_position = rest[0]
         position = todo[job_position]
         index, name = self._index(position), self._name(position)
         error: Exception
         if attempt.timed_out == job_position and self.options.timeout:
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - began
             error = timeout_error(index, name, self.options.timeout, elapsed, worker.pid, phase)
         else:
             error = crash_error(index, name, worker.pid, exitcode, phase)
         self._fail(position, error)
-        return todo[received:job_position] + todo[job_position + 1 :]
+        return [todo[j] for j in rest if j != job_position]
 
-    def _crashed_between(self, todo: list[int], received: int) -> list[int]:
+    def _crashed_between(self, todo: list[int], rest: list[int]) -> list[int]:
         """The worker died outside any call: re-run the rest, blaming the next call if it
         keeps happening."""
-        rest = todo[received:]
         if self.pool.closed:
             return self._closed(rest, None)
         self.blameless += 1
@@ -524,10 +583,28 @@ class _BatchRun:
         self._fail(position, error)
         return rest[1:]
 
-    def _closed(self, rest: list[int], pid: int | None, running: int | None = None) -> list[int]:
+    def _closed(
+        self, rest: list[int], pid: int | None, running: frozenset[int] | set[int] = frozenset()
+    ) -> list[int]:
         """The pool was shut down under this batch: its unfinished calls fail, saying so (the
-        call at position ``running`` was running on worker ``pid``)."""
+        calls at the positions in ``running`` were running on worker ``pid``)."""
         for position in rest:
-            ran = pid if position == running else None
+            ran = pid if position in running else None
             self._fail(position, closed_error(self._index(position), self._name(position), ran))
         return []
+
+
+async def _cancel_coroutines(worker: WorkerProcess) -> None:
+    """Ask a worker to cancel its async tasks, so their ``finally`` blocks run, and give it
+    ``CANCEL_GRACE`` seconds to finish the job; the caller kills it after. Call shielded."""
+    with anyio.move_on_after(CANCEL_GRACE):
+        try:
+            await worker.write_frame(CANCEL, b"")
+        except OSError:
+            return
+        while True:
+            frame = await worker.read_frame()
+            if frame is None:
+                return
+            if frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
+                return

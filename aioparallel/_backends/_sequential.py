@@ -1,13 +1,19 @@
-"""The debugging path: calls run one after another in the caller's thread, unpickled."""
+"""The debugging path: calls run one after another in the caller's thread, unpickled; a
+coroutine function's coroutine is awaited right there, in the caller's event loop (SPEC §8)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import math
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
+from .._call import function_name
+from .._coroutines import is_coroutine
+from .._errors import attach_task
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._setup import Initializer, InitOnce
 from ._threads import run_calls
@@ -48,12 +54,47 @@ class SequentialBackend:
             results: list[Any] = []
             for offset, call in enumerate(batch.calls):
                 await anyio.lowlevel.checkpoint()
+                index = batch.start + offset
                 (outcome,) = run_calls(
-                    batch.start + offset, [call], options.stop_on_error, None, self._init
+                    index, [call], options.stop_on_error, None, self._init, run_coroutine=None
                 )
+                if is_coroutine(outcome):  # an async call: awaited here, in the caller's loop
+                    outcome = await _await_task(index, function_name(call.func), outcome)
                 results.append(outcome)
                 if options.stop_on_error and type(outcome) is Failure:
                     break
             return results
 
         yield run_batch
+
+
+async def _await_task(index: int, name: str, coro: Coroutine[Any, Any, Any]) -> Any:
+    """A task's coroutine, awaited in the caller's loop. Whatever it raises is its outcome
+    (SPEC §6), a cancellation exception included, unless the run itself is being cancelled:
+    then that is the run's cancellation passing through the coroutine, and it propagates."""
+    try:
+        return await coro
+    except BaseException as exc:  # decided below, outside the except block
+        error = exc
+    if isinstance(error, anyio.get_cancelled_exc_class()) and _run_cancelled():
+        raise error
+    attach_task(error, index, name)
+    return Failure(error)
+
+
+def _run_cancelled() -> bool:
+    """Whether the task running this batch is being cancelled: a cancelled anyio scope
+    around it (any backend, our task group included), or on asyncio a pending
+    ``Task.cancel()`` no scope records (``asyncio.timeout``, a cancelled caller)."""
+    if anyio.current_effective_deadline() == -math.inf:
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not asyncio (trio): its cancellations all come from scopes
+        return False
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is None:  # Python 3.10 cannot tell: never swallow the caller's cancel
+        return True
+    return bool(cancelling() > 0)

@@ -2,14 +2,17 @@
 
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
 its result is dropped; the run does not wait for it. A cancelled batch starts no further
-call: the thread checks the batch's ``stop`` event before each one.
+call: the thread checks the batch's ``stop`` event before each one. A batch with async calls
+runs on an event loop of its thread (``_async_runner.run_calls_on_loop``); its coroutines are
+cancelled when the run is, and it starts no further call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,8 +20,11 @@ import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
+from .._coroutines import async_flags, is_coroutine
 from .._errors import attach_task
+from ._async_runner import VALUE, LoopHandle, TimedOut, run_calls_on_loop
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._failures import async_timeout_error
 from ._setup import Initializer, InitOnce
 
 __all__ = ["ThreadBackend"]
@@ -30,12 +36,15 @@ def run_calls(
     stop_on_error: bool,
     stop: threading.Event | None = None,
     init: Callable[[], None] | None = None,
+    run_coroutine: Callable[[Coroutine[Any, Any, Any]], Any] | None = asyncio.run,
 ) -> list[Any]:
     """Run ``calls`` in order; each outcome, whatever it raised, goes in its slot.
 
     Stops early at the first failure (with ``stop_on_error``) or once ``stop`` is set.
     ``init`` first makes sure this thread ran the user's initializer (its failure is the
-    run's ``InitializerError``, raised, not a task's outcome). Shared by the thread and
+    run's ``InitializerError``, raised, not a task's outcome). A coroutine a call returns is
+    run by ``run_coroutine`` (on a thread: its own loop), or with None handed back as is
+    (the sequential backend awaits it in the caller's loop). Shared by the thread and
     sequential backends.
     """
     if init is not None:
@@ -45,7 +54,10 @@ def run_calls(
         if stop is not None and stop.is_set():
             break
         try:
-            results.append(call.func(*call.args, **call.kwargs))
+            value = call.func(*call.args, **call.kwargs)
+            if run_coroutine is not None and is_coroutine(value):
+                value = run_coroutine(value)
+            results.append(value)
         except BaseException as exc:  # the task's outcome, whatever its type (SPEC §6)
             attach_task(exc, start + offset, function_name(call.func))
             results.append(Failure(exc))
@@ -87,6 +99,9 @@ class ThreadBackend:
 
         async def run_batch(batch: Batch) -> list[Any]:
             calls = list(batch.calls)
+            flags = async_flags(calls)
+            if flags is not None and (timeout is None or all(flags)):
+                return await _run_on_loop(batch.start, calls, flags, options, limiter, init)
             if timeout is None:
                 stop = threading.Event()
                 try:
@@ -100,6 +115,12 @@ class ThreadBackend:
             results: list[Any] = []
             for offset, call in enumerate(calls):
                 index = batch.start + offset
+                if flags is not None and flags[offset]:  # mixed with sync calls: one by one
+                    value = await _run_on_loop(index, [call], b"\x01", options, limiter, init)
+                    results.extend(value)
+                    if options.stop_on_error and type(value[0]) is Failure:
+                        break
+                    continue
                 async with limiter:  # waiting for a thread is not part of the timeout
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
@@ -122,3 +143,46 @@ class ThreadBackend:
             return results
 
         yield run_batch
+
+
+def _initialized(init: Callable[[], None] | None, run: Callable[..., Any], *args: Any) -> Any:
+    """``run(*args)`` in this thread, once it has run the user's initializer."""
+    if init is not None:
+        init()
+    return run(*args)
+
+
+async def _run_on_loop(
+    start: int,
+    calls: list[Call[Any]],
+    flags: bytes,
+    options: RunOptions,
+    limiter: anyio.CapacityLimiter,
+    init: Callable[[], None] | None = None,
+) -> list[Any]:
+    """A batch with async calls, on an event loop of one thread worker (SPEC §8)."""
+    handle = LoopHandle()
+    wire = [(c.func, c.args, c.kwargs, bool(flag)) for c, flag in zip(calls, flags, strict=True)]
+    try:
+        outcomes = await anyio.to_thread.run_sync(
+            _initialized, init, run_calls_on_loop, wire, options.timeout,
+            options.worker_concurrency, options.stop_on_error, handle,
+            limiter=limiter, abandon_on_cancel=True,
+        )  # fmt: skip
+    except anyio.get_cancelled_exc_class():
+        handle.cancel()  # its coroutines' finally blocks run, in the background
+        raise
+    results: list[Any] = []
+    for offset, (kind, value) in enumerate(outcomes):
+        index, name = start + offset, function_name(calls[offset].func)
+        if kind == VALUE:
+            results.append(value)
+            continue
+        if isinstance(value, TimedOut):
+            value = async_timeout_error(
+                index, name, options.timeout or 0.0, value.elapsed, None, value.stuck
+            )
+        else:
+            attach_task(value, index, name)
+        results.append(Failure(value))
+    return results

@@ -7,9 +7,13 @@ fast; numpy and cloudpickle are imported on demand.
 
 Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None), INIT
 (a pickled ``(initializer, initargs)``, once, right after SETUP), BATCH / BATCH_FILE (a
-pickled job). Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError),
-RESULTS / RESULTS_FILE (``RESULT_HEADER`` then the pickled list of values, or the name of
-the file holding it), LOAD_ERROR (a job could not be unpickled: traceback text).
+pickled job), CANCEL (empty: cancel the job's async tasks, SPEC §8; read by the worker's
+event loop while a job runs, ignored between jobs).
+Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), RESULTS /
+RESULTS_FILE (``RESULT_HEADER``, then the job positions of the values as ``count`` ``<I``
+numbers, then the pickled list of values, or the name of the file holding it), LOAD_ERROR
+(a job could not be unpickled: traceback text). Positions are explicit because async tasks
+finish out of order; the last frame of a job has the done flag set.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import sys
 from typing import Any
 
 HEADER = struct.Struct("<BI")
-#: Prefix of a RESULTS / RESULTS_FILE body: first position, number of values, done flag.
-RESULT_HEADER = struct.Struct("<IIB")
-#: Slot layout shared with the parent: ``<q`` task number at 0, ``<d`` start time at 8.
-SLOT_SIZE = 16
+#: Prefix of a RESULTS / RESULTS_FILE body: number of values, done flag; then the positions.
+RESULT_HEADER = struct.Struct("<IB")
+#: Slot layout shared with the parent: ``<q`` task number of the sync call at 0, ``<d`` its
+#: start time at 8, ``<q`` task number of the last async call started at 16 (async calls
+#: start in input order: the ones up to it without a result are in flight).
+SLOT_SIZE = 24
 SLOT_POS = struct.Struct("<q")
 SLOT_TIME = struct.Struct("<d")
+SLOT_ASYNC = 16
 #: Task numbers in the slot are ``batch_seq << BATCH_SHIFT | phase | position``.
 BATCH_SHIFT = 24
 #: Phase flags: the worker is unpickling the job, or pickling results up to ``position``.
@@ -37,8 +44,8 @@ POSITION_MASK = SLOT_SENDING - 1
 #: A BATCH body starts with the job's slot base, so the worker can mark it while loading.
 JOB_HEADER = struct.Struct("<q")
 
-SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR = range(1, 8)
-INIT, INIT_DONE, INIT_ERROR = range(8, 11)
+SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)
+INIT, INIT_DONE, INIT_ERROR = range(9, 12)
 INLINE_LIMIT = 1024**2
 
 #: Folder name prefix of every temp folder we create (memmaps, large payloads).
@@ -114,6 +121,17 @@ def dumps(obj: object) -> bytes:
         import cloudpickle
 
         return bytes(cloudpickle.dumps(obj, protocol=5))
+
+
+def results_header(positions: list[int], done: bool) -> bytes:
+    return RESULT_HEADER.pack(len(positions), done) + struct.pack(f"<{len(positions)}I", *positions)
+
+
+def split_results(body: bytes) -> tuple[tuple[int, ...], bool, bytes]:
+    """A RESULTS / RESULTS_FILE body as (job positions, done flag, the rest of the body)."""
+    count, done = RESULT_HEADER.unpack_from(body)
+    positions = struct.unpack_from(f"<{count}I", body, RESULT_HEADER.size)
+    return positions, bool(done), body[RESULT_HEADER.size + 4 * count :]
 
 
 # -- memmapped arrays ------------------------------------------------------------------------

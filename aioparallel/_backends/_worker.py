@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from typing import Any
 
 from . import _wire
@@ -89,19 +90,24 @@ class Worker:
         self.req_fd = req_fd
         self.resp_fd = resp_fd
         self.slot = slot
+        self.write_lock = threading.Lock()
+        #: The worker's event loop thread (``_async_runner.WorkerLoop``), once needed.
+        self.loop: Any = None
 
     def send_results(
         self,
         base: int,
-        position: int,
+        positions: list[int],
         values: list[Any],
         done: bool,
         run_dir: str,
         max_nbytes: int | None,
+        mark: bool = True,
     ) -> None:
-        if values:  # if pickling kills us, the parent knows whose results they were
-            last = position + len(values) - 1
-            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | last)
+        """One RESULTS frame. ``mark``: note in the slot whose results are being pickled (the
+        main thread's sync results; async outcomes are sent from the loop thread unmarked)."""
+        if values and mark:  # if pickling kills us, the parent knows whose results they were
+            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | positions[-1])
         try:
             body = _dump_results(values, run_dir, max_nbytes)
         except BaseException:  # a result's __reduce__ may raise anything
@@ -112,8 +118,9 @@ class Worker:
                 body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
             except OSError as exc:  # the run's folder is unusable: each value fails with why
                 body = _wire.dumps([_wire.TaskError.capture(exc)] * len(values))
-        header = _wire.RESULT_HEADER.pack(position, len(values), done)
-        _wire.write_frame(self.resp_fd, kind, header + body)
+        frame = _wire.results_header(positions, done) + body
+        with self.write_lock:
+            _wire.write_frame(self.resp_fd, kind, frame)
 
     def run_job(
         self,
@@ -124,38 +131,83 @@ class Worker:
         func: Any,
         calls: list[Any],
         loaded_from: float,
+        async_job: tuple[bytes, float | None, int] | None = None,
     ) -> None:
-        """Run the calls. The slot's clock for a call starts when it starts, except for the
-        first call, whose clock started when the job began loading (its time on this worker
-        includes unpickling its arguments); sending results leaves the clock of the last
-        call sent running (its time includes pickling its result)."""
+        """Run the calls in order; async ones (``async_job``: per-call flags, timeout,
+        concurrency) go to the worker's event loop thread and finish out of order.
+
+        The slot's clock for a sync call starts when it starts, except for the first call,
+        whose clock started when the job began loading (its time on this worker includes
+        unpickling its arguments); sending results leaves the clock of the last call sent
+        running (its time includes pickling its result). Async calls are timed on the loop."""
         pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
         monotonic = time.monotonic
+        positions: list[int] = []
         results: list[Any] = []
-        sent = 0
         last_flush = monotonic()
+        flags, loop = (async_job[0] if async_job else None), None
+
+        def send_async(done_positions: list[int], values: list[Any]) -> None:
+            self.send_results(base, done_positions, values, False, run_dir, max_nbytes, False)
+
         for i, call in enumerate(calls):
+            if loop is not None and loop.stopped:
+                break
+            if flags is not None and flags[i]:
+                if loop is None:
+                    loop = self.async_loop(async_job, stop_on_error, send_async)
+                pack_pos(slot, 0, -1)  # no sync call running while we wait for room
+                f, args, kwargs = (func, call, {}) if func is not None else call
+                pack_pos(slot, _wire.SLOT_ASYNC, base + i)
+                if not loop.submit(i, f, args, kwargs, async_job[2]):  # type: ignore[index]
+                    break
+                continue
             started = monotonic()
             pack_time(slot, 8, loaded_from if i == 0 else started)
             pack_pos(slot, 0, base + i)
             try:
                 if func is not None:
-                    results.append(func(*call))
+                    value = func(*call)
                 else:
                     f, args, kwargs = call
-                    results.append(f(*args, **kwargs))
+                    value = f(*args, **kwargs)
+                if type(value) is types.CoroutineType:  # never hand back an un-awaited one
+                    if loop is None:
+                        loop = self.async_loop(async_job, stop_on_error, send_async)
+                    loop.submit_coroutine(i, value)
+                    continue
+                positions.append(i)
+                results.append(value)
             except BaseException as exc:
+                positions.append(i)
                 results.append(_wire.TaskError.capture(exc))
                 if stop_on_error:
                     break
             if started - last_flush > FLUSH_SECONDS:
-                self.send_results(base, sent, results, False, run_dir, max_nbytes)
-                sent += len(results)
-                results = []
+                self.send_results(base, positions, results, False, run_dir, max_nbytes)
+                positions, results = [], []
                 last_flush = monotonic()
+        if loop is not None:
+            pack_pos(slot, 0, -1)
+            loop.end()
         _flush_output()  # what the calls printed goes out before their results come back
-        self.send_results(base, sent, results, True, run_dir, max_nbytes)
+        self.send_results(base, positions, results, True, run_dir, max_nbytes)
         pack_pos(slot, 0, -1)
+
+    def async_loop(
+        self,
+        async_job: tuple[bytes, float | None, int] | None,
+        stop_on_error: bool,
+        send: Any,
+    ) -> Any:
+        """The event loop thread, started on the first async call of this worker's life."""
+        if self.loop is None:
+            from . import _async_runner
+
+            self.loop = _async_runner.WorkerLoop(self.req_fd)
+        timeout = async_job[1] if async_job else None
+        self.loop.begin(timeout, stop_on_error, send)
+        return self.loop
 
     def serve(self) -> None:
         _wire.write_frame(self.resp_fd, _wire.READY, str(os.getpid()).encode())
@@ -165,6 +217,8 @@ class Worker:
             if frame is None:
                 return
             kind, body = frame
+            if kind == _wire.CANCEL:  # late: the job it was meant for has finished
+                continue
             if kind == _wire.SETUP:
                 path, cwd, authkey = pickle.loads(body)
                 env = (path, cwd)
@@ -186,7 +240,7 @@ class Worker:
                 if kind == _wire.BATCH_FILE:
                     body = _wire.unspill(body)
                 unpickler = pickle.Unpickler(io.BytesIO(body))
-                stop_on_error, run_dir, max_nbytes, func, n_chunks = unpickler.load()
+                stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job = unpickler.load()
                 calls = [call for _ in range(n_chunks) for call in unpickler.load()]
             except BaseException as exc:
                 text = "".join(_format(exc))
@@ -194,7 +248,9 @@ class Worker:
                 continue
             finally:
                 _wire.SLOT_POS.pack_into(self.slot, 0, -1)
-            self.run_job(base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from)
+            self.run_job(
+                base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from, async_job
+            )
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
 

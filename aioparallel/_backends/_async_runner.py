@@ -1,0 +1,433 @@
+"""Async tasks (SPEC §8) on a worker: an asyncio event loop keeps up to ``worker_concurrency``
+coroutines of a batch in flight, so the waits of one overlap the others.
+
+Standard library only (and ``_wire``): the process worker imports this module on its first
+async call, so a worker that only ever runs sync calls never imports asyncio.
+
+::
+
+    process worker                                   thread worker
+    ──────────────                                   ─────────────
+    main thread: the job's calls in input order      its own thread: ``run_calls_on_loop``
+      sync call ─► runs here, as always                runs a loop for the batch; sync calls
+      async call ─► WorkerLoop.submit (blocks while    run inline, async ones as tasks
+        ``concurrency`` are in flight)
+            │
+            ▼
+    loop thread: InFlight ─ task per call ─ timeout timer ─► outcome ─► RESULTS frame
+            ▲  (positions explicit: async results finish out of order)
+    request pipe: CANCEL ─► cancel every coroutine (their ``finally`` blocks run)
+
+The main thread of a process worker never runs an event loop, so a sync task may call
+``asyncio.run(...)`` itself, and signals and crash attribution (the slot) work as before.
+A coroutine cancelled for its timeout has ``CANCEL_GRACE`` seconds to finish; one that does
+not is reported ``stuck``, and the parent kills its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+from . import _wire
+
+__all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop", "run_calls_on_loop"]
+
+#: Seconds a cancelled coroutine may take to finish (its ``finally`` blocks) before its
+#: worker is killed (processes) or given up on (threads).
+CANCEL_GRACE = 1.0
+
+#: A process worker's main thread, while it waits for its async tasks, checks this often
+#: whether one is overdue by more than the grace plus ``BLOCKED_MARGIN`` (the loop thread
+#: should have reported it by then, unless a sync call inside async code blocks the loop).
+BLOCKED_CHECK = 0.25
+BLOCKED_MARGIN = 0.5
+
+#: Async outcomes are sent at most this long after they are known: one frame carries
+#: several, instead of one frame (and one wake-up of the parent) per task.
+FLUSH_SECONDS = 0.01
+
+#: Outcome kinds handed to ``InFlight``'s report callback.
+VALUE, RAISED, TIMED_OUT = 0, 1, 2
+
+
+class TimedOut:
+    """An async task's outcome after it ran past its timeout and was cancelled. ``stuck``: it
+    did not finish cancelling within ``CANCEL_GRACE`` (its worker must be killed)."""
+
+    __slots__ = ("elapsed", "stuck")
+
+    def __init__(self, elapsed: float, stuck: bool):
+        self.elapsed = elapsed
+        self.stuck = stuck
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TimedOut, (self.elapsed, self.stuck))
+
+
+async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """The call itself runs on the loop too, so whatever it sets up belongs to the loop."""
+    value = func(*args, **kwargs)
+    if hasattr(value, "__await__"):
+        return await value
+    return value
+
+
+class _Raised:
+    """A task's KeyboardInterrupt or SystemExit, returned instead of raised: asyncio lets
+    those escape the event loop from a task, which would end the loop (and its thread) and
+    strand every task in flight. They are the task's outcome like any other (SPEC §6)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+async def _outcome(coro: Any) -> Any:
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return _Raised(exc)
+
+
+Report = Callable[[int, int, Any], None]
+
+
+class InFlight:
+    """The async tasks of one batch on one loop. Every method runs on the loop's thread.
+
+    Each task ends in exactly one ``report(position, kind, value)`` call, unless it was
+    dropped (``cancel_all``: the batch stops, nobody wants its outcome). ``settled`` runs
+    after each task leaves the set (reported or dropped)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float | None,
+        report: Report,
+        settled: Callable[[], None],
+    ):
+        self.loop = loop
+        self.timeout = timeout
+        self.report = report
+        self.settled = settled
+        self.tasks: dict[int, asyncio.Task[Any]] = {}
+        self._expired: dict[int, float] = {}
+        self._dropping = False
+
+    def start(self, position: int, func: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.start_coroutine(position, _call(func, args, kwargs))
+
+    def start_coroutine(self, position: int, coro: Any) -> None:
+        task = self.loop.create_task(_outcome(coro))
+        self.tasks[position] = task
+        timer = None
+        if self.timeout is not None:
+            timer = self.loop.call_later(
+                self.timeout, self._expire, position, task, time.monotonic()
+            )
+        task.add_done_callback(lambda t: self._finished(position, t, timer))
+
+    def _expire(self, position: int, task: asyncio.Task[Any], started: float) -> None:
+        self._expired[position] = started
+        task.cancel()
+        self.loop.call_later(CANCEL_GRACE, self._give_up, position, task)
+
+    def _give_up(self, position: int, task: asyncio.Task[Any]) -> None:
+        if task.done() or self.tasks.get(position) is not task:
+            return
+        del self.tasks[position]
+        elapsed = time.monotonic() - self._expired.pop(position)
+        self.report(position, TIMED_OUT, TimedOut(elapsed, stuck=True))
+        self.settled()
+
+    def _finished(
+        self, position: int, task: asyncio.Task[Any], timer: asyncio.TimerHandle | None
+    ) -> None:
+        if timer is not None:
+            timer.cancel()
+        if self.tasks.get(position) is not task:  # given up on as stuck: already reported
+            return
+        del self.tasks[position]
+        started = self._expired.pop(position, None)
+        if started is not None:
+            self.report(position, TIMED_OUT, TimedOut(time.monotonic() - started, stuck=False))
+        elif self._dropping:
+            pass
+        elif task.cancelled():  # the task raised CancelledError itself: that is its outcome
+            self.report(position, RAISED, asyncio.CancelledError())
+        elif (exc := task.exception()) is not None:
+            self.report(position, RAISED, exc)
+        elif type(result := task.result()) is _Raised:
+            self.report(position, RAISED, result.exc)
+        else:
+            self.report(position, VALUE, result)
+        self.settled()
+
+    def cancel_all(self) -> None:
+        """Cancel every task and drop its outcome (the batch is stopping). A task still
+        running ``CANCEL_GRACE`` later (it ignores cancellation) is given up on, so the batch
+        can end; it goes on in the background."""
+        if self._dropping:
+            return
+        self._dropping = True
+        for task in self.tasks.values():
+            task.cancel()
+        self.loop.call_later(CANCEL_GRACE, self._give_up_dropped)
+
+    def _give_up_dropped(self) -> None:
+        for position in list(self.tasks):
+            del self.tasks[position]
+            self.settled()
+
+
+# -- process workers -------------------------------------------------------------------------
+
+
+class WorkerLoop:
+    """A process worker's event loop, in a daemon thread started on the first async call.
+
+    The main thread calls ``begin``, ``submit`` (blocking while ``concurrency`` tasks are in
+    flight) and ``end`` (blocking until every task settled and its outcome was sent). While
+    a job runs, the loop also watches the request pipe for the parent's CANCEL frame.
+    """
+
+    def __init__(self, req_fd: int):
+        self.req_fd = req_fd
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._unsent = 0
+        self.stopped = False
+        self._tasks: InFlight | None = None
+        self._outcomes: list[tuple[int, Any]] = []
+        self._send: Callable[[list[int], list[Any]], None] | None = None
+        self._stop_on_error = False
+        self._flush_scheduled = False
+        self._timeout: float | None = None
+        #: Async tasks started and not yet reported (position -> start time): written by
+        #: the main thread, cleared by the loop thread.
+        self._started: dict[int, float] = {}
+
+    def begin(
+        self,
+        timeout: float | None,
+        stop_on_error: bool,
+        send: Callable[[list[int], list[Any]], None],
+    ) -> None:
+        self.stopped = False
+        self._stop_on_error = stop_on_error
+        self._send = send
+        self._in_flight = self._unsent = 0
+        self._timeout = timeout
+        self._started = {}
+        self._tasks = InFlight(self.loop, timeout, self._report, self._settled)
+        self._on_loop(self.loop.add_reader, self.req_fd, self._on_request)
+
+    def submit(
+        self, position: int, func: Callable[..., Any], args: Any, kwargs: Any, concurrency: int
+    ) -> bool:
+        """Start an async call; False if the job stopped (an error, or the parent cancelled)."""
+        with self._cond:
+            while self._in_flight >= concurrency and not self.stopped:
+                self._wait()
+            if self.stopped:
+                return False
+            self._in_flight += 1
+            self._unsent += 1
+            self._started[position] = time.monotonic()
+        assert self._tasks is not None
+        self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
+        return True
+
+    def submit_coroutine(self, position: int, coro: Any) -> None:
+        """Await a coroutine a sync call returned (not bound by ``concurrency``: it exists)."""
+        with self._cond:
+            self._in_flight += 1
+            self._unsent += 1
+            self._started[position] = time.monotonic()
+        assert self._tasks is not None
+        self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
+
+    def end(self) -> None:
+        """Wait until every task of the job settled and its outcome was sent."""
+        with self._cond:
+            while self._unsent:
+                self._wait()
+        self._on_loop(self.loop.remove_reader, self.req_fd)
+        os.set_blocking(self.req_fd, True)  # some loops (uvloop) leave a watched fd non-blocking
+        self._tasks = None
+
+    def _wait(self) -> None:
+        """Wait for the loop thread (holding ``_cond``). With a timeout, also watch for a
+        task overdue past its timeout and grace: the loop could not cancel it, so a sync call
+        inside async code blocks it. That task is reported stuck (the parent then kills this
+        worker, the only way to stop it)."""
+        if self._timeout is None:
+            self._cond.wait()
+            return
+        self._cond.wait(BLOCKED_CHECK)
+        if self.stopped:  # dropped tasks are given up on by the loop, or we get killed
+            return
+        limit = self._timeout + CANCEL_GRACE + BLOCKED_MARGIN
+        now = time.monotonic()
+        for position, started in list(self._started.items()):
+            send = self._send
+            # pop: unless the loop thread reported it meanwhile
+            if now - started > limit and send and self._started.pop(position, None) is not None:
+                send([position], [TimedOut(now - started, stuck=True)])
+
+    def _on_loop(self, func: Callable[..., Any], *args: Any) -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                func(*args)
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        done.wait()
+
+    # -- on the loop thread ----------------------------------------------------------------
+
+    def _on_request(self) -> None:
+        frame = _wire.read_frame(self.req_fd)
+        if frame is None or frame[0] == _wire.CANCEL:
+            self.loop.remove_reader(self.req_fd)
+            self._stop()
+
+    def _stop(self) -> None:
+        with self._cond:
+            self.stopped = True
+            self._cond.notify_all()
+        if self._tasks is not None:
+            self._tasks.cancel_all()
+
+    def _report(self, position: int, kind: int, value: Any) -> None:
+        if self._started.pop(position, None) is None:  # already reported stuck (blocked)
+            return
+        if kind == RAISED:
+            value = _wire.TaskError.capture(value)
+        if kind != VALUE and self._stop_on_error:
+            self._stop()
+        self._outcomes.append((position, value))
+        if not self._flush_scheduled:  # outcomes of FLUSH_SECONDS share a frame
+            self._flush_scheduled = True
+            self.loop.call_later(FLUSH_SECONDS, self._flush)
+
+    def _settled(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+        if not self._in_flight:  # the job may be ending: send what is left now
+            self.loop.call_soon(self._flush)
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outcomes, self._outcomes = self._outcomes, []
+        if outcomes and self._send is not None:
+            self._send([p for p, _ in outcomes], [v for _, v in outcomes])
+        with self._cond:
+            self._unsent = self._in_flight + len(self._outcomes)
+            self._cond.notify_all()
+
+
+# -- thread workers --------------------------------------------------------------------------
+
+
+class LoopHandle:
+    """Lets the event loop thread cancel a thread worker's coroutines (the run was cancelled)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: InFlight | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        loop, tasks = self.loop, self.tasks
+        if loop is not None and tasks is not None:
+            try:
+                loop.call_soon_threadsafe(tasks.cancel_all)
+            except RuntimeError:  # the loop is already closed: nothing left to cancel
+                pass
+
+
+def run_calls_on_loop(
+    calls: list[tuple[Callable[..., Any], Any, Any, bool]],
+    timeout: float | None,
+    concurrency: int,
+    stop_on_error: bool,
+    handle: LoopHandle,
+) -> list[tuple[int, Any]]:
+    """Run a thread worker's batch on an event loop of this thread: sync calls inline, in
+    order; async calls (flagged) as tasks, ``concurrency`` at most at once. One
+    ``(kind, value)`` per call; with ``stop_on_error`` the list stops at the first failure
+    in input order."""
+    outcomes: list[tuple[int, Any] | None] = [None] * len(calls)
+
+    async def drive() -> None:
+        loop = asyncio.get_running_loop()
+        room = asyncio.Semaphore(concurrency)
+        idle = asyncio.Event()
+        idle.set()
+        failed = False
+
+        def report(position: int, kind: int, value: Any) -> None:
+            nonlocal failed
+            outcomes[position] = (kind, value)
+            if kind != VALUE and stop_on_error:
+                failed = True
+                tasks.cancel_all()
+
+        def settled() -> None:
+            room.release()
+            if not tasks.tasks:
+                idle.set()
+
+        tasks = InFlight(loop, timeout, report, settled)
+        handle.loop, handle.tasks = loop, tasks
+        for position, (func, args, kwargs, is_async) in enumerate(calls):
+            if failed or handle.cancelled:
+                break
+            if is_async:
+                await room.acquire()
+                if failed or handle.cancelled:
+                    break
+                idle.clear()
+                tasks.start(position, func, args, kwargs)
+                continue
+            try:
+                value = func(*args, **kwargs)
+            except BaseException as exc:  # the task's outcome, whatever it raised
+                report(position, RAISED, exc)
+                continue
+            if isinstance(value, types.CoroutineType):  # a sync call handed back a coroutine
+                await room.acquire()
+                idle.clear()
+                tasks.start_coroutine(position, value)
+            else:
+                outcomes[position] = (VALUE, value)
+        await idle.wait()
+
+    asyncio.run(drive())
+    handle.loop = handle.tasks = None
+    if stop_on_error:
+        for n, outcome in enumerate(outcomes):
+            if outcome is not None and outcome[0] != VALUE:
+                # the first failure, in its own slot (the run names the task by position);
+                # a slot before it whose task was dropped is never read
+                return [o if o is not None else (VALUE, None) for o in outcomes[: n + 1]]
+    return [o if o is not None else (RAISED, asyncio.CancelledError()) for o in outcomes]
