@@ -38,7 +38,13 @@ import numpy as np
 from distributed import Client, KilledWorker
 
 from .._call import Call, function_name
-from .._errors import AioParallelError, SerializationError, WorkerCrashedError, attach_task
+from .._errors import (
+    AioParallelError,
+    PicklingError,
+    UnpicklingError,
+    WorkerCrashedError,
+    attach_task,
+)
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls
 
@@ -177,7 +183,7 @@ class _DaskRun:
         except Exception as exc:  # nothing ran: find the call that cannot be pickled
             if len(batch.calls) > 1:
                 return await self._one_by_one(batch)
-            error = SerializationError(f"task {batch.start} ({name}) could not be sent: {exc}")
+            error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc}")
             error.__cause__ = exc
             attach_task(error, batch.start, name)
             return [Failure(error)]
@@ -336,7 +342,7 @@ def _unpack(batch: Batch, outcomes: list[Outcome], stop_on_error: bool) -> list[
         try:
             loaded = pickle.loads(blob)
         except Exception as exc:
-            unpickling = SerializationError(
+            unpickling = UnpicklingError(
                 f"the result of task {index} ({name}) could not be unpickled: {exc!r}"
             )
             unpickling.__cause__ = exc

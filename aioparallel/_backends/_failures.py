@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import pickle
 
-from .._errors import SerializationError, WorkerCrashedError, attach_task, describe_exit
+from .._errors import (
+    PicklingError,
+    SerializationError,
+    TaskTimeoutError,
+    UnpicklingError,
+    WorkerCrashedError,
+    attach_task,
+    describe_exit,
+)
 from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
 
 __all__ = [
@@ -24,8 +32,8 @@ _DOING = {SLOT_LOADING: "unpickling the arguments of", SLOT_SENDING: "pickling t
 
 
 def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
-    """The task's own exception, rebuilt in the parent; a SerializationError saying so if
-    it could not cross back."""
+    """The task's own exception, rebuilt in the parent; a PicklingError (or UnpicklingError)
+    saying so if it could not cross back."""
     exc: BaseException | None = None
     if error.exc_bytes is not None:
         try:
@@ -33,12 +41,17 @@ def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
         except Exception:
             exc = None
     if exc is None:
-        if error.type_name == "SerializationError":
-            exc = SerializationError(f"task {index} ({name}): {error.message}")
+        if error.type_name == "SerializationError":  # the worker could not pickle the result
+            exc = PicklingError(f"task {index} ({name}): {error.message}")
         else:
-            exc = SerializationError(
+            kind, doing = (
+                (PicklingError, "pickled")
+                if error.exc_bytes is None
+                else (UnpicklingError, "unpickled")
+            )
+            exc = kind(
                 f"task {index} ({name}) raised {error.type_name}: {error.message} "
-                "(the exception itself could not be pickled back to the parent)"
+                f"(the exception itself could not be {doing} back to the parent)"
             )
     attach_task(exc, index, name, error.tb)
     return exc
@@ -50,8 +63,10 @@ def serialization_error(
     what: str,
     cause: BaseException | None = None,
     tb: str | None = None,
+    kind: type[SerializationError] = PicklingError,
 ) -> SerializationError:
-    error = SerializationError(f"task {index} ({name}) {what}")
+    """``kind``: PicklingError or UnpicklingError, by which side of the trip failed."""
+    error = kind(f"task {index} ({name}) {what}")
     error.__cause__ = cause
     attach_task(error, index, name, tb)
     return error
@@ -65,10 +80,10 @@ _WHILE = {
 
 def timeout_error(
     index: int, name: str, timeout: float, elapsed: float, pid: int, phase: int = 0
-) -> TimeoutError:
+) -> TaskTimeoutError:
     """The task spent more than ``timeout`` on its worker; ``phase`` says where it was then
     (the timeout covers receiving the arguments and returning the result too)."""
-    error = TimeoutError(
+    error = TaskTimeoutError(
         f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s)"
         f"{_WHILE.get(phase, '')}; its worker process {pid} was killed and replaced"
     )

@@ -17,7 +17,8 @@ import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
-from .._errors import attach_task
+from .._errors import TaskTimeoutError, attach_task
+from .._nesting import deeper
 from ._base import Batch, Failure, RunBatch, RunOptions
 
 __all__ = ["ThreadBackend"]
@@ -74,7 +75,7 @@ class ThreadBackend:
                 stop = threading.Event()
                 try:
                     return await anyio.to_thread.run_sync(
-                        run_calls, batch.start, calls, options.stop_on_error, stop,
+                        deeper(run_calls), batch.start, calls, options.stop_on_error, stop,
                         limiter=limiter, abandon_on_cancel=True,
                     )  # fmt: skip
                 finally:
@@ -87,12 +88,12 @@ class ThreadBackend:
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
                         value = await anyio.to_thread.run_sync(
-                            run_calls, index, [call], options.stop_on_error,
+                            deeper(run_calls), index, [call], options.stop_on_error,
                             abandon_on_cancel=True,
                         )  # fmt: skip
                 if scope.cancelled_caught:
                     name = function_name(call.func)
-                    exc = TimeoutError(
+                    exc = TaskTimeoutError(
                         f"task {index} ({name}) ran past timeout={timeout:g}s "
                         f"({time.monotonic() - began:.2f}s); its thread keeps running "
                         "in the background and its result will be dropped"
