@@ -109,7 +109,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _reason(nodeid: str) -> str | None:
     name = nodeid.split("::", 1)[-1]
     for pattern, reason in NOT_APPLICABLE.items():
-        if fnmatch.fnmatchcase(name, pattern):
+        # "[" starts a character class in fnmatch: the keys use it literally (parameters)
+        if fnmatch.fnmatchcase(name, pattern.replace("[", "[[]")):
             return reason
     return None
 
