@@ -41,14 +41,14 @@ NOT_APPLICABLE: dict[str, str] = {
     "test_nested_backend_context_manager*": _REGISTRY,
     "test_nested_backend_in_sequential*": _REGISTRY,
     "test_backend_nesting_level*": _REGISTRY + " (nesting_level)",
-    "test_retrieval_context": _REGISTRY,
+    "test_retrieval_context*": _REGISTRY,
     "test_default_mp_context": _PRIVATE,
     "test_backend_batch_statistics_reset*": _PRIVATE,
     "test_backend_hinting_and_constraints*": _PRIVATE + " (the backend class chosen)",
     "test_zero_worker_backend*": _REGISTRY,
     "test_nested_parallelism_limit*": _PRIVATE + " (backend class names and nesting_level; "
     "the behaviour is tested in tests/test_compat_api.py)",
-    "test_loky_reuse_workers": _LOKY,
+    "test_loky_reuse_workers*": _LOKY,
     "test_threadpool_limitation_in_child_override*": _LOKY,
     "test_multiple_generator_call_separated_gc*": _PRIVATE,
     # deliberate differences
