@@ -1,5 +1,5 @@
 """Sessions: tests, portable (the macOS paths), heavy (load/soak), lint, typecheck, docs,
-bench."""
+bench, compat (joblib's own tests)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ def heavy(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "aioparallel", "tests", "benchmarks", "examples")
-    session.run("ruff", "format", "--check", "aioparallel", "tests", "benchmarks", "examples")
+    paths = ("aioparallel", "tests", "benchmarks", "examples", "compat")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
@@ -65,3 +66,15 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against peers; pass --quick for a one-minute run."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "aioparallel", "bench", *session.posargs)
+
+
+@nox.session
+def compat(session: nox.Session) -> None:
+    """joblib 1.6.0's own test_parallel.py (the installed copy) run against aioparallel
+    through compat/shim.py; prints "N of M applicable passed"."""
+    session.install(".[test]", "joblib==1.6.0")
+    session.run(
+        "python", "-m", "pytest", "-c", "compat/pytest.ini", "--rootdir=compat", "-q",
+        "--pyargs", "joblib.test.test_parallel", "--tb=line", "-rfE", "-p", "no:warnings",
+        *session.posargs,
+    )  # fmt: skip

@@ -19,14 +19,19 @@ __all__ = [
     "Failure",
     "InitializerError",
     "Parallel",
+    "PicklingError",
     "ProgressEvent",
     "RemoteTraceback",
     "RunBatch",
     "RunOptions",
     "SerializationError",
+    "TaskTimeoutError",
+    "UnpicklingError",
     "WorkerCrashedError",
     "cpu_count",
     "delayed",
+    "effective_n_jobs",
+    "parallel_backend",
     "parallel_config",
     "shutdown_workers",
 ]
@@ -42,11 +47,16 @@ if TYPE_CHECKING:
     from ._backends._pool import shutdown_workers as shutdown_workers
     from ._call import Call as Call
     from ._call import delayed as delayed
+    from ._config import effective_n_jobs as effective_n_jobs
+    from ._config import parallel_backend as parallel_backend
     from ._config import parallel_config as parallel_config
     from ._errors import AioParallelError as AioParallelError
     from ._errors import InitializerError as InitializerError
+    from ._errors import PicklingError as PicklingError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
+    from ._errors import TaskTimeoutError as TaskTimeoutError
+    from ._errors import UnpicklingError as UnpicklingError
     from ._errors import WorkerCrashedError as WorkerCrashedError
     from ._parallel import Parallel as Parallel
     from ._progress import ProgressEvent as ProgressEvent
@@ -62,11 +72,16 @@ _LAZY = {
     "RunOptions": "._backends._base",
     "Call": "._call",
     "delayed": "._call",
+    "effective_n_jobs": "._config",
+    "parallel_backend": "._config",
     "parallel_config": "._config",
     "AioParallelError": "._errors",
     "InitializerError": "._errors",
+    "PicklingError": "._errors",
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",
+    "TaskTimeoutError": "._errors",
+    "UnpicklingError": "._errors",
     "WorkerCrashedError": "._errors",
     "Parallel": "._parallel",
     "ProgressEvent": "._progress",

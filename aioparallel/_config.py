@@ -21,8 +21,11 @@ from ._system import cpu_count, in_worker
 __all__ = [
     "BACKEND_ALIASES",
     "RETURN_MODES",
+    "coerce_n_jobs",
     "current_config",
     "make_initializer",
+    "effective_n_jobs",
+    "parallel_backend",
     "parallel_config",
     "parse_max_nbytes",
     "parse_mmap_mode",
@@ -140,13 +143,13 @@ class parallel_config:
             settings["prefer"] = check_choice("prefer", prefer, PREFER)
         if require is not None:
             settings["require"] = check_choice("require", require, REQUIRE)
+        check_consistent(prefer, require)
         if backend is not None:
             if isinstance(backend, str):
                 check_backend_name(backend)
             settings["backend"] = backend
         if n_jobs is not None:
-            parse_n_jobs(n_jobs)
-            settings["n_jobs"] = n_jobs
+            settings["n_jobs"] = coerce_n_jobs(n_jobs)
         if verbose is not None:
             settings["verbose"] = verbose
         if temp_folder is not None:
@@ -230,6 +233,7 @@ def resolve_backend(
     config = current_config()
     prefer = check_choice("prefer", prefer, PREFER) if prefer else config.get("prefer")
     require = check_choice("require", require, REQUIRE) if require else config.get("require")
+    check_consistent(prefer, require)
     explicit = backend is not None
     backend = backend if explicit else config.get("backend")
     obj: Backend | None = None
@@ -243,14 +247,14 @@ def resolve_backend(
         name = "processes"
     else:
         raise ValueError(
-            f"invalid backend {backend!r}: expected a backend name or a Backend object"
+            f"Invalid backend: {backend!r}; expected a backend name or a Backend object"
         )
     if require == "sharedmem" and name not in ("threads", "sequential"):
         if explicit:
             raise ValueError(
-                f"require='sharedmem' needs calls that share the caller's memory, which "
-                f"backend {backend!r} cannot give; pass backend='threads' (or 'sequential'), "
-                "or no backend to let require pick threads"
+                f"require='sharedmem' needs calls that share the caller's memory: backend "
+                f"{backend!r} does not support shared memory; pass backend='threads' (or "
+                "'sequential'), or no backend to let require pick threads"
             )
         return "threads", None
     return name, obj
@@ -285,23 +289,70 @@ def backend_options(name: str) -> dict[str, Any]:
 
 
 def check_backend_name(name: str) -> str:
-    """The canonical backend name for ``name``, or ``ValueError`` listing the valid ones."""
+    """The canonical backend name for ``name``, or ``ValueError`` listing the valid ones.
+
+    ``"dask"`` without ``distributed`` installed fails here, when the backend is chosen,
+    rather than at the first call."""
     try:
-        return BACKEND_ALIASES[name]
+        canonical = BACKEND_ALIASES[name]
     except KeyError:
         valid = ", ".join(repr(n) for n in BACKEND_ALIASES)
-        raise ValueError(f"unknown backend {name!r}; valid backends: {valid}") from None
+        raise ValueError(f"Invalid backend: {name!r}; valid backends: {valid}") from None
+    if canonical == "dask" and not _distributed_installed():
+        raise ValueError(
+            "backend='dask' runs the calls on a dask.distributed cluster, but distributed "
+            "is not installed. Please install dask: pip install 'aioparallel[dask]'"
+        )
+    return canonical
+
+
+def _distributed_installed() -> bool:
+    """Whether ``import distributed`` can find the package (without importing it: ~1 s)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("distributed") is not None
+    except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
+        return False
+
+
+def check_consistent(prefer: str | None, require: str | None) -> None:
+    """``prefer="processes"`` with ``require="sharedmem"`` is a contradiction (as in joblib)."""
+    if prefer == "processes" and require == "sharedmem":
+        raise ValueError(
+            "prefer='processes' and require='sharedmem' are inconsistent settings: process "
+            "workers do not share the caller's memory; drop one of them"
+        )
+
+
+def coerce_n_jobs(n_jobs: object) -> int:
+    """joblib's ``int(n_jobs)``: ``"2"`` and ``2.3`` mean 2; 0 (also ``0.5``) is a ValueError.
+
+    ``True``/``False`` are refused rather than read as 1/0: they are always a mistake.
+    """
+    if isinstance(n_jobs, bool):
+        raise ValueError(f"n_jobs could not be converted to int: got {n_jobs!r}")
+    if isinstance(n_jobs, int):
+        value = n_jobs
+    else:
+        try:
+            value = int(n_jobs)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(
+                f"n_jobs could not be converted to int: got {n_jobs!r}; expected an int "
+                "such as 4 or -1 (or None for the default)"
+            ) from None
+    if value == 0:
+        raise ValueError(
+            f"n_jobs == 0 in Parallel has no meaning (got {n_jobs!r}); use a positive count, "
+            "-1 for all CPUs, or -k for all CPUs but k-1"
+        )
+    return value
 
 
 def parse_n_jobs(n_jobs: object) -> int:
     """Resolve joblib's ``n_jobs`` convention to a worker count >= 1."""
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
-        raise ValueError(f"n_jobs must be an int or None, got {n_jobs!r}")
-    if n_jobs == 0:
-        raise ValueError(
-            "n_jobs == 0 has no meaning; use a positive count, -1 for all CPUs, "
-            "or -k for all CPUs but k-1"
-        )
+    n_jobs = coerce_n_jobs(n_jobs)
     if n_jobs < 0:
         return max(1, cpu_count() + 1 + n_jobs)
     return n_jobs
@@ -394,3 +445,45 @@ def parse_worker_concurrency(worker_concurrency: object) -> int:
             "(async tasks one worker keeps in flight at once)"
         )
     return worker_concurrency
+
+
+class parallel_backend(parallel_config):
+    """joblib's older name for `parallel_config`, kept for code written against it.
+
+    As in joblib, ``n_jobs`` defaults to -1 (all CPUs) and ``with parallel_backend(...) as
+    (backend, n_jobs):`` gives the pair passed in. Everything else is `parallel_config`.
+    """
+
+    def __init__(self, backend: Any, n_jobs: int | None = -1, **kwargs: Any) -> None:
+        super().__init__(backend, n_jobs, **kwargs)
+        self._pair = (backend, n_jobs)
+
+    def __enter__(self) -> Any:  # joblib's (backend, n_jobs), not the config object
+        super().__enter__()
+        return self._pair
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+
+def effective_n_jobs(n_jobs: int | str | float | None = -1) -> int:
+    """Workers a ``Parallel(n_jobs=n_jobs)`` created here would run on (joblib's function).
+
+    Follows the active `parallel_config` (``n_jobs=None`` takes its value, else 1) and the
+    nesting rules: 1 where the calls would run sequentially (backend ``"sequential"``, inside
+    a process worker, two thread-worker levels deep). With ``backend="dask"`` the cluster's
+    size is known only during a call: a negative ``n_jobs`` then counts this machine's CPUs.
+    """
+    from ._nesting import cap_nesting
+
+    if n_jobs is None:
+        n_jobs = current_config().get("n_jobs")
+        if n_jobs is None:
+            return 1
+    count = parse_n_jobs(n_jobs)
+    name, obj = resolve_backend(None, None, None)
+    if obj is not None:
+        return max(1, obj.n_workers)
+    if cap_nesting(name, explicit=False, n_jobs=count) == "sequential":
+        return 1
+    return count

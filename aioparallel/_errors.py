@@ -6,22 +6,33 @@
      ├── AioParallelError              base of the errors this library raises itself
      │    ├── WorkerCrashedError       a worker process died while running a task
      │    ├── InitializerError         the ``initializer`` failed in a worker: the run stops
+     │    ├── TaskTimeoutError         a task ran past ``timeout=``; also the builtin
+     │    │                            ``TimeoutError`` and ``multiprocessing.TimeoutError``
      │    └── SerializationError       a function, argument or result could not be (un)pickled
+     │         ├── PicklingError       ... pickled; also ``pickle.PicklingError``
+     │         └── UnpicklingError     ... unpickled; also ``pickle.UnpicklingError``
      └── RemoteTraceback               the worker's traceback text, chained as ``__cause__``
 
-A task's own exception is re-raised with its original type; ``TimeoutError`` (the builtin) marks
-a task that ran past ``timeout=``. Both carry a note naming the task.
+A task's own exception is re-raised with its original type; our errors carry a note naming the
+task too. The double bases let code written for joblib (``except multiprocessing.TimeoutError``,
+``except pickle.PicklingError``) and for asyncio (``except TimeoutError``) catch them unchanged,
+while ``except TaskTimeoutError`` tells a task's timeout from the caller's own ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import sys
 
 __all__ = [
     "AioParallelError",
     "InitializerError",
+    "PicklingError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskTimeoutError",
+    "UnpicklingError",
     "WorkerCrashedError",
     "attach_task",
 ]
@@ -53,8 +64,25 @@ class InitializerError(AioParallelError):
     with ``return_exceptions=True``: it is no task's outcome."""
 
 
+class TaskTimeoutError(AioParallelError, TimeoutError, multiprocessing.TimeoutError):
+    """A task ran past ``timeout=`` on its worker, on every backend.
+
+    It is the builtin ``TimeoutError`` and ``multiprocessing.TimeoutError`` too (what joblib
+    raises), so code catching either keeps working; catch this class to tell a task's timeout
+    from your own ``asyncio.timeout`` or ``anyio.fail_after``.
+    """
+
+
 class SerializationError(AioParallelError):
     """A function, argument or result could not be pickled or unpickled."""
+
+
+class PicklingError(SerializationError, pickle.PicklingError):
+    """A function, argument, result or exception could not be pickled."""
+
+
+class UnpicklingError(SerializationError, pickle.UnpicklingError):
+    """A function, argument or result pickled but could not be rebuilt (unpickled)."""
 
 
 class RemoteTraceback(Exception):

@@ -15,6 +15,7 @@ from ._config import (
     DEFAULT_WORKER_CONCURRENCY,
     RETURN_MODES,
     backend_options,
+    coerce_n_jobs,
     current_config,
     make_initializer,
     parse_max_nbytes,
@@ -24,6 +25,7 @@ from ._config import (
     parse_worker_concurrency,
     resolve_backend,
 )
+from ._nesting import cap_nesting
 from ._pending import PendingResults
 from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
@@ -194,6 +196,8 @@ class Parallel(Generic[M]):
     ) -> None:
         config = current_config()
         self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
+        if self._n_jobs_arg is not None:  # joblib's int(n_jobs): "2" and 2.3 mean 2
+            self._n_jobs_arg = coerce_n_jobs(self._n_jobs_arg)
         self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
         if self._backend_name == "processes":  # even for n_jobs=1: fail alike at any size
             check_process_backend()
@@ -214,6 +218,10 @@ class Parallel(Generic[M]):
                 "which starts its own workers: give it a backend name instead"
             )
         self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
+        if self._backend_object is None:  # joblib's cap on nesting in thread workers
+            self._backend_name = cap_nesting(
+                self._backend_name, explicit=backend is not None, n_jobs=self._n_jobs_arg
+            )
 
         obj = self._backend_object
         if (
@@ -266,6 +274,8 @@ class Parallel(Generic[M]):
         ):
             self._backend_name = "sequential" if self.timeout is None else "threads"
             self._one_thread = self.timeout is not None
+            if self._batch_size is None:  # take one item, run it, take the next (as joblib)
+                self._batch_size = 1
         verbose = verbose if verbose is not None else config.get("verbose", 0)
         if not isinstance(verbose, int) or verbose < 0:  # True counts as 1, as in joblib
             raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")

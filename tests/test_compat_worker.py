@@ -197,8 +197,8 @@ def test_the_authkey_never_reaches_a_worker_by_its_environment_or_argv() -> None
 
 
 def test_workers_import_multiprocessing_only_when_the_parent_has() -> None:
-    # the authkey costs a worker the import of multiprocessing (~5-10 ms): only paid when
-    # the parent has imported it, so Manager proxies can exist
+    # the authkey costs a worker the import of multiprocessing (~5-10 ms): only paid once
+    # the parent has imported multiprocessing.managers, so Manager proxies can exist
     import subprocess
     import sys
 
@@ -213,8 +213,8 @@ def test_workers_import_multiprocessing_only_when_the_parent_has() -> None:
         async def main():
             return await Parallel(n_jobs=2)(delayed(loaded)(x) for x in range(2))
 
-        print(asyncio.run(main()), "multiprocessing" in sys.modules)
-        import multiprocessing
+        print(asyncio.run(main()), "multiprocessing.managers" in sys.modules)
+        import multiprocessing.managers
         print(asyncio.run(main()))
     """
     out = subprocess.run(

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioparallel import Parallel, SerializationError, WorkerCrashedError, delayed
+from aioparallel import Parallel, PicklingError, UnpicklingError, WorkerCrashedError, delayed
 from tests import proc_helpers as h
 
 WHERE = ["parent_pickle", "worker_unpickle", "call", "result_pickle", "parent_unpickle"]
@@ -57,7 +57,9 @@ def expected(where: str, how: str) -> tuple[type[BaseException], int | None]:
         return WorkerCrashedError, -11
     if where == "call":  # the task's own exception, with its own type (as in loky)
         return (RuntimeError if how == "exception" else SystemExit), None
-    return SerializationError, None
+    if where in ("parent_pickle", "result_pickle"):
+        return PicklingError, None  # both also SerializationError and pickle.PicklingError
+    return UnpicklingError, None
 
 
 def _cases(*, isolated: bool) -> list[Any]:

@@ -27,8 +27,9 @@ from distributed import Client, Event, LocalCluster, Queue, SchedulerPlugin
 from aioparallel import (
     AioParallelError,
     Parallel,
+    PicklingError,
     RemoteTraceback,
-    SerializationError,
+    TaskTimeoutError,
     WorkerCrashedError,
     delayed,
     parallel_config,
@@ -258,7 +259,7 @@ async def test_unpicklable_result_fails_its_own_task(external: ExternalCluster) 
     ):
         out = await run_batch(Batch(0, [Call(square, (2,), {}), Call(make_lock, (0,), {})]))
     assert out[0] == 4
-    assert type(out[1]) is Failure and type(out[1].exc) is SerializationError
+    assert type(out[1]) is Failure and type(out[1].exc) is PicklingError
     assert "task 1 (make_lock)" in str(out[1].exc)
 
 
@@ -273,7 +274,7 @@ async def test_unpicklable_argument_names_its_task(external: ExternalCluster) ->
     ):
         out = await run_batch(Batch(5, [Call(type_name, (1,), {}), Call(type_name, (lock,), {})]))
     assert out[0] == "int"
-    assert type(out[1]) is Failure and type(out[1].exc) is SerializationError
+    assert type(out[1]) is Failure and type(out[1].exc) is PicklingError
     assert "task 6 (type_name)" in str(out[1].exc)
 
 
@@ -432,7 +433,7 @@ async def test_timeout_names_the_task_and_limit(local: Local) -> None:
         out = await run_batch(Batch(4, [Call(square, (3,), {}), Call(wait_for_gate, (1,), {})]))
     assert out[0] == 9 and type(out[1]) is Failure
     exc = out[1].exc
-    assert type(exc) is TimeoutError
+    assert type(exc) is TaskTimeoutError
     assert "task 5 (wait_for_gate)" in str(exc) and "timeout=0.2s" in str(exc)
 
 

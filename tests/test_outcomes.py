@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from aioparallel import Parallel, RemoteTraceback, WorkerCrashedError, delayed
+from aioparallel import Parallel, RemoteTraceback, TaskTimeoutError, WorkerCrashedError, delayed
 from tests import proc_helpers as h
 
 MODES = ["list", "generator", "generator_unordered"]
@@ -97,7 +97,7 @@ async def test_a_timeout_fails_only_its_own_task(tmp_path: Path, mode: str) -> N
     calls = [delayed(h.sleep_if)(x, {4}, str(tmp_path)) for x in range(10)]
     parallel = Parallel(n_jobs=2, return_as=mode, return_exceptions=True, timeout=1)
     results = await outcomes(parallel, calls)
-    assert_slots(results, {4: TimeoutError})
+    assert_slots(results, {4: TaskTimeoutError})
     assert "timeout=1s" in str(results[4])
     assert [pid for pid in h.read_pids(tmp_path).values() if not h.pid_gone(pid)] == []
 
@@ -148,7 +148,7 @@ async def test_showcase_a_thousand_tasks_with_five_failures(mode: str) -> None:
         100: KeyError,
         300: WorkerCrashedError,
         500: KeyError,
-        700: TimeoutError,
+        700: TaskTimeoutError,
         900: KeyError,
     }
     assert_slots(results, failures)

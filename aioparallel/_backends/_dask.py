@@ -39,7 +39,13 @@ from distributed import Client, KilledWorker
 
 from .._call import Call, function_name
 from .._coroutines import async_flags
-from .._errors import AioParallelError, SerializationError, WorkerCrashedError, attach_task
+from .._errors import (
+    AioParallelError,
+    PicklingError,
+    UnpicklingError,
+    WorkerCrashedError,
+    attach_task,
+)
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls, run_calls_async
 
@@ -186,9 +192,7 @@ class _DaskRun:
             )
         except BaseException as exc:  # nothing ran (a __reduce__ may raise anything)
             if len(batch.calls) == 1:
-                error = SerializationError(
-                    f"task {batch.start} ({name}) could not be sent: {exc!r}"
-                )
+                error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
                 error.__cause__ = exc
                 attach_task(error, batch.start, name)
                 return [Failure(error)]
@@ -358,7 +362,7 @@ def _unpack(batch: Batch, outcomes: list[Outcome | None], stop_on_error: bool) -
         try:
             loaded = pickle.loads(blob)
         except Exception as exc:
-            unpickling = SerializationError(
+            unpickling = UnpicklingError(
                 f"the result of task {index} ({name}) could not be unpickled: {exc!r}"
             )
             unpickling.__cause__ = exc

@@ -15,7 +15,7 @@ from typing import Any
 from distributed.protocol import pickle as dask_pickle
 
 from .._call import function_name
-from .._errors import AioParallelError, SerializationError
+from .._errors import AioParallelError, PicklingError, TaskTimeoutError
 
 __all__ = ["RAISED", "VALUE", "Outcome", "WireCall", "run_calls", "run_calls_async"]
 
@@ -54,7 +54,7 @@ def run_calls(
                 outcomes.append((VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
                 continue
             except Exception as exc:
-                error = SerializationError(
+                error = PicklingError(
                     f"the result of task {index} ({function_name(func)}), "
                     f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
                 )
@@ -65,9 +65,9 @@ def run_calls(
 
 
 class _Overran(Exception):
-    """A call ran past its timeout (wraps the TimeoutError the caller will see)."""
+    """A call ran past its timeout (wraps the TaskTimeoutError the caller will see)."""
 
-    def __init__(self, error: TimeoutError) -> None:
+    def __init__(self, error: TaskTimeoutError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -97,7 +97,7 @@ def _call_with_timeout(
     thread.join(timeout)
     if not box:
         raise _Overran(
-            TimeoutError(
+            TaskTimeoutError(
                 f"task {index} ({function_name(func)}) ran longer than timeout={timeout}s "
                 "on its dask worker"
             )
@@ -116,7 +116,7 @@ def _pack_error(exc: BaseException, tb: str | None) -> Outcome:
         blob = _dumps((exc, tb), protocol=pickle.HIGHEST_PROTOCOL)
         pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt (extra __init__ args)
     except Exception as err:
-        stand_in = SerializationError(
+        stand_in = PicklingError(
             f"the task raised {type(exc).__qualname__}: {exc}, which could not be pickled ({err!r})"
         )
         blob = pickle.dumps((stand_in, tb), protocol=pickle.HIGHEST_PROTOCOL)
@@ -227,7 +227,7 @@ def _pack_value(value: Any, index: int, func: Any) -> Outcome:
     try:
         return (VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
-        error = SerializationError(
+        error = PicklingError(
             f"the result of task {index} ({function_name(func)}), "
             f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
         )

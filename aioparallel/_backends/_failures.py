@@ -9,8 +9,11 @@ from __future__ import annotations
 import pickle
 
 from .._errors import (
+    PicklingError,
     RemoteTraceback,
     SerializationError,
+    TaskTimeoutError,
+    UnpicklingError,
     WorkerCrashedError,
     attach_task,
     describe_exit,
@@ -32,8 +35,8 @@ _DOING = {SLOT_LOADING: "unpickling the arguments of", SLOT_SENDING: "pickling t
 
 
 def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
-    """The task's own exception, rebuilt in the parent; a SerializationError saying so if
-    it could not cross back."""
+    """The task's own exception, rebuilt in the parent; a PicklingError (or UnpicklingError)
+    saying so if it could not cross back."""
     exc = rebuild(error, f"task {index} ({name})")
     attach_task(exc, index, name, error.tb)
     return exc
@@ -41,7 +44,8 @@ def raised_in_worker(error: TaskError, index: int, name: str) -> BaseException:
 
 def rebuild(error: TaskError, who: str = "the initializer") -> BaseException:
     """The exception ``who`` raised in a worker, rebuilt in the parent with the worker's
-    traceback as its cause; a SerializationError saying so if it could not cross back."""
+    traceback as its cause; a PicklingError (or UnpicklingError) saying so if it could not
+    cross back."""
     exc: BaseException | None = None
     if error.exc_bytes is not None:
         try:
@@ -49,12 +53,17 @@ def rebuild(error: TaskError, who: str = "the initializer") -> BaseException:
         except Exception:
             exc = None
     if exc is None:
-        if error.type_name == "SerializationError":
-            exc = SerializationError(f"{who}: {error.message}")
+        if error.type_name == "SerializationError":  # the worker could not pickle the result
+            exc = PicklingError(f"{who}: {error.message}")
         else:
-            exc = SerializationError(
+            kind, doing = (
+                (PicklingError, "pickled")
+                if error.exc_bytes is None
+                else (UnpicklingError, "unpickled")
+            )
+            exc = kind(
                 f"{who} raised {error.type_name}: {error.message} "
-                "(the exception itself could not be pickled back to the parent)"
+                f"(the exception itself could not be {doing} back to the parent)"
             )
     exc.__cause__ = RemoteTraceback(f"\n\nWorker traceback of {who}:\n{error.tb}")
     return exc
@@ -66,8 +75,10 @@ def serialization_error(
     what: str,
     cause: BaseException | None = None,
     tb: str | None = None,
+    kind: type[SerializationError] = PicklingError,
 ) -> SerializationError:
-    error = SerializationError(f"task {index} ({name}) {what}")
+    """``kind``: PicklingError or UnpicklingError, by which side of the trip failed."""
+    error = kind(f"task {index} ({name}) {what}")
     error.__cause__ = cause
     attach_task(error, index, name, tb)
     return error
@@ -81,10 +92,10 @@ _WHILE = {
 
 def timeout_error(
     index: int, name: str, timeout: float, elapsed: float, pid: int, phase: int = 0
-) -> TimeoutError:
+) -> TaskTimeoutError:
     """The task spent more than ``timeout`` on its worker; ``phase`` says where it was then
     (the timeout covers receiving the arguments and returning the result too)."""
-    error = TimeoutError(
+    error = TaskTimeoutError(
         f"task {index} ({name}) ran past timeout={timeout:g}s ({elapsed:.1f}s)"
         f"{_WHILE.get(phase, '')}; its worker process {pid} was killed and replaced"
     )

@@ -199,13 +199,15 @@ class _Child:
 def _authkey() -> bytes | None:
     """The parent's ``multiprocessing`` authkey, which ``Manager()`` proxies passed to tasks
     need in the worker to reach their manager; None while the parent has not imported
-    ``multiprocessing`` (no proxy can exist: the worker then does not import it either).
+    ``multiprocessing.managers`` (no proxy can exist: the worker then does not import
+    ``multiprocessing`` either; the parent itself imports the package for its error types).
     It travels in the SETUP frame over the worker's own pipe, never in its environment or
     command line, where other local users could read it."""
-    process = sys.modules.get("multiprocessing.process")
-    if process is None:
+    if "multiprocessing.managers" not in sys.modules:
         return None
-    return bytes(process.current_process().authkey)
+    from multiprocessing import current_process
+
+    return bytes(current_process().authkey)
 
 
 class WorkerProcess:

@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from .._call import Call, function_name
 from .._coroutines import async_flags
-from .._errors import SerializationError, attach_task
+from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._async_runner import CANCEL_GRACE, TimedOut
 from ._base import Batch, Failure, RunBatch, RunOptions
@@ -389,23 +389,35 @@ class _BatchRun:
             "could not be unpickled in the worker process (is everything it uses importable "
             "there?); see the worker traceback below"
         )
-        return self._serialization_failed(todo, what, tb=tb)
+        return self._serialization_failed(todo, what, tb=tb, kind=UnpicklingError)
 
     def _serialization_failed(
-        self, todo: list[int], what: str, cause: BaseException | None = None, tb: str | None = None
+        self,
+        todo: list[int],
+        what: str,
+        cause: BaseException | None = None,
+        tb: str | None = None,
+        kind: type[SerializationError] = PicklingError,
     ) -> list[int]:
         """A job that did not (un)pickle: with several calls, find the culprit by sending them
         one by one; with one, that call fails."""
         if len(todo) > 1:
             self._split = True
             return todo
-        self._fail(todo[0], self._serialization_error(todo[0], what, cause, tb))
+        self._fail(todo[0], self._serialization_error(todo[0], what, cause, tb, kind))
         return []
 
     def _serialization_error(
-        self, position: int, what: str, cause: BaseException | None = None, tb: str | None = None
+        self,
+        position: int,
+        what: str,
+        cause: BaseException | None = None,
+        tb: str | None = None,
+        kind: type[SerializationError] = PicklingError,
     ) -> SerializationError:
-        return serialization_error(self._index(position), self._name(position), what, cause, tb)
+        """``kind``: PicklingError or UnpicklingError, by which side of the trip failed."""
+        index, name = self._index(position), self._name(position)
+        return serialization_error(index, name, what, cause, tb, kind)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -480,7 +492,8 @@ class _BatchRun:
             if len(positions) > 1:
                 return None
             what = f"returned a result that could not be unpickled in the parent: {exc!r}"
-            return [Failure(self._serialization_error(positions[0], what, cause=exc))]
+            error = self._serialization_error(positions[0], what, exc, kind=UnpicklingError)
+            return [Failure(error)]
 
     def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
         if isinstance(error, TaskError):

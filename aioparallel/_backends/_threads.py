@@ -21,7 +21,8 @@ import anyio.to_thread
 
 from .._call import Call, function_name
 from .._coroutines import async_flags, is_coroutine
-from .._errors import attach_task
+from .._errors import TaskTimeoutError, attach_task
+from .._nesting import deeper
 from ._async_runner import VALUE, LoopHandle, TimedOut, run_calls_on_loop
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._failures import async_timeout_error
@@ -106,7 +107,7 @@ class ThreadBackend:
                 stop = threading.Event()
                 try:
                     return await anyio.to_thread.run_sync(
-                        run_calls, batch.start, calls, options.stop_on_error, stop, init,
+                        deeper(run_calls), batch.start, calls, options.stop_on_error, stop, init,
                         limiter=limiter, abandon_on_cancel=True,
                     )  # fmt: skip
                 finally:
@@ -125,12 +126,12 @@ class ThreadBackend:
                     began = time.monotonic()
                     with anyio.move_on_after(timeout) as scope:
                         value = await anyio.to_thread.run_sync(
-                            run_calls, index, [call], options.stop_on_error, None, init,
+                            deeper(run_calls), index, [call], options.stop_on_error, None, init,
                             abandon_on_cancel=True,
                         )  # fmt: skip
                 if scope.cancelled_caught:
                     name = function_name(call.func)
-                    exc = TimeoutError(
+                    exc = TaskTimeoutError(
                         f"task {index} ({name}) ran past timeout={timeout:g}s "
                         f"({time.monotonic() - began:.2f}s); its thread keeps running "
                         "in the background and its result will be dropped"

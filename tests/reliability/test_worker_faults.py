@@ -20,7 +20,7 @@ import anyio.to_thread
 import psutil
 import pytest
 
-from aioparallel import Parallel, WorkerCrashedError, delayed
+from aioparallel import Parallel, TaskTimeoutError, WorkerCrashedError, delayed
 from aioparallel._errors import RemoteTraceback
 from tests.proc_helpers import wait_gone
 from tests.reliability.conftest import Report
@@ -48,7 +48,7 @@ EXPECTED: dict[str, tuple[type[BaseException], str, int | None]] = {
     "sigkill": (WorkerCrashedError, "(signal SIGKILL)", -signal.SIGKILL),
     "segfault": (WorkerCrashedError, "(signal SIGSEGV)", -signal.SIGSEGV),
     "memory": (MemoryError, "", None),
-    "hang": (TimeoutError, f"ran past timeout={HANG_TIMEOUT:g}s", None),
+    "hang": (TaskTimeoutError, f"ran past timeout={HANG_TIMEOUT:g}s", None),
 }
 NOTE = f"aioparallel: raised by task {AT} (fault)"
 

@@ -1,0 +1,72 @@
+"""Nested ``Parallel`` calls: how deep in thread workers a call is made, and joblib's cap.
+
+A ``Parallel`` called from a task already running on a thread worker would otherwise start
+``n_jobs`` more threads at every level of a recursion, without bound (joblib's "thread bomb").
+As in joblib, a ``Parallel`` whose backend comes from ``parallel_config`` or the default
+(not named in the call itself) uses:
+
+- depth 0 (the caller's own code): that backend;
+- depth 1 (a task on a thread worker): threads, where the backend would be processes;
+- depth 2 and more: the sequential path.
+
+A process backend named in the call below a thread worker runs sequentially too, with the
+warning joblib gives. Process workers count as nested on their own: there, a ``Parallel`` that
+names no backend runs sequentially (``_system.in_worker``, SPEC §6).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import ParamSpec, TypeVar
+
+__all__ = ["cap_nesting", "deeper", "thread_depth"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Thread workers between the caller and the code now running; set in the worker thread's
+#: copy of the context (anyio runs each worker call in a copy of the caller's context).
+_thread_depth: ContextVar[int] = ContextVar("aioparallel_thread_depth", default=0)
+
+
+def thread_depth() -> int:
+    """0 in the caller's code; 1 in a task on a thread worker; 2 in a task of a Parallel
+    called from there, and so on."""
+    return _thread_depth.get()
+
+
+def deeper(func: Callable[P, R]) -> Callable[P, R]:
+    """``func``, run one thread-worker level deeper (for the thread backend's worker calls)."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = _thread_depth.set(_thread_depth.get() + 1)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _thread_depth.reset(token)
+
+    return run
+
+
+def cap_nesting(name: str, explicit: bool, n_jobs: int | None) -> str:
+    """The backend a ``Parallel`` created here runs on, given the one it resolved to."""
+    depth = thread_depth()
+    if depth == 0 or name not in ("processes", "threads"):
+        return name
+    if explicit:
+        if name == "processes":
+            if n_jobs not in (None, 1):
+                warnings.warn(
+                    f"Process-backed parallel loops cannot be nested below threads: this "
+                    f"Parallel(n_jobs={n_jobs}, backend='processes') runs on a thread worker, "
+                    "so its calls run sequentially (n_jobs=1), as in joblib",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return "sequential"
+        return name
+    if depth >= 2:
+        return "sequential"
+    return "threads"
