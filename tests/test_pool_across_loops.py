@@ -22,7 +22,7 @@ import pytest
 
 import aioparallel
 from aioparallel import Parallel, delayed, parallel_config
-from aioparallel._backends import _pool
+from aioparallel._backends import _pool, _worker_process
 from tests import proc_helpers as h
 from tests.conftest import Snapshot, leaks_after
 
@@ -261,7 +261,7 @@ def test_a_forked_child_does_not_inherit_the_parents_workers() -> None:
     workers = asyncio.run(_square_pids())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        clean = not _pool._shared and not _pool._live_pids
+        clean = not _pool._shared and not _worker_process._live_pids
         os._exit(0 if clean else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -1,6 +1,6 @@
 """The worker process, started by the pool as ``python -c <boot> ROOT REQ RESP SLOT LIFELINE
-PARENT_PID`` (``_pool._BOOT``): descriptor numbers of the pipes and slot the parent created,
-and the parent's pid if it wants the kernel's parent-death signal (else 0).
+PARENT_PID`` (``_worker_process._BOOT``): descriptor numbers of the pipes and slot the parent
+created, and the parent's pid if it wants the kernel's parent-death signal (else 0).
 
 Imports only the standard library and ``_wire`` (a cold start costs ~20 ms, not ~100 ms).
 It reads jobs from the request pipe, runs their calls in order, and streams results back on

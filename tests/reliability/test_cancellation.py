@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, assume, event, given, note, settings
 from hypothesis import strategies as st
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends import _pool
+from aioparallel._backends import _worker_process
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import wait_gone
 from tests.reliability.conftest import Report
@@ -363,13 +363,13 @@ def test_loop_end_during_worker_spawn_leaves_no_zombie() -> None:
 async def _cancel_right_after_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cold run whose cancellation lands just after a worker process was created, at the
     first await of its start-up (where a cold start is most often cut short by chance)."""
-    real_init = _pool._Child.__init__
+    real_init = _worker_process._Child.__init__
 
     def init(self: Any, popen: Any) -> None:
         real_init(self, popen)
         scope.cancel()  # delivered at the next await: waiting for the worker's READY
 
-    monkeypatch.setattr(_pool._Child, "__init__", init)
+    monkeypatch.setattr(_worker_process._Child, "__init__", init)
     with anyio.CancelScope() as scope:
         await Parallel(n_jobs=N_JOBS)(delayed(square)(i) for i in range(200))
 

@@ -1,0 +1,483 @@
+"""The parent's handle on one worker process: spawn it, talk to it, kill and reap it.
+
+A ``WorkerProcess`` is a fresh interpreter (never a fork of the event-loop process) with
+four descriptors the parent created: a request pipe, a response pipe, a lifeline pipe whose
+end of file tells the worker its parent is gone, and a small shared slot where the worker
+notes which call it is running. No network socket is involved. Its descriptors are closed
+only by the task that holds it; a kill takes its process group (the task's own
+subprocesses). Workers still alive at interpreter exit are stopped then.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from .._errors import describe_exit
+from .._system import FEATURES, IN_WORKER_ENV, blas_thread_env
+from . import _wire
+from ._failures import rebuild
+from ._setup import PLAIN, WorkerSetup, initializer_error
+
+__all__ = ["WorkerProcess", "forget_live_pids"]
+
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from aioparallel._backends._worker import main; main(sys.argv[1:])"
+)
+STARTUP_TIMEOUT = 60.0
+#: While waiting for results, how often to check that the worker is still alive: end of
+#: file on its pipe says so at once, unless a process the task forked holds the pipe.
+LIVENESS_SECONDS = 1.0
+_F_SETPIPE_SZ = 1031
+#: Without a pidfd, a worker's exit is polled this often, from the first to the last delay.
+_POLL_FIRST, _POLL_LAST = 0.001, 0.05
+_live_pids: set[int] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """What is still alive at exit (the shared pools first stop their idle workers gently,
+    so these flush what they printed: their exit handler runs before this one)."""
+    for pid in list(_live_pids):
+        try:
+            os.killpg(pid, signal.SIGKILL)  # its tasks' processes: it is their group leader
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+
+
+def _death_signal_parent() -> int:
+    """The pid a new worker checks its parent against when it asks the kernel for a death
+    signal; 0: ask for none. The signal follows the spawning *thread*, and the shared pools
+    outlive the loops (and threads) that spawn their workers: only the main thread, which
+    lasts as long as the process, may ask. (Workers spawned elsewhere still die with the
+    process through their lifeline pipe.)"""
+    if not FEATURES.death_signal:
+        return 0
+    return os.getpid() if threading.current_thread() is threading.main_thread() else 0
+
+
+def _slot_fd() -> int:
+    """The worker's 16-byte slot: a memfd, or a temp file unlinked at once (macOS). Close on
+    exec either way: only the worker it is passed to (``pass_fds``) gets it."""
+    if FEATURES.memfd:
+        fd = os.memfd_create("aioparallel-slot")
+    else:
+        fd, path = tempfile.mkstemp(prefix=_wire.FOLDER_PREFIX + "slot-")
+        os.unlink(path)
+    os.ftruncate(fd, _wire.SLOT_SIZE)
+    return fd
+
+
+class _Child:
+    """A worker process started synchronously (so no cancellation can lose it half-spawned),
+    awaited through a pidfd where the kernel has them, else polled with a growing delay
+    (1 ms to 50 ms: a reader waiting for results learns of a death at once anyway, from the
+    end of file on its pipe).
+
+    The worker leads its own process group (it calls ``setpgid`` first thing), so ``kill()``
+    takes the processes its tasks started with it (SPEC §6). Its exit is observed without
+    reaping it (``waitid(WNOWAIT)``) until ``reap()``: while the dead leader is unreaped, its
+    pid and group id cannot be reused, so the group kill can never hit a stranger, even
+    after a crash the parent noticed late. Without ``waitid`` (macOS before Python 3.13)
+    the first look that finds the process ended reaps it, and kills its group at once, while
+    no other group can have that number yet. (A task that moves its children into a session
+    of their own, ``setsid()``, takes them out of our reach: we do not walk ``/proc``.)
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]):
+        self.popen = popen
+        self.pid = popen.pid
+        self._waiting: anyio.Event | None = None
+        self._pidfd = -1
+        if FEATURES.pidfd:
+            try:
+                self._pidfd = os.pidfd_open(popen.pid)
+            except OSError:  # pragma: no cover - a kernel or sandbox without them
+                pass
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code (negative: the signal) once the process has ended; None while it
+        runs. Does not reap it, unless the system lacks ``waitid`` (see ``_poll``)."""
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        if not FEATURES.waitid:
+            return self._poll()
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # pragma: no cover - reaped behind our back
+            return self.popen.poll()
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    def _poll(self) -> int | None:
+        """The exit code if the process has ended, which reaps it: its group (the processes
+        its tasks started) is killed then, as ``kill()`` can no longer reach it."""
+        code = self.popen.poll()
+        if code is not None:  # just reaped (``returncode`` does not come here again)
+            _live_pids.discard(self.pid)  # the number is no longer ours to kill at exit
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the process and its process group (until it is reaped: after that, the
+        numbers may belong to others)."""
+        if self.popen.returncode is not None:
+            return
+        for kill in (os.killpg, os.kill):  # the group is not there yet for a ms at start-up
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    async def wait(self) -> int:
+        """The exit code, once the process ends (not reaped); several tasks may wait."""
+        delay = _POLL_FIRST
+        while (code := self.returncode) is None:
+            if self._waiting is not None:  # one task watches the pidfd, the others its event
+                await self._waiting.wait()
+                continue
+            self._waiting = anyio.Event()
+            try:
+                if self._pidfd >= 0:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.sleep(delay)
+                    delay = min(2 * delay, _POLL_LAST)
+            finally:
+                self._waiting.set()
+                self._waiting = None
+        return code
+
+    def wait_blocking(self, timeout: float) -> None:
+        """Wait synchronously for the end: only for cleanup that can no longer await."""
+        deadline = time.monotonic() + timeout
+        while self.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def reap(self) -> None:
+        """Collect the ended process's exit status (after which its pid may be reused)."""
+        if self.returncode is not None:
+            self.popen.wait()
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+def _authkey() -> bytes | None:
+    """The parent's ``multiprocessing`` authkey, which ``Manager()`` proxies passed to tasks
+    need in the worker to reach their manager; None while the parent has not imported
+    ``multiprocessing.managers`` (no proxy can exist: the worker then does not import
+    ``multiprocessing`` either; the parent itself imports the package for its error types).
+    It travels in the SETUP frame over the worker's own pipe, never in its environment or
+    command line, where other local users could read it."""
+    if "multiprocessing.managers" not in sys.modules:
+        return None
+    from multiprocessing import current_process
+
+    return bytes(current_process().authkey)
+
+
+class WorkerProcess:
+    """One worker process and its pipes, driven from the event loop.
+
+    Its descriptors and slot are closed only by the task that holds the worker (the pool's
+    ``release``, ``reap_idle`` or ``close`` once the worker is out of every list): another
+    task that wants it gone only signals it (``kill_now``), so no reader ever finds a
+    descriptor closed (or reused for another file) under it.
+    """
+
+    def __init__(self, process: _Child, req: int, resp: int, lifeline: int, slot: Any):
+        self.process = process
+        self.pid: int = process.pid
+        self._req = req
+        self._resp = resp
+        self._lifeline = lifeline
+        self._slot = slot
+        self._buffer = bytearray()
+        self._env: tuple[list[str], str, bytes | None] | None = None
+        self._seq = 0
+        self.last_used = time.monotonic()
+        self.closed = False
+
+    @classmethod
+    async def spawn(cls, n_workers: int, setup: WorkerSetup = PLAIN) -> WorkerProcess:
+        import mmap
+
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        life_r, life_w = os.pipe()
+        slot_fd = _slot_fd()
+        child_ends = (req_r, resp_w, slot_fd, life_r)
+        if FEATURES.pipe_size:  # a whole inline frame fits: one write, one read
+            import fcntl
+
+            for fd in (req_w, resp_w):
+                try:
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
+                except OSError:
+                    pass
+        threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
+        env = {**os.environ, **threads, IN_WORKER_ENV: "1"}
+        # Without a death signal ("0") the worker's lifeline thread alone ends it when we die.
+        death_signal = str(_death_signal_parent())
+        try:
+            process = _Child(
+                subprocess.Popen(  # noqa: ASYNC220 (a ~1 ms fork/exec that must not be cut short)
+                    [
+                        sys.executable,
+                        "-c",
+                        _BOOT,
+                        _PACKAGE_ROOT,
+                        *map(str, child_ends),
+                        death_signal,
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=child_ends,
+                    env=env,
+                )
+            )
+        except BaseException:
+            for fd in (*child_ends, req_w, resp_r, life_w):
+                os.close(fd)
+            raise
+        slot = mmap.mmap(slot_fd, _wire.SLOT_SIZE)
+        for fd in child_ends:  # the child has its copies; the mapping keeps the slot
+            os.close(fd)
+        os.set_blocking(req_w, False)
+        os.set_blocking(resp_r, False)
+        worker = cls(process, req_w, resp_r, life_w, slot)
+        _live_pids.add(worker.pid)
+        started = False
+        try:
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                frame = await worker.read_frame()
+            if frame is None or frame[0] != _wire.READY:
+                raise RuntimeError(f"worker process {worker.pid} failed to start")
+            if setup.initializer is not None:  # as long as it takes: not a start-up timeout
+                await worker._initialize(setup.initializer, setup.initializer_name)
+            started = True
+        finally:  # not in an ``except``: nothing of ours becomes the context of what is raised
+            if not started:
+                with anyio.CancelScope(shield=True):
+                    await worker.kill()
+        return worker
+
+    # -- frames ------------------------------------------------------------------------------
+
+    async def read_frame(self) -> tuple[int, bytes] | None:
+        """The next frame, or None once the worker has exited (end of file)."""
+        header_size = _wire.HEADER.size
+        while True:
+            buffer = self._buffer
+            if len(buffer) >= header_size:
+                kind, length = _wire.HEADER.unpack_from(buffer)
+                end = header_size + length
+                if len(buffer) >= end:
+                    body = bytes(buffer[header_size:end])
+                    del buffer[:end]
+                    return kind, body
+            try:
+                chunk: bytes | None = os.read(self._resp, 1 << 20)
+            except BlockingIOError:
+                chunk = None  # wait below, outside the handler (no internal context)
+            except OSError:
+                return None
+            if chunk is None:
+                if self.process.returncode is not None:
+                    return None  # exited, pipe empty; a process it forked may hold it open
+                with anyio.move_on_after(LIVENESS_SECONDS):
+                    await anyio.wait_readable(self._resp)
+                continue
+            if not chunk:
+                return None
+            buffer += chunk
+
+    async def write_frame(self, kind: int, body: bytes) -> None:
+        """Raises BrokenPipeError if the worker is gone."""
+        data = memoryview(_wire.HEADER.pack(kind, len(body)) + body)
+        while data:
+            try:
+                written = os.write(self._req, data)
+            except BlockingIOError:
+                written = 0  # wait below, outside the handler (no internal context)
+            if not written:
+                await anyio.wait_writable(self._req)
+                continue
+            data = data[written:]
+
+    async def sync_env(self) -> None:
+        """Give the worker the parent's current sys.path, working directory and
+        multiprocessing authkey. (The worker returns to the last path and directory it was
+        given after each job, so this cache stays true whatever a task did.)"""
+        env = (list(sys.path), os.getcwd(), _authkey())
+        if env != self._env:
+            await self.write_frame(_wire.SETUP, pickle.dumps(env))
+            self._env = env
+
+    async def _initialize(self, payload: bytes, name: str) -> None:
+        """Run the user's initializer in the new worker, after SETUP (its module may be found
+        only on the parent's sys.path; a Manager proxy in its initargs needs the authkey).
+        Raises ``InitializerError`` if it raised or the worker died running it."""
+        await self.sync_env()
+        frame: tuple[int, bytes] | None = None
+        try:
+            await self.write_frame(_wire.INIT, payload)
+        except OSError:  # died before reading it: the exit code says why
+            pass
+        else:
+            frame = await self.read_frame()
+        if frame is not None and frame[0] == _wire.INIT_DONE:
+            return
+        where = f"worker process {self.pid}"
+        if frame is not None and frame[0] == _wire.INIT_ERROR:
+            raise initializer_error(name, where, rebuild(pickle.loads(frame[1])))
+        died = describe_exit(await self.exit_code())
+        raise initializer_error(name, where, None, died=died)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def running(self, seq: int) -> tuple[int, int, float] | None:
+        """What the worker is doing for job ``seq``: (phase flag, position in the job, start
+        time of that call); None if it is not working on that job."""
+        number = _wire.SLOT_POS.unpack_from(self._slot, 0)[0]
+        started = _wire.SLOT_TIME.unpack_from(self._slot, 8)[0]
+        if number < 0 or number >> _wire.BATCH_SHIFT != seq:
+            return None
+        phase = number & (_wire.SLOT_LOADING | _wire.SLOT_SENDING)
+        return phase, number & _wire.POSITION_MASK, started
+
+    def async_started(self, seq: int) -> int:
+        """Job position of the last async call the worker started for job ``seq``, or -1."""
+        number = _wire.SLOT_POS.unpack_from(self._slot, _wire.SLOT_ASYNC)[0]
+        if number < 0 or number >> _wire.BATCH_SHIFT != seq:
+            return -1
+        return int(number & _wire.POSITION_MASK)
+
+    # -- life and death ----------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and self.process.returncode is None
+
+    def kill_now(self) -> None:
+        """SIGKILL it and its process tree, without waiting: a signal only, safe from any
+        task (the holder reaps it and closes its descriptors)."""
+        self.process.kill()
+
+    async def exit_code(self) -> int | None:
+        """Wait (bounded) for the process to end; kill it if it does not."""
+        with anyio.move_on_after(2):
+            return await self.process.wait()
+        self.kill_now()
+        with anyio.move_on_after(2):
+            return await self.process.wait()
+        return None
+
+    async def kill(self) -> None:
+        """Kill it and its process tree, reap it and close every descriptor. Only for the
+        worker's holder; call shielded."""
+        self.kill_now()
+        await self._reap()
+
+    def ask_to_exit(self) -> None:
+        """Close its request pipe: at the end of it, the worker flushes its output and exits."""
+        if not self.closed and self._req >= 0:
+            try:
+                os.close(self._req)
+            except OSError:
+                pass
+            self._req = -1
+
+    def stop_blocking(self, deadline: float) -> None:
+        """``stop`` for a thread with no event loop (the idle reaper, the interpreter's exit):
+        wait for the exit until ``deadline`` (``time.monotonic()``), then kill; reap, close.
+        Only for the worker's holder."""
+        if self.process.returncode is not None:  # it died while idle: take its tree too
+            self.kill_now()
+        else:
+            self.ask_to_exit()
+            self.process.wait_blocking(deadline - time.monotonic())
+        if self.process.returncode is None:
+            self.kill_now()
+            self.process.wait_blocking(1.0)  # killed: gone in a few ms
+        self._close()
+
+    async def stop(self) -> None:
+        """Ask the worker to exit (end of its request pipe, so it flushes its output first),
+        then reap it. Only for the worker's holder; call shielded."""
+        self.ask_to_exit()
+        try:
+            with anyio.move_on_after(1):
+                await self.process.wait()
+        finally:
+            if self.process.returncode is None:
+                self.kill_now()
+            await self._reap()
+
+    async def _reap(self) -> None:
+        try:
+            with anyio.move_on_after(5):
+                await self.process.wait()
+        finally:  # even if the end of the event loop cuts the wait short
+            if self.process.returncode is None:
+                self.kill_now()
+                self.process.wait_blocking(1.0)  # killed: gone in a few ms
+            self._close()
+
+    def _close(self) -> None:
+        """Reap the ended process and close every descriptor (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.process.reap()
+        if self.process.popen.returncode is not None:
+            _live_pids.discard(self.pid)
+        self._close_descriptors()
+        self.process.close()
+
+    def _close_descriptors(self) -> None:
+        for fd in (self._req, self._resp, self._lifeline):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._slot.close()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close our copies of its descriptors, leave the process alone
+        (it is the parent's; the lifeline must end when the parent's copy does)."""
+        self.closed = True
+        self._close_descriptors()
+        self.process.close()
+
+
+def forget_live_pids() -> None:
+    """In a forked child: the parent's workers are not ours to kill at exit."""
+    _live_pids.clear()
