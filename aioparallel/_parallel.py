@@ -439,12 +439,12 @@ class Parallel(Generic[M]):
     def __call__(self, iterable: Any) -> Any:
         """Run the calls: a coroutine of the result list, or an async iterator of results."""
         if not (hasattr(iterable, "__iter__") or hasattr(iterable, "__aiter__")):
-            hint = ""
+            got = f"{type(iterable).__name__} {iterable!r:.60}"
             if callable(iterable):
-                hint = "; for one function over many inputs write (delayed(f)(x) for x in xs)"
+                got = f"{iterable!r:.60}; for one function over many inputs write "
+                got += "(delayed(f)(x) for x in xs)"
             raise TypeError(
-                f"{self!r} needs an iterable or async iterable of delayed calls, "
-                f"got {type(iterable).__name__} {iterable!r:.60}{hint}"
+                f"{self!r} needs an iterable or async iterable of delayed calls, got {got}"
             )
         if self.return_as == "list":
             return PendingResults(self._gather(iterable), f"{self!r}(…)")

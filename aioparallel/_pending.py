@@ -61,7 +61,6 @@ class PendingResults(Coroutine[Any, Any, R]):
             warnings.warn(
                 f"{self._what} was never awaited, so nothing ran. {not_awaited_hint(self._what)}",
                 RuntimeWarning,
-                source=self,
                 stacklevel=2,
             )
 
