@@ -43,6 +43,10 @@ def explode(message: str) -> None:
     raise ValueError(message)
 
 
+def leave() -> None:
+    raise SystemExit(3)
+
+
 def report(_x: int) -> tuple[int, str | None]:
     return os.getpid(), TAG
 
@@ -163,3 +167,14 @@ async def test_an_unpicklable_initargs_is_a_serialization_error(external: Extern
     with pytest.raises(SerializationError, match="record") as info:
         await parallel(delayed(report)(x) for x in range(2))
     assert isinstance(info.value.__cause__, TypeError)  # cloudpickle's own error
+
+
+@pytest.mark.asyncio
+async def test_an_initializer_raising_system_exit_does_not_take_the_worker_down(
+    external: ExternalCluster,
+) -> None:
+    before = external.worker_pids()
+    with pytest.raises(InitializerError, match=r"leave.*SystemExit"):
+        await on_cluster(external, initializer=leave)(delayed(report)(x) for x in range(2))
+    results = await on_cluster(external)(delayed(report)(x) for x in range(4))
+    assert {pid for pid, _ in results} <= before == external.worker_pids()
