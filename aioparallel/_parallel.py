@@ -118,10 +118,11 @@ class Parallel(Generic[M]):
         that replaces a crashed one runs it again. Threads: once in each thread that runs a
         batch (anyio's threads are shared and come and go, so possibly on more than
         ``n_jobs`` threads). ``n_jobs=1`` / ``"sequential"``: once in the caller, before
-        the first call. Not yet on ``"dask"`` (``ValueError``). Warm process workers are kept per
-        (initializer, initargs), compared pickled: equal ones reuse the workers without
-        running it again; other ones get workers of their own. If it raises (or its worker
-        dies running it), the run stops with `InitializerError`, even with
+        the first call. ``"dask"``: once in each dask worker process (those joining later
+        too), through a worker plugin registered once per cluster and pair. Warm process
+        workers are kept per (initializer, initargs), compared pickled: equal ones reuse the
+        workers without running it again; other ones get workers of their own. If it raises
+        (or its worker dies running it), the run stops with `InitializerError`, even with
         ``return_exceptions=True``. Not with a backend object (``ValueError``).
     initargs
         The positional arguments ``initializer`` is called with (default: none).
@@ -206,12 +207,6 @@ class Parallel(Generic[M]):
             if initializer is not None or initargs != ()
             else config.get("initializer")
         )
-        if self._initializer is not None and self._backend_name == "dask":
-            raise ValueError(
-                "initializer= is not supported on backend 'dask' yet (it would run once per "
-                "dask worker, through a worker plugin): register one yourself with "
-                "client.register_plugin(...), or load the resource lazily in the task"
-            )
         if self._initializer is not None and self._backend_object is not None:
             raise ValueError(
                 f"initializer= cannot be given to the backend object {self._backend_object!r}, "
@@ -336,7 +331,7 @@ class Parallel(Generic[M]):
         from ._backends._dask import DaskBackend
 
         # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs
-        return DaskBackend(self._n_jobs_arg, **self._backend_options)
+        return DaskBackend(self._n_jobs_arg, initializer=self._initializer, **self._backend_options)
 
     @asynccontextmanager
     async def _backend(self) -> AsyncIterator[Backend]:

@@ -220,10 +220,3 @@ async def test_an_unpicklable_initargs_is_a_serialization_error() -> None:
     parallel = Parallel(n_jobs=2, initializer=record, initargs=(threading.Lock(),))
     with pytest.raises(SerializationError, match="record"):
         await parallel(delayed(report)(x) for x in range(2))
-
-
-def test_initializer_on_dask_is_a_value_error_for_now() -> None:
-    # never silently ignored (SPEC §2); per dask worker through a worker plugin is to come
-    with parallel_config("dask", address="tcp://127.0.0.1:1"):
-        with pytest.raises(ValueError, match="initializer"):
-            Parallel(initializer=record, initargs=("x",))

@@ -15,6 +15,7 @@
 
     cancelled await ─► client.cancel(future), shielded and bounded
     KilledWorker    ─► WorkerCrashedError naming the batch's first task
+    initializer=    ─► a worker plugin, registered once per cluster and (initializer, initargs)
 
 The client is asynchronous and lives on the caller's event loop, so waiting for a batch is
 one ``await`` on its dask future: no polling, no thread per batch. Nothing in aioparallel
@@ -25,6 +26,8 @@ imports dask.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import pickle
 import traceback
 import uuid
@@ -34,8 +37,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
+import cloudpickle
 import numpy as np
 from distributed import Client, KilledWorker
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .._call import Call, function_name
 from .._coroutines import async_flags
@@ -48,6 +53,7 @@ from .._errors import (
 )
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._dask_worker import RAISED, VALUE, Outcome, WireCall, run_calls, run_calls_async
+from ._setup import Initializer, initializer_error
 
 __all__ = ["DaskBackend"]
 
@@ -76,12 +82,19 @@ class DaskBackend:
     address
         A scheduler address such as ``"tcp://127.0.0.1:8786"``; the backend opens a client on
         entry and closes it on exit.
+    initializer
+        Run once in each dask worker process, those that join later included, before it runs
+        our tasks: a worker plugin, registered on entry (see `_InitializerPlugin`).
     """
 
     name = "dask"
 
     def __init__(
-        self, n_jobs: int | None = None, client: Client | None = None, address: str | None = None
+        self,
+        n_jobs: int | None = None,
+        client: Client | None = None,
+        address: str | None = None,
+        initializer: Initializer | None = None,
     ) -> None:
         if client is None and address is None:
             raise ValueError(f"backend 'dask' needs a client or a scheduler address: {_HOW}")
@@ -92,6 +105,7 @@ class DaskBackend:
         self._n_jobs = n_jobs
         self._given = client
         self._address = address
+        self._initializer = initializer
         #: distributed's Client is mostly untyped: held as Any, like its Futures.
         self._client: Any = None
         self._owns_client = False
@@ -120,6 +134,8 @@ class DaskBackend:
         connected = False
         try:
             info = await self._client.scheduler.identity(n_workers=0)
+            if self._initializer is not None:
+                await _register_initializer(self._client, self._initializer)
             connected = True
         finally:  # not in an except block: our cleanup must not chain into the user's error
             if not connected:
@@ -147,6 +163,68 @@ class DaskBackend:
             yield run.run_batch
         finally:
             run.release()
+
+
+class _InitializerPlugin(WorkerPlugin):
+    """Runs ``initializer(*initargs)`` in each dask worker process as it sets the plugin up:
+    the workers there when it is registered, and any that join (or restart) later.
+
+    distributed catches only ``Exception`` from ``setup``: anything else the initializer
+    raises (``SystemExit``, say) is carried in a ``RuntimeError`` so that it too comes back
+    to the caller instead of taking the worker down.
+    """
+
+    #: Asked for a name the scheduler already has, registration is a no-op.
+    idempotent = True
+
+    def __init__(self, initializer: Initializer) -> None:
+        self.initializer = initializer
+
+    def setup(self, worker: Any) -> None:
+        try:
+            self.initializer.func(*self.initializer.args)
+        except Exception:
+            raise
+        except BaseException as exc:  # the initializer's own outcome, of any type (SPEC §6)
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _register_initializer(client: Any, initializer: Initializer) -> None:
+    """Register the initializer's plugin, named by its pickled pair.
+
+    The scheduler keeps plugins by name and, asked idempotently, skips a name it has: an equal
+    (initializer, initargs) runs once per worker however many runs ask for it, and another
+    pair gets a plugin of its own. If it fails on a worker, distributed re-raises the
+    initializer's exception here; the plugin is then unregistered (else the failed pair
+    would count as done next time, and each joining worker would run it again) and the run
+    stops with `InitializerError`.
+    """
+    name = initializer.name
+    pickled: bytes | None = None
+    failure: BaseException | None = None
+    try:
+        pickled = cloudpickle.dumps((initializer.func, initializer.args))
+    except Exception as exc:  # a lock in initargs, say: nothing was sent
+        failure = exc
+    if pickled is None:
+        raise PicklingError(
+            f"the initializer {name} or its initargs could not be pickled: {failure!r}"
+        ) from failure
+    key = f"aioparallel-initializer-{hashlib.sha256(pickled).hexdigest()[:32]}"
+    plugin = _InitializerPlugin(initializer)
+    try:
+        await client.register_plugin(plugin, name=key)
+    except Exception as exc:  # the initializer's exception, rebuilt by distributed
+        failure = exc
+    if failure is None:
+        return
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(_CLEANUP_GRACE),
+        contextlib.suppress(ValueError),  # another run with this pair unregistered it first
+    ):
+        await client.unregister_worker_plugin(key)
+    raise initializer_error(name, f"a dask worker of {client.scheduler.address}", failure)
 
 
 def _resolve_n_jobs(n_jobs: int | None, cluster_threads: int) -> int:
