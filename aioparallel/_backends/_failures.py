@@ -137,8 +137,8 @@ def crash_error(
     error = WorkerCrashedError(
         f"the worker process (pid {pid}) {_DOING.get(phase, 'running')} task {index} "
         f"({name}) died ({describe_exit(exitcode)}): a segfault, os._exit(), an "
-        "out-of-memory kill or a signal from outside; the other tasks of its batch run on a "
-        "fresh worker",
+        "out-of-memory kill or a signal from outside; tasks of its batch that had not "
+        "started run on a fresh worker",
         task_index=index,
         exitcode=exitcode,
     )
