@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def parameters(func: Any) -> list[str]:
 @pytest.mark.parametrize("name", aioparallel.__all__)
 def test_public_name_is_on_the_api_page(name: str) -> None:
     obj = getattr(aioparallel, name)
-    if inspect.isclass(obj) or inspect.isfunction(obj):
+    alias = typing.get_origin(obj) is not None  # Callable[...] (a "class" to 3.10's inspect)
+    if not alias and (inspect.isclass(obj) or inspect.isfunction(obj)):
         assert name in api_entries(), f"docs/api.md has no '::: aioparallel.{name}'"
         # mkdocstrings hides an object without a docstring (show_if_no_docstring: false);
         # a class's __doc__ is its own, never inherited
