@@ -25,7 +25,7 @@ def test_results_used_without_await_name_the_fix() -> None:
     pending = Parallel(n_jobs=2, backend="threads")(CALLS)
     assert "not awaited" in repr(pending)
     assert "Parallel._gather" not in repr(pending)
-    for misuse in (lambda: pending[0], lambda: len(pending), lambda: list(pending)):
+    for misuse in (lambda: pending[0], lambda: list(pending)):
         with pytest.raises(TypeError, match=r"results = await Parallel\(n_jobs=2\)") as info:
             misuse()
         assert "asyncio.run(" in str(info.value)
@@ -136,3 +136,16 @@ def test_bench_from_an_installed_copy_says_how_to_get_it(tmp_path: Path) -> None
     refused = bench("--quick")
     assert refused.returncode == 2
     assert refused.stdout == "" and "pip install -e '.[bench]'" in refused.stderr
+
+
+def test_asyncio_may_inspect_the_call_like_any_coroutine() -> None:
+    """asyncio looks at a task's coroutine (``if task._coro:`` in its repr, 3.12+)."""
+
+    async def main() -> None:
+        pending = Parallel(n_jobs=2, backend="threads")(CALLS)
+        assert pending
+        task = asyncio.ensure_future(pending)
+        assert "Task" in repr(task)
+        assert await task == EXPECTED
+
+    asyncio.run(main())
