@@ -5,6 +5,7 @@ proxies passed to process workers.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -156,6 +157,8 @@ async def test_manager_proxies_work_in_process_workers(spawn: Any) -> None:
         assert os.getpid() not in pids
         assert sorted(items) == list(range(8))
         assert sorted(queue.get(timeout=10) for _ in range(8)) == [x * x for x in range(8)]
+        del items, queue  # their connections to the manager close with them
+    gc.collect()  # and the manager process's pipes with its Popen (the leak check counts fds)
 
 
 @pytest.mark.asyncio
@@ -169,6 +172,8 @@ async def test_manager_proxies_reach_warm_workers_started_before_the_manager(
             shared = manager.dict()
             await parallel(delayed(shared.__setitem__)(x, x) for x in range(4))
             assert dict(shared) == {x: x for x in range(4)}
+            del shared
+        gc.collect()
 
 
 def authkey_of_worker(_x: int) -> bytes:
