@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import aioparallel
@@ -25,24 +24,10 @@ from aioparallel import Parallel, delayed, parallel_config
 from aioparallel._backends import _pool, _worker_process
 from tests import proc_helpers as h
 from tests.conftest import Snapshot, leaks_after
+from tests.proc_helpers import worker_children
 
 N_JOBS = 2
 LOOP_LIMIT = 30.0
-
-
-def _worker_children() -> set[int]:
-    """Our child processes that run the worker module (zombies included: unreaped is not
-    gone, and still takes a place)."""
-    found = set()
-    for proc in psutil.Process().children():
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE or any(
-                "_backends._worker" in part for part in proc.cmdline()
-            ):
-                found.add(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _run(runner: str, main: Callable[[], Any]) -> Any:
@@ -68,7 +53,7 @@ def _roster_is_consistent(pool: _pool.Pool) -> None:
     assert not roster.busy
     assert not roster.waiters
     assert roster.count == len(roster.idle) <= pool.size
-    assert {w.pid for w in roster.idle} == _worker_children()
+    assert {w.pid for w in roster.idle} == worker_children()
     assert all(w.alive for w in roster.idle)
 
 
@@ -77,21 +62,21 @@ def _roster_is_consistent(pool: _pool.Pool) -> None:
 
 def test_successive_asyncio_runs_reuse_the_same_workers() -> None:
     first = asyncio.run(_square_pids())
-    workers = _worker_children()
+    workers = worker_children()
     assert first <= workers and 1 <= len(workers) <= N_JOBS
     for _ in range(3):
         assert asyncio.run(_square_pids()) <= workers
-        assert _worker_children() == workers  # nothing new spawned, nothing stopped
+        assert worker_children() == workers  # nothing new spawned, nothing stopped
     aioparallel.shutdown_workers()
     assert h.wait_gone(workers, 0) == []  # stopped and reaped before it returns
 
 
 def test_asyncio_trio_and_uvloop_loops_share_the_workers() -> None:
     _run("asyncio", _square_pids)
-    workers = _worker_children()
+    workers = worker_children()
     for runner in ("trio", "uvloop", "asyncio", "trio"):
         assert _run(runner, _square_pids) <= workers, runner
-        assert _worker_children() == workers, runner
+        assert worker_children() == workers, runner
 
 
 def test_workers_spawned_in_a_thread_outlive_the_thread() -> None:
@@ -104,7 +89,7 @@ def test_workers_spawned_in_a_thread_outlive_the_thread() -> None:
     (workers,) = spawned
     assert asyncio.run(_square_pids()) <= workers
     assert not any(h.pid_dead(pid) for pid in workers)
-    assert _worker_children() == workers
+    assert worker_children() == workers
 
 
 # -- two loops at once --------------------------------------------------------------------------
@@ -138,7 +123,7 @@ def test_two_loops_in_two_threads_share_the_pool_within_n_jobs(runners: tuple[st
         thread.start()
     most = 0
     while any(thread.is_alive() for thread in threads):  # sample while they run
-        most = max(most, len(_worker_children()))
+        most = max(most, len(worker_children()))
     for thread in threads:
         thread.join()
     assert not errors, errors
@@ -218,9 +203,9 @@ def test_shutdown_workers_stops_idle_workers_only(tmp_path: Path) -> None:
         release.touch()
         thread.join()
     assert done == [[0]]
-    assert _worker_children() == {busy}  # back in the pool, idle
+    assert worker_children() == {busy}  # back in the pool, idle
     aioparallel.shutdown_workers()
-    assert _worker_children() == set()
+    assert worker_children() == set()
 
 
 def test_the_leak_check_still_reports_a_busy_worker(tmp_path: Path) -> None:

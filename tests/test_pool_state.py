@@ -26,7 +26,6 @@ from contextlib import ExitStack
 from typing import Any, TypeVar
 
 import anyio
-import psutil
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, settings
@@ -34,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aioparallel._backends._pool import Pool, PoolClosedError, WorkerProcess
+from tests.proc_helpers import worker_children
 
 T = TypeVar("T")
 SIZE = 2
@@ -44,20 +44,6 @@ STEP_LIMIT = 20.0
 async def _bounded(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     with anyio.fail_after(STEP_LIMIT):
         return await fn(*args)
-
-
-def _worker_children() -> set[int]:
-    """Our child processes that run the worker module (zombies included)."""
-    found = set()
-    for proc in psutil.Process().children():
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE or any(
-                "_backends._worker" in part for part in proc.cmdline()
-            ):
-                found.add(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _pool_pids(pool: Pool) -> set[int]:
@@ -135,7 +121,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def at_most_size_workers_and_all_counted(self) -> None:
-        pids = _worker_children()
+        pids = worker_children()
         assert len(pids) <= SIZE, f"{len(pids)} worker processes for size {SIZE}"
         counted = _pool_pids(self.pool)
         # Without waitid (macOS before 3.13, AIOPARALLEL_PORTABLE=1) a crashed worker is
@@ -198,7 +184,7 @@ async def _race(pool: Pool) -> tuple[int, int]:
     with anyio.move_on_after(1.0):  # the last acquire must wait: every place is taken
         for _ in range(SIZE + 1):
             held.append(await pool.acquire())
-    live = len(_worker_children())
+    live = len(worker_children())
     for worker in held:
         await pool.release(worker)
     return live, len(held)
