@@ -6,6 +6,7 @@ regular expressions.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -377,6 +378,17 @@ def _exact(number: str) -> Fraction | None:
 
 def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     """Tasks allowed in flight: ``None`` for ``"all"``; never ``eval``s the string."""
+    if type(pre_dispatch) is str and len(pre_dispatch) <= 64:  # every Parallel() parses one
+        return _parse_pre_dispatch_text(pre_dispatch, n_jobs)
+    return _parse_pre_dispatch(pre_dispatch, n_jobs)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_pre_dispatch_text(pre_dispatch: str, n_jobs: int) -> int | None:
+    return _parse_pre_dispatch(pre_dispatch, n_jobs)
+
+
+def _parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     if isinstance(pre_dispatch, bool):
         pass
     elif isinstance(pre_dispatch, int):

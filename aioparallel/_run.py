@@ -119,6 +119,8 @@ class Run:
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
+        if self.source.exhausted:  # the common case: nothing left to close
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(SOURCE_CLOSE_GRACE) as scope:
             await self.source.aclose()
         if scope.cancelled_caught:
@@ -199,7 +201,8 @@ class Run:
             batch = Batch(start, calls)
             began = time.perf_counter()
             values = await run_batch(batch)
-            self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
+            ran = time.perf_counter() - (began if batch.started is None else batch.started)
+            self.batcher.record(len(values), ran, batch.nbytes)
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):
