@@ -265,8 +265,9 @@ def _fmt(fmt: str, value: float | None) -> str:
     return fmt.format(value)
 
 
-def _md(header: list[str], rows: list[list[str]]) -> str:
-    align = ["---"] + ["---:"] * (len(header) - 1)
+def _md(header: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
+    """A Markdown table: the first ``text_cols`` columns left-aligned, numbers right."""
+    align = ["---"] * text_cols + ["---:"] * (len(header) - text_cols)
     lines = [header, align, *rows]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
@@ -344,7 +345,7 @@ def targets_table(targets: list[dict[str, Any]]) -> str:
         if ratio is not None:
             verdict += f": {ratio:.2f} x {t['ratio_to']} (needs {t['needed']})"
         rows.append([t["id"], t["target"], _fmt(fmt, t["value"]), _fmt(fmt, t["bound"]), verdict])
-    return _md(["id", "target", "aioparallel", "bound", "verdict"], rows)
+    return _md(["id", "target", "aioparallel", "bound", "verdict"], rows, text_cols=2)
 
 
 def is_busy(data: dict[str, Any]) -> bool:

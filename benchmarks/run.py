@@ -141,7 +141,7 @@ async def _gc_objects_per_call(peer: Peer, args: list[tuple[int]]) -> float:
     """Net GC-tracked objects the parent allocates per call, over one untimed W1 map.
 
     With the collector off, generation 0's count is the tracked allocations minus
-    deallocations since the last collection (CPython 3.10-3.13): what schedules
+    deallocations since the last collection (CPython 3.11-3.13): what schedules
     collections, and so what W6's loop lag is made of.
     """
     gc.collect()
