@@ -133,11 +133,10 @@ class Aioparallel(Peer):
         return reason
 
     async def _open(self, stack: AsyncExitStack) -> None:
-        from aioparallel import Parallel, delayed, shutdown_workers
+        from aioparallel import Parallel, delayed
 
-        # W9's requests use the process-wide shared pool: stop its workers with the
-        # session, as the private pool's are, so they don't idle through other peers' runs.
-        stack.push_async_callback(_in_thread, shutdown_workers)
+        stack.push_async_callback(self._stop_shared_pool)
+        self._used_shared_pool = False
         par = Parallel(n_jobs=self.n_jobs)
         entered = await stack.enter_async_context(par)
         self._p: Any = par if entered is None else entered
@@ -150,8 +149,18 @@ class Aioparallel(Peer):
 
     async def request_map(self, func: Callable[..., Any], args: Args) -> list[Any]:
         # docs/web.md: a handler calls a fresh Parallel, served by the shared warm pool.
+        self._used_shared_pool = True
         d = self._delayed
         return list(await self._parallel(n_jobs=self.n_jobs)(d(func)(*a) for a in args))
+
+    async def _stop_shared_pool(self) -> None:
+        """After W9: stop the shared pool's workers with the session, as the private
+        pool's are, so they don't idle through the other peers' runs. Only then: W4
+        would otherwise time a thread hop it never needs."""
+        if self._used_shared_pool:
+            from aioparallel import shutdown_workers
+
+            await _in_thread(shutdown_workers)
 
     async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
         return await self.map(afunc, args)  # delayed(async_fn): awaited on the workers

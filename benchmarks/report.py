@@ -274,6 +274,8 @@ def _md(header: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
 
 def medians_table(table: Table, peers: list[str]) -> str:
     cols = [c for c in COLUMNS if any(c.key in table.get(p, {}) for p in peers)]
+    if not cols:  # a run of W9 alone
+        return ""
     return _md(
         ["peer", *(c.label for c in cols)],
         [[p, *(_fmt(c.fmt, table.get(p, {}).get(c.key)) for c in cols)] for p in peers],
