@@ -12,6 +12,13 @@ uses its library the way an async user would today:
   a ``CapacityLimiter`` bounding the workers;
 - aiomultiprocess only runs coroutines, so tasks go through ``workloads.acall``.
 
+``request_map`` is one web request's map (W9): many of them run at once in one event
+loop, each the way a request handler would write it. By default it is ``map`` on the
+peer's shared pool; aioparallel uses a fresh ``Parallel(n_jobs=2)`` per request (the
+process-wide warm pool, as docs/web.md shows) and joblib a fresh ``joblib.Parallel`` in
+anyio's worker thread. A peer that can't serve concurrent maps sanely sets
+``web_skip`` to the reason, and W9 skips it with that note.
+
 ``amap`` runs an async function the same way (W8): natively where the library awaits
 coroutines (aioparallel, aiomultiprocess at its default 16 per worker, sequential), else
 through ``workloads.run_coroutine`` (an ``asyncio.run`` per call in the worker).
@@ -55,6 +62,8 @@ class Peer:
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Why W9 (concurrent maps, one per web request) does not run this peer, or None.
+    web_skip: ClassVar[str | None] = None
     n_jobs: int
 
     def __init__(self, n_jobs: int = 2, *, warm: bool = True) -> None:
@@ -98,6 +107,10 @@ class Peer:
         """Run ``func(*a)`` for each ``a`` in ``args``; ``n`` is the count when known."""
         raise NotImplementedError
 
+    async def request_map(self, func: Callable[..., Any], args: Args) -> list[Any]:
+        """One web request's map (W9), run concurrently with other requests' maps."""
+        return await self.map(func, args)
+
     async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
         """Await ``afunc(*a)`` for each ``a`` (W8); by default one event loop per call."""
         return await self.map(run_coroutine, [(afunc, *a) for a in args])
@@ -122,14 +135,32 @@ class Aioparallel(Peer):
     async def _open(self, stack: AsyncExitStack) -> None:
         from aioparallel import Parallel, delayed
 
+        stack.push_async_callback(self._stop_shared_pool)
+        self._used_shared_pool = False
         par = Parallel(n_jobs=self.n_jobs)
         entered = await stack.enter_async_context(par)
         self._p: Any = par if entered is None else entered
+        self._parallel: Any = Parallel
         self._delayed: Any = delayed
 
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         d = self._delayed
         return list(await self._p(d(func)(*a) for a in args))
+
+    async def request_map(self, func: Callable[..., Any], args: Args) -> list[Any]:
+        # docs/web.md: a handler calls a fresh Parallel, served by the shared warm pool.
+        self._used_shared_pool = True
+        d = self._delayed
+        return list(await self._parallel(n_jobs=self.n_jobs)(d(func)(*a) for a in args))
+
+    async def _stop_shared_pool(self) -> None:
+        """After W9: stop the shared pool's workers with the session, as the private
+        pool's are, so they don't idle through the other peers' runs. Only then: W4
+        would otherwise time a thread hop it never needs."""
+        if self._used_shared_pool:
+            from aioparallel import shutdown_workers
+
+            await _in_thread(shutdown_workers)
 
     async def amap(self, afunc: Callable[..., Any], args: Args) -> list[Any]:
         return await self.map(afunc, args)  # delayed(async_fn): awaited on the workers
@@ -148,12 +179,24 @@ class _Joblib(Peer):
         await _in_thread(par.__enter__)
         stack.push_async_callback(_in_thread, par.__exit__, None, None, None)
         self._p = par
+        self._joblib_parallel = joblib.Parallel
         self._delayed = joblib.delayed
 
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         par, d = self._p, self._delayed
         # The generator is consumed in the thread, as joblib would consume it.
         return list(await _in_thread(lambda: par(d(func)(*a) for a in args)))
+
+    async def request_map(self, func: Callable[..., Any], args: Args) -> list[Any]:
+        # A handler's joblib call, in anyio's worker thread (40 threads by default, so at
+        # most 40 requests are inside joblib at once; the rest wait for a thread). loky's
+        # executor is reused across Parallel objects: the workers stay warm.
+        make, d, n_jobs, backend = self._joblib_parallel, self._delayed, self.n_jobs, self.backend
+        return list(
+            await _in_thread(
+                lambda: make(n_jobs=n_jobs, backend=backend)(d(func)(*a) for a in args)
+            )
+        )
 
 
 class JoblibLoky(_Joblib):
@@ -164,6 +207,10 @@ class JoblibLoky(_Joblib):
 class JoblibThreading(_Joblib):
     name = "joblib-threading"
     backend = "threading"
+    web_skip = (
+        "threads run pure-Python CPU one at a time (see W2's speedup): not a way to serve"
+        " CPU-bound requests"
+    )
 
 
 class RunInExecutor(Peer):
@@ -218,13 +265,17 @@ class AnyioToProcess(Peer):
 
 
 class Aiomultiprocess(Peer):
-    """aiomultiprocess ``Pool.starmap`` (the tuple-argument form of ``Pool.map``)."""
+    """aiomultiprocess ``Pool.starmap`` (the tuple-argument form of ``Pool.map``).
+
+    W9 runs it: its ``Pool`` is asyncio-native and made to be shared by concurrent
+    coroutines, so a request's map is ``starmap`` on the shared pool.
+    """
 
     name = "aiomultiprocess"
     requires = ("aiomultiprocess",)
 
     async def _open(self, stack: AsyncExitStack) -> None:
-        from aiomultiprocess import Pool  # type: ignore[import-untyped]
+        from aiomultiprocess import Pool  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         self._pool = await stack.enter_async_context(Pool(processes=self.n_jobs))
 
@@ -240,9 +291,13 @@ class Mpire(Peer):
 
     name = "mpire"
     requires = ("mpire",)
+    web_skip = (
+        "a WorkerPool runs one map at a time (concurrent maps from several threads are not"
+        " supported), and a pool per request would start 2 processes per request"
+    )
 
     async def _open(self, stack: AsyncExitStack) -> None:
-        from mpire.pool import WorkerPool
+        from mpire.pool import WorkerPool  # type: ignore[import-not-found, unused-ignore]
 
         pool = WorkerPool(n_jobs=self.n_jobs, keep_alive=True)
         stack.push_async_callback(_in_thread, pool.terminate)
@@ -259,6 +314,10 @@ class Sequential(Peer):
     """A plain loop on the event-loop thread: the baseline for W2's speedup."""
 
     name = "sequential"
+    web_skip = (
+        "it computes on the event-loop thread: requests are served one after another and"
+        " the loop serves nothing else meanwhile"
+    )
 
     async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
         return [func(*a) for a in args]

@@ -47,24 +47,28 @@ def sum_slice(arr: Any, start: int, stop: int) -> float:
 
 
 def _spin(i: int, iters: int) -> int:
+    """XOR of ``i .. i + iters - 1``: every value stays a one-digit int, so the cost per
+    iteration is the same for 1 ms as for 25 ms and one calibration scales linearly."""
     acc = 0
-    for k in range(iters):
-        acc += k ^ i
+    for k in range(i, i + iters):
+        acc ^= k
     return acc
 
 
 def calibrate(seconds: float = SPIN_SECONDS) -> int:
-    """Measure how many loop iterations take ``seconds`` here; best of three.
+    """Measure how many loop iterations take ``seconds`` of CPU here; best of five.
 
+    CPU time, not wall time: on a busy machine the wall clock also counts the time other
+    processes had the core, and the spins would come out shorter than their name.
     Called once by the parent; the result is exported in ``SPIN_ENV`` before any
     pool starts, so workers inherit it instead of each calibrating differently.
     """
     probe = 200_000
     best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
+    for _ in range(5):
+        t0 = time.process_time()
         _spin(0, probe)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     iters = max(1, int(probe * seconds / best))
     os.environ[SPIN_ENV] = str(iters)
     global _spin_iters
@@ -81,9 +85,33 @@ def spin_iterations() -> int:
     return _spin_iters
 
 
+def iterations_for(seconds: float) -> int:
+    """Loop length for ``seconds`` of spinning, scaled from ``spin_25ms``'s calibration."""
+    return max(1, int(spin_iterations() * seconds / SPIN_SECONDS))
+
+
 def spin_25ms(i: int) -> int:
     """W2: about 25 ms of pure-Python work holding the GIL (threads can't help)."""
     return _spin(i, spin_iterations())
+
+
+#: W9: the CPU time of one ``spin_1ms`` call, as calibrated (the ideal is computed from it).
+SPIN_1MS_SECONDS = 0.001
+
+
+def spin_1ms(i: int) -> int:
+    """W9: about 1 ms of pure-Python work, the per-call CPU of a web request's map."""
+    return _spin(i, iterations_for(SPIN_1MS_SECONDS))
+
+
+def _xor_upto(m: int) -> int:
+    """XOR of ``0 .. m`` (0 for m < 0): it cycles with period 4."""
+    return 0 if m < 0 else (m, 1, m + 1, 0)[m % 4]
+
+
+def spin_expected(i: int, iters: int) -> int:
+    """``_spin(i, iters)`` in O(1): W9 checks its 10,000 results without redoing the work."""
+    return _xor_upto(i + iters - 1) ^ _xor_upto(i - 1)
 
 
 async def acall(func: Callable[..., Any], *args: Any) -> Any:
@@ -101,7 +129,7 @@ async def nap_then_spin(i: int) -> int:
     import asyncio
 
     await asyncio.sleep(W8_WAIT_SECONDS)
-    return _spin(i, max(1, int(spin_iterations() * W8_CPU_SECONDS / SPIN_SECONDS)))
+    return _spin(i, iterations_for(W8_CPU_SECONDS))
 
 
 def run_coroutine(func: Callable[..., Any], *args: Any) -> Any:
