@@ -96,3 +96,19 @@ async def test_mixed_outcomes_of_one_function_land_in_their_slots() -> None:
             assert value.args == (i,)
         elif i % 4 == 0:
             assert value.args == (-i,)
+
+
+@pytest.mark.anyio
+async def test_only_an_unfinished_async_generator_needs_closing() -> None:
+    async def agen() -> Any:
+        for i in range(3):
+            yield delayed(square)(i)
+
+    assert not Source(iter([delayed(square)(1)])).closable
+    unfinished = Source(agen())
+    await unfinished.take(1)
+    assert unfinished.closable
+    await unfinished.aclose()
+    finished = Source(agen())
+    await finished.take(10)
+    assert finished.exhausted and not finished.closable
