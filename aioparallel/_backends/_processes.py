@@ -15,16 +15,18 @@ import os
 import pickle
 import time
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from itertools import chain, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
-from .._coroutines import async_flags
+from .._coroutines import async_flags, is_async_callable
 from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._async_runner import CANCEL_GRACE, TimedOut
@@ -67,6 +69,10 @@ PICKLE_CHUNK = 256
 _MISSING: Any = object()
 _SCALARS = frozenset({int, float, bool, type(None), complex})
 _SMALL_SEQUENCES = frozenset({str, bytes})
+_SMALL_KINDS = _SCALARS | _SMALL_SEQUENCES
+#: Values of a results frame that are outcomes other than a plain result.
+_OUTCOMES = frozenset({TaskError, Failure, TimedOut})
+_FUNC, _ARGS, _KWARGS = attrgetter("func"), attrgetter("args"), attrgetter("kwargs")
 
 
 def _by_reference(func: object) -> bool:
@@ -99,12 +105,34 @@ def _small_values(values: Any) -> bool:
     return True
 
 
-def _small_calls(calls: list[Call[Any]], with_func: bool) -> bool:
-    """Whether pickling ``calls`` is obviously cheap (safe on the event loop): small
-    positional and keyword arguments and, ``with_func``, cheap callables."""
+def _small_args(items: list[tuple[Any, ...]]) -> bool:
+    """``_small_values`` over many argument tuples at once: the types are gathered at C
+    speed, and only strings and bytes need a look at each (their length)."""
+    kinds = {*map(type, chain.from_iterable(items))}
+    if kinds <= _SCALARS:
+        return True
+    return kinds <= _SMALL_KINDS and _small_values(chain.from_iterable(items))
+
+
+def _one_func(calls: Sequence[Call[Any]]) -> Any:
+    """The function all ``calls`` make (compared by identity), or ``_MISSING``."""
+    func = calls[0].func
+    return func if all(map(is_, map(_FUNC, calls), repeat(func))) else _MISSING
+
+
+def _flags(calls: Sequence[Call[Any]], func: Any) -> bytes | None:
+    """``async_flags(calls)``; ``func``: their one function, found by ``_one_func``."""
+    if func is _MISSING:
+        return async_flags(calls)
+    return b"\x01" * len(calls) if is_async_callable(func) else None
+
+
+def _small_calls(calls: Sequence[Call[Any]]) -> bool:
+    """Whether pickling ``calls`` is obviously cheap (safe on the event loop): cheap
+    callables and small positional and keyword arguments."""
     cheap: object = None  # the last callable found cheap: most calls share one
     for call in calls:
-        if with_func and call.func is not cheap:
+        if call.func is not cheap:
             if not _cheap_callable(call.func):
                 return False
             cheap = call.func
@@ -280,12 +308,14 @@ class _BatchRun:
         if self.batch.started is None:  # auto batching times the work, not the wait
             self.batch.started = time.perf_counter()
         healthy = False
-        flags = async_flags([self.batch.calls[p] for p in todo])
+        calls = self._calls_at(todo)
+        func = _one_func(calls)
+        flags = _flags(calls, func)
         sent = False
         try:
             try:
                 seq = worker.next_seq()
-                body = await self._pickle(todo, seq, flags)
+                body = await self._pickle(calls, func, seq, flags)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
@@ -315,17 +345,23 @@ class _BatchRun:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _pickle(self, todo: list[int], seq: int, flags: bytes | None) -> tuple[int, bytes]:
+    def _calls_at(self, todo: list[int]) -> Sequence[Call[Any]]:
+        """The batch's calls at positions ``todo`` (ascending): all of them, most often."""
+        calls = self.batch.calls
+        return calls if len(todo) == len(calls) else [calls[p] for p in todo]
+
+    async def _pickle(
+        self, calls: Sequence[Call[Any]], func: Any, seq: int, flags: bytes | None
+    ) -> tuple[int, bytes]:
         """The job's frame. A job that is obviously cheap to pickle (cheap callables, small
         arguments) is pickled on the event loop, yielding between chunks; from the first
         chunk that could be expensive (a large or unusual argument, a callable that carries
         state), the rest is pickled in a thread, abandoned if the batch is cancelled.
-        ``flags`` marks the async calls (SPEC §8): the worker awaits them on its loop."""
-        calls = [self.batch.calls[p] for p in todo]
-        func: Any = calls[0].func
+        ``func``: the one function of all ``calls`` (else ``_MISSING``). ``flags`` marks the
+        async calls (SPEC §8): the worker awaits them on its loop."""
         items: list[Any]
-        if all(c.func is func and not c.kwargs for c in calls):
-            items = [c.args for c in calls]
+        if func is not _MISSING and not any(map(_KWARGS, calls)):
+            items = list(map(_ARGS, calls))  # the worker calls func(*args)
         else:
             func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
         chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
@@ -346,7 +382,12 @@ class _BatchRun:
         writer.dump(meta)
         for n, chunk in enumerate(chunks):
             start = n * PICKLE_CHUNK
-            if not _small_calls(calls[start : start + len(chunk)], with_func=func is None):
+            small = (
+                _small_args(chunk)
+                if func is not None
+                else _small_calls(calls[start : start + len(chunk)])
+            )
+            if not small:
                 return await self._off_loop(writer, header, chunks[n:])
             writer.dump(chunk)
             if n + 1 < len(chunks):
@@ -452,11 +493,18 @@ class _BatchRun:
             job_positions, done, body = split_results(body)
             if kind == RESULTS_FILE:
                 body = await anyio.to_thread.run_sync(unspill, body)
-            positions = [todo[p] for p in job_positions]
+            whole = len(todo) == len(self.results)  # then todo[p] is p
+            positions = job_positions if whole else [todo[p] for p in job_positions]
             attempt.got.update(job_positions)
             values = await self._loads_results(body, positions)
             if values is None:
                 attempt.resend.extend(positions)
+            elif (
+                type(positions) is range
+                and len(values) == len(positions)
+                and not (_OUTCOMES.intersection(map(type, values)))
+            ):  # plain results of consecutive calls (a sync job's): stored at once
+                self.results[positions.start : positions.stop] = values
             else:
                 results = self.results
                 for position, value in zip(positions, values, strict=True):
@@ -485,7 +533,7 @@ class _BatchRun:
             attempt.killed = True
             worker.kill_now()
 
-    async def _loads_results(self, body: bytes, positions: list[int]) -> list[Any] | None:
+    async def _loads_results(self, body: bytes, positions: Sequence[int]) -> list[Any] | None:
         """The values of a results frame; None if several did not unpickle together (then
         they are re-run one by one, to find the culprit)."""
         try:

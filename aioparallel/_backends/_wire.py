@@ -11,8 +11,9 @@ pickled job), CANCEL (empty: cancel the job's async tasks, SPEC §8; read by the
 event loop while a job runs, ignored between jobs).
 Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), RESULTS /
 RESULTS_FILE (``RESULT_HEADER``, then the job positions of the values as ``count`` ``<I``
-numbers, then the pickled list of values, or the name of the file holding it), LOAD_ERROR
-(a job could not be unpickled: traceback text). Positions are explicit because async tasks
+numbers, or only the first of them when they are consecutive (flag ``RANGE``), then the
+pickled list of values, or the name of the file holding it), LOAD_ERROR (a job could not
+be unpickled: traceback text). Positions are explicit because async tasks
 finish out of order; the last frame of a job has the done flag set.
 """
 
@@ -26,8 +27,11 @@ import sys
 from typing import Any
 
 HEADER = struct.Struct("<BI")
-#: Prefix of a RESULTS / RESULTS_FILE body: number of values, done flag; then the positions.
+#: Prefix of a RESULTS / RESULTS_FILE body: number of values, flags (done, RANGE); then
+#: the positions, or with RANGE the first of ``count`` consecutive ones.
 RESULT_HEADER = struct.Struct("<IB")
+RANGE = 2
+_POSITION = struct.Struct("<I")
 #: Slot layout shared with the parent: ``<q`` task number of the sync call at 0, ``<d`` its
 #: start time at 8, ``<q`` task number of the last async call started at 16 (async calls
 #: start in input order: the ones up to it without a result are in flight).
@@ -124,14 +128,25 @@ def dumps(obj: object) -> bytes:
 
 
 def results_header(positions: list[int], done: bool) -> bytes:
-    return RESULT_HEADER.pack(len(positions), done) + struct.pack(f"<{len(positions)}I", *positions)
+    """Consecutive ascending positions (a sync job's results: the common case) travel as
+    their first one only, with the ``RANGE`` flag."""
+    count = len(positions)
+    if count > 1 and positions[-1] - positions[0] == count - 1:
+        first = positions[0]
+        if positions == list(range(first, first + count)):
+            return RESULT_HEADER.pack(count, done | RANGE) + _POSITION.pack(first)
+    return RESULT_HEADER.pack(count, done) + struct.pack(f"<{count}I", *positions)
 
 
-def split_results(body: bytes) -> tuple[tuple[int, ...], bool, bytes]:
+def split_results(body: bytes) -> tuple[range | tuple[int, ...], bool, bytes]:
     """A RESULTS / RESULTS_FILE body as (job positions, done flag, the rest of the body)."""
-    count, done = RESULT_HEADER.unpack_from(body)
-    positions = struct.unpack_from(f"<{count}I", body, RESULT_HEADER.size)
-    return positions, bool(done), body[RESULT_HEADER.size + 4 * count :]
+    count, flags = RESULT_HEADER.unpack_from(body)
+    at = RESULT_HEADER.size
+    if flags & RANGE:
+        first = _POSITION.unpack_from(body, at)[0]
+        return range(first, first + count), bool(flags & 1), body[at + _POSITION.size :]
+    positions = struct.unpack_from(f"<{count}I", body, at)
+    return positions, bool(flags & 1), body[at + 4 * count :]
 
 
 # -- memmapped arrays ------------------------------------------------------------------------
