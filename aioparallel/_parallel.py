@@ -41,7 +41,6 @@ __all__ = ["Parallel"]
 
 R = TypeVar("R")
 M = TypeVar("M", bound=str)
-_UNPARSED: Any = object()
 ListMode = Literal["list"]
 StreamMode = Literal["generator", "generator_unordered"]
 
@@ -250,9 +249,6 @@ class Parallel(Generic[M]):
         # The default bound counts batches (as joblib's does) so batching never starves a
         # worker; an explicit pre_dispatch is a hard bound on calls.
         self._widen_bound = isinstance(pre_dispatch, Default)
-        #: pre_dispatch by worker count (a backend object or dask decides it per run):
-        #: parsed once, as parsing "2*n_jobs" exactly costs ~8 µs, a tenth of a small run.
-        self._pre_dispatch: dict[int, int | None] = {}
         parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
         if timeout is not None and (
             isinstance(timeout, bool)
@@ -376,10 +372,7 @@ class Parallel(Generic[M]):
 
     def _new_run(self, iterable: object, backend: Backend, sink: Sink[Any]) -> Run:
         n_workers = max(1, backend.n_workers)
-        pre_dispatch = self._pre_dispatch.get(n_workers, _UNPARSED)
-        if pre_dispatch is _UNPARSED:
-            pre_dispatch = parse_pre_dispatch(self._pre_dispatch_arg, n_workers)
-            self._pre_dispatch[n_workers] = pre_dispatch
+        pre_dispatch = parse_pre_dispatch(self._pre_dispatch_arg, n_workers)  # cached
         shown_jobs = self._n_jobs_arg if self._n_jobs_arg is not None else n_workers
         reporter = ProgressReporter(
             name=f"Parallel(n_jobs={shown_jobs})",
