@@ -84,7 +84,8 @@ class Parallel(Generic[M]):
         Most calls taken from the input ahead of completion: ``"all"``, an int, or
         ``"k*n_jobs"``.
     batch_size
-        Calls sent to a worker at once; ``"auto"`` tunes it from measured durations.
+        Calls sent to a worker at once; ``"auto"`` tunes it from measured durations,
+        starting from the size the last call of the same function reached.
     timeout
         Seconds one task may run on its worker before it fails with ``TimeoutError``. With
         ``n_jobs=1`` or ``"sequential"``, the calls then run on one thread worker (still no
