@@ -88,6 +88,11 @@ class DaskBackend:
     """
 
     name = "dask"
+    #: Two batches in flight per worker thread (joblib's dask backend keeps 2 x n_jobs): the
+    #: scheduler hands a worker its next batch while it runs one, so the client round trip
+    #: (result back, next batch out: ~14 ms on one machine, more over a network) overlaps
+    #: work instead of idling the worker. ``pre_dispatch`` still bounds the calls in flight.
+    batches_per_worker = 2
 
     def __init__(
         self,
@@ -401,11 +406,16 @@ def _swap(obj: Any, futures: dict[int, Any]) -> Any:
 
 
 def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
-    """KilledWorker → one WorkerCrashedError per task of the batch (the first one alone)."""
+    """KilledWorker → one WorkerCrashedError per task of the batch (the first one alone).
+
+    dask counts a death against every task the worker held, the one it ran and the ones
+    queued next on it (we submit ahead: ``batches_per_worker``), so the message says
+    "held", not "ran": with ``allowed-failures`` low, a batch queued behind the culprit
+    can reach the limit with it."""
     tries = exc.args[2] + 1 if len(exc.args) > 2 and isinstance(exc.args[2], int) else None
     last = f"{exc.last_worker.address} " if hasattr(exc.last_worker, "address") else ""
     given_up = (
-        f"after {tries} workers died running it " if tries else ""
+        f"after {tries} workers died with it " if tries else ""
     ) + "(distributed.scheduler.allowed-failures)"
     end = batch.start + len(batch.calls) - 1
     together = f" (one dask task with tasks {batch.start}..{end})" if end > batch.start else ""
@@ -413,9 +423,9 @@ def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
     for offset, call in enumerate(batch.calls):
         index, name = batch.start + offset, function_name(call.func)
         error = WorkerCrashedError(
-            f"dask worker {last}died while running task {index} ({name}){together}; the "
-            f"scheduler gave up {given_up}. The workers' logs tell why (memory limit, "
-            "segfault, os._exit).",
+            f"dask worker {last}died while it held task {index} ({name}){together}, "
+            f"running it or queued next; the scheduler gave up {given_up}. The workers' "
+            "logs tell why (memory limit, segfault, os._exit).",
             task_index=index,
         )
         error.__cause__ = exc
