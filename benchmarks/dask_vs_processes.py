@@ -45,7 +45,7 @@ Runner = Callable[[Callable[[int], int], int], Awaitable[list[int]]]
 
 
 def _joblib_runner(sync_client: Any) -> Runner:
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     def blocking(func: Callable[[int], int], n: int) -> list[int]:
         with joblib.parallel_config(backend="dask", client=sync_client):
