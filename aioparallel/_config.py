@@ -6,6 +6,7 @@ regular expressions.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -377,6 +378,17 @@ def _exact(number: str) -> Fraction | None:
 
 def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     """Tasks allowed in flight: ``None`` for ``"all"``; never ``eval``s the string."""
+    if isinstance(pre_dispatch, str) and len(pre_dispatch) <= 64:  # every Parallel() has one
+        return _parse_pre_dispatch_text(str.__str__(pre_dispatch), n_jobs)  # a plain str key
+    return _parse_pre_dispatch(pre_dispatch, n_jobs)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_pre_dispatch_text(pre_dispatch: str, n_jobs: int) -> int | None:
+    return _parse_pre_dispatch(pre_dispatch, n_jobs)
+
+
+def _parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     if isinstance(pre_dispatch, bool):
         pass
     elif isinstance(pre_dispatch, int):
@@ -410,14 +422,21 @@ def parse_max_nbytes(max_nbytes: object) -> int | None:
     if isinstance(max_nbytes, int) and not isinstance(max_nbytes, bool) and max_nbytes >= 0:
         return max_nbytes
     if isinstance(max_nbytes, str):
-        match = _SIZE.match(max_nbytes)
-        size = _exact(match[1]) if match else None
-        if match and size is not None:
-            return math.floor(size * _UNITS[match[2].upper()])
+        text = str.__str__(max_nbytes)  # a plain str: the cache's key
+        size = (_size_in_bytes if len(text) <= 64 else _size_in_bytes.__wrapped__)(text)
+        if size is not None:
+            return size
     raise ValueError(
         f"invalid max_nbytes {max_nbytes!r:.60}: expected None, a non-negative int, "
         "or a size such as '10K', '1M', '1G'"
     )
+
+
+@functools.lru_cache(maxsize=32)  # every Parallel() parses one
+def _size_in_bytes(text: str) -> int | None:
+    match = _SIZE.match(text)
+    size = _exact(match[1]) if match else None
+    return None if match is None or size is None else math.floor(size * _UNITS[match[2].upper()])
 
 
 def parse_mmap_mode(mmap_mode: object) -> str:

@@ -48,6 +48,8 @@ if sys.version_info < (3, 11):
 
 __all__ = ["SOURCE_CLOSE_GRACE", "Run"]
 
+_NOTHING: Any = object()
+_MIXED: Any = object()
 #: Seconds the user's async generator gets to run its ``finally`` once the run stops with it.
 SOURCE_CLOSE_GRACE = 2.0
 
@@ -87,6 +89,9 @@ class Run:
         self.error: BaseException | None = None
         self._take_lock = anyio.Lock(fast_acquire=True)
         self._async_floor = ASYNC_BATCH_FACTOR * options.worker_concurrency
+        #: The calls' function (_MIXED if they have several, as far as the first and last
+        #: of each batch tell): auto batching learns per function, across runs.
+        self._func: Any = _NOTHING
         self._lanes: anyio.abc.TaskGroup | None = None
 
     async def execute(self) -> None:
@@ -105,6 +110,7 @@ class Run:
                             lanes.start_soon(self._lane, run_batch)
                         await self._lane(run_batch)
                     if self.error is None:
+                        self.batcher.remember(self._func)
                         self.reporter.finish()  # the outer group waits for the last report
                     else:
                         outer.cancel_scope.cancel()
@@ -119,6 +125,8 @@ class Run:
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
+        if self.source.exhausted:  # the common case: nothing left to close
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(SOURCE_CLOSE_GRACE) as scope:
             await self.source.aclose()
         if scope.cancelled_caught:
@@ -151,8 +159,15 @@ class Run:
                 self.budget.release(n)
                 raise
             self.budget.release(n - len(calls))
+            if calls and self._func is _NOTHING:  # the first batch (one call, as always)
+                self._func = calls[0].func
+                self.batcher.start_from(self._func)  # the next batches: as learned before
+                if self._widen:
+                    self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if calls and self.batcher.size < self._async_floor and async_flags(calls):
                 calls += await self._async_input(remaining, len(calls))
+            if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
+                self._func = _MIXED  # what this run learns is not one function's to keep
             if calls:
                 self.sink.reserve(start, len(calls))
                 self.reporter.dispatched_batch(len(calls))
@@ -199,7 +214,8 @@ class Run:
             batch = Batch(start, calls)
             began = time.perf_counter()
             values = await run_batch(batch)
-            self.batcher.record(len(values), time.perf_counter() - began, batch.nbytes)
+            ran = time.perf_counter() - (began if batch.started is None else batch.started)
+            self.batcher.record(len(values), ran, batch.nbytes)
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):

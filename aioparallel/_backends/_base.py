@@ -58,11 +58,16 @@ class Batch:
     nbytes
         Pickled size of the calls, set by backends that pickle them; ``batch_size="auto"``
         keeps batches under a size with it. Leave it at 0 otherwise.
+    started
+        ``time.perf_counter()`` when the batch began to run, set by backends that may first
+        wait for a worker: ``batch_size="auto"`` sizes batches on how long the work took,
+        not on how long the batch queued. Leave it at None otherwise.
     """
 
     start: int
     calls: Sequence[Call[Any]]
     nbytes: int = 0
+    started: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,11 @@ stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle 
 from __future__ import annotations
 
 import atexit
+import heapq
+import itertools
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -26,7 +27,14 @@ from ._crossloop import Reaper, Signal
 from ._setup import PLAIN, WorkerSetup
 from ._worker_process import WorkerProcess, forget_live_pids
 
-__all__ = ["Pool", "PoolClosedError", "WorkerProcess", "shared_pool", "shutdown_workers"]
+__all__ = [
+    "Pool",
+    "PoolClosedError",
+    "WorkerProcess",
+    "run_ticket",
+    "shared_pool",
+    "shutdown_workers",
+]
 
 
 class PoolClosedError(RuntimeError):
@@ -37,9 +45,20 @@ class PoolClosedError(RuntimeError):
 _PLACE: Any = object()
 
 
+#: Run tickets: a pool serves waiting runs in the order they started.
+_tickets = itertools.count()
+
+
+def run_ticket() -> int:
+    """A number for a run that is starting: runs that started earlier get workers first."""
+    return next(_tickets)
+
+
 class _Waiter:
     """A task waiting for a worker or a place; woken in its own event loop, from any
     thread."""
+
+    __slots__ = ("handed", "signal")
 
     def __init__(self) -> None:
         self.signal = Signal()
@@ -63,7 +82,10 @@ class _Roster:
            └──── free_place() ── retiring <─────────┴───────── retire_idle() ──┘
 
     ``free_place()`` and ``release()`` hand the place (to spawn in) or the worker straight
-    to the first waiter, if any: it then stays counted. (A waiter whose loop has ended, a
+    to the first waiter, if any: it then stays counted. Waiters are served by their run's
+    ticket, then in arrival order: the run that started first gets every worker it asks for
+    before later runs, so under load runs finish in the order they came (a web backend
+    answers its first requests first) instead of all at the end. (A waiter whose loop has ended, a
     task abandoned without its cleanup, is skipped.) ``close()`` wakes every waiter
     empty-handed and sends every idle worker to ``retiring``; busy ones stay with their
     holders, which retire them when they give them back (``release`` refuses them).
@@ -74,7 +96,9 @@ class _Roster:
         self.count = 0
         self.idle: list[WorkerProcess] = []
         self.busy: set[WorkerProcess] = set()
-        self.waiters: deque[_Waiter] = deque()
+        #: (run ticket, arrival, waiter), a heap: the first is served first.
+        self.waiters: list[tuple[int, int, _Waiter]] = []
+        self._arrivals = itertools.count()
         self.closed = False
         self._emptied = Signal()
         self._lock = threading.Lock()
@@ -88,9 +112,9 @@ class _Roster:
             self.busy.add(worker)
             return worker
 
-    def claim(self) -> _Waiter | None:
-        """free -> spawning if a place is free (None); else a waiter queued for the next
-        worker or place given back."""
+    def claim(self, ticket: int = 0) -> _Waiter | None:
+        """free -> spawning if a place is free (None); else a waiter queued, by ``ticket``,
+        for the next worker or place given back."""
         with self._lock:
             if self.closed:
                 raise PoolClosedError("the worker pool is shut down")
@@ -98,14 +122,17 @@ class _Roster:
                 self.count += 1
                 return None
             waiter = _Waiter()
-            self.waiters.append(waiter)
+            heapq.heappush(self.waiters, (ticket, next(self._arrivals), waiter))
             return waiter
 
     def withdraw(self, waiter: _Waiter) -> Any:
         """A waiter stops waiting: what it was handed (None if nothing)."""
         with self._lock:
-            if waiter.handed is None and waiter in self.waiters:
-                self.waiters.remove(waiter)
+            if waiter.handed is None:  # still queued, unless close() woke it
+                kept = [entry for entry in self.waiters if entry[2] is not waiter]
+                if len(kept) != len(self.waiters):
+                    heapq.heapify(kept)
+                    self.waiters[:] = kept
             return waiter.handed
 
     def spawned(self, worker: WorkerProcess) -> None:
@@ -162,7 +189,7 @@ class _Roster:
         with self._lock:
             self.closed = True
             while self.waiters:
-                self.waiters.popleft().signal.set()
+                heapq.heappop(self.waiters)[2].signal.set()
             idle, self.idle = self.idle, []
             if self.count == 0:
                 self._emptied.set()
@@ -175,7 +202,7 @@ class _Roster:
     def _hand(self, given: Any) -> bool:
         """Give ``given`` to the first waiter whose loop still runs (True); False if none."""
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter = heapq.heappop(self.waiters)[2]
             waiter.handed = given
             if given is not _PLACE:
                 self.busy.add(given)
@@ -219,8 +246,9 @@ class Pool:
     def closed(self) -> bool:
         return self._roster.closed
 
-    async def acquire(self) -> WorkerProcess:
-        """A worker for the caller to hold until it calls ``release``. Raises
+    async def acquire(self, ticket: int = 0) -> WorkerProcess:
+        """A worker for the caller to hold until it calls ``release``; if none is free, the
+        caller waits behind runs of earlier ``ticket`` (``run_ticket()``). Raises
         ``PoolClosedError`` once the pool is shut down."""
         roster = self._roster
         while not roster.closed:
@@ -231,7 +259,7 @@ class Pool:
                 return worker
             with anyio.CancelScope(shield=True):  # died while idle
                 await self.release(worker, healthy=False)
-        waiter = roster.claim()
+        waiter = roster.claim(ticket)
         if waiter is not None:
             waited = False
             try:

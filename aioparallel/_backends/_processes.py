@@ -38,7 +38,7 @@ from ._failures import (
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, PoolClosedError, WorkerProcess, shared_pool
+from ._pool import Pool, PoolClosedError, WorkerProcess, run_ticket, shared_pool
 from ._setup import Initializer, WorkerSetup
 from ._wire import (
     BATCH,
@@ -201,9 +201,10 @@ class ProcessBackend:
             raise RuntimeError("ProcessBackend used outside 'async with'")
         pool = self._pool
         folder = RunFolder(options.temp_folder)  # checked when a file is first needed
+        ticket = run_ticket()  # this run's place in line for workers
 
         async def run_batch(batch: Batch) -> list[Any]:
-            run = _BatchRun(pool, folder, options, batch)
+            run = _BatchRun(pool, ticket, folder, options, batch)
             try:
                 return await run.run()
             finally:
@@ -225,8 +226,11 @@ class ProcessBackend:
 class _BatchRun:
     """One batch, until every call has a result or a failure (re-running after crashes)."""
 
-    def __init__(self, pool: Pool, folder: RunFolder, options: RunOptions, batch: Batch):
+    def __init__(
+        self, pool: Pool, ticket: int, folder: RunFolder, options: RunOptions, batch: Batch
+    ):
         self.pool = pool
+        self.ticket = ticket
         self.folder = folder
         self.options = options
         self.batch = batch
@@ -270,9 +274,11 @@ class _BatchRun:
         unhealthy one is killed and reaped there, so its descriptors are closed by this
         task and no other."""
         try:
-            worker = await self.pool.acquire()
+            worker = await self.pool.acquire(self.ticket)
         except PoolClosedError:
             return self._closed(todo, None)
+        if self.batch.started is None:  # auto batching times the work, not the wait
+            self.batch.started = time.perf_counter()
         healthy = False
         flags = async_flags([self.batch.calls[p] for p in todo])
         sent = False

@@ -1,0 +1,89 @@
+"""Auto batching on small runs: what the web backend pattern (one small map per request)
+needs (issue 18, W9).
+
+Each batch is a round trip to a worker; for a 20-call run of 1 ms calls that round trip is
+a large share of the work, so the number of batches is the run's overhead. A backend that
+records the batches it is given (the documented custom backend, run on the loop) shows
+how the input is cut.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from aioparallel import Parallel, delayed
+from aioparallel._batching import AutoBatcher
+from tests.test_custom_backend import InlineBackend
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingBackend(InlineBackend):  # type: ignore[misc,valid-type]
+    """The documented inline backend, recording each batch's size."""
+
+    def __init__(self, n_workers: int = 2) -> None:
+        super().__init__(n_workers)
+        self.sizes: list[int] = []
+
+    def open_run(self, options: Any) -> Any:
+        inner = super().open_run(options)
+        sizes = self.sizes
+
+        class _Recording:
+            async def __aenter__(self) -> Any:
+                run_batch = await inner.__aenter__()
+
+                async def recording(batch: Any) -> list[Any]:
+                    sizes.append(len(batch.calls))
+                    return await run_batch(batch)  # type: ignore[no-any-return]
+
+                return recording
+
+            async def __aexit__(self, *exc_info: Any) -> Any:
+                return await inner.__aexit__(*exc_info)
+
+        return _Recording()
+
+
+def fresh_function() -> Any:
+    """A function no run has learned about yet (each test's parameters run in one process)."""
+
+    def one_ms_task(x: int) -> int:
+        time.sleep(0.001)
+        return x
+
+    return one_ms_task
+
+
+async def test_a_second_run_of_a_function_starts_with_what_the_first_learned() -> None:
+    backend, task = RecordingBackend(), fresh_function()
+    first = await Parallel(backend=backend)(delayed(task)(i) for i in range(20))
+    first_sizes, backend.sizes = backend.sizes, []
+    second = await Parallel(backend=backend)(delayed(task)(i) for i in range(20))
+    assert first == second == list(range(20))
+    assert first_sizes[0] == 1  # nothing known yet: one call, then grow
+    assert len(backend.sizes) <= 4 < len(first_sizes), (first_sizes, backend.sizes)
+    # a run's first batch is still one call: a first task that waits for the others (or
+    # crashes, or is slow) is never batched with them
+    assert backend.sizes[0] == 1
+    # another function learns on its own
+    backend.sizes = []
+    await Parallel(backend=backend)(delayed(fresh_function())(i) for i in range(20))
+    assert backend.sizes[0] == 1
+
+
+def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
+    """Near the end the input is shared between the workers, but not in batches of under
+    ~5 ms of work (MIN_TAIL_SECONDS): each costs a round trip."""
+    batcher = AutoBatcher()
+    batcher.size = 16
+    batcher.record(16, 0.032)  # 2 ms per call: the size stays
+    assert batcher.next_size(100, 2) == 16  # not yet the tail
+    assert batcher.next_size(8, 2) == 3  # a quarter would be 2 calls: 4 ms of work
+    assert batcher.next_size(2, 2) == 2  # what is left
+    slow = AutoBatcher()
+    slow.record(1, 2.0)  # 2 s per call: the tail is shared call by call
+    assert slow.next_size(4, 2) == 1

@@ -1,0 +1,111 @@
+"""Concurrent runs on one pool are served in the order they started (issue 18, W9).
+
+A web backend runs one map per request on the shared warm pool. If the pool hands each
+worker given back to whichever lane has waited longest, every run gets a turn after every
+other run's, so under load all of them finish at the very end: nobody is answered until
+everybody is. The pool serves waiting lanes by their run's start order instead, so the first
+requests finish first.
+
+And a batch that queued for a worker is timed from when it got one: auto batching must not
+read a wait in line as slow tasks, or every run on a busy pool dispatches one call at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from aioparallel import Parallel, delayed
+from aioparallel._backends import _processes
+from aioparallel._backends._pool import Pool, run_ticket
+
+pytestmark = pytest.mark.anyio
+
+
+def stamped(run: int, i: int, seconds: float = 0.0) -> tuple[int, int]:
+    """When (system-wide monotonic clock) this call of ``run`` ran; it takes ``seconds``."""
+    if seconds:
+        time.sleep(seconds)
+    return run, time.monotonic_ns()
+
+
+async def test_waiters_are_served_by_run_ticket_then_arrival() -> None:
+    pool = Pool(1)
+    served: list[str] = []
+
+    async def wait(name: str, ticket: int) -> None:
+        worker = await pool.acquire(ticket)
+        served.append(name)
+        await pool.release(worker)
+
+    with anyio.fail_after(20):
+        holder = await pool.acquire(run_ticket())
+        early, late = run_ticket(), run_ticket()
+        async with anyio.create_task_group() as tg:
+            # they queue in this order: late, then early twice
+            for name, ticket in (("late", late), ("early-1", early), ("early-2", early)):
+                tg.start_soon(wait, name, ticket)
+                await anyio.wait_all_tasks_blocked()
+            await pool.release(holder)
+        await pool.close()
+    assert served == ["early-1", "early-2", "late"]
+
+
+async def test_concurrent_runs_finish_in_the_order_they_started() -> None:
+    """Six runs of 16 one-call batches of 20 ms share a 2-worker pool: the first run is done
+    before the fifth and sixth have run a single call (round robin would interleave all
+    six)."""
+    n_runs, n_calls = 6, 16
+    async with Parallel(n_jobs=2, batch_size=1) as parallel:
+        await parallel(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
+        stamps: dict[int, list[int]] = {}
+
+        async def run(r: int, started: anyio.Event) -> None:
+            calls = (delayed(stamped)(r, i, 0.02) for i in range(n_calls))
+            coro = parallel(calls)
+            started.set()
+            stamps[r] = [t for _, t in await coro]
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for r in range(n_runs):
+                    started = anyio.Event()
+                    tg.start_soon(run, r, started)
+                    await started.wait()
+                    await anyio.wait_all_tasks_blocked()  # its lane is in line
+    first_done = max(stamps[0])
+    later = sorted(t for r in (4, 5) for t in stamps[r])
+    assert later[0] > first_done, (
+        f"{sum(t < first_done for t in later)} calls of the last two runs ran before the "
+        "first run finished"
+    )
+
+
+async def test_a_batch_that_queued_is_timed_from_when_it_got_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of tiny calls shares a 2-worker pool with an earlier run of 150 ms calls, so each
+    of its batches first waits up to 150 ms in line: it still grows its batches."""
+    batches: list[int] = []
+    real_init = _processes._BatchRun.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        if self.batch.calls[0].args[0] == 1:  # the tiny run's batches
+            batches.append(len(self.batch.calls))
+
+    monkeypatch.setattr(_processes._BatchRun, "__init__", counting_init)
+    slow, tiny = Parallel(n_jobs=2, batch_size=1), Parallel(n_jobs=2)  # one shared pool
+    await tiny(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow, [delayed(stamped)(0, i, 0.15) for i in range(30)])
+            await anyio.wait_all_tasks_blocked()
+            results = await tiny(delayed(stamped)(1, i) for i in range(100))
+    assert len(results) == 100
+    # timed from the start of its wait, a batch looks as long as its wait: one call at a
+    # time for as long as the slow run goes on (a dozen batches here), then growth
+    assert batches.count(1) <= 4, f"{len(batches)} batches for 100 tiny calls: {batches}"
