@@ -34,7 +34,7 @@ from typing import Any
 
 import anyio
 
-from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions
+from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
 from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
 from ._call import Call, function_name
 from ._coroutines import async_flags
@@ -120,7 +120,7 @@ class Run:
     async def _run_lanes(self, run_batch: RunBatch) -> None:
         async with anyio.create_task_group() as lanes:
             self._lanes = lanes
-            n_lanes = max(1, self.backend.n_workers)
+            n_lanes = max(1, self.backend.n_workers) * batches_per_worker(self.backend)
             if self.source.total is not None:
                 n_lanes = max(1, min(n_lanes, self.source.total))
             for _ in range(n_lanes - 1):

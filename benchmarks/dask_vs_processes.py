@@ -1,57 +1,155 @@
-"""64 calls of a 25 ms pure-Python loop on a two-worker dask cluster, next to the process
-backend with ``n_jobs=2`` (issue 8's comparison).
+"""Our dask backend beside joblib's, raw ``client.submit``/``gather`` and our process backend.
 
-    python -m benchmarks.dask_vs_processes
+    python -m benchmarks.dask_vs_processes [--repeats 5] [--json PATH]
 
-The cluster is a ``distributed.LocalCluster`` of 2 worker processes with 1 thread each, on
-127.0.0.1; its scheduler shares the machine, so on 2 cores it costs dask some speedup.
+One ``distributed.LocalCluster`` of 2 worker processes with 1 thread each, on 127.0.0.1,
+serves every dask contender; its scheduler runs in this process (and on 2 cores shares the
+machine with the workers). Two workloads: 64 calls of ~25 ms of pure-Python work
+(``spin_25ms``, calibrated here and inherited by the workers) and 2,000 tiny calls
+(``double``). Each repeat runs every workload on every contender, interleaved, and the table
+shows medians:
+
+- ``ours``: ``Parallel()`` under ``parallel_config(backend="dask", client=client)``;
+- ``joblib-dask``: ``joblib.Parallel()`` under ``joblib.parallel_config(backend="dask")``,
+  in a thread (joblib blocks), with a synchronous client to the same cluster;
+- ``submit/gather``: one ``client.submit`` per call, then ``client.gather``: the floor of
+  what dask itself can do with calls that are submitted all at once;
+- ``processes``: ``Parallel(n_jobs=2)`` on our process backend, warm, for reference.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import statistics
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import anyio
 
 from aioparallel import Parallel, delayed, parallel_config
 
-from .workloads import spin_25ms, spin_iterations
+from .workloads import double, spin_25ms, spin_iterations
 
-CALLS = 64
-ROUNDS = 3
+#: (name, function, calls)
+WORKLOADS: list[tuple[str, Callable[[int], int], int]] = [
+    ("64 x 25 ms", spin_25ms, 64),
+    ("2,000 tiny", double, 2000),
+]
+CONTENDERS = ["ours", "joblib-dask", "submit/gather", "processes"]
 
-
-async def _best_of(parallel: Parallel[Any]) -> float:
-    await parallel(delayed(spin_25ms)(i) for i in range(4))  # warm up
-    times = []
-    for _ in range(ROUNDS):
-        began = time.perf_counter()
-        await parallel(delayed(spin_25ms)(i) for i in range(CALLS))
-        times.append(time.perf_counter() - began)
-    return min(times)
+Runner = Callable[[Callable[[int], int], int], Awaitable[list[int]]]
 
 
-async def main() -> None:
+def _joblib_runner(sync_client: Any) -> Runner:
+    import joblib  # type: ignore[import-untyped]
+
+    def blocking(func: Callable[[int], int], n: int) -> list[int]:
+        with joblib.parallel_config(backend="dask", client=sync_client):
+            return list(joblib.Parallel()(joblib.delayed(func)(i) for i in range(n)))
+
+    async def run(func: Callable[[int], int], n: int) -> list[int]:
+        return await anyio.to_thread.run_sync(blocking, func, n)
+
+    return run
+
+
+def _raw_runner(client: Any) -> Runner:
+    async def run(func: Callable[[int], int], n: int) -> list[int]:
+        futures = [client.submit(func, i, pure=False) for i in range(n)]
+        return list(await client.gather(futures))
+
+    return run
+
+
+def _ours_runner(client: Any) -> Runner:
+    async def run(func: Callable[[int], int], n: int) -> list[int]:
+        async with parallel_config(backend="dask", client=client):
+            return await Parallel()(delayed(func)(i) for i in range(n))
+
+    return run
+
+
+def _processes_runner(warm: Parallel[Any]) -> Runner:
+    async def run(func: Callable[[int], int], n: int) -> list[int]:
+        return await warm(delayed(func)(i) for i in range(n))
+
+    return run
+
+
+async def measure(repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Seconds per (workload, contender), one entry per repeat, interleaved."""
     from distributed import Client, LocalCluster
 
-    spin_iterations()
-    began = time.perf_counter()
-    for i in range(CALLS):
-        spin_25ms(i)
-    sequential = time.perf_counter() - began
-    async with Parallel(n_jobs=2) as warm:
-        processes = await _best_of(warm)
+    spin_iterations()  # calibrate before the workers start, so they inherit the loop length
+    times: dict[str, dict[str, list[float]]] = {
+        w: {c: [] for c in CONTENDERS} for w, _, _ in WORKLOADS
+    }
     cluster = LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-        asynchronous=True,
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None, asynchronous=True,
     )  # fmt: skip
-    async with cluster, Client(cluster, asynchronous=True) as client:  # type: ignore[no-untyped-call]
-        async with parallel_config(backend="dask", client=client):
-            dask = await _best_of(Parallel())
-    print(f"{CALLS} x 25 ms: sequential {sequential:.2f} s")
-    print(f"  processes, n_jobs=2:  {processes:.2f} s  ({sequential / processes:.2f}x)")
-    print(f"  dask, 2 workers:      {dask:.2f} s  ({sequential / dask:.2f}x)")
+    async with (
+        cluster,
+        Client(cluster, asynchronous=True, set_as_default=False) as client,  # type: ignore[no-untyped-call]
+        Parallel(n_jobs=2) as warm,
+    ):
+        sync_client = await anyio.to_thread.run_sync(
+            lambda: Client(cluster.scheduler_address, set_as_default=False)  # type: ignore[no-untyped-call]
+        )
+        try:
+            runners = {
+                "ours": _ours_runner(client),
+                "joblib-dask": _joblib_runner(sync_client),
+                "submit/gather": _raw_runner(client),
+                "processes": _processes_runner(warm),
+            }
+            for run in runners.values():  # warm up: imports, connections, worker caches
+                await run(spin_25ms, 4)
+                await run(double, 100)
+            for _ in range(repeats):
+                for workload, func, n in WORKLOADS:
+                    for contender, run in runners.items():
+                        began = time.perf_counter()
+                        out = await run(func, n)
+                        times[workload][contender].append(time.perf_counter() - began)
+                        assert len(out) == n and out[1] == func(1), (contender, workload)
+        finally:
+            await anyio.to_thread.run_sync(sync_client.close)
+    return times
+
+
+def table(times: dict[str, dict[str, list[float]]]) -> str:
+    head = (
+        "| workload | " + " | ".join(CONTENDERS) + " | ours / joblib-dask | ours / submit-gather |"
+    )
+    lines = [head, "|---" * (len(CONTENDERS) + 3) + "|"]
+    for workload, by_contender in times.items():
+        med = {c: statistics.median(t) for c, t in by_contender.items()}
+        cells = " | ".join(f"{med[c]:.3f} s" for c in CONTENDERS)
+        ratios = (
+            f"{med['ours'] / med['joblib-dask']:.2f} | {med['ours'] / med['submit/gather']:.2f}"
+        )
+        lines.append(f"| {workload} | {cells} | {ratios} |")
+    return "\n".join(lines)
+
+
+async def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", metavar="PATH", help="also write the times (seconds) here")
+    args = parser.parse_args(argv)
+    times = await measure(args.repeats)
+    print(f"medians of {args.repeats} interleaved repeats; 2-worker LocalCluster, 1 thread each")
+    print(table(times))
+    if args.json:
+        medians = {w: {c: statistics.median(t) for c, t in by.items()} for w, by in times.items()}
+        record = {"repeats": args.repeats, "times": times, "medians": medians}
+        await anyio.Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

@@ -211,3 +211,29 @@ def report_then_wait(x: int, queue: str, event: str) -> int:
     Queue(queue).put(os.getpid())
     Event(event).wait(30)
     return x
+
+
+def kill_when_queued(x: int, bad: int, report: str) -> int:
+    """Task ``bad`` kills its worker process; the others sleep 50 ms and return ``x``.
+
+    On its first attempt, task ``bad`` waits (bounded) until its worker holds another task
+    queued behind it, and writes how many it saw to the file ``report``: the death then
+    falls on a worker that holds innocent work too. Later attempts kill at once.
+    """
+    if x != bad:
+        time.sleep(0.05)
+        return x
+    if not os.path.exists(report):
+        from distributed import get_worker
+
+        worker = get_worker()
+        own = worker.get_current_task()
+        deadline = time.monotonic() + 20
+        queued: list[Any] = []
+        while not queued and time.monotonic() < deadline:
+            tasks = list(worker.state.tasks.items())  # one C call: safe beside the loop thread
+            queued = [k for k, ts in tasks if k != own and ts.state in ("ready", "constrained")]
+            time.sleep(0.005)
+        Path(report).write_text(str(len(queued)))
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x

@@ -65,7 +65,7 @@ def test_dask_worker_timeout_is_task_timeout_error() -> None:
     """The dask worker's half builds the error; the parent unpickles it as is."""
     gate = Gate()
     try:
-        ((kind, blob),) = _dask_worker.run_calls([(wait_gate, (gate, 1), {})], 7, True, 0.1)
+        _ran, ((kind, blob),) = _dask_worker.run_calls([(wait_gate, (gate, 1), {})], 7, True, 0.1)
     finally:
         gate.open()
     for thread in threading.enumerate():

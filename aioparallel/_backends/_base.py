@@ -136,6 +136,11 @@ class Backend(Protocol):
     n_workers
         How many batches it runs at once; ``Parallel``'s ``n_jobs``, when given, must equal
         it.
+    batches_per_worker
+        Optional (default 1): batches the run keeps in flight per worker, its lanes being
+        ``n_workers * batches_per_worker``. A backend whose round trip is long next to a
+        batch (a remote cluster) asks for 2, so that a worker has its next batch before it
+        finishes the one it runs; ``pre_dispatch`` still bounds the calls in flight.
     """
 
     name: str
@@ -148,3 +153,8 @@ class Backend(Protocol):
     def open_run(self, options: RunOptions) -> AbstractAsyncContextManager[RunBatch]:
         """Per-run resources; the context yields the run's ``run_batch``."""
         ...
+
+
+def batches_per_worker(backend: Backend) -> int:
+    """The backend's optional ``batches_per_worker`` (at least 1; 1 when it has none)."""
+    return max(1, int(getattr(backend, "batches_per_worker", 1)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -17,26 +18,36 @@ from distributed.protocol import pickle as dask_pickle
 from .._call import function_name
 from .._errors import AioParallelError, PicklingError, TaskTimeoutError
 
-__all__ = ["RAISED", "VALUE", "Outcome", "WireCall", "run_calls", "run_calls_async"]
+__all__ = ["RAISED", "VALUE", "Outcome", "Ran", "WireCall", "run_calls", "run_calls_async"]
 
 #: (function, args, kwargs) as submitted: builtin containers, so dask finds the Futures in them.
 WireCall = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 #: One call's outcome from the worker: (VALUE, pickled value) or (RAISED, pickled (exc, tb)).
 Outcome = tuple[int, bytes]
+#: A batch's answer: (seconds it ran on the worker, one outcome per call). The client cannot
+#: time the work itself: with batches submitted ahead, a batch may first wait on its worker
+#: behind another, and auto batching must size batches on the work, not on that wait.
+Ran = tuple[float, list[Outcome | None]]
 
 VALUE, RAISED = 0, 1
 #: pickle, falling back to cloudpickle for lambdas and closures (as dask itself does).
 _dumps: Callable[..., bytes] = dask_pickle.dumps
 
 
-def run_calls(
-    calls: list[WireCall], start: int, stop_on_error: bool, timeout: float | None
-) -> list[Outcome]:
-    """Run a batch's calls in order on the worker; never raises.
+def run_calls(calls: list[WireCall], start: int, stop_on_error: bool, timeout: float | None) -> Ran:
+    """Run a batch's calls in order on the worker, timed; never raises.
 
     Each value and exception is pickled here, one by one, rather than by dask for the whole
     list: an unpicklable result then fails its own task, not the batch.
     """
+    began = time.perf_counter()
+    outcomes: list[Outcome | None] = list(_run_calls(calls, start, stop_on_error, timeout))
+    return time.perf_counter() - began, outcomes
+
+
+def _run_calls(
+    calls: list[WireCall], start: int, stop_on_error: bool, timeout: float | None
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for offset, (func, args, kwargs) in enumerate(calls):
         index = start + offset
@@ -131,7 +142,7 @@ async def run_calls_async(
     timeout: float | None,
     concurrency: int,
     key: str,
-) -> list[Outcome | None]:
+) -> Ran:
     """A batch with async calls (SPEC §8), run on the dask worker's event loop (distributed
     awaits coroutine functions there): async calls as tasks, ``concurrency`` at most at
     once, each cancelled at its ``timeout``; sync calls one at a time in the worker's
@@ -147,6 +158,7 @@ async def run_calls_async(
     from ._async_runner import VALUE as VALUE_KIND
     from ._async_runner import InFlight
 
+    began = time.perf_counter()
     loop = asyncio.get_running_loop()
     outcomes: list[Outcome | None] = [None] * len(calls)
     room = asyncio.Semaphore(concurrency)
@@ -190,7 +202,7 @@ async def run_calls_async(
                 tasks.start(position, *call)
                 continue
             done = await loop.run_in_executor(
-                None, run_calls, [call], start + position, True, timeout
+                None, _run_calls, [call], start + position, True, timeout
             )
             outcomes[position] = done[0]
             if done[0][0] == RAISED and stop_on_error:
@@ -202,7 +214,7 @@ async def run_calls_async(
         raise
     finally:
         watcher.cancel()
-    return outcomes
+    return time.perf_counter() - began, outcomes
 
 
 #: How often a batch of async calls checks that the scheduler still wants it.
