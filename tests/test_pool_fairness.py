@@ -109,3 +109,26 @@ async def test_a_batch_that_queued_is_timed_from_when_it_got_a_worker(
     # timed from the start of its wait, a batch looks as long as its wait: one call at a
     # time for as long as the slow run goes on (a dozen batches here), then growth
     assert batches.count(1) <= 4, f"{len(batches)} batches for 100 tiny calls: {batches}"
+
+
+async def test_a_run_keeps_its_workers_from_one_batch_to_the_next() -> None:
+    """Two runs of 30 one-call batches of 20 ms on a 2-worker pool, the second started while
+    the first runs: a lane that finishes a batch takes its next one on the same worker, so
+    the second run waits for the first one's tail instead of sharing every other worker."""
+    async with Parallel(n_jobs=2, batch_size=1) as parallel:
+        await parallel(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
+        stamps: dict[int, list[int]] = {}
+
+        async def run(r: int) -> None:
+            stamps[r] = [
+                t for _, t in await parallel(delayed(stamped)(r, i, 0.02) for i in range(30))
+            ]
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, 0)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(run, 1)
+    first_done = max(stamps[0])
+    early = sum(t < first_done for t in stamps[1])
+    assert early <= 2, f"{early} calls of the second run ran before the first run finished"

@@ -22,7 +22,20 @@ import anyio
 
 from .._detached import _in_trio
 
-__all__ = ["Reaper", "Signal"]
+__all__ = ["Reaper", "Signal", "call_soon"]
+
+
+def call_soon(callback: Callable[[], object]) -> None:
+    """Run ``callback`` in the running event loop once the current task has yielded (the
+    loop's next turn): asyncio's ``call_soon``, trio's ``run_sync_soon``."""
+    if _in_trio():
+        import trio
+
+        trio.lowlevel.current_trio_token().run_sync_soon(callback)
+        return
+    import asyncio
+
+    asyncio.get_running_loop().call_soon(callback)
 
 
 def _loop_waker(event: anyio.Event) -> Callable[[], bool]:

@@ -23,13 +23,14 @@ from typing import Any, Literal
 
 import anyio
 
-from ._crossloop import Reaper, Signal
+from ._crossloop import Reaper, Signal, call_soon
 from ._setup import PLAIN, WorkerSetup
 from ._worker_process import WorkerProcess, forget_live_pids
 
 __all__ = [
     "Pool",
     "PoolClosedError",
+    "RunWorkers",
     "WorkerProcess",
     "run_ticket",
     "shared_pool",
@@ -299,20 +300,25 @@ class Pool:
         """Give a held worker back. A healthy one goes to the next waiter or the idle list;
         any other (unhealthy, dead, or the pool closed) is killed with its process tree and
         reaped here, in the holder's task, and its place freed. Call shielded."""
-        roster = self._roster
-        if healthy and worker.alive:
-            worker.last_used = time.monotonic()
-            outcome = roster.release(worker)
-            if outcome == "idle" and self._on_idle is not None:
-                self._on_idle(worker.last_used + self.idle_timeout)
-            if outcome != "refused":
-                return
-        else:
-            roster.retire(worker)
+        if healthy and self.give_back(worker):
+            return
+        self._roster.retire(worker)
         try:
             await worker.kill()
         finally:
-            roster.free_place()
+            self._roster.free_place()
+
+    def give_back(self, worker: WorkerProcess) -> bool:
+        """``release`` of a healthy worker, synchronously (a loop callback may call it): to
+        the next waiter or the idle list. False if it must be stopped instead (it died, or
+        the pool is closed): the holder then calls ``release(worker, healthy=False)``."""
+        if not worker.alive:
+            return False
+        worker.last_used = time.monotonic()
+        outcome = self._roster.release(worker)
+        if outcome == "idle" and self._on_idle is not None:
+            self._on_idle(worker.last_used + self.idle_timeout)
+        return outcome != "refused"
 
     def reap_idle(self, everything: bool = False) -> float | None:
         """Stop the idle workers past ``idle_timeout`` (or dead; or all of them), waiting for
@@ -367,6 +373,70 @@ class Pool:
         """In a forked child: drop the parent's workers without touching them."""
         for worker in [*self._roster.idle, *self._roster.busy]:
             worker.forget_in_child()
+
+
+class RunWorkers:
+    """One run's access to a pool: its place in line, and the workers it keeps between its
+    batches.
+
+    Runs are served in the order they started (their ticket). A lane that has finished a
+    batch usually takes its next batch at once, without yielding to the event loop; the
+    worker it gave back waits for it here until then, instead of going to the pool, where
+    another run's lane would take it and this run would queue in turn (under load every run
+    would then finish at the very end). If the run asks for no worker before the loop's next
+    turn, the worker goes back to the pool then. So a run holds its workers only while it is
+    using them, and a pool serves concurrent runs one after another, each at full width.
+    """
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+        self.ticket = run_ticket()
+        self._kept: list[WorkerProcess] = []
+        #: Kept workers the pool refused back (dead, or the pool closed): stopped by this run.
+        self._doomed: list[WorkerProcess] = []
+
+    @property
+    def closed(self) -> bool:
+        return self.pool.closed
+
+    async def acquire(self) -> WorkerProcess:
+        """A kept worker, else one from the pool (in this run's place in line)."""
+        await self._stop_doomed()
+        while self._kept:
+            worker = self._kept.pop()
+            if worker.alive and not self.pool.closed:
+                return worker
+            self._doomed.append(worker)
+            await self._stop_doomed()
+        return await self.pool.acquire(self.ticket)
+
+    async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
+        """Keep a healthy worker until the loop's next turn; stop any other. Call shielded."""
+        if not (healthy and worker.alive) or self.pool.closed:
+            await self.pool.release(worker, healthy=False)
+            return
+        self._kept.append(worker)
+        call_soon(lambda: self._give_back(worker))
+
+    def _give_back(self, worker: WorkerProcess) -> None:
+        """The loop turned and the run did not take ``worker`` again: back to the pool."""
+        if worker in self._kept:
+            self._kept.remove(worker)
+            if not self.pool.give_back(worker):
+                self._doomed.append(worker)
+
+    async def _stop_doomed(self) -> None:
+        while self._doomed:
+            with anyio.CancelScope(shield=True):
+                await self.pool.release(self._doomed.pop(), healthy=False)
+
+    async def close(self) -> None:
+        """At the run's end: every worker back to the pool, or stopped. Call shielded."""
+        while self._kept:
+            worker = self._kept.pop()
+            if not self.pool.give_back(worker):
+                self._doomed.append(worker)
+        await self._stop_doomed()
 
 
 # -- the shared pools ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ._failures import (
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, PoolClosedError, WorkerProcess, run_ticket, shared_pool
+from ._pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
 from ._setup import Initializer, WorkerSetup
 from ._wire import (
     BATCH,
@@ -229,10 +229,10 @@ class ProcessBackend:
             raise RuntimeError("ProcessBackend used outside 'async with'")
         pool = self._pool
         folder = RunFolder(options.temp_folder)  # checked when a file is first needed
-        ticket = run_ticket()  # this run's place in line for workers
+        workers = RunWorkers(pool)  # this run's place in line, and the workers it keeps
 
         async def run_batch(batch: Batch) -> list[Any]:
-            run = _BatchRun(pool, ticket, folder, options, batch)
+            run = _BatchRun(workers, folder, options, batch)
             try:
                 return await run.run()
             finally:
@@ -245,6 +245,8 @@ class ProcessBackend:
         try:
             yield run_batch
         finally:
+            with anyio.CancelScope(shield=True):
+                await workers.close()
             leftovers = folder.close()  # a pickling thread abandoned by a cancel writes nothing
             if leftovers:
                 with anyio.CancelScope(shield=True):
@@ -254,11 +256,8 @@ class ProcessBackend:
 class _BatchRun:
     """One batch, until every call has a result or a failure (re-running after crashes)."""
 
-    def __init__(
-        self, pool: Pool, ticket: int, folder: RunFolder, options: RunOptions, batch: Batch
-    ):
+    def __init__(self, pool: RunWorkers, folder: RunFolder, options: RunOptions, batch: Batch):
         self.pool = pool
-        self.ticket = ticket
         self.folder = folder
         self.options = options
         self.batch = batch
@@ -302,7 +301,7 @@ class _BatchRun:
         unhealthy one is killed and reaped there, so its descriptors are closed by this
         task and no other."""
         try:
-            worker = await self.pool.acquire(self.ticket)
+            worker = await self.pool.acquire()
         except PoolClosedError:
             return self._closed(todo, None)
         if self.batch.started is None:  # auto batching times the work, not the wait
