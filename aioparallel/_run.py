@@ -50,9 +50,6 @@ __all__ = ["SOURCE_CLOSE_GRACE", "Run"]
 
 _NOTHING: Any = object()
 _MIXED: Any = object()
-#: Batches up to this many calls are delivered and followed by the next without yielding
-#: to the event loop in between (a few µs of work).
-QUICK_BATCH = 64
 #: Seconds the user's async generator gets to run its ``finally`` once the run stops with it.
 SOURCE_CLOSE_GRACE = 2.0
 
@@ -229,11 +226,9 @@ class Run:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):
                 return
-            if len(calls) > QUICK_BATCH:
-                # Taking the next batch is a few ms of work for a large batch: let the loop
-                # run the rest of the program first. (After a small one, go straight on: the
-                # backend may keep the worker for this run's next batch until we yield.)
-                await anyio.lowlevel.checkpoint()
+            # Taking the next batch is a few ms of work for a large batch, and an inline
+            # backend never yields: let the loop run the rest of the program first.
+            await anyio.lowlevel.checkpoint()
 
     def _deliver(self, start: int, values: list[Any], calls: list[Call[Any]]) -> bool:
         """Hand values to the sink; False if a failure stops the run."""

@@ -380,12 +380,12 @@ class RunWorkers:
     batches.
 
     Runs are served in the order they started (their ticket). A lane that has finished a
-    batch usually takes its next batch at once, without yielding to the event loop; the
+    batch takes its next batch at once, yielding to the event loop only once in between; the
     worker it gave back waits for it here until then, instead of going to the pool, where
     another run's lane would take it and this run would queue in turn (under load every run
-    would then finish at the very end). If the run asks for no worker before the loop's next
-    turn, the worker goes back to the pool then. So a run holds its workers only while it is
-    using them, and a pool serves concurrent runs one after another, each at full width.
+    would then finish at the very end). If the run asks for no worker within two turns of
+    the loop, the worker goes back to the pool then. So a run holds its workers only while
+    it is using them, and a pool serves concurrent runs one after another, at full width.
     """
 
     def __init__(self, pool: Pool):
@@ -411,15 +411,16 @@ class RunWorkers:
         return await self.pool.acquire(self.ticket)
 
     async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
-        """Keep a healthy worker until the loop's next turn; stop any other. Call shielded."""
+        """Keep a healthy worker for two turns of the loop; stop any other. Call shielded."""
         if not (healthy and worker.alive) or self.pool.closed:
             await self.pool.release(worker, healthy=False)
             return
         self._kept.append(worker)
-        call_soon(lambda: self._give_back(worker))
+        # two turns: the first lets the lane yield once (every lane does, between batches)
+        call_soon(lambda: call_soon(lambda: self._give_back(worker)))
 
     def _give_back(self, worker: WorkerProcess) -> None:
-        """The loop turned and the run did not take ``worker`` again: back to the pool."""
+        """The loop turned twice and the run did not take ``worker`` again: to the pool."""
         if worker in self._kept:
             self._kept.remove(worker)
             if not self.pool.give_back(worker):
