@@ -86,8 +86,8 @@ class _Roster:
     to the first waiter, if any: it then stays counted. Waiters are served by their run's
     ticket, then in arrival order: the run that started first gets every worker it asks for
     before later runs, so under load runs finish in the order they came (a web backend
-    answers its first requests first) instead of all at the end. (A waiter whose loop has ended, a
-    task abandoned without its cleanup, is skipped.) ``close()`` wakes every waiter
+    answers its first requests first) instead of all at the end. (A waiter whose loop has
+    ended, a task abandoned without its cleanup, is skipped.) ``close()`` wakes every waiter
     empty-handed and sends every idle worker to ``retiring``; busy ones stay with their
     holders, which retire them when they give them back (``release`` refuses them).
     """
