@@ -376,39 +376,47 @@ def _exact(number: str) -> Fraction | None:
         return None
 
 
+#: Option strings are parsed once per value (every ``Parallel()`` parses its defaults);
+#: longer ones, which no one writes twice, are parsed each time and never fill the cache.
+_CACHED_TEXT = 64
+_INVALID: Any = object()
+
+
+def _parse_text(parse: functools._lru_cache_wrapper[Any], text: str, *args: Any) -> Any:
+    """``parse(text, *args)``, from its cache if ``text`` is short."""
+    plain = str.__str__(text)  # the defaults are str subclasses: key the cache by plain str
+    return (parse if len(plain) <= _CACHED_TEXT else parse.__wrapped__)(plain, *args)
+
+
 def parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     """Tasks allowed in flight: ``None`` for ``"all"``; never ``eval``s the string."""
-    if isinstance(pre_dispatch, str) and len(pre_dispatch) <= 64:  # every Parallel() has one
-        return _parse_pre_dispatch_text(str.__str__(pre_dispatch), n_jobs)  # a plain str key
-    return _parse_pre_dispatch(pre_dispatch, n_jobs)
-
-
-@functools.lru_cache(maxsize=32)
-def _parse_pre_dispatch_text(pre_dispatch: str, n_jobs: int) -> int | None:
-    return _parse_pre_dispatch(pre_dispatch, n_jobs)
-
-
-def _parse_pre_dispatch(pre_dispatch: object, n_jobs: int) -> int | None:
     if isinstance(pre_dispatch, bool):
         pass
     elif isinstance(pre_dispatch, int):
         if pre_dispatch >= 1:
             return pre_dispatch
     elif isinstance(pre_dispatch, str):
-        text = pre_dispatch.strip()
-        if text == "all":
-            return None
-        number, scale = text, 1
-        match = _PRE_DISPATCH.match(text)
-        if match:
-            number, scale = match["k"] or match["k2"] or "1", n_jobs
-        k = _exact(number) if match or _INT.match(text) else None
-        if k is not None and k > 0:
-            return max(1, math.floor(k * scale))
+        limit = _parse_text(_pre_dispatch_text, pre_dispatch, n_jobs)
+        if limit is not _INVALID:
+            return limit  # type: ignore[no-any-return]
     raise ValueError(
         f"invalid pre_dispatch {pre_dispatch!r:.60}: expected 'all', a positive int, "
         "or 'k*n_jobs' with a positive number k (e.g. '2*n_jobs')"
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _pre_dispatch_text(pre_dispatch: str, n_jobs: int) -> Any:
+    """A pre_dispatch string's limit (None for ``"all"``), or ``_INVALID``."""
+    text = pre_dispatch.strip()
+    if text == "all":
+        return None
+    number, scale = text, 1
+    match = _PRE_DISPATCH.match(text)
+    if match:
+        number, scale = match["k"] or match["k2"] or "1", n_jobs
+    k = _exact(number) if match or _INT.match(text) else None
+    return max(1, math.floor(k * scale)) if k is not None and k > 0 else _INVALID
 
 
 _SIZE = re.compile(rf"^\s*({_NUMBER})\s*([KMG]?)B?\s*$", re.IGNORECASE)
@@ -422,18 +430,18 @@ def parse_max_nbytes(max_nbytes: object) -> int | None:
     if isinstance(max_nbytes, int) and not isinstance(max_nbytes, bool) and max_nbytes >= 0:
         return max_nbytes
     if isinstance(max_nbytes, str):
-        text = str.__str__(max_nbytes)  # a plain str: the cache's key
-        size = (_size_in_bytes if len(text) <= 64 else _size_in_bytes.__wrapped__)(text)
+        size = _parse_text(_size_in_bytes, max_nbytes)
         if size is not None:
-            return size
+            return size  # type: ignore[no-any-return]
     raise ValueError(
         f"invalid max_nbytes {max_nbytes!r:.60}: expected None, a non-negative int, "
         "or a size such as '10K', '1M', '1G'"
     )
 
 
-@functools.lru_cache(maxsize=32)  # every Parallel() parses one
+@functools.lru_cache(maxsize=32)
 def _size_in_bytes(text: str) -> int | None:
+    """A size string's bytes, or None if it is not one."""
     match = _SIZE.match(text)
     size = _exact(match[1]) if match else None
     return None if match is None or size is None else math.floor(size * _UNITS[match[2].upper()])
