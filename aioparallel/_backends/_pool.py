@@ -401,14 +401,15 @@ class RunWorkers:
 
     async def acquire(self) -> WorkerProcess:
         """A kept worker, else one from the pool (in this run's place in line)."""
+        worker = None
+        while self._kept and worker is None:
+            kept = self._kept.pop()
+            if kept.alive and not self.pool.closed:
+                worker = kept
+            else:
+                self._doomed.append(kept)
         await self._stop_doomed()
-        while self._kept:
-            worker = self._kept.pop()
-            if worker.alive and not self.pool.closed:
-                return worker
-            self._doomed.append(worker)
-            await self._stop_doomed()
-        return await self.pool.acquire(self.ticket)
+        return worker if worker is not None else await self.pool.acquire(self.ticket)
 
     async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
         """Keep a healthy worker for two turns of the loop; stop any other. Call shielded."""
