@@ -1,11 +1,12 @@
 """The process backend: batches run on warm worker processes, with crashes and timeouts
 isolated to the one task they hit.
 
-For each batch: take a worker from the pool, pickle the job (in a thread unless it is
-obviously small), send it, and read results as the worker streams them. If the worker dies,
-the shared slot says which call it was running: that call fails with
-``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it for running past
-``timeout``), and the calls whose results had not arrived are re-run on a fresh worker.
+For each batch: take a worker from the pool (``_pool.RunWorkers``), pickle the job (in a
+thread unless it is obviously small: ``_cheap_pickling``), send it, and read results as the
+worker streams them. If the worker dies, the shared slot says which call it was running:
+that call fails with ``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it
+for running past ``timeout``), and the calls whose results had not arrived are re-run on a
+fresh worker.
 A cancelled batch kills its worker (shielded) before the cancellation goes on.
 """
 
@@ -14,23 +15,21 @@ from __future__ import annotations
 import os
 import pickle
 import time
-import types
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from itertools import chain, repeat
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from .._call import Call, function_name
-from .._coroutines import async_flags, is_async_callable
 from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._async_runner import CANCEL_GRACE, TimedOut
 from ._base import Batch, Failure, RunBatch, RunOptions
+from ._cheap_pickling import cheap_callable, job_flags, one_func, small_args, small_calls
 from ._failures import (
     async_timeout_error,
     closed_error,
@@ -67,80 +66,9 @@ MAX_BLAMELESS_CRASHES = 3
 #: Calls pickled between two turns of the event loop (about 0.1 ms of work).
 PICKLE_CHUNK = 256
 _MISSING: Any = object()
-_SCALARS = frozenset({int, float, bool, type(None), complex})
-_SMALL_SEQUENCES = frozenset({str, bytes})
-_SMALL_KINDS = _SCALARS | _SMALL_SEQUENCES
 #: Values of a results frame that are outcomes other than a plain result.
 _OUTCOMES = frozenset({TaskError, Failure, TimedOut})
-_FUNC, _ARGS, _KWARGS = attrgetter("func"), attrgetter("args"), attrgetter("kwargs")
-
-
-def _by_reference(func: object) -> bool:
-    """True if pickle sends ``func`` by name (cheap); lambdas, closures and functions of
-    ``__main__`` travel by value, with whatever they capture."""
-    module = getattr(func, "__module__", None)
-    return module not in (None, "__main__") and "<" not in getattr(func, "__qualname__", "<")
-
-
-def _cheap_callable(func: object) -> bool:
-    """True if pickling ``func`` writes its name and nothing else: a module-level function
-    or class, or a module's builtin. Anything else carries state of unknown size by value:
-    a bound method its object, a partial its arguments, a closure its cells, a callable
-    object its attributes."""
-    kind = type(func)
-    if kind is types.FunctionType or isinstance(func, type):
-        return _by_reference(func)
-    if kind is types.BuiltinFunctionType:
-        owner = getattr(func, "__self__", None)
-        return (owner is None or type(owner) is types.ModuleType) and _by_reference(func)
-    return False
-
-
-def _small_values(values: Any) -> bool:
-    for value in values:
-        kind = type(value)
-        if kind in _SCALARS or (kind in _SMALL_SEQUENCES and len(value) <= 4096):
-            continue
-        return False
-    return True
-
-
-def _small_args(items: list[tuple[Any, ...]]) -> bool:
-    """``_small_values`` over many argument tuples at once: the types are gathered at C
-    speed, and only strings and bytes need a look at each (their length)."""
-    kinds = {*map(type, chain.from_iterable(items))}
-    if kinds <= _SCALARS:
-        return True
-    return kinds <= _SMALL_KINDS and _small_values(chain.from_iterable(items))
-
-
-def _one_func(calls: Sequence[Call[Any]]) -> Any:
-    """The function all ``calls`` make (compared by identity), or ``_MISSING``."""
-    func = calls[0].func
-    return func if all(map(is_, map(_FUNC, calls), repeat(func))) else _MISSING
-
-
-def _flags(calls: Sequence[Call[Any]], func: Any) -> bytes | None:
-    """``async_flags(calls)``; ``func``: their one function, found by ``_one_func``."""
-    if func is _MISSING:
-        return async_flags(calls)
-    return b"\x01" * len(calls) if is_async_callable(func) else None
-
-
-def _small_calls(calls: Sequence[Call[Any]]) -> bool:
-    """Whether pickling ``calls`` is obviously cheap (safe on the event loop): cheap
-    callables and small positional and keyword arguments."""
-    cheap: object = None  # the last callable found cheap: most calls share one
-    for call in calls:
-        if call.func is not cheap:
-            if not _cheap_callable(call.func):
-                return False
-            cheap = call.func
-        if not _small_values(call.args) or (
-            call.kwargs and not _small_values(call.kwargs.values())
-        ):
-            return False
-    return True
+_ARGS, _KWARGS = attrgetter("args"), attrgetter("kwargs")
 
 
 @dataclass
@@ -308,8 +236,8 @@ class _BatchRun:
             self.batch.started = time.perf_counter()
         healthy = False
         calls = self._calls_at(todo)
-        func = _one_func(calls)
-        flags = _flags(calls, func)
+        func = one_func(calls)
+        flags = job_flags(calls, func)
         sent = False
         try:
             try:
@@ -356,10 +284,10 @@ class _BatchRun:
         arguments) is pickled on the event loop, yielding between chunks; from the first
         chunk that could be expensive (a large or unusual argument, a callable that carries
         state), the rest is pickled in a thread, abandoned if the batch is cancelled.
-        ``func``: the one function of all ``calls`` (else ``_MISSING``). ``flags`` marks the
+        ``func``: the one function of all ``calls`` (else None). ``flags`` marks the
         async calls (SPEC §8): the worker awaits them on its loop."""
         items: list[Any]
-        if func is not _MISSING and not any(map(_KWARGS, calls)):
+        if func is not None and not any(map(_KWARGS, calls)):
             items = list(map(_ARGS, calls))  # the worker calls func(*args)
         else:
             func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
@@ -376,15 +304,15 @@ class _BatchRun:
             async_job,
         )
         header = JOB_HEADER.pack(seq << BATCH_SHIFT)
-        if func is not None and not _cheap_callable(func):
+        if func is not None and not cheap_callable(func):
             return await self._off_loop(writer, header, [meta, *chunks])
         writer.dump(meta)
         for n, chunk in enumerate(chunks):
             start = n * PICKLE_CHUNK
             small = (
-                _small_args(chunk)
+                small_args(chunk)
                 if func is not None
-                else _small_calls(calls[start : start + len(chunk)])
+                else small_calls(calls[start : start + len(chunk)])
             )
             if not small:
                 return await self._off_loop(writer, header, chunks[n:])
