@@ -1,5 +1,5 @@
-"""Sessions: tests, portable (the macOS paths), heavy (load/soak), lint, typecheck, docs,
-bench, compat (joblib's own tests)."""
+"""Sessions: tests, versions (the version-sensitive tests on every CPython we claim), portable
+(the macOS paths), heavy (load/soak), lint, typecheck, docs, bench, compat (joblib's own tests)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,18 @@ nox.options.default_venv_backend = "venv"
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+#: The tests where Python versions differ (exception groups, ``Task.cancelling``,
+#: ``asyncio.timeout``, the process protocol): .ci/run runs them on every other CPython.
+VERSION_TESTS = Path("tests/version_tests.txt").read_text().split()
+
+
+@nox.session(python=["3.10", "3.11", "3.12", "3.13"])
+def versions(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy", "--python-version", str(session.python))
+    session.run("pytest", "-q", *VERSION_TESTS, *session.posargs)
 
 
 #: The tests of the process backend's workers, pipes, slot, crashes, cancellation, parent
