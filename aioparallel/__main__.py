@@ -15,33 +15,18 @@ USAGE = """usage: python -m aioparallel {demo,bench,--version} [options]
 
 #: What an installed copy (which has no benchmarks/ folder) says about ``bench``.
 BENCH_FROM_SOURCE = """\
-python -m aioparallel bench runs from a source checkout of aioparallel: the harness and its
-workloads live in the repository's benchmarks/ folder, which the installed package does not
-include. To run it:
+python -m aioparallel bench runs from aioparallel's source: the harness and its workloads
+live in the benchmarks/ folder of the source distribution, which the installed wheel does
+not include. To run it:
 
-    git clone {repository} aioparallel && cd aioparallel
+    pip download --no-deps --no-binary :all: aioparallel
+    tar xzf aioparallel-*.tar.gz && cd aioparallel-*/
     python -m venv .venv && . .venv/bin/activate
     pip install -e '.[bench]'
-    python -m aioparallel bench --quick       # about a minute
+    python -m aioparallel bench --quick
 
 Published results: https://aioparallel.readthedocs.io/benchmarks/
 """
-
-
-def _repository() -> str:
-    """The source repository's URL from the package metadata (``Repository`` or ``Source``
-    in ``[project.urls]``), else a placeholder the reader can fill in."""
-    from importlib.metadata import PackageNotFoundError, metadata
-
-    try:
-        urls: list[str] = metadata("aioparallel").get_all("Project-URL") or []
-    except PackageNotFoundError:
-        urls = []
-    for entry in urls:
-        label, _, url = entry.partition(",")
-        if label.strip().lower() in ("repository", "source", "source code"):
-            return url.strip()
-    return "<aioparallel's source repository>"
 
 
 def main(argv: list[str]) -> int:
@@ -65,7 +50,7 @@ def main(argv: list[str]) -> int:
         root = Path(__file__).resolve().parent.parent
         if not (root / "benchmarks" / "run.py").exists():
             wants_help = bool({"-h", "--help"} & set(rest))
-            text = BENCH_FROM_SOURCE.format(repository=_repository())
+            text = BENCH_FROM_SOURCE
             print(text, end="", file=sys.stdout if wants_help else sys.stderr)
             return 0 if wants_help else 2
         sys.path.insert(0, str(root))

@@ -1,7 +1,7 @@
 """Turning medians into something to read: machine info, tables, targets, JSON, plot.
 
-The tables are Markdown so a run can be pasted into ``shared/BENCHMARKS.md`` or an
-issue as is. Targets are the ones in BENCHMARKS.md; a figure that can't be judged
+The tables are Markdown so a run can be pasted into the docs page or an issue as is.
+Targets are the ones benchmarks/README.md lists; a figure that can't be judged
 (a peer skipped or failed) says ``n/a`` rather than passing silently.
 """
 
@@ -112,7 +112,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-# --- targets (shared/BENCHMARKS.md) ------------------------------------------------
+# --- targets (benchmarks/README.md) ------------------------------------------------
 
 #: Peers never counted in "ahead of every peer": the sequential loop is a baseline, not
 #: an alternative (its W3 "latency" is a function call).
@@ -171,7 +171,7 @@ def _row(
 def verdicts(
     table: Table, wids: list[str], *, array_mb: float, w8_calls: int
 ) -> list[dict[str, Any]]:
-    """aioparallel against each BENCHMARKS.md target of ``wids``: met, MISS, or n/a.
+    """aioparallel against each target of ``wids``: met, MISS, or n/a.
 
     A target against peers is judged only against peers in the table (a skipped or
     failed peer is no bound); one with no bound at all is ``n/a``, never met.

@@ -54,7 +54,7 @@ ALWAYS_REPEAT = ("W9",)
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each workload is in a mode; full sizes are BENCHMARKS.md's."""
+    """How big each workload is in a mode; full sizes are the ones the targets are set for."""
 
     mode: str
     rounds: int  # rounds of W1-W4 and W6
@@ -224,7 +224,7 @@ def w7(name: str, sz: Sizes) -> dict[str, float]:
 
 
 async def w8(peer: Peer, sz: Sizes) -> dict[str, float]:
-    """W8 (SPEC §8): async tasks that wait 20 ms, then compute 0.5 ms."""
+    """W8: async tasks that wait 20 ms, then compute 0.5 ms."""
     args = [(i,) for i in range(sz.w8_calls)]
     t0 = time.perf_counter()
     results = await peer.amap(nap_then_spin, args)
@@ -408,7 +408,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="tiny sizes, check results (CI)")
-    mode.add_argument("--quick", action="store_true", help="scaled-down sizes, about a minute")
+    mode.add_argument("--quick", action="store_true", help="scaled-down sizes, a few minutes")
     ap.add_argument("--only", default="", help="workloads, e.g. W1,W3 (default: all)")
     ap.add_argument("--peers", default="", help=f"peers (default: all): {','.join(PEERS)}")
     ap.add_argument("--rounds", type=int, help="override the number of rounds")

@@ -125,7 +125,7 @@ W8_CPU_SECONDS = 0.0005
 
 
 async def nap_then_spin(i: int) -> int:
-    """W8 (SPEC §8): an I/O wait, then a little CPU, as a fetch-then-parse task does."""
+    """W8: an I/O wait, then a little CPU, as a fetch-then-parse task does."""
     import asyncio
 
     await asyncio.sleep(W8_WAIT_SECONDS)
