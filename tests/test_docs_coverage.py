@@ -128,6 +128,7 @@ def test_signatures_show_plain_defaults() -> None:
     """``help(Parallel)`` and the API page show ``"2*n_jobs"``, not the internal ``Default``."""
     assert "Default(" not in str(inspect.signature(Parallel.__init__))
     import griffe
+
     extension = DOCS.parent / "docs_ext" / "plain_defaults.py"
     loaded = griffe.load(
         "aioparallel",

@@ -111,7 +111,8 @@ def test_trio_and_anyio_entry_points(backend: str) -> None:
 
 def test_bench_from_an_installed_copy_says_how_to_get_it(tmp_path: Path) -> None:
     """An installed copy (the package without the repository's benchmarks/ folder, as in the
-    wheel) answers `bench --help` and `bench --quick` with how to run it from a checkout."""
+    wheel) answers `bench --help` and `bench --quick` with how to get the source distribution
+    that has it."""
     import shutil
 
     installed = tmp_path / "site-packages"
@@ -130,7 +131,8 @@ def test_bench_from_an_installed_copy_says_how_to_get_it(tmp_path: Path) -> None
 
     helped = bench("--help")
     assert helped.returncode == 0, helped.stderr
-    assert "source checkout" in helped.stdout
+    assert "source distribution" in helped.stdout
+    assert "pip download --no-deps --no-binary :all: aioparallel" in helped.stdout
     assert "pip install -e '.[bench]'" in helped.stdout
     assert "python -m aioparallel bench --quick" in helped.stdout
     refused = bench("--quick")
