@@ -157,15 +157,14 @@ def repeated_crash_error(index: int, name: str, crashes: int) -> WorkerCrashedEr
 
 
 def closed_error(index: int, name: str, pid: int | None) -> WorkerCrashedError:
-    """The pool was shut down (``async with Parallel()`` left, or its event loop ended) while
+    """The private pool was shut down (its ``async with Parallel()`` block left) while
     this call ran on worker ``pid``, or before it could run (``pid`` None)."""
     if pid is None:
         what = f"before task {index} ({name}) could run"
     else:
         what = f"while task {index} ({name}) was running; its worker process {pid} was killed"
     error = WorkerCrashedError(
-        f"the Parallel's worker pool was closed (its 'async with' block was left, or its event "
-        f"loop ended) {what}. Leave 'async with Parallel()' only after the calls made on it "
+        f"the Parallel's worker pool was closed (its 'async with' block was left) {what}. Leave 'async with Parallel()' only after the calls made on it "
         "have finished.",
         task_index=index,
     )

@@ -114,7 +114,8 @@ async def _with_initializer(setup: WorkerSetup, initializer: Initializer) -> Wor
 
 
 class ProcessBackend:
-    """Warm worker processes: a loop-wide shared pool, or a private one for ``async with``."""
+    """Warm worker processes: the process-wide shared pool of its settings, or a private one
+    for ``async with``."""
 
     name = "processes"
 
