@@ -140,11 +140,17 @@ class ResultStream(AsyncIterator[R], Generic[R]):
 
     __hash__ = object.__hash__
 
-    def __iter__(self) -> NoReturn:
+    def __iter__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(
             "a result stream is asynchronous: read it with 'async for r in stream' in async "
             "code (better: 'async with Parallel(...)(calls) as stream: async for r in stream')"
         )
+
+    # used as a list (``len``, ``[i]``, ``np.array``, which would make a 0-d object array)
+    __len__ = __getitem__ = __array__ = __iter__
+
+    def __bool__(self) -> bool:  # not __len__'s refusal
+        return True
 
     def __enter__(self) -> NoReturn:
         raise TypeError("use 'async with Parallel(...)(calls) as stream:' (in async code)")

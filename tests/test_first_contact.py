@@ -46,6 +46,12 @@ def test_for_over_a_stream_names_async_for() -> None:
     with pytest.raises(TypeError, match="async for"):
         for _ in stream:  # type: ignore[attr-defined]
             pass
+    np = pytest.importorskip("numpy")
+    misuses = (lambda: len(stream), lambda: stream[0], lambda: np.array(stream))  # type: ignore[arg-type,index]
+    for misuse in misuses:
+        with pytest.raises(TypeError, match="async for"):
+            misuse()
+    assert stream
 
 
 def test_plain_with_names_async_with() -> None:
@@ -303,7 +309,7 @@ def test_a_dask_task_returning_an_unawaited_call_names_the_fix() -> None:
             distributed.Client(cluster, asynchronous=True, set_as_default=False) as client,
         ):
             with parallel_config(backend="dask", client=client):
-                for task in (nest_unawaited, nest_stream):
+                for task in (nest_unawaited, nest_stream, nest_unawaited_async):
                     with pytest.raises(TypeError) as info:
                         await Parallel()([delayed(task)(2)])
                     _check_nested_error(info, task.__name__)
