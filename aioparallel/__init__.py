@@ -18,6 +18,7 @@ __all__ = [
     "Call",
     "Failure",
     "InitializerError",
+    "NotACallError",
     "Parallel",
     "PicklingError",
     "ProgressEvent",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from ._config import parallel_config as parallel_config
     from ._errors import AioParallelError as AioParallelError
     from ._errors import InitializerError as InitializerError
+    from ._errors import NotACallError as NotACallError
     from ._errors import PicklingError as PicklingError
     from ._errors import RemoteTraceback as RemoteTraceback
     from ._errors import SerializationError as SerializationError
@@ -77,6 +79,7 @@ _LAZY = {
     "parallel_config": "._config",
     "AioParallelError": "._errors",
     "InitializerError": "._errors",
+    "NotACallError": "._errors",
     "PicklingError": "._errors",
     "RemoteTraceback": "._errors",
     "SerializationError": "._errors",

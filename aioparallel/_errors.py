@@ -8,6 +8,7 @@
      │    ├── InitializerError         the ``initializer`` failed in a worker: the run stops
      │    ├── TaskTimeoutError         a task ran past ``timeout=``; also the builtin
      │    │                            ``TimeoutError`` and ``multiprocessing.TimeoutError``
+     │    ├── NotACallError            an input item is not a ``delayed`` call; also ``TypeError``
      │    └── SerializationError       a function, argument or result could not be (un)pickled
      │         ├── PicklingError       ... pickled; also ``pickle.PicklingError``
      │         └── UnpicklingError     ... unpickled; also ``pickle.UnpicklingError``
@@ -17,6 +18,9 @@ A task's own exception is re-raised with its original type; our errors carry a n
 task too. The double bases let code written for joblib (``except multiprocessing.TimeoutError``,
 ``except pickle.PicklingError``) and for asyncio (``except TimeoutError``) catch them unchanged,
 while ``except TaskTimeoutError`` tells a task's timeout from the caller's own ``asyncio.timeout``.
+
+Each public class says it is ``aioparallel``'s (its ``__module__``), so a traceback reads
+``aioparallel.NotACallError``, the name to import, not the private module defining it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 __all__ = [
     "AioParallelError",
     "InitializerError",
+    "NotACallError",
     "PicklingError",
     "RemoteTraceback",
     "SerializationError",
@@ -73,6 +78,11 @@ class TaskTimeoutError(AioParallelError, TimeoutError, multiprocessing.TimeoutEr
     """
 
 
+class NotACallError(AioParallelError, TypeError):
+    """An input item that is neither a ``delayed`` call nor an ``(f, args, kwargs)`` tuple
+    (``f(x)`` called directly, ``f`` itself, ``delayed(f)`` not called)."""
+
+
 class SerializationError(AioParallelError):
     """A function, argument or result could not be pickled or unpickled."""
 
@@ -94,6 +104,21 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+for _public in (
+    AioParallelError,
+    WorkerCrashedError,
+    InitializerError,
+    TaskTimeoutError,
+    NotACallError,
+    SerializationError,
+    PicklingError,
+    UnpicklingError,
+    RemoteTraceback,
+):
+    _public.__module__ = "aioparallel"  # pickled by reference there too (a lazy name)
+del _public
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -410,7 +410,7 @@ class Parallel(Generic[M]):
 
             return sink, execute
 
-        return ResultStream(make_run)
+        return ResultStream(make_run, f"{self!r}(…)")
 
     @overload
     def __call__(

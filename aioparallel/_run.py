@@ -39,9 +39,11 @@ from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
 from ._call import Call, function_name
 from ._coroutines import async_flags
 from ._errors import attach_task
+from ._pending import PendingResults
 from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
+from ._stream import ResultStream
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -52,6 +54,11 @@ _NOTHING: Any = object()
 _MIXED: Any = object()
 #: Seconds the user's async generator gets to run its ``finally`` once the run stops with it.
 SOURCE_CLOSE_GRACE = 2.0
+#: A Parallel call a task returned without awaiting it: no result (the in-process backends
+#: hand it over as is; pickling refuses it on the others).
+_UNAWAITED = frozenset({PendingResults, ResultStream})
+#: The result types ``_deliver`` looks at one by one.
+_OUTCOMES = _UNAWAITED | {Failure}
 
 
 class Run:
@@ -233,7 +240,9 @@ class Run:
     def _deliver(self, start: int, values: list[Any], calls: list[Call[Any]]) -> bool:
         """Hand values to the sink; False if a failure stops the run."""
         n_calls = len(calls)
-        for i, value in enumerate(values if Failure in set(map(type, values)) else ()):
+        for i, value in enumerate(values if not _OUTCOMES.isdisjoint(map(type, values)) else ()):
+            if type(value) in _UNAWAITED:  # the task returned Parallel(...)(calls) un-awaited
+                value = values[i] = Failure(value.returned_by_task())
             if type(value) is Failure:
                 if not _names_a_task(value.exc):  # a custom backend's Failure need not
                     attach_task(value.exc, start + i, function_name(calls[i].func))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import operator
 import time
-from collections.abc import AsyncIterator, Iterator
+import types
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 from ._call import Call, Delayed
+from ._errors import NotACallError
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
 
@@ -18,10 +20,6 @@ TAKE_SECONDS = 0.001
 #: Items pulled between two looks at the clock.
 TAKE_CHUNK = 64
 _CALL_TYPE = frozenset({Call})
-
-
-class NotACallError(TypeError):
-    """An input item that is neither a ``delayed`` call nor an ``(f, args, kwargs)`` tuple."""
 
 
 class ProducerError(Exception):
@@ -47,6 +45,12 @@ def as_call(item: object, index: int) -> Call[Any]:
 
 def _what_instead(item: object) -> str:
     """What the input item is, and the delayed call the user most likely meant."""
+    if isinstance(item, types.CoroutineType):
+        name = item.__qualname__
+        return (
+            f"got a coroutine of {name}: the async function was called directly, f(x); "
+            f"record the call as delayed({name})(x), which runs it on a worker"
+        )
     if callable(item):
         name = getattr(item, "__qualname__", None) or type(item).__name__
         if isinstance(item, Delayed):
@@ -58,6 +62,14 @@ def _what_instead(item: object) -> str:
     )
 
 
+def _close_coroutines(items: Iterable[object]) -> None:
+    """Close the coroutines among input items (``f(x)`` for an async ``f``) once one is
+    refused: they never run, and unclosed they would each warn "never awaited" at exit."""
+    for item in items:
+        if isinstance(item, Coroutine):  # an un-awaited Parallel(...)(calls) too
+            item.close()
+
+
 class Source:
     """Takes calls from the user's iterable, ``n`` at a time, numbering them."""
 
@@ -65,6 +77,8 @@ class Source:
         self.total: int | None = None
         self._sync: Iterator[Any] | None = None
         self._async: AsyncIterator[Any] | None = None
+        #: A list or tuple input: its coroutines are closed if one is refused.
+        self._items = iterable if isinstance(iterable, (list, tuple)) else ()
         if hasattr(iterable, "__aiter__"):
             self._async = iterable.__aiter__()
         elif hasattr(iterable, "__iter__"):
@@ -98,7 +112,12 @@ class Source:
                     chunk = list(islice(self._sync, want))
                     if {*map(type, chunk)} - _CALL_TYPE:  # a tuple or a Call subclass
                         at = index + len(calls)
-                        chunk = [as_call(item, at + i) for i, item in enumerate(chunk)]
+                        try:
+                            chunk = [as_call(item, at + i) for i, item in enumerate(chunk)]
+                        except NotACallError:
+                            _close_coroutines(chunk)
+                            _close_coroutines(self._items)
+                            raise
                     calls += chunk
                     if len(chunk) < want:
                         self.exhausted = True
@@ -113,7 +132,11 @@ class Source:
                     except StopAsyncIteration:
                         self.exhausted = True
                         break
-                    calls.append(as_call(item, index + len(calls)))
+                    try:
+                        calls.append(as_call(item, index + len(calls)))
+                    except NotACallError:
+                        _close_coroutines([item])
+                        raise
         except NotACallError:
             raise
         except Exception as exc:

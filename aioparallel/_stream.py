@@ -16,11 +16,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import anyio
 
 from ._detached import spawn_detached
+from ._pending import returned_hint
 from ._results import Sink
 
 __all__ = ["ResultStream"]
@@ -32,9 +33,12 @@ class ResultStream(AsyncIterator[R], Generic[R]):
     """Results streamed from a run; the run starts on the first ``__anext__``."""
 
     def __init__(
-        self, make_run: Callable[[], tuple[Sink[R], Callable[[], Coroutine[Any, Any, None]]]]
+        self,
+        make_run: Callable[[], tuple[Sink[R], Callable[[], Coroutine[Any, Any, None]]]],
+        what: str = "Parallel(return_as='generator')(…)",
     ):
         self._make_run = make_run
+        self._what = what
         self._sink: Any = None
         self._cancel: Callable[[], None] | None = None
         self._finished: anyio.Event | None = None
@@ -98,11 +102,55 @@ class ResultStream(AsyncIterator[R], Generic[R]):
                 stacklevel=2,
             )
 
-    def __iter__(self) -> NoReturn:
+    def returned_by_task(self) -> TypeError:
+        """The error of a task that returned this stream instead of reading it; a stream
+        not started holds nothing to close."""
+        self._closed = True
+        return TypeError(returned_hint(self._what, self._how()))
+
+    def __reduce__(self) -> NoReturn:  # a worker pickling a task's result; copy.copy
+        raise TypeError(returned_hint(self._what, self._how()))
+
+    def _how(self) -> str:
+        return (
+            "In an 'async def' task read it there: 'results = [r async for r in stream]'; "
+            "in a sync task, pass return_as='list' and write "
+            "'results = asyncio.run(Parallel(...)(calls))'"
+        )
+
+    if not TYPE_CHECKING:  # at runtime only: type checkers keep refusing 'await stream'
+
+        def __await__(self) -> NoReturn:
+            raise TypeError(
+                f"{self._what} is an async iterator, not awaitable: read it with "
+                "'async for r in stream' (better: 'async with Parallel(...)(calls) as "
+                "stream: async for r in stream'), or pass return_as='list' to write "
+                "'results = await Parallel(...)(calls)'"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        """``stream == [...]`` would be False, silently; identity still holds."""
+        if other is self:
+            return True
+        raise TypeError(
+            f"{self._what} is an async iterator, not the results: collect them with "
+            "'[r async for r in stream]', or pass return_as='list' and "
+            "'results = await Parallel(...)(calls)'"
+        )
+
+    __hash__ = object.__hash__
+
+    def __iter__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(
             "a result stream is asynchronous: read it with 'async for r in stream' in async "
             "code (better: 'async with Parallel(...)(calls) as stream: async for r in stream')"
         )
+
+    # used as a list (``len``, ``[i]``, ``np.array``, which would make a 0-d object array)
+    __len__ = __getitem__ = __array__ = __iter__
+
+    def __bool__(self) -> bool:  # not __len__'s refusal
+        return True
 
     def __enter__(self) -> NoReturn:
         raise TypeError("use 'async with Parallel(...)(calls) as stream:' (in async code)")

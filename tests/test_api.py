@@ -36,6 +36,7 @@ def test_all_is_pinned() -> None:
         "Call",
         "Failure",
         "InitializerError",
+        "NotACallError",
         "Parallel",
         "PicklingError",
         "ProgressEvent",

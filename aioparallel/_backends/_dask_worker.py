@@ -61,15 +61,9 @@ def _run_calls(
         except BaseException as exc:
             outcomes.append(_pack_error(exc, "".join(traceback.format_exception(exc))))
         else:
-            try:
-                outcomes.append((VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL)))
+            outcomes.append(_pack_value(value, index, func))
+            if outcomes[-1][0] == VALUE:
                 continue
-            except Exception as exc:
-                error = PicklingError(
-                    f"the result of task {index} ({function_name(func)}), "
-                    f"a {type(value).__qualname__}, could not be pickled: {exc!r}"
-                )
-                outcomes.append(_pack_error(error, "".join(traceback.format_exception(exc))))
         if stop_on_error:
             break
     return outcomes
@@ -239,6 +233,9 @@ def _pack_value(value: Any, index: int, func: Any) -> Outcome:
     try:
         return (VALUE, _dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
+        returned = getattr(type(value), "returned_by_task", None)
+        if returned is not None:  # an un-awaited Parallel(...)(calls): say how to await it
+            return _pack_error(returned(value), None)
         error = PicklingError(
             f"the result of task {index} ({function_name(func)}), "
             f"a {type(value).__qualname__}, could not be pickled: {exc!r}"

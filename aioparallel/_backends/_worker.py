@@ -318,6 +318,9 @@ def _picklable(value: Any) -> Any:
         _wire.dumps(value)
         return value
     except BaseException as exc:
+        returned = getattr(type(value), "returned_by_task", None)
+        if returned is not None:  # an un-awaited Parallel(...)(calls): say how to await it
+            return _wire.TaskError.capture(returned(value))
         error = TypeError(f"the result could not be pickled ({type(value).__name__}): {exc}")
         error.__cause__ = exc
         return _wire.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
