@@ -549,7 +549,12 @@ class _BatchRun:
             return self._crashed_between(todo, [todo[j] for j in verdicts.rerun])
         why = self._kill_reason(todo, attempt.killed, snap)
         died_on = self._died_on(todo, snap)
-        for j, verdict in verdicts.failed.items():
+        failed = verdicts.failed
+        if self.options.stop_on_error and verdicts.culprit >= 0:
+            # the run stops with the culprit's error: calls whose results were lost with it
+            # are not reported (nor run again); their slots before it are never read
+            failed = {j: v for j, v in failed.items() if v.kind != "lost"}
+        for j, verdict in failed.items():
             position = todo[j]
             index, name = self._index(position), self._name(position)
             error: Exception
