@@ -17,9 +17,19 @@ from typing import Any
 import pytest
 
 from aioparallel import Parallel, WorkerCrashedError, delayed
+from aioparallel._backends._slot import (
+    BATCH_SHIFT,
+    LOADING,
+    RUNNING,
+    SENDING,
+    CrashSlot,
+    Kill,
+    Snapshot,
+    Verdict,
+    blame,
+)
+from aioparallel._backends._slot import SIZE as SLOT_SIZE
 from tests import async_helpers as ah
-
-pytestmark = pytest.mark.asyncio
 
 
 def _ran(folder: str, x: int) -> None:
@@ -77,6 +87,7 @@ def sync_returning_counter(folder: str, x: int) -> Any:
     return count_in_flight(folder, x)
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("seconds", [0.3, 0.0], ids=["slow", "fast"])
 async def test_a_finished_call_never_runs_again(tmp_path: Path, seconds: float) -> None:
     """Slow calls: the first result is sent before the second call starts, so it arrives.
@@ -95,6 +106,7 @@ async def test_a_finished_call_never_runs_again(tmp_path: Path, seconds: float) 
         assert "running task 1 (work)" in str(results[0])
 
 
+@pytest.mark.asyncio
 async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Path) -> None:
     """Sync calls of a job with async calls, and a sync call that returned a coroutine."""
     folder = str(tmp_path)
@@ -115,6 +127,7 @@ async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Pat
         assert results[x] == x or "had finished" in str(results[x]), results[x]
 
 
+@pytest.mark.asyncio
 async def test_blocking_coroutine_is_named_and_the_others_crash(tmp_path: Path) -> None:
     folder = str(tmp_path)
     calls = [delayed(ah.block_the_loop)(folder, 0)] + [
@@ -129,9 +142,194 @@ async def test_blocking_coroutine_is_named_and_the_others_crash(tmp_path: Path) 
         assert "task 0 (block_the_loop)" in str(results[x])
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("func", [count_in_flight, sync_returning_counter])
 async def test_worker_concurrency_bounds_returned_coroutines(tmp_path: Path, func: Any) -> None:
     folder = str(tmp_path)
     calls = [delayed(func)(folder, x) for x in range(16)]
     results = await Parallel(n_jobs=2, batch_size=16, worker_concurrency=2)(calls)
     assert max(results) <= 2, results
+
+
+# -- the blame, as a table ----------------------------------------------------------------------
+
+R, L, S = RUNNING, LOADING, SENDING
+SEQ = 7
+BASE = SEQ << BATCH_SHIFT
+
+
+def snap(phase: int = -1, position: int = -1, handed: int = -1, finished: int = 0) -> Snapshot:
+    return Snapshot(phase=phase, position=position, started=1.0, handed=handed, finished=finished)
+
+
+def crashed(phase: int = R) -> Verdict:
+    return Verdict("crashed", phase)
+
+
+LOST, IN_FLIGHT, TIMEOUT = Verdict("lost"), Verdict("in_flight"), Verdict("timeout")
+ASYNC3 = b"\x01\x01\x01"
+
+BLAME_CASES = [
+    # (snapshot, n, got, flags, kill) -> (failed, rerun, culprit, split)
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        set(),
+        None,
+        None,
+        ({0: LOST, 1: crashed()}, [2], 1, False),
+        id="sync-unsent-before-crash-lost",
+    ),
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        {0},
+        None,
+        None,
+        ({1: crashed()}, [2], 1, False),
+        id="sync-sent-before-crash-kept",
+    ),
+    pytest.param(
+        snap(R, 1, finished=2),
+        3,
+        set(),
+        None,
+        None,
+        ({0: LOST, 1: LOST}, [2], -1, False),
+        id="died-after-a-call-returned",
+    ),
+    pytest.param(
+        snap(S, 1, finished=2),
+        3,
+        {0},
+        None,
+        None,
+        ({1: crashed(S)}, [2], 1, False),
+        id="died-pickling-its-result",
+    ),
+    pytest.param(
+        snap(L, 0), 3, set(), None, None, ({}, [0, 1, 2], -1, True), id="died-loading-a-job-split"
+    ),
+    pytest.param(
+        snap(L, 0),
+        1,
+        set(),
+        None,
+        None,
+        ({0: crashed(L)}, [], 0, False),
+        id="died-loading-one-call",
+    ),
+    pytest.param(
+        snap(),
+        3,
+        set(),
+        None,
+        None,
+        ({}, [0, 1, 2], -1, False),
+        id="died-before-any-call-blameless",
+    ),
+    pytest.param(
+        snap(handed=1, finished=2),
+        3,
+        {0},
+        ASYNC3,
+        None,
+        ({1: IN_FLIGHT}, [2], -1, False),
+        id="async-in-flight-fail-not-rerun",
+    ),
+    pytest.param(
+        snap(handed=2, finished=2),
+        3,
+        set(),
+        ASYNC3,
+        None,
+        ({0: IN_FLIGHT, 1: IN_FLIGHT, 2: IN_FLIGHT}, [], -1, False),
+        id="async-handed-before-finished-counted",
+    ),
+    pytest.param(
+        snap(R, 2, handed=1, finished=2),
+        4,
+        set(),
+        b"\x00\x00\x00\x00",
+        None,
+        ({0: LOST, 1: IN_FLIGHT, 2: crashed()}, [3], 2, False),
+        id="returned-coroutine-in-flight",
+    ),
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        set(),
+        None,
+        Kill(1),
+        ({0: LOST, 1: TIMEOUT}, [2], 1, False),
+        id="timeout-hits-its-call",
+    ),
+    pytest.param(
+        snap(S, 1, finished=2),
+        3,
+        set(),
+        None,
+        Kill(1),
+        ({0: LOST, 1: Verdict("timeout", S)}, [2], 1, False),
+        id="timeout-while-pickling-its-result",
+    ),
+    pytest.param(
+        snap(R, 2, finished=2),
+        4,
+        {0, 1},
+        None,
+        Kill(1),
+        ({}, [2, 3], -1, False),
+        id="race-timed-call-returned-and-sent-next-reruns",
+    ),
+    pytest.param(
+        snap(R, 2, finished=2),
+        4,
+        {0},
+        None,
+        Kill(1),
+        ({1: TIMEOUT}, [2, 3], -1, False),
+        id="race-timed-call-returned-unsent",
+    ),
+    pytest.param(
+        snap(R, 1, handed=0, finished=1),
+        3,
+        set(),
+        ASYNC3[:1] + b"\x00\x00",
+        Kill(0, why="stuck"),
+        ({0: IN_FLIGHT}, [1, 2], -1, False),
+        id="stuck-async-kill-reruns-the-sync-call",
+    ),
+]
+
+
+@pytest.mark.parametrize(("snapshot", "n", "got", "flags", "kill", "expected"), BLAME_CASES)
+def test_blame_table(
+    snapshot: Snapshot,
+    n: int,
+    got: set[int],
+    flags: bytes | None,
+    kill: Kill | None,
+    expected: tuple[dict[int, Verdict], list[int], int, bool],
+) -> None:
+    verdicts = blame(snapshot, n, got, flags, kill)
+    assert (verdicts.failed, verdicts.rerun, verdicts.culprit, verdicts.split) == expected
+    # every call is accounted for exactly once: arrived, failed or run again
+    accounted = sorted([*got, *verdicts.failed, *verdicts.rerun])
+    assert accounted == list(range(n)) or verdicts.split
+
+
+def test_slot_worker_writes_read_back_by_the_parent() -> None:
+    slot = CrashSlot(bytearray(SLOT_SIZE))
+    slot.loading(BASE, 5.0)
+    assert slot.snapshot(SEQ).timed == (LOADING, 0, 5.0)
+    assert slot.snapshot(SEQ - 1) == Snapshot(started=5.0)  # another job's numbers: not ours
+    slot.running(BASE, 3, 6.0)
+    assert slot.snapshot(SEQ).timed == (RUNNING, 3, 6.0)
+    slot.finished(BASE, 4)
+    assert slot.snapshot(SEQ).timed is None  # returned: its clock no longer runs
+    slot.sending(BASE, 3)
+    assert slot.snapshot(SEQ).timed == (SENDING, 3, 6.0)
+    slot.handed(BASE, 4)
+    slot.idle()
+    assert slot.snapshot(SEQ) == Snapshot(started=6.0, handed=4, finished=4)
