@@ -9,9 +9,9 @@ Each case runs in two layouts: ``single`` (the culprit is call 5, after five inn
 ``return_exceptions=False``: the error is raised) and ``batch`` (the culprit is call 5 of one
 batch of 10, ``return_exceptions=True``: the error lands in slot 5 and the innocent calls get
 their results, except those before it whose results the dying worker had not sent yet: they
-fail saying so, never run twice). In every case: no hang, the error names the culprit, and the pool is usable
-afterwards. The cases with SystemExit in the parent run in a fresh interpreter, so that a
-regression cannot take the test process's event loop down with it.
+fail saying so, never run twice). In every case: no hang, the error names the culprit, and
+the pool is usable afterwards. The cases with SystemExit in the parent run in a fresh
+interpreter, so that a regression cannot take the test process's event loop down with it.
 """
 
 from __future__ import annotations
