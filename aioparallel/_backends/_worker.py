@@ -281,12 +281,16 @@ class _Pickled:
 def _prepickle(
     value: Any, slot: CrashSlot, base: int, position: int, run_dir: str, max_nbytes: int | None
 ) -> Any:
-    """``value`` ready for a results frame. Unless plain (or a tuple of plain values), it is
-    pickled now, while the slot says whose result this is: if its ``__reduce__`` kills the
-    worker, the parent blames this call, and never runs again the calls that returned
-    before it (their results still unsent)."""
+    """``value`` ready for a results frame. Unless plain (or a tuple, list or dict of plain
+    values), it is pickled now, while the slot says whose result this is: if its
+    ``__reduce__`` kills the worker, the parent blames this call, and never runs again the
+    calls that returned before it (their results still unsent)."""
     kind = type(value)
-    if kind in _PLAIN or (kind is tuple and {*map(type, value)} <= _PLAIN):
+    if kind in _PLAIN:
+        return value
+    if (kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN:
+        return value
+    if kind is dict and {*map(type, value), *map(type, value.values())} <= _PLAIN:
         return value
     slot.sending(base, position)
     try:
