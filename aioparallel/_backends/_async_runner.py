@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _wire
+from ._slot import CrashSlot
 
 __all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop", "run_calls_on_loop"]
 
@@ -233,29 +234,48 @@ class WorkerLoop:
         self._on_loop(self.loop.add_reader, self.req_fd, self._on_request)
 
     def submit(
-        self, position: int, func: Callable[..., Any], args: Any, kwargs: Any, concurrency: int
+        self,
+        position: int,
+        func: Callable[..., Any],
+        args: Any,
+        kwargs: Any,
+        concurrency: int,
+        base: int,
+        slot: CrashSlot,
     ) -> bool:
-        """Start an async call; False if the job stopped (an error, or the parent cancelled)."""
+        """Start an async call once fewer than ``concurrency`` are in flight; False if the
+        job stopped (an error, or the parent cancelled)."""
+        if not self._admit(position, concurrency, base, slot):
+            return False
+        assert self._tasks is not None
+        self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
+        return True
+
+    def submit_coroutine(
+        self, position: int, coro: Any, concurrency: int, base: int, slot: CrashSlot
+    ) -> bool:
+        """Await a coroutine a sync call returned, under the same ``concurrency`` bound;
+        False (the coroutine closed, never run) if the job stopped."""
+        if not self._admit(position, concurrency, base, slot):
+            coro.close()
+            return False
+        assert self._tasks is not None
+        self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
+        return True
+
+    def _admit(self, position: int, concurrency: int, base: int, slot: CrashSlot) -> bool:
+        """Wait for room; then note the call in the slot before it can start on the loop, so
+        a crash from then on fails it instead of running it again."""
         with self._cond:
             while self._in_flight >= concurrency and not self.stopped:
                 self._wait()
             if self.stopped:
                 return False
+            slot.handed(base, position)
             self._in_flight += 1
             self._unsent += 1
             self._started[position] = time.monotonic()
-        assert self._tasks is not None
-        self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
         return True
-
-    def submit_coroutine(self, position: int, coro: Any) -> None:
-        """Await a coroutine a sync call returned (not bound by ``concurrency``: it exists)."""
-        with self._cond:
-            self._in_flight += 1
-            self._unsent += 1
-            self._started[position] = time.monotonic()
-        assert self._tasks is not None
-        self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
 
     def end(self) -> None:
         """Wait until every task of the job settled and its outcome was sent."""
@@ -269,21 +289,43 @@ class WorkerLoop:
     def _wait(self) -> None:
         """Wait for the loop thread (holding ``_cond``). With a timeout, also watch for a
         task overdue past its timeout and grace: the loop could not cancel it, so a sync call
-        inside async code blocks it. That task is reported stuck (the parent then kills this
-        worker, the only way to stop it)."""
+        inside async code blocks it. The task the loop is stuck in is reported stuck (the
+        parent then kills this worker, the only way to stop it); the others in flight are
+        its victims, not culprits: they fail with the worker (WorkerCrashedError)."""
         if self._timeout is None:
             self._cond.wait()
             return
         self._cond.wait(BLOCKED_CHECK)
-        if self.stopped:  # dropped tasks are given up on by the loop, or we get killed
+        send = self._send
+        if self.stopped or send is None:  # dropped tasks are given up on, or we get killed
             return
         limit = self._timeout + CANCEL_GRACE + BLOCKED_MARGIN
         now = time.monotonic()
-        for position, started in list(self._started.items()):
-            send = self._send
-            # pop: unless the loop thread reported it meanwhile
-            if now - started > limit and send and self._started.pop(position, None) is not None:
+        overdue = [p for p, started in list(self._started.items()) if now - started > limit]
+        if not overdue:
+            return
+        stuck_in = self._blocking_position()
+        if stuck_in is not None:  # the loop is stuck in that task: it alone is to blame
+            overdue = [stuck_in] if stuck_in in overdue else []
+        for position in overdue:
+            started = self._started.pop(position, None)  # unless the loop reported it
+            if started is not None:
                 send([position], [TimedOut(now - started, stuck=True)])
+
+    def _blocking_position(self) -> int | None:
+        """The position of the task the loop thread is running now (None: between tasks, or
+        unknown). Read from the main thread while that loop is blocked."""
+        tasks = self._tasks
+        try:
+            current = asyncio.current_task(self.loop)
+        except RuntimeError:  # pragma: no cover - a Python that refuses a foreign loop
+            return None
+        if current is None or tasks is None:
+            return None
+        for position, task in list(tasks.tasks.items()):
+            if task is current:
+                return position
+        return None
 
     def _on_loop(self, func: Callable[..., Any], *args: Any) -> None:
         done = threading.Event()

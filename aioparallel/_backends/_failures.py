@@ -18,12 +18,16 @@ from .._errors import (
     attach_task,
     describe_exit,
 )
-from ._wire import SLOT_LOADING, SLOT_SENDING, TaskError
+from ._slot import LOADING as SLOT_LOADING
+from ._slot import SENDING as SLOT_SENDING
+from ._wire import TaskError
 
 __all__ = [
     "async_timeout_error",
     "closed_error",
     "crash_error",
+    "killed_error",
+    "lost_result_error",
     "raised_in_worker",
     "rebuild",
     "repeated_crash_error",
@@ -141,6 +145,39 @@ def crash_error(
         "started run on a fresh worker",
         task_index=index,
         exitcode=exitcode,
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def lost_result_error(
+    index: int, name: str, pid: int, exitcode: int | None, died_on: str | None
+) -> WorkerCrashedError:
+    """The call had finished on the worker, but its result was not sent yet when the worker
+    died (``died_on``: the task it was running then, or None between calls). It is not run
+    again: it may have had side effects."""
+    when = f"running {died_on}" if died_on else "between calls"
+    error = WorkerCrashedError(
+        f"task {index} ({name}) had finished, but its result was lost when its worker process "
+        f"(pid {pid}) died {when} ({describe_exit(exitcode)}). It is not run again, as it may "
+        "have had side effects; run it again yourself if that is safe.",
+        task_index=index,
+        exitcode=exitcode,
+    )
+    attach_task(error, index, name)
+    return error
+
+
+def killed_error(index: int, name: str, pid: int, why: str, in_flight: bool) -> WorkerCrashedError:
+    """We killed the worker for another task (``why`` says which, and what it did) while this
+    call was in flight on its event loop (``in_flight``), or had finished with its result
+    unsent. It is not run again: it had started."""
+    what = "was in flight on" if in_flight else "had finished (its result unsent) on"
+    error = WorkerCrashedError(
+        f"task {index} ({name}) {what} worker process {pid}, which was killed because {why}. "
+        "It is not run again, as it had started; lower worker_concurrency to put fewer tasks "
+        "at risk, or fix the task that was killed.",
+        task_index=index,
     )
     attach_task(error, index, name)
     return error

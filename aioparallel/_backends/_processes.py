@@ -5,8 +5,9 @@ For each batch: take a worker from the pool (``_pool.RunWorkers``), pickle the j
 thread unless it is obviously small: ``_cheap_pickling``), send it, and read results as the
 worker streams them. If the worker dies, the shared slot says which call it was running:
 that call fails with ``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it
-for running past ``timeout``), and the calls whose results had not arrived are re-run on a
-fresh worker.
+for running past ``timeout``), the calls that had started or finished without their result
+arriving fail too (never run twice: they may have had side effects), and the calls that
+had not started are re-run on a fresh worker (``_slot.blame`` decides which is which).
 A cancelled batch kills its worker (shielded) before the cancellation goes on.
 """
 
@@ -34,6 +35,8 @@ from ._failures import (
     async_timeout_error,
     closed_error,
     crash_error,
+    killed_error,
+    lost_result_error,
     raised_in_worker,
     repeated_crash_error,
     serialization_error,
@@ -41,16 +44,15 @@ from ._failures import (
 )
 from ._pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
 from ._setup import Initializer, WorkerSetup
+from ._slot import BATCH_SHIFT, Kill, Snapshot, blame
 from ._wire import (
     BATCH,
     BATCH_FILE,
-    BATCH_SHIFT,
     CANCEL,
     INLINE_LIMIT,
     JOB_HEADER,
     LOAD_ERROR,
     RESULTS_FILE,
-    SLOT_LOADING,
     TaskError,
     TempFolderError,
     split_results,
@@ -81,9 +83,9 @@ class _Attempt:
     resend: list[int] = field(default_factory=list)
     done: bool = False
     load_error: str | None = None
-    timed_out: int | None = None
-    #: We killed the worker: an async task did not finish cancelling after its timeout.
-    killed: bool = False
+    #: We killed the worker, for this call: its timeout (the watchdog, from the snapshot it
+    #: decided on), or an async call that did not finish cancelling after its timeout.
+    killed: Kill | None = None
 
 
 def _cloudpickle_dumps(obj: object) -> bytes:
@@ -259,7 +261,7 @@ class _BatchRun:
             if attempt.resend:
                 self._split = True
             if attempt.done:
-                healthy = not attempt.killed  # killed for a task stuck cancelling
+                healthy = attempt.killed is None  # killed as the job ended
                 return attempt.resend
             if attempt.load_error is not None:
                 healthy = True
@@ -295,7 +297,8 @@ class _BatchRun:
         chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
         options = self.options
         writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode, self.lease)
-        async_job = None if flags is None else (flags, options.timeout, options.worker_concurrency)
+        # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
+        async_job = (flags, options.timeout, options.worker_concurrency)
         meta = (
             options.stop_on_error,
             self.folder.path,
@@ -435,11 +438,13 @@ class _BatchRun:
                 self.results[positions.start : positions.stop] = values
             else:
                 results = self.results
-                for position, value in zip(positions, values, strict=True):
+                for position, job_position, value in zip(
+                    positions, job_positions, values, strict=True
+                ):
                     if type(value) is TaskError or type(value) is Failure:
                         self._fail(position, value)
                     elif type(value) is TimedOut:
-                        self._timed_out(worker, position, value, attempt)
+                        self._timed_out(worker, position, job_position, value, attempt)
                     else:
                         results[position] = value
             if done:
@@ -447,7 +452,12 @@ class _BatchRun:
                 break
 
     def _timed_out(
-        self, worker: WorkerProcess, position: int, outcome: TimedOut, attempt: _Attempt
+        self,
+        worker: WorkerProcess,
+        position: int,
+        job_position: int,
+        outcome: TimedOut,
+        attempt: _Attempt,
     ) -> None:
         """An async task cancelled in its worker for running past its timeout; if it did not
         finish cancelling, its worker is killed (its other tasks then count as crashed)."""
@@ -458,7 +468,7 @@ class _BatchRun:
             async_timeout_error(index, name, timeout, outcome.elapsed, worker.pid, outcome.stuck),
         )
         if outcome.stuck:
-            attempt.killed = True
+            attempt.killed = Kill(job_position, why="stuck")
             worker.kill_now()
 
     async def _loads_results(self, body: bytes, positions: Sequence[int]) -> list[Any] | None:
@@ -498,16 +508,18 @@ class _BatchRun:
         unpickling its arguments (the first call's clock starts when the job does), running,
         or pickling its result."""
         while True:
-            running = worker.running(seq)
-            if running is None:  # not started, or between calls
+            timed = worker.snapshot(seq).timed
+            if timed is None:  # not started, or between calls
                 await anyio.sleep(min(timeout, 0.05))
                 continue
-            _, position, started = running  # loading, running or sending: the clock runs
+            phase, position, started = timed  # loading, running or sending: the clock runs
             late = started + timeout - time.monotonic()
             if late > 0:
                 await anyio.sleep(late)
                 continue
-            attempt.timed_out = position
+            # the worker may move on before the signal lands: the blame compares this kill
+            # with the slot after the death, so the next call is not blamed for it
+            attempt.killed = Kill(position, phase, started=started)
             worker.kill_now()
             return
 
@@ -521,49 +533,66 @@ class _BatchRun:
         attempt: _Attempt,
         flags: bytes | None,
     ) -> list[int]:
-        """Fail the calls the worker was running when it died (its sync call, its async
-        calls in flight); return the ones it had not started, to run again. A call whose
-        outcome arrived is never run again."""
-        got = attempt.got
-        running = worker.running(seq)
-        last_async = worker.async_started(seq) if flags is not None else -1
-        exitcode = await worker.exit_code()
-        in_flight = [j for j in range(last_async + 1) if flags and flags[j] and j not in got]
+        """Fail the calls the worker had started or finished without their outcome arriving;
+        return the ones it had not started, to run again (``_slot.blame``, from the slot as
+        the dead worker left it). A call that finished is never run again."""
+        exitcode = await worker.exit_code()  # first: the slot is final once it is dead
+        snap = worker.snapshot(seq)
+        verdicts = blame(snap, len(todo), attempt.got, flags, attempt.killed)
         if self.pool.closed:  # killed by the pool's shutdown, not by its task
-            current = {todo[j] for j in in_flight}
-            if running is not None and not running[0]:
-                current.add(todo[running[1]])
-            unfinished = [todo[j] for j in range(len(todo)) if j not in got]
+            current = {todo[j] for j, v in verdicts.failed.items() if v.kind != "lost"}
+            unfinished = [todo[j] for j in range(len(todo)) if j not in attempt.got]
             return self._closed(unfinished, worker.pid, current)
-        for j in in_flight:
-            position = todo[j]
-            self._fail(
-                position,
-                crash_error(self._index(position), self._name(position), worker.pid, exitcode, 0),
-            )
-        started = set(in_flight)
-        rest = [j for j in range(len(todo)) if j not in got and j not in started]
-        if running is None or running[1] in got or running[1] in started:
-            if in_flight:
-                return [todo[j] for j in rest]
-            return self._crashed_between(todo, [todo[j] for j in rest])
-        phase, job_position, began = running
-        if phase and len(rest) > 1:
-            # it died unpickling the job or pickling results: find the culprit call by call
+        if verdicts.split:  # it died unpickling the job: find the culprit call by call
             self._split = True
-            return [todo[j] for j in rest]
-        if phase == SLOT_LOADING:
-            job_position = rest[0]
-        position = todo[job_position]
-        index, name = self._index(position), self._name(position)
-        error: Exception
-        if attempt.timed_out == job_position and self.options.timeout:
-            elapsed = time.monotonic() - began
-            error = timeout_error(index, name, self.options.timeout, elapsed, worker.pid, phase)
-        else:
-            error = crash_error(index, name, worker.pid, exitcode, phase)
-        self._fail(position, error)
-        return [todo[j] for j in rest if j != job_position]
+            return [todo[j] for j in verdicts.rerun]
+        if not verdicts.failed:  # it died between calls: nobody to blame (yet)
+            return self._crashed_between(todo, [todo[j] for j in verdicts.rerun])
+        why = self._kill_reason(todo, attempt.killed, snap)
+        died_on = self._died_on(todo, snap)
+        failed = verdicts.failed
+        if self.options.stop_on_error and verdicts.culprit >= 0:
+            # the run stops with the culprit's error: calls whose results were lost with it
+            # are not reported (nor run again); their slots before it are never read
+            failed = {j: v for j, v in failed.items() if v.kind != "lost"}
+        for j, verdict in failed.items():
+            position = todo[j]
+            index, name = self._index(position), self._name(position)
+            error: Exception
+            if verdict.kind == "timeout":
+                killed = attempt.killed
+                elapsed = time.monotonic() - (killed.started if killed else snap.started)
+                timeout = self.options.timeout or 0.0
+                error = timeout_error(index, name, timeout, elapsed, worker.pid, verdict.phase)
+            elif verdict.kind == "crashed" or (verdict.kind == "in_flight" and why is None):
+                error = crash_error(index, name, worker.pid, exitcode, verdict.phase)
+            elif why is not None:
+                error = killed_error(index, name, worker.pid, why, verdict.kind == "in_flight")
+            else:
+                error = lost_result_error(index, name, worker.pid, exitcode, died_on)
+            self._fail(position, error)
+        return [todo[j] for j in verdicts.rerun]
+
+    def _kill_reason(self, todo: list[int], killed: Kill | None, snap: Snapshot) -> str | None:
+        """Why we killed the worker, for the calls it took with it; None: we did not."""
+        if killed is None:
+            return None
+        position = todo[killed.position]
+        task = f"task {self._index(position)} ({self._name(position)})"
+        if killed.why == "stuck":
+            return (
+                f"{task} did not finish cancelling after its timeout (it blocks the event loop "
+                "or ignores cancellation)"
+            )
+        return f"{task} ran past timeout={self.options.timeout:g}s"
+
+    def _died_on(self, todo: list[int], snap: Snapshot) -> str | None:
+        """The task the worker was running when it died, for the messages; None: none."""
+        timed = snap.timed
+        if timed is None or timed[1] >= len(todo):
+            return None
+        position = todo[timed[1]]
+        return f"task {self._index(position)} ({self._name(position)})"
 
     def _crashed_between(self, todo: list[int], rest: list[int]) -> list[int]:
         """The worker died outside any call: re-run the rest, blaming the next call if it

@@ -32,20 +32,8 @@ HEADER = struct.Struct("<BI")
 RESULT_HEADER = struct.Struct("<IB")
 RANGE = 2
 _POSITION = struct.Struct("<I")
-#: Slot layout shared with the parent: ``<q`` task number of the sync call at 0, ``<d`` its
-#: start time at 8, ``<q`` task number of the last async call started at 16 (async calls
-#: start in input order: the ones up to it without a result are in flight).
-SLOT_SIZE = 24
-SLOT_POS = struct.Struct("<q")
-SLOT_TIME = struct.Struct("<d")
-SLOT_ASYNC = 16
-#: Task numbers in the slot are ``batch_seq << BATCH_SHIFT | phase | position``.
-BATCH_SHIFT = 24
-#: Phase flags: the worker is unpickling the job, or pickling results up to ``position``.
-SLOT_LOADING = 1 << 23
-SLOT_SENDING = 1 << 22
-POSITION_MASK = SLOT_SENDING - 1
-#: A BATCH body starts with the job's slot base, so the worker can mark it while loading.
+#: A BATCH body starts with the job's slot base (``_slot``), so the worker can mark it while
+#: loading.
 JOB_HEADER = struct.Struct("<q")
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)

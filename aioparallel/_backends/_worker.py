@@ -25,6 +25,8 @@ import types
 from typing import Any
 
 from . import _wire
+from ._slot import SIZE as SLOT_SIZE
+from ._slot import CrashSlot
 
 #: Results are sent at least this often during a long batch, so a crash loses little.
 FLUSH_SECONDS = 0.05
@@ -86,7 +88,7 @@ def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> b
 
 
 class Worker:
-    def __init__(self, req_fd: int, resp_fd: int, slot: mmap.mmap):
+    def __init__(self, req_fd: int, resp_fd: int, slot: CrashSlot):
         self.req_fd = req_fd
         self.resp_fd = resp_fd
         self.slot = slot
@@ -96,18 +98,15 @@ class Worker:
 
     def send_results(
         self,
-        base: int,
         positions: list[int],
         values: list[Any],
         done: bool,
         run_dir: str,
         max_nbytes: int | None,
-        mark: bool = True,
     ) -> None:
-        """One RESULTS frame. ``mark``: note in the slot whose results are being pickled (the
-        main thread's sync results; async outcomes are sent from the loop thread unmarked)."""
-        if values and mark:  # if pickling kills us, the parent knows whose results they were
-            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_SENDING | positions[-1])
+        """One RESULTS frame. Sync results that could run code while pickled were pickled
+        one by one as their calls returned (``prepickle``); async outcomes are pickled here,
+        on the loop thread."""
         try:
             body = _dump_results(values, run_dir, max_nbytes)
         except BaseException:  # a result's __reduce__ may raise anything
@@ -131,24 +130,27 @@ class Worker:
         func: Any,
         calls: list[Any],
         loaded_from: float,
-        async_job: tuple[bytes, float | None, int] | None = None,
+        async_job: tuple[bytes | None, float | None, int],
     ) -> None:
-        """Run the calls in order; async ones (``async_job``: per-call flags, timeout,
-        concurrency) go to the worker's event loop thread and finish out of order.
+        """Run the calls in order; async ones (``async_job``: per-call flags or None,
+        timeout, concurrency) go to the worker's event loop thread and finish out of order,
+        as do coroutines that sync calls return.
 
         The slot's clock for a sync call starts when it starts, except for the first call,
         whose clock started when the job began loading (its time on this worker includes
-        unpickling its arguments); sending results leaves the clock of the last call sent
-        running (its time includes pickling its result). Async calls are timed on the loop."""
-        pack_pos, pack_time, slot = _wire.SLOT_POS.pack_into, _wire.SLOT_TIME.pack_into, self.slot
+        unpickling its arguments), and runs while its result is pickled. A result is sent
+        once ``FLUSH_SECONDS`` passed since the last frame, measured when its call returns,
+        so a slow call's result leaves before the next call starts. Async calls are timed
+        on the loop."""
+        slot = self.slot
         monotonic = time.monotonic
         positions: list[int] = []
         results: list[Any] = []
         last_flush = monotonic()
-        flags, loop = (async_job[0] if async_job else None), None
+        flags, concurrency, loop = async_job[0], async_job[2], None
 
         def send_async(done_positions: list[int], values: list[Any]) -> None:
-            self.send_results(base, done_positions, values, False, run_dir, max_nbytes, False)
+            self.send_results(done_positions, values, False, run_dir, max_nbytes)
 
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
@@ -156,15 +158,14 @@ class Worker:
             if flags is not None and flags[i]:
                 if loop is None:
                     loop = self.async_loop(async_job, stop_on_error, send_async)
-                pack_pos(slot, 0, -1)  # no sync call running while we wait for room
+                slot.idle()  # no sync call running while we wait for room
                 f, args, kwargs = (func, call, {}) if func is not None else call
-                pack_pos(slot, _wire.SLOT_ASYNC, base + i)
-                if not loop.submit(i, f, args, kwargs, async_job[2]):  # type: ignore[index]
+                if not loop.submit(i, f, args, kwargs, concurrency, base, slot):
                     break
+                slot.finished(base, i + 1)
                 continue
             started = monotonic()
-            pack_time(slot, 8, loaded_from if i == 0 else started)
-            pack_pos(slot, 0, base + i)
+            slot.running(base, i, loaded_from if i == 0 else started)
             try:
                 if func is not None:
                     value = func(*call)
@@ -172,31 +173,38 @@ class Worker:
                     f, args, kwargs = call
                     value = f(*args, **kwargs)
                 if type(value) is types.CoroutineType:  # never hand back an un-awaited one
+                    slot.idle()
                     if loop is None:
                         loop = self.async_loop(async_job, stop_on_error, send_async)
-                    loop.submit_coroutine(i, value)
+                    if not loop.submit_coroutine(i, value, concurrency, base, slot):
+                        break
+                    slot.finished(base, i + 1)
                     continue
+                slot.finished(base, i + 1)
                 positions.append(i)
-                results.append(value)
+                results.append(_prepickle(value, slot, base, i, run_dir, max_nbytes))
             except BaseException as exc:
+                slot.finished(base, i + 1)
+                slot.sending(base, i)  # pickling the exception may run its code too
                 positions.append(i)
                 results.append(_wire.TaskError.capture(exc))
                 if stop_on_error:
                     break
-            if started - last_flush > FLUSH_SECONDS:
-                self.send_results(base, positions, results, False, run_dir, max_nbytes)
+            slot.idle()
+            if monotonic() - last_flush > FLUSH_SECONDS:
+                self.send_results(positions, results, False, run_dir, max_nbytes)
                 positions, results = [], []
                 last_flush = monotonic()
         if loop is not None:
-            pack_pos(slot, 0, -1)
+            slot.idle()
             loop.end()
         _flush_output()  # what the calls printed goes out before their results come back
-        self.send_results(base, positions, results, True, run_dir, max_nbytes)
-        pack_pos(slot, 0, -1)
+        self.send_results(positions, results, True, run_dir, max_nbytes)
+        slot.idle()
 
     def async_loop(
         self,
-        async_job: tuple[bytes, float | None, int] | None,
+        async_job: tuple[bytes | None, float | None, int],
         stop_on_error: bool,
         send: Any,
     ) -> Any:
@@ -205,8 +213,7 @@ class Worker:
             from . import _async_runner
 
             self.loop = _async_runner.WorkerLoop(self.req_fd)
-        timeout = async_job[1] if async_job else None
-        self.loop.begin(timeout, stop_on_error, send)
+        self.loop.begin(async_job[1], stop_on_error, send)
         return self.loop
 
     def serve(self) -> None:
@@ -234,8 +241,7 @@ class Worker:
             base = _wire.JOB_HEADER.unpack_from(body)[0]
             body = body[_wire.JOB_HEADER.size :]
             loaded_from = time.monotonic()  # the job's timeout clock starts now
-            _wire.SLOT_TIME.pack_into(self.slot, 8, loaded_from)
-            _wire.SLOT_POS.pack_into(self.slot, 0, base | _wire.SLOT_LOADING)
+            self.slot.loading(base, loaded_from)
             try:
                 if kind == _wire.BATCH_FILE:
                     body = _wire.unspill(body)
@@ -247,12 +253,55 @@ class Worker:
                 _wire.write_frame(self.resp_fd, _wire.LOAD_ERROR, text.encode("utf-8", "replace"))
                 continue
             finally:
-                _wire.SLOT_POS.pack_into(self.slot, 0, -1)
+                self.slot.idle()
             self.run_job(
                 base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from, async_job
             )
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
+
+
+#: Result types whose pickling runs no code of the task's: they wait for the next frame as
+#: they are. Any other result is pickled as its call returns, with the slot naming the call.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+class _Pickled:
+    """A result pickled on its own as its call returned; unpickled with the frame."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pickle.loads, (self.data,))
+
+
+def _prepickle(
+    value: Any, slot: CrashSlot, base: int, position: int, run_dir: str, max_nbytes: int | None
+) -> Any:
+    """``value`` ready for a results frame. Unless plain (or a tuple, list or dict of plain
+    values), it is pickled now, while the slot says whose result this is: if its
+    ``__reduce__`` kills the worker, the parent blames this call, and never runs again the
+    calls that returned before it (their results still unsent)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if (kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN:
+        return value
+    if kind is dict and {*map(type, value), *map(type, value.values())} <= _PLAIN:
+        return value
+    slot.sending(base, position)
+    try:
+        if "numpy" in sys.modules:
+            buffer = io.BytesIO()
+            _ResultPickler(buffer, run_dir, max_nbytes).dump(value)
+            return _Pickled(buffer.getvalue())
+        return _Pickled(_wire.dumps(value))
+    except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
+        value = _picklable(value)
+        return _Pickled(_wire.dumps(value)) if type(value) is not _wire.TaskError else value
 
 
 def _flush_output() -> None:
@@ -355,7 +404,7 @@ def main(argv: list[str]) -> None:
         os.set_inheritable(fd, False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     threading.Thread(target=_watch_parent, args=(lifeline_fd,), daemon=True).start()
-    slot = mmap.mmap(slot_fd, _wire.SLOT_SIZE)
+    slot = CrashSlot(mmap.mmap(slot_fd, SLOT_SIZE))
     os.close(slot_fd)
     try:
         Worker(req_fd, resp_fd, slot).serve()

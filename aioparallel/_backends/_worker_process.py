@@ -28,6 +28,8 @@ from .._system import FEATURES, IN_WORKER_ENV, blas_thread_env
 from . import _wire
 from ._failures import rebuild
 from ._setup import PLAIN, WorkerSetup, initializer_error
+from ._slot import SIZE as SLOT_SIZE
+from ._slot import CrashSlot, Snapshot
 
 __all__ = ["WorkerProcess", "forget_live_pids"]
 
@@ -74,14 +76,14 @@ def _death_signal_parent() -> int:
 
 
 def _slot_fd() -> int:
-    """The worker's 16-byte slot: a memfd, or a temp file unlinked at once (macOS). Close on
+    """The worker's slot (``_slot``): a memfd, or a temp file unlinked at once (macOS). Close on
     exec either way: only the worker it is passed to (``pass_fds``) gets it."""
     if FEATURES.memfd:
         fd = os.memfd_create("aioparallel-slot")
     else:
         fd, path = tempfile.mkstemp(prefix=_wire.FOLDER_PREFIX + "slot-")
         os.unlink(path)
-    os.ftruncate(fd, _wire.SLOT_SIZE)
+    os.ftruncate(fd, SLOT_SIZE)
     return fd
 
 
@@ -217,6 +219,7 @@ class WorkerProcess:
         self._resp = resp
         self._lifeline = lifeline
         self._slot = slot
+        self.slot = CrashSlot(slot)
         self._buffer = bytearray()
         self._env: tuple[list[str], str, bytes | None] | None = None
         self._seq = 0
@@ -264,7 +267,7 @@ class WorkerProcess:
             for fd in (*child_ends, req_w, resp_r, life_w):
                 os.close(fd)
             raise
-        slot = mmap.mmap(slot_fd, _wire.SLOT_SIZE)
+        slot = mmap.mmap(slot_fd, SLOT_SIZE)
         for fd in child_ends:  # the child has its copies; the mapping keeps the slot
             os.close(fd)
         os.set_blocking(req_w, False)
@@ -362,22 +365,9 @@ class WorkerProcess:
         self._seq += 1
         return self._seq
 
-    def running(self, seq: int) -> tuple[int, int, float] | None:
-        """What the worker is doing for job ``seq``: (phase flag, position in the job, start
-        time of that call); None if it is not working on that job."""
-        number = _wire.SLOT_POS.unpack_from(self._slot, 0)[0]
-        started = _wire.SLOT_TIME.unpack_from(self._slot, 8)[0]
-        if number < 0 or number >> _wire.BATCH_SHIFT != seq:
-            return None
-        phase = number & (_wire.SLOT_LOADING | _wire.SLOT_SENDING)
-        return phase, number & _wire.POSITION_MASK, started
-
-    def async_started(self, seq: int) -> int:
-        """Job position of the last async call the worker started for job ``seq``, or -1."""
-        number = _wire.SLOT_POS.unpack_from(self._slot, _wire.SLOT_ASYNC)[0]
-        if number < 0 or number >> _wire.BATCH_SHIFT != seq:
-            return -1
-        return int(number & _wire.POSITION_MASK)
+    def snapshot(self, seq: int) -> Snapshot:
+        """What the worker's slot says about job ``seq`` now (final once it has died)."""
+        return self.slot.snapshot(seq)
 
     # -- life and death ----------------------------------------------------------------------
 

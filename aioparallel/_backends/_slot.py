@@ -1,0 +1,213 @@
+"""The crash slot: a few bytes of memory a worker process shares with its parent, where the
+worker notes what it is doing, so that when it dies (or is killed for a timeout) the parent
+knows which call to blame, which calls had finished, and which never started.
+
+Standard library only: the worker imports it at start. This module is the protocol's one
+owner: the layout, the worker's writes (``CrashSlot``'s worker side), the parent's reads
+(``snapshot``) and what a snapshot taken after the death means (``blame``, a pure function).
+
+Layout (native byte order, ``SIZE`` bytes)::
+
+    0   <q  current   job base | phase | position of the sync call the main thread runs
+                      (phase: LOADING the job, RUNNING, SENDING = pickling its result), or -1
+    8   <d  started   when the current call's timeout clock started (``time.monotonic()``)
+    16  <q  handed    job base | position of the last call handed to the event loop, or -1
+    24  <q  finished  job base | n: the main thread is done with the job's calls before n
+                      (a sync call returned; an async one was handed to the loop)
+
+A job's base is ``seq << BATCH_SHIFT``: numbers of an earlier job of the same worker never
+pass for this job's. A worker moves through a sync call as::
+
+    running(i) ──► the call ──► finished(i + 1) ──► [sending(i): pickling its result] ──► idle
+
+so a death anywhere leaves a snapshot that says exactly whether call ``i`` had returned.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SIZE", "CrashSlot", "Kill", "Snapshot", "Verdict", "blame"]
+
+SIZE = 32
+BATCH_SHIFT = 24
+LOADING = 1 << 23
+SENDING = 1 << 22
+RUNNING = 0
+POSITION_MASK = SENDING - 1
+_Q = struct.Struct("<q")
+_D = struct.Struct("<d")
+_ALL = struct.Struct("<qdqq")
+_CURRENT, _STARTED, _HANDED, _FINISHED = 0, 8, 16, 24
+
+
+class CrashSlot:
+    """Both sides' view of one worker's slot (``buffer``: an ``mmap`` of ``SIZE`` bytes).
+
+    The worker's main thread is the only writer. Each write is one aligned 8-byte store, so
+    the parent never reads half a number; the parent reads the final state after the
+    worker died, when nothing can change it any more."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, buffer: Any):
+        self.buffer = buffer
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    def loading(self, base: int, at: float) -> None:
+        """A job arrived: its first call's clock starts now (it includes the unpickling)."""
+        buffer = self.buffer
+        _Q.pack_into(buffer, _HANDED, -1)
+        _Q.pack_into(buffer, _FINISHED, base)
+        _D.pack_into(buffer, _STARTED, at)
+        _Q.pack_into(buffer, _CURRENT, base | LOADING)
+
+    def running(self, base: int, position: int, started: float) -> None:
+        _D.pack_into(self.buffer, _STARTED, started)
+        _Q.pack_into(self.buffer, _CURRENT, base | position)
+
+    def finished(self, base: int, upto: int) -> None:
+        """Calls before ``upto`` are done on the main thread: never run them again."""
+        _Q.pack_into(self.buffer, _FINISHED, base | upto)
+
+    def sending(self, base: int, position: int) -> None:
+        """Pickling call ``position``'s result (its clock keeps running)."""
+        _Q.pack_into(self.buffer, _CURRENT, base | SENDING | position)
+
+    def handed(self, base: int, position: int) -> None:
+        """Call ``position`` goes to the event loop (written before it can start there)."""
+        _Q.pack_into(self.buffer, _HANDED, base | position)
+
+    def idle(self) -> None:
+        _Q.pack_into(self.buffer, _CURRENT, -1)
+
+    # -- the parent's side -------------------------------------------------------------------
+
+    def snapshot(self, seq: int) -> Snapshot:
+        """What the worker says about job ``seq`` right now."""
+        current, started, handed, finished = _ALL.unpack_from(self.buffer)
+        phase = position = -1
+        if current >= 0 and current >> BATCH_SHIFT == seq:
+            phase = current & (LOADING | SENDING)
+            position = current & POSITION_MASK
+        mine = finished >= 0 and finished >> BATCH_SHIFT == seq
+        return Snapshot(
+            phase=phase,
+            position=position,
+            started=started,
+            handed=handed & POSITION_MASK if handed >= 0 and handed >> BATCH_SHIFT == seq else -1,
+            finished=finished & POSITION_MASK if mine else 0,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The slot as seen for one job. ``phase``/``position``: the sync call on the main
+    thread (-1: none); ``handed``: last call handed to the loop (-1: none); ``finished``:
+    calls before it are done."""
+
+    phase: int = -1
+    position: int = -1
+    started: float = 0.0
+    handed: int = -1
+    finished: int = 0
+
+    @property
+    def timed(self) -> tuple[int, int, float] | None:
+        """(phase, position, clock start) of the call whose time runs, or None: loading the
+        job, running a call, or pickling the result of the call that just returned."""
+        if self.phase < 0 or (self.phase == RUNNING and self.position < self.finished):
+            return None  # a call that returned, before the next one starts
+        return self.phase, self.position, self.started
+
+
+@dataclass(frozen=True)
+class Kill:
+    """The parent killed the worker on purpose: the call it killed for (its job position and
+    phase, from the snapshot it decided on), and why (``"timeout"``: a sync call ran past its
+    timeout; ``"stuck"``: an async call did not finish cancelling)."""
+
+    position: int
+    phase: int = RUNNING
+    why: str = "timeout"
+    #: when the killed call's clock started (for the message)
+    started: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One call's fate after its worker died.
+
+    kind: ``"crashed"`` (it was running, unpickling its arguments or pickling its result:
+    ``phase``), ``"timeout"`` (ran past its timeout), ``"in_flight"`` (an async call in flight
+    or done on the loop with its outcome unsent), ``"lost"`` (it had finished; its result
+    was not sent yet)."""
+
+    kind: str
+    phase: int = RUNNING
+
+
+@dataclass(frozen=True)
+class Blame:
+    #: job position -> what it fails with
+    failed: dict[int, Verdict]
+    #: job positions to run again (they had not started, or we killed them for another call)
+    rerun: list[int]
+    #: the call the worker died on (-1: none, or one we killed for another call's sake)
+    culprit: int = -1
+    #: the job died unpickling: run its calls one by one to find the culprit
+    split: bool = False
+
+
+def blame(
+    snap: Snapshot,
+    n: int,
+    got: set[int] | frozenset[int],
+    flags: bytes | None,
+    killed: Kill | None = None,
+) -> Blame:
+    """Who failed and who runs again, from the slot after the death (``snap``), the job's
+    size ``n``, the positions whose outcome arrived (``got``), the async flags and the kill
+    the parent made (if it did). A call the slot proves finished is never run again."""
+    if snap.phase == LOADING:  # nothing ran yet
+        rest = [j for j in range(n) if j not in got]
+        if len(rest) > 1:
+            return Blame({}, rest, split=True)
+        verdicts = {j: Verdict(_killed_kind(killed, j), LOADING) for j in rest}
+        return Blame(verdicts, [], culprit=rest[0] if rest else -1)
+    failed: dict[int, Verdict] = {}
+    for j in range(min(snap.finished, n)):
+        if j not in got:
+            async_call = (flags is not None and flags[j]) or j == snap.handed
+            failed[j] = Verdict("in_flight" if async_call else "lost")
+    if snap.finished <= snap.handed < n and snap.handed not in got:  # died handing it over
+        failed[snap.handed] = Verdict("in_flight")
+    culprit = -1
+    if snap.timed is not None and snap.position < n and snap.position not in got:
+        culprit = snap.position
+    rerun: list[int] = []
+    if killed is not None and killed.why == "timeout" and killed.position != culprit:
+        # the call we timed returned before the kill landed: it did run past its timeout,
+        # and is not run again; the call the kill hit instead had just started: run it again
+        if killed.position not in got:
+            failed[killed.position] = Verdict("timeout", killed.phase)
+        if culprit >= 0 and snap.phase == RUNNING:
+            rerun.append(culprit)
+            failed.pop(culprit, None)
+            culprit = -1
+    elif killed is not None and killed.why == "stuck" and culprit >= 0 and snap.phase == RUNNING:
+        rerun.append(culprit)  # a sync call killed for an async call that would not stop
+        culprit = -1
+    if culprit >= 0:
+        failed[culprit] = Verdict(_killed_kind(killed, culprit), snap.phase)
+    rerun += [j for j in range(n) if j not in got and j not in failed and j not in rerun]
+    return Blame(failed, sorted(rerun), culprit=culprit)
+
+
+def _killed_kind(killed: Kill | None, position: int) -> str:
+    if killed is not None and killed.why == "timeout" and killed.position == position:
+        return "timeout"
+    return "crashed"

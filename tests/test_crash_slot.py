@@ -1,0 +1,335 @@
+"""The crash slot end to end: a finished call is never run again, whatever the flush policy;
+the culprit of a blocked event loop is named; ``worker_concurrency`` bounds coroutines that
+sync calls return.
+
+Tasks leave marker files (one line per run) so a test counts how often each ran, without
+trusting the worker to report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioparallel import Parallel, WorkerCrashedError, delayed
+from aioparallel._backends._slot import (
+    BATCH_SHIFT,
+    LOADING,
+    RUNNING,
+    SENDING,
+    CrashSlot,
+    Kill,
+    Snapshot,
+    Verdict,
+    blame,
+)
+from aioparallel._backends._slot import SIZE as SLOT_SIZE
+from tests import async_helpers as ah
+
+
+def _ran(folder: str, x: int) -> None:
+    with open(os.path.join(folder, f"ran-{x}"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def runs(folder: Path, x: int) -> int:
+    path = folder / f"ran-{x}"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def work(folder: str, x: int, seconds: float, die: bool) -> int:
+    """Works ``seconds``, then has its side effect (the marker), or kills its worker."""
+    time.sleep(seconds)
+    if die:
+        os._exit(3)
+    _ran(folder, x)
+    return x
+
+
+async def nap_marked(folder: str, x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    _ran(folder, x)
+    return x
+
+
+def returns_nap(folder: str, x: int, seconds: float) -> Any:
+    """A sync call that hands back a coroutine (a sync decorator around async code)."""
+    _ran(folder, x)
+    return nap_marked(folder, 1000 + x, seconds)
+
+
+def wait_file_then_die(folder: str, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(folder, name)) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os._exit(3)
+
+
+async def count_in_flight(folder: str, x: int) -> int:
+    """How many of these coroutines run in this worker right now (itself included)."""
+    me = Path(folder, f"run-{os.getpid()}-{x}")
+    me.write_text("")  # noqa: ASYNC240  (a tiny marker file)
+    try:
+        mine = f"run-{os.getpid()}-"
+        seen = sum(1 for p in os.listdir(folder) if p.startswith(mine))
+        await asyncio.sleep(0.05)
+        return seen
+    finally:
+        me.unlink()  # noqa: ASYNC240
+
+
+def sync_returning_counter(folder: str, x: int) -> Any:
+    return count_in_flight(folder, x)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seconds", [0.3, 0.0], ids=["slow", "fast"])
+async def test_a_finished_call_never_runs_again(tmp_path: Path, seconds: float) -> None:
+    """Slow calls: the first result is sent before the second call starts, so it arrives.
+    Fast calls: it is still unsent when the worker dies; it fails saying so, not re-run."""
+    folder = str(tmp_path)
+    calls = [delayed(work)(folder, x, seconds, x == 1) for x in range(3)]
+    results = await Parallel(n_jobs=2, batch_size=3, return_exceptions=True)(calls)
+    assert [runs(tmp_path, x) for x in (0, 2)] == [1, 1]
+    assert isinstance(results[1], WorkerCrashedError) and "task 1 (work)" in str(results[1])
+    assert results[2] == 2
+    if seconds:
+        assert results[0] == 0
+    elif results[0] != 0:  # finished, result not flushed yet when the worker died
+        assert isinstance(results[0], WorkerCrashedError), results[0]
+        assert "task 0 (work) had finished" in str(results[0])
+        assert "running task 1 (work)" in str(results[0])
+
+
+@pytest.mark.asyncio
+async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Path) -> None:
+    """Sync calls of a job with async calls, and a sync call that returned a coroutine."""
+    folder = str(tmp_path)
+    calls: list[Any] = [
+        delayed(work)(folder, 0, 0.0, False),
+        delayed(nap_marked)(folder, 1, 30.0),  # in flight when the worker dies
+        delayed(returns_nap)(folder, 2, 30.0),  # its coroutine in flight too
+        delayed(work)(folder, 3, 0.0, False),
+        delayed(work)(folder, 4, 0.0, True),
+        delayed(work)(folder, 5, 0.0, False),
+    ]
+    results = await Parallel(n_jobs=2, batch_size=6, return_exceptions=True)(calls)
+    assert [runs(tmp_path, x) for x in (0, 2, 3, 5)] == [1, 1, 1, 1]
+    for x in (1, 2, 4):
+        assert isinstance(results[x], WorkerCrashedError), (x, results[x])
+    assert results[5] == 5
+    for x in (0, 3):  # sent, or lost and said so
+        assert results[x] == x or "had finished" in str(results[x]), results[x]
+
+
+@pytest.mark.asyncio
+async def test_blocking_coroutine_is_named_and_the_others_crash(tmp_path: Path) -> None:
+    folder = str(tmp_path)
+    calls = [delayed(ah.block_the_loop)(folder, 0)] + [
+        delayed(ah.guarded)(folder, x) for x in (1, 2)
+    ]
+    results = await Parallel(n_jobs=2, batch_size=3, timeout=0.5, return_exceptions=True)(calls)
+    assert isinstance(results[0], TimeoutError), results[0]
+    assert "task 0 (block_the_loop)" in str(results[0]) and "was killed" in str(results[0])
+    for x in (1, 2):
+        assert type(results[x]) is WorkerCrashedError, (x, results[x])
+        assert f"task {x} (guarded)" in str(results[x])
+        assert "task 0 (block_the_loop)" in str(results[x])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("func", [count_in_flight, sync_returning_counter])
+async def test_worker_concurrency_bounds_returned_coroutines(tmp_path: Path, func: Any) -> None:
+    folder = str(tmp_path)
+    calls = [delayed(func)(folder, x) for x in range(16)]
+    results = await Parallel(n_jobs=2, batch_size=16, worker_concurrency=2)(calls)
+    assert max(results) <= 2, results
+
+
+# -- the blame, as a table ----------------------------------------------------------------------
+
+R, L, S = RUNNING, LOADING, SENDING
+SEQ = 7
+BASE = SEQ << BATCH_SHIFT
+
+
+def snap(phase: int = -1, position: int = -1, handed: int = -1, finished: int = 0) -> Snapshot:
+    return Snapshot(phase=phase, position=position, started=1.0, handed=handed, finished=finished)
+
+
+def crashed(phase: int = R) -> Verdict:
+    return Verdict("crashed", phase)
+
+
+LOST, IN_FLIGHT, TIMEOUT = Verdict("lost"), Verdict("in_flight"), Verdict("timeout")
+ASYNC3 = b"\x01\x01\x01"
+
+BLAME_CASES = [
+    # (snapshot, n, got, flags, kill) -> (failed, rerun, culprit, split)
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        set(),
+        None,
+        None,
+        ({0: LOST, 1: crashed()}, [2], 1, False),
+        id="sync-unsent-before-crash-lost",
+    ),
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        {0},
+        None,
+        None,
+        ({1: crashed()}, [2], 1, False),
+        id="sync-sent-before-crash-kept",
+    ),
+    pytest.param(
+        snap(R, 1, finished=2),
+        3,
+        set(),
+        None,
+        None,
+        ({0: LOST, 1: LOST}, [2], -1, False),
+        id="died-after-a-call-returned",
+    ),
+    pytest.param(
+        snap(S, 1, finished=2),
+        3,
+        {0},
+        None,
+        None,
+        ({1: crashed(S)}, [2], 1, False),
+        id="died-pickling-its-result",
+    ),
+    pytest.param(
+        snap(L, 0), 3, set(), None, None, ({}, [0, 1, 2], -1, True), id="died-loading-a-job-split"
+    ),
+    pytest.param(
+        snap(L, 0),
+        1,
+        set(),
+        None,
+        None,
+        ({0: crashed(L)}, [], 0, False),
+        id="died-loading-one-call",
+    ),
+    pytest.param(
+        snap(),
+        3,
+        set(),
+        None,
+        None,
+        ({}, [0, 1, 2], -1, False),
+        id="died-before-any-call-blameless",
+    ),
+    pytest.param(
+        snap(handed=1, finished=2),
+        3,
+        {0},
+        ASYNC3,
+        None,
+        ({1: IN_FLIGHT}, [2], -1, False),
+        id="async-in-flight-fail-not-rerun",
+    ),
+    pytest.param(
+        snap(handed=2, finished=2),
+        3,
+        set(),
+        ASYNC3,
+        None,
+        ({0: IN_FLIGHT, 1: IN_FLIGHT, 2: IN_FLIGHT}, [], -1, False),
+        id="async-handed-before-finished-counted",
+    ),
+    pytest.param(
+        snap(R, 2, handed=1, finished=2),
+        4,
+        set(),
+        b"\x00\x00\x00\x00",
+        None,
+        ({0: LOST, 1: IN_FLIGHT, 2: crashed()}, [3], 2, False),
+        id="returned-coroutine-in-flight",
+    ),
+    pytest.param(
+        snap(R, 1, finished=1),
+        3,
+        set(),
+        None,
+        Kill(1),
+        ({0: LOST, 1: TIMEOUT}, [2], 1, False),
+        id="timeout-hits-its-call",
+    ),
+    pytest.param(
+        snap(S, 1, finished=2),
+        3,
+        set(),
+        None,
+        Kill(1),
+        ({0: LOST, 1: Verdict("timeout", S)}, [2], 1, False),
+        id="timeout-while-pickling-its-result",
+    ),
+    pytest.param(
+        snap(R, 2, finished=2),
+        4,
+        {0, 1},
+        None,
+        Kill(1),
+        ({}, [2, 3], -1, False),
+        id="race-timed-call-returned-and-sent-next-reruns",
+    ),
+    pytest.param(
+        snap(R, 2, finished=2),
+        4,
+        {0},
+        None,
+        Kill(1),
+        ({1: TIMEOUT}, [2, 3], -1, False),
+        id="race-timed-call-returned-unsent",
+    ),
+    pytest.param(
+        snap(R, 1, handed=0, finished=1),
+        3,
+        set(),
+        ASYNC3[:1] + b"\x00\x00",
+        Kill(0, why="stuck"),
+        ({0: IN_FLIGHT}, [1, 2], -1, False),
+        id="stuck-async-kill-reruns-the-sync-call",
+    ),
+]
+
+
+@pytest.mark.parametrize(("snapshot", "n", "got", "flags", "kill", "expected"), BLAME_CASES)
+def test_blame_table(
+    snapshot: Snapshot,
+    n: int,
+    got: set[int],
+    flags: bytes | None,
+    kill: Kill | None,
+    expected: tuple[dict[int, Verdict], list[int], int, bool],
+) -> None:
+    verdicts = blame(snapshot, n, got, flags, kill)
+    assert (verdicts.failed, verdicts.rerun, verdicts.culprit, verdicts.split) == expected
+    # every call is accounted for exactly once: arrived, failed or run again
+    accounted = sorted([*got, *verdicts.failed, *verdicts.rerun])
+    assert accounted == list(range(n)) or verdicts.split
+
+
+def test_slot_worker_writes_read_back_by_the_parent() -> None:
+    slot = CrashSlot(bytearray(SLOT_SIZE))
+    slot.loading(BASE, 5.0)
+    assert slot.snapshot(SEQ).timed == (LOADING, 0, 5.0)
+    assert slot.snapshot(SEQ - 1) == Snapshot(started=5.0)  # another job's numbers: not ours
+    slot.running(BASE, 3, 6.0)
+    assert slot.snapshot(SEQ).timed == (RUNNING, 3, 6.0)
+    slot.finished(BASE, 4)
+    assert slot.snapshot(SEQ).timed is None  # returned: its clock no longer runs
+    slot.sending(BASE, 3)
+    assert slot.snapshot(SEQ).timed == (SENDING, 3, 6.0)
+    slot.handed(BASE, 4)
+    slot.idle()
+    assert slot.snapshot(SEQ) == Snapshot(started=6.0, handed=4, finished=4)
