@@ -6,7 +6,8 @@ dispatched and unfinished batch uses its array (each batch holds a :class:`Lease
 arrays it sent); a released file is kept, for reuse, while its array is alive and it is among
 the ``KEEP_RELEASED`` most recently released, so the same array passed to many calls is
 written once while memory and tmpfs stay bounded by ``pre_dispatch``. The folder is removed
-when the run ends, on every path; folders still present at interpreter exit are removed then.
+when the run ends, on every path; folders still present at interpreter exit are removed then,
+and those of a program killed by a signal by the folder tracker (``_tracker``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, BinaryIO
 
 import cloudpickle
 
+from . import _tracker
 from ._backends._wire import (
     FOLDER_PREFIX,
     TempFolderError,
@@ -47,12 +49,24 @@ SHM_FOLDER = "/dev/shm"
 #: Released array files kept for reuse (while their arrays live), per run.
 KEEP_RELEASED = 2
 
+#: This process's run folders that may exist: named by a live run, or left by an ended one
+#: and not yet removed. A name leaves it when its folder is removed, or at the run's end if
+#: nothing made it. A forked child starts with none: it owns none of its parent's folders.
 _live_folders: set[str] = set()
 
 
 @atexit.register
 def _remove_leftovers() -> None:
     remove_folders(list(_live_folders))
+
+
+def _forget_after_fork() -> None:
+    """The child's exit must not remove the folders of its parent's runs."""
+    _live_folders.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def remove_folders(paths: list[str]) -> None:
@@ -104,28 +118,41 @@ class Lease:
 
 
 class _File:
-    __slots__ = ("array", "path", "ref", "users")
+    __slots__ = ("array", "path", "ref", "users", "written")
 
-    def __init__(self, path: str, ref: weakref.ref[Any]):
-        self.path = path
+    def __init__(self, ref: weakref.ref[Any]):
+        self.path: str | None = None  # None while it is being written
         self.ref = ref
         self.array: Any = None  # held while batches use it
         self.users = 0
+        self.written = threading.Event()  # written, or given up: look again
 
 
 class RunFolder:
     """A run's private folder, named up front (workers write large results there too) and
-    created, in the base chosen when it is first needed, on first use by either side."""
+    created, in the base chosen when it is first needed, on first use by either side.
+
+    The lock guards the bookkeeping only, never a file system call: a thread writing a
+    large array holds no lock, so ``release`` and the weakref callbacks, which run on the
+    event loop, never wait for a write. A write under way when the run closes removes the
+    folder itself when it ends (``close`` counts on it). Only the process that made the run
+    removes anything: a forked child that inherits it owns none of its files.
+    """
 
     def __init__(self, temp_folder: str | os.PathLike[str] | None):
         self._temp_folder = os.fspath(temp_folder) if temp_folder is not None else None
+        self._owner = os.getpid()
         self._lock = threading.RLock()  # a weakref callback may run while we hold it
         self._base: tuple[str, str] | None = None
         self._path: str | None = None
         self._paths: list[str] = []  # every name used (a fallback adds one)
         self._closed = False
+        self._writing = 0  # files being written now (outside the lock)
         self._files: dict[int, _File] = {}
         self._released: OrderedDict[int, None] = OrderedDict()
+
+    def _owned(self) -> bool:
+        return os.getpid() == self._owner
 
     def _choose(self) -> tuple[str, str]:
         """(base folder, where that choice came from): checked only when a file is made."""
@@ -141,20 +168,24 @@ class RunFolder:
 
     @property
     def path(self) -> str:
-        """The folder's name (no file system access: a run without files never touches it)."""
-        if self._path is None:
-            base = self._choose()[0]
-            self._path = os.path.join(base, f"{FOLDER_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
-            self._paths.append(self._path)
-            _live_folders.add(self._path)
-        return self._path
+        """The folder's name (no file system access: a run without files never touches it).
+        Naming it registers it, and has the folder tracker watch its base."""
+        base = None
+        with self._lock:
+            if self._path is None:
+                base = self._choose()[0]
+                name = f"{FOLDER_PREFIX}{self._owner}-{secrets.token_hex(8)}"
+                self._path = os.path.join(base, name)
+                self._paths.append(self._path)
+                _live_folders.add(self._path)
+            path = self._path
+        if base is not None:
+            _tracker.watch(base)  # the first time in this process: starts the tracker
+        return path
 
-    def _ensure(self) -> str:
-        if self._closed:
-            raise _Closed
-        path = self.path
+    def _ensure(self, folder: str) -> None:
         try:
-            return ensure_private_dir(path)
+            ensure_private_dir(folder)
         except TempFolderError as exc:
             base, source = self._choose()
             if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
@@ -162,39 +193,67 @@ class RunFolder:
                 raise TempFolderError(message) from exc
             raise TempFolderError(f"{exc} (in temp folder {base!r}, from {source})") from exc
 
-    def _fall_back(self) -> bool:
-        """Out of room in the default /dev/shm: use the system temp dir, as joblib does."""
-        base, source = self._choose()
-        fallback = tempfile.gettempdir()
-        if source != "the default" or base == fallback:
-            return False
-        self._base, self._path = (fallback, f"the default ({base} is full)"), None
-        return True
+    def _fall_back(self, folder: str) -> bool:
+        """Out of room in the default /dev/shm: use the system temp dir, as joblib does.
+        True: try again (also when another write has moved the run already)."""
+        with self._lock:
+            if folder != self._path:
+                return True
+            base, source = self._choose()
+            fallback = tempfile.gettempdir()
+            if source != "the default" or base == fallback:
+                return False
+            self._base, self._path = (fallback, f"the default ({base} is full)"), None
+            return True
 
     def write_file(self, prefix: str, suffix: str, write: Callable[[BinaryIO], object]) -> str:
         """A new private file in the folder, filled by ``write`` (thread-safe)."""
+        while True:
+            folder = self.path
+            with self._lock:
+                if self._closed or not self._owned():
+                    raise _Closed
+                if folder != self._path:
+                    continue  # a write out of room has just moved the run
+                self._writing += 1
+            try:
+                path = self._write(folder, prefix, suffix, write)
+            finally:
+                self._done_writing()
+            if path is not None:
+                return path
+
+    def _write(
+        self, folder: str, prefix: str, suffix: str, write: Callable[[BinaryIO], object]
+    ) -> str | None:
+        """One attempt, holding no lock; None: out of room, the run has moved (try again)."""
+        self._ensure(folder)
+        try:
+            fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        except OSError as exc:
+            if _no_room(exc, folder) and self._fall_back(folder):
+                return None
+            raise self._error(folder, exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+            return path
+        except OSError as exc:
+            full = _no_room(exc, folder)  # before the partial file goes
+            os.unlink(path)
+            if full and self._fall_back(folder):
+                return None
+            raise self._error(folder, exc) from exc
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    def _done_writing(self) -> None:
         with self._lock:
-            while True:
-                folder = self._ensure()
-                try:
-                    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-                except OSError as exc:
-                    if _no_room(exc, folder) and self._fall_back():
-                        continue
-                    raise self._error(folder, exc) from exc
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        write(f)
-                    return path
-                except OSError as exc:
-                    full = _no_room(exc, folder)  # before the partial file goes
-                    os.unlink(path)
-                    if full and self._fall_back():
-                        continue
-                    raise self._error(folder, exc) from exc
-                except BaseException:
-                    os.unlink(path)
-                    raise
+            self._writing -= 1
+            orphaned = self._closed and not self._writing
+        if orphaned:  # the run ended while we wrote: its folder is ours to remove
+            remove_folders(self._leftovers())
 
     def _error(self, folder: str, exc: OSError) -> TempFolderError:
         base, source = self._choose()
@@ -204,32 +263,67 @@ class RunFolder:
         )
 
     def array_path(self, array: Any, lease: Lease) -> str:
-        """The file holding ``array``, written on first request; ``lease`` holds it."""
-        with self._lock:
-            if lease.done:
-                raise _Closed
-            key = id(array)
-            entry = self._files.get(key)
-            if entry is None or entry.ref() is not array:
-                import numpy as np
+        """The file holding ``array``, written on first request; ``lease`` holds it. A
+        second request while it is being written waits for that write (in its own pickling
+        thread: large arrays are never pickled on the event loop)."""
+        key = id(array)
+        while True:
+            with self._lock:
+                if lease.done or self._closed:
+                    raise _Closed
+                entry = self._files.get(key)
+                if entry is not None and entry.ref() is array:
+                    if entry.path is not None:
+                        self._take(key, entry, array, lease)
+                        return entry.path
+                    writer = False
+                else:
+                    entry = _File(weakref.ref(array, functools.partial(self._collected, key)))
+                    self._files[key] = entry
+                    writer = True
+            if writer:
+                return self._write_array(key, entry, array, lease)
+            entry.written.wait()  # then look again: written, or given up (write it here)
 
-                path = self.write_file(
-                    "array-", ".npy", lambda f: np.save(f, array, allow_pickle=False)
-                )
-                entry = _File(path, weakref.ref(array, functools.partial(self._collected, key)))
-                self._files[key] = entry
-            if key not in lease.keys:
-                lease.keys.add(key)
-                if not entry.users:
-                    entry.array = array  # holding it keeps its id unique
-                    self._released.pop(key, None)
-                entry.users += 1
-            return entry.path
+    def _write_array(self, key: int, entry: _File, array: Any, lease: Lease) -> str:
+        import numpy as np
+
+        try:
+            path = self.write_file(
+                "array-", ".npy", lambda f: np.save(f, array, allow_pickle=False)
+            )
+        except BaseException:
+            with self._lock:
+                if self._files.get(key) is entry:
+                    del self._files[key]
+            entry.written.set()
+            raise
+        with self._lock:
+            keep = self._files.get(key) is entry and not self._closed and not lease.done
+            if keep:
+                entry.path = path
+                self._take(key, entry, array, lease)
+        entry.written.set()
+        if not keep:  # the run ended meanwhile: nobody will read it
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise _Closed
+        return path
+
+    def _take(self, key: int, entry: _File, array: Any, lease: Lease) -> None:
+        """``lease`` holds ``entry`` (under the lock)."""
+        if key not in lease.keys:
+            lease.keys.add(key)
+            if not entry.users:
+                entry.array = array  # holding it keeps its id unique
+                self._released.pop(key, None)
+            entry.users += 1
 
     def release(self, lease: Lease) -> list[str]:
         """The batch is over: drop its hold; the files now unused beyond the few kept for
         reuse are returned, for the caller to remove (off the event loop)."""
         doomed: list[str] = []
+        dropped: list[Any] = []
         with self._lock:
             lease.done = True
             for key in lease.keys:
@@ -240,12 +334,16 @@ class RunFolder:
                 if entry.users:
                     continue
                 self._released[key] = None
-                entry.array = None  # may collect the array: _collected then removes it
+                dropped.append(entry.array)
+                entry.array = None
             while len(self._released) > KEEP_RELEASED:
                 key, _ = self._released.popitem(last=False)
-                doomed.append(self._files.pop(key).path)
+                path = self._files.pop(key).path
+                if path is not None:
+                    doomed.append(path)
             lease.keys.clear()
-        return doomed
+        dropped.clear()  # may collect the arrays, outside the lock: _collected removes them
+        return doomed if self._owned() else []
 
     def _collected(self, key: int, _ref: object) -> None:
         """A released array was garbage collected: its file can go (no one can reuse it)."""
@@ -255,16 +353,32 @@ class RunFolder:
                 return
             del self._files[key]
             self._released.pop(key, None)
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
+        if entry.path is not None and self._owned():
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
 
     def close(self) -> list[str]:
-        """No new file from now on; the folders to remove (see :func:`remove_folders`)."""
+        """No new file from now on; the folders to remove now (see :func:`remove_folders`).
+        A write still under way removes them itself when it ends; a forked child, none."""
         with self._lock:
             self._closed = True
             self._files.clear()
             self._released.clear()
-            return [path for path in self._paths if os.path.lexists(path)]
+            if self._writing or not self._owned():
+                return []
+        return self._leftovers()
+
+    def _leftovers(self) -> list[str]:
+        """The run's folders that exist; the names of the others leave the registry."""
+        with self._lock:
+            paths = list(self._paths)
+        existing = []
+        for path in paths:
+            if os.path.lexists(path):
+                existing.append(path)
+            else:
+                _live_folders.discard(path)
+        return existing
 
     def cleanup(self) -> None:
         """Close and remove the folder and everything in it (blocking)."""

@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 import aioparallel
+from aioparallel import _tracker
 
 #: Seconds the leak check waits for asynchronous cleanup before it fails the test.
 LEAK_WAIT = 5.0
@@ -50,6 +51,11 @@ try:  # uvloop opens one process-wide pipe (libuv's signal pipe) with its first 
     uvloop.new_event_loop().close()
 except ImportError:  # pragma: no cover  (Windows)
     pass
+
+
+# The folder tracker (one process and its pipe per program, started when a run first names
+# a folder) lives as long as the session: start it now, so that every snapshot includes it.
+_tracker.start()
 
 
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep .hypothesis/ out of the checkout

@@ -1,0 +1,159 @@
+"""Who removes a run's folder, and when: never a forked child (it owns none of its parent's
+folders), always the program that made it, even when it ends by a signal (the folder
+tracker), and without blocking the event loop while a large array is being written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import psutil
+import pytest
+
+from aioparallel import Parallel, _memmap, delayed
+from tests.helpers import square
+
+ROOT = Path(__file__).resolve().parents[1]
+BIG = 200_000  # float64 elements: 1.6 MB, above the default max_nbytes of 1M
+LIMIT = 30.0
+
+
+def run_folders(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.name.startswith("aioparallel-"))
+
+
+def wait_until(condition: Any, limit: float = LIMIT) -> bool:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# -- a forked child owns none of its parent's folders ------------------------------------------
+
+
+def test_forked_child_exit_leaves_the_parents_run_alone(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.temp_cleanup_script", "fork", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=LIMIT * 2,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout.decode().splitlines()[-1])
+    expected = float(np.arange(BIG, dtype=np.float64).sum())
+    assert report == {"child_status": 0, "results": [expected, expected]}, report
+    assert run_folders(tmp_path / "base") == []  # the parent removed it at the run's end
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_runs_without_files_leave_no_name_in_the_registry() -> None:
+    before = set(_memmap._live_folders)
+    p = Parallel(n_jobs=2)
+    for _ in range(200):
+        assert await p(delayed(square)(i) for i in range(2)) == [0, 1]
+    assert len(_memmap._live_folders - before) == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_registry_forgets_a_removed_folder(tmp_path: Path) -> None:
+    before = set(_memmap._live_folders)
+    await Parallel(n_jobs=2, temp_folder=tmp_path)([delayed(sum)(np.ones(BIG))])
+    assert not _memmap._live_folders - before
+    assert run_folders(tmp_path) == []
+
+
+# -- a program killed by a signal leaves no folder ---------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_program_leaves_no_folder(tmp_path: Path, signum: int) -> None:
+    log = (tmp_path / "stderr.txt").open("wb")
+    program = subprocess.Popen(
+        [sys.executable, "-m", "tests.temp_cleanup_script", "sigterm", str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+    )
+    procs: list[psutil.Process] = []
+    try:
+        ready = wait_until((tmp_path / "ready").exists)
+        assert ready, (tmp_path / "stderr.txt").read_text()
+        assert len(run_folders(tmp_path / "base")) == 1
+        procs = psutil.Process(program.pid).children(recursive=True)
+        program.send_signal(signum)
+        assert program.wait(LIMIT) == -signum  # the signal's own exit status, kept
+        gone = wait_until(lambda: not run_folders(tmp_path / "base"))
+        assert gone, f"{run_folders(tmp_path / 'base')} left behind"
+        _, alive = psutil.wait_procs(procs, timeout=LIMIT)
+        assert not alive, f"{alive} outlived the program"
+    finally:
+        if program.poll() is None:
+            program.kill()
+            program.wait(LIMIT)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        log.close()
+
+
+# -- the event loop never waits for a file write -----------------------------------------------
+
+
+def wait_for_another_file(arr: Any) -> int:
+    """In the worker: return once another array file is being written in the run's folder."""
+    folder, mine = os.path.split(arr.filename)
+    deadline = time.monotonic() + LIMIT
+    while time.monotonic() < deadline:
+        names = os.listdir(folder)
+        if any(n.startswith("array-") and n != mine for n in names):
+            return 0
+        time.sleep(0.001)
+    raise TimeoutError("no other array file appeared")
+
+
+def first(arr: Any) -> float:
+    return float(arr[0])
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_loop_runs_while_a_large_array_is_written(tmp_path: Path) -> None:
+    small = np.ones(BIG)
+    large = np.ones(50_000_000)  # 400 MB
+    gaps: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done:
+            await anyio.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        # the first call's batch ends (and releases its file) while the second's array is
+        # being written
+        results = await Parallel(n_jobs=2, batch_size=1, temp_folder=tmp_path)(
+            [delayed(wait_for_another_file)(small), delayed(first)(large)]
+        )
+        done = True
+    assert results == [0, 1.0]
+    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f} s"
