@@ -109,6 +109,7 @@ def _unsized(n: int) -> Iterator[Any]:
 
 @pytest.mark.asyncio
 async def test_a_huge_n_jobs_over_a_short_unsized_input_does_not_stall_the_loop() -> None:
+    assert await Parallel(n_jobs=2, backend="threads")(_unsized(2)) == [0, 1]  # imports done
     began = time.perf_counter()
     async with Heartbeat() as beat:
         results = await Parallel(n_jobs=100_000, backend="threads")(_unsized(8))
