@@ -4,7 +4,7 @@
 
     user iterable ──Source.take(n)──► lane 1 ──run_batch──► worker ┐
        (lazy)        ▲ Budget           lane 2 ──run_batch──► worker ├─ Backend
-                     │ (pre_dispatch)   ...   (n_workers lanes)     ┘
+                     │ (pre_dispatch)   ...   (≤ n_workers lanes)   ┘
                      │                   │
                      └── released by ◄── Sink ◄──put(start, values)── lanes
                                          │   list / ordered stream / unordered stream
@@ -12,13 +12,16 @@
                                        caller          lanes ──counts──► ProgressReporter task
 
 Each lane takes the next consecutive batch (under a lock, so batches are numbered in input
-order), runs it on one worker, learns its duration for auto batching, and hands the values to
-the sink. The first failure (a task error without ``return_exceptions``, or an error of the
-input itself) is recorded and cancels the task group; it is re-raised unwrapped, with its own
-type, once every lane has stopped and the backend has cleaned up. A task's exception of any
-type is its outcome (a ``Failure`` in its slot), never the run's own cancellation; only a
-``StopIteration``/``StopAsyncIteration`` is wrapped in a ``RuntimeError`` naming the task, as
-it cannot leave a coroutine or an async iterator as itself (PEP 479).
+order), runs it on one worker, learns its duration for auto batching, and hands the values
+to the sink. A lane that took a batch starts the next lane, until there are as many as
+batches the backend runs at once: a short input gets a lane per batch (and one that finds
+its end), whatever ``n_jobs`` says. The first failure (a task error without
+``return_exceptions``, or an error of the input itself) is recorded and cancels the task
+group; it is re-raised unwrapped, with its own type, once every lane has stopped and the
+backend has cleaned up. A task's exception of any type is its outcome (a ``Failure`` in its
+slot), never the run's own cancellation; only a ``StopIteration``/``StopAsyncIteration`` is
+wrapped in a ``RuntimeError`` naming the task, as it cannot leave a coroutine or an async
+iterator as itself (PEP 479).
 
 At the end, an async generator input we stopped consuming is closed, shielded from the
 caller's cancellation but bounded by ``SOURCE_CLOSE_GRACE``: a generator whose ``finally``
@@ -100,6 +103,8 @@ class Run:
         #: of each batch tell): auto batching learns per function, across runs.
         self._func: Any = _NOTHING
         self._lanes: anyio.abc.TaskGroup | None = None
+        #: Lanes the run may still start (``_run_lanes``).
+        self._unstarted_lanes = 0
 
     async def execute(self) -> None:
         """Run to completion; raise the first error with its own type."""
@@ -125,13 +130,15 @@ class Run:
             raise self.error
 
     async def _run_lanes(self, run_batch: RunBatch) -> None:
+        """Lanes start as the input proves there is work for them, up to one per batch the
+        backend runs at once: a lane that takes a batch starts the next one, so 8 calls on
+        ``n_jobs=100_000`` start 9 lanes, not 100,000 (5 s of a blocked loop)."""
+        n_lanes = max(1, self.backend.n_workers) * batches_per_worker(self.backend)
+        if self.source.total is not None:
+            n_lanes = max(1, min(n_lanes, self.source.total))
+        self._unstarted_lanes = n_lanes - 1
         async with anyio.create_task_group() as lanes:
             self._lanes = lanes
-            n_lanes = max(1, self.backend.n_workers) * batches_per_worker(self.backend)
-            if self.source.total is not None:
-                n_lanes = max(1, min(n_lanes, self.source.total))
-            for _ in range(n_lanes - 1):
-                lanes.start_soon(self._lane, run_batch)
             await self._lane(run_batch)
         if self.error is None:
             self.batcher.remember(self._func)
@@ -224,6 +231,10 @@ class Run:
                 return
             if not calls:
                 return
+            if self._unstarted_lanes and not self.source.exhausted:  # more work may follow
+                self._unstarted_lanes -= 1
+                assert self._lanes is not None
+                self._lanes.start_soon(self._lane, run_batch)
             batch = Batch(start, calls)
             began = time.perf_counter()
             values = await run_batch(batch)

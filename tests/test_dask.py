@@ -8,6 +8,7 @@ scheduler (its task table, a plugin) or to hold a task with a ``threading.Event`
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from aioparallel import (
 from aioparallel._backends._base import Batch, Failure, RunOptions
 from aioparallel._backends._dask import DaskBackend
 from aioparallel._call import Call
+from benchmarks.probes import Heartbeat
 from tests import dask_cluster
 from tests.conftest import LeakCheck
 from tests.dask_cluster import (
@@ -53,6 +55,7 @@ from tests.dask_cluster import (
     type_name,
     wait_for_gate,
 )
+from tests.test_loop_lag import MANY, MAX_LAG_MS, many_small_objects
 
 
 def calls(func: Any, xs: Any) -> list[Call[Any]]:
@@ -222,6 +225,22 @@ async def test_batches_in_order_with_kwargs(external: ExternalCluster) -> None:
             pids = [await run_batch(Batch(0, calls(pid, [0]))) for _ in range(2)]
             assert {p for [p] in pids} <= external.worker_pids()
         assert client.status == "running"  # a passed client is the user's: never closed
+
+
+@pytest.mark.asyncio
+async def test_a_result_of_many_small_objects_does_not_stall_the_loop(
+    external: ExternalCluster,
+) -> None:
+    async with (
+        DaskBackend(address=external.address) as backend,
+        backend.open_run(RunOptions()) as run_batch,
+    ):
+        assert await run_batch(Batch(0, calls(many_small_objects, [2]))) == [[(0, "0"), (1, "1")]]
+        gc.collect()  # settle the full collection pytest's heap owes (see test_loop_lag)
+        async with Heartbeat() as beat:
+            (result,) = await run_batch(Batch(0, calls(many_small_objects, [MANY])))
+    assert result == many_small_objects(MANY)
+    assert beat.max_ms < MAX_LAG_MS, beat.max_ms
 
 
 @pytest.mark.asyncio

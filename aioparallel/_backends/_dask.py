@@ -35,7 +35,7 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -57,6 +57,7 @@ from .._errors import (
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._dask_worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
 from ._setup import Initializer, initializer_error
+from ._unpickling import loads_yielding
 
 __all__ = ["DaskBackend"]
 
@@ -351,7 +352,9 @@ class _DaskRun:
         ran, outcomes = answer
         batch.started = time.perf_counter() - ran  # auto batching times the work, not the wait
         if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
-            return await anyio.to_thread.run_sync(_unpack, batch, outcomes, options.stop_on_error)
+            return await anyio.to_thread.run_sync(
+                _unpack, batch, outcomes, options.stop_on_error, loads_yielding
+            )
         return _unpack(batch, outcomes, options.stop_on_error)
 
     async def _rerun_alone(self, batch: Batch) -> list[Any]:
@@ -490,10 +493,16 @@ def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
     return failures
 
 
-def _unpack(batch: Batch, outcomes: list[Outcome | None], stop_on_error: bool) -> list[Any]:
+def _unpack(
+    batch: Batch,
+    outcomes: list[Outcome | None],
+    stop_on_error: bool,
+    loads: Callable[[bytes], Any] = pickle.loads,
+) -> list[Any]:
     """Unpickle the worker's outcomes; a task error gets its index and remote traceback.
     (None: an async call dropped after another failed with ``stop_on_error``; its slot keeps
-    the place of the failure after it, and is never read, as the run stops there.)"""
+    the place of the failure after it, and is never read, as the run stops there.)
+    In a thread, ``loads`` is ``loads_yielding``: ``pickle.loads`` holds the GIL throughout."""
     results: list[Any] = []
     for offset, outcome in enumerate(outcomes):
         if outcome is None:
@@ -502,7 +511,7 @@ def _unpack(batch: Batch, outcomes: list[Outcome | None], stop_on_error: bool) -
         kind, blob = outcome
         index, name = batch.start + offset, function_name(batch.calls[offset].func)
         try:
-            loaded = pickle.loads(blob)
+            loaded = loads(blob)
         except Exception as exc:
             unpickling = UnpicklingError(
                 f"the result of task {index} ({name}) could not be unpickled: {exc!r}"

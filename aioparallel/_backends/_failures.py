@@ -201,8 +201,8 @@ def closed_error(index: int, name: str, pid: int | None) -> WorkerCrashedError:
     else:
         what = f"while task {index} ({name}) was running; its worker process {pid} was killed"
     error = WorkerCrashedError(
-        f"the Parallel's worker pool was closed (its 'async with' block was left) {what}. Leave 'async with Parallel()' only after the calls made on it "
-        "have finished.",
+        f"the Parallel's worker pool was closed (its 'async with' block was left) {what}. "
+        "Leave 'async with Parallel()' only after the calls made on it have finished.",
         task_index=index,
     )
     attach_task(error, index, name)
