@@ -15,6 +15,7 @@ when it runs again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import threading
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ class LoopThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-dead-loop")
         self.thread.start()
 
-    def start(self, coro: Any) -> asyncio.Future[Any]:
+    def start(self, coro: Any) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
@@ -119,7 +120,7 @@ def test_a_closed_loop_s_waiter_is_dropped_and_its_place_reused(forget_zombies: 
         return pool_box[0]
 
     dead = LoopThread()
-    pool = dead.start(make()).result(LIMIT)
+    pool: Pool = dead.start(make()).result(LIMIT)
 
     async def main() -> None:
         with anyio.fail_after(LIMIT):
@@ -153,7 +154,7 @@ def test_a_stopped_loop_s_waiter_is_not_handed_a_worker_it_cannot_use() -> None:
     async def make() -> Pool:
         return Pool(1)
 
-    pool = dead.start(make()).result(LIMIT)
+    pool: Pool = dead.start(make()).result(LIMIT)
 
     async def take_and_give_back() -> int:
         worker = await pool.acquire()
