@@ -7,7 +7,9 @@ process-wide, one per ``n_jobs`` and worker setup: they outlive event loops, so 
 ``asyncio.run`` calls, trio runs and loops in other threads reuse the same workers (SPEC §1).
 Nothing in them is bound to a loop: the roster's state is behind a lock and its waiters are
 woken in their own loops (``_crossloop``); a reaper thread, alive while a worker is idle,
-stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle one now.
+stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle one now. A
+loop closed while its tasks held workers never gives them back: the pool takes them back
+(``Pool.reclaim``), so one test runner that closes its loops early cannot wedge it.
 """
 
 from __future__ import annotations
