@@ -183,3 +183,35 @@ def test_a_stopped_loop_s_waiter_is_not_handed_a_worker_it_cannot_use() -> None:
             dead.resume()
         dead.stop()
         dead.loop.close()
+
+
+def test_a_waiter_gets_the_workers_of_a_loop_closed_while_it_waits(forget_zombies: None) -> None:
+    """The holder's loop is closed after the other loop's task started waiting: nobody gives
+    the worker back, so the waiter looks again (``Pool.RECHECK``) and takes it back."""
+    dead = LoopThread()
+
+    async def make() -> Pool:
+        return Pool(1)
+
+    pool: Pool = dead.start(make()).result(LIMIT)
+    held = dead.start(pool.acquire()).result(LIMIT)
+
+    async def main() -> int:
+        with anyio.fail_after(LIMIT):
+            async with anyio.create_task_group() as tg:
+                got: list[int] = []
+
+                async def take() -> None:
+                    worker = await pool.acquire()
+                    got.append(worker.pid)
+                    await pool.release(worker)
+
+                tg.start_soon(take)
+                await _until(lambda: pool._roster.waiters)
+                dead.stop()
+                dead.loop.close()
+            await pool.close()
+        return got[0]
+
+    assert asyncio.run(main()) != held.pid
+    assert h.wait_gone([held.pid], 10.0) == []
