@@ -35,7 +35,10 @@ def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], 
     """Start ``fn()`` outside the caller's scope; return a sync function that cancels it.
 
     Cancellation goes through an anyio scope, not ``task.cancel()``: anyio's shielded cleanup
-    scopes hold against the former only.
+    scopes hold against the former only. The function may be called from any thread (a
+    stream's finalizer runs wherever the garbage collector does): the scope is cancelled in
+    its loop's own thread, as loops and cancel scopes are not thread-safe. Once the loop is
+    gone it raises ``RuntimeError`` or does nothing.
     """
     import anyio
 
@@ -51,8 +54,16 @@ def spawn_detached(fn: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], 
     if _in_trio():
         import trio
 
+        token = trio.lowlevel.current_trio_token()
         trio.lowlevel.spawn_system_task(host, context=contextvars.copy_context())
-        return scope.cancel
+
+        def cancel_trio() -> None:
+            if _in_trio() and trio.lowlevel.current_trio_token() is token:
+                scope.cancel()
+            else:  # raises RunFinishedError (a RuntimeError) once the run has ended
+                token.run_sync_soon(scope.cancel)
+
+        return cancel_trio
 
     import asyncio
 

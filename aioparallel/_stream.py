@@ -8,7 +8,8 @@ up exactly as a cancelled ``await`` does, and waits for the cleanup to finish.
 
 Python's ``async for`` does not close its iterator on ``break``: a stream held in a variable
 keeps its run going until it is closed or garbage-collected. The finalizer still cancels the
-run, but warns (``ResourceWarning``) so the missing ``async with`` gets noticed.
+run (from whatever thread the collector runs in: the cancel goes through the run's own loop),
+but warns (``ResourceWarning``) so the missing ``async with`` gets noticed.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ each in a thread of its own (blocking portals), a worker acquired in one may be 
 the other, and the reaper (synchronous) runs in the test's own thread, as the shared pools'
 reaper thread does.
 
+A loop may also end without its tasks' cleanup (``loop.stop()`` then ``loop.close()``, as
+older pytest-asyncio did) while one of them holds a worker or waits for one: what it held is
+taken back by the next ``acquire`` that finds no idle worker, by the reaper, or by ``close``.
+
 ``test_reaper_racing_acquires_keeps_the_bound`` pins the race the first release had: the idle
 reaper awaited a worker's exit while the worker was still in the idle list; ``acquire`` took
 it, found it dead and freed its place a second time, so the pool spawned past ``size``.
@@ -19,8 +23,11 @@ it, found it dead and freed its place a second time, so the pool spawned past ``
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from typing import Any, TypeVar
@@ -60,6 +67,8 @@ class PoolMachine(RuleBasedStateMachine):
         # idle_timeout 0: the reaper stops every idle worker it finds
         self.pool = self.portal.call(self._make_pool)
         self.held: list[WorkerProcess] = []
+        #: Workers taken by loops that were closed without their tasks' cleanup.
+        self.orphans: list[WorkerProcess] = []
         self.closed = False
 
     def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, loop: int = 0) -> T:
@@ -81,6 +90,30 @@ class PoolMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject, healthy: bool, loop: int) -> None:
         worker = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
         self._call(self.pool.release, worker, healthy, loop=loop)
+
+    @precondition(lambda self: not self.closed and len(self.held) + self._orphans() < SIZE)
+    @rule(waits=st.booleans())
+    def a_loop_dies_holding(self, waits: bool) -> None:
+        """A loop in a thread of its own takes a worker (and, if ``waits``, a task of it
+        queues for another once the pool is full), then is stopped and closed: its tasks'
+        cleanup never runs."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever)
+        thread.start()
+        try:
+            taking = asyncio.run_coroutine_threadsafe(_bounded(self.pool.acquire), loop)
+            self.orphans.append(taking.result(STEP_LIMIT))
+            if waits and len(self.held) + self._orphans() == SIZE:
+                asyncio.run_coroutine_threadsafe(self.pool.acquire(), loop)
+                _wait_until(lambda: bool(self.pool._roster.waiters))
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(STEP_LIMIT)
+            loop.close()
+
+    def _orphans(self) -> int:
+        """Workers still held by a loop that is gone."""
+        return sum(w in self.pool._roster.busy for w in self.orphans)
 
     @rule()
     def reap_idle(self) -> None:
@@ -132,6 +165,7 @@ class PoolMachine(RuleBasedStateMachine):
         }
         assert pids == counted - reaped
         assert roster.count == len(counted)
+        assert not roster.spawning and not roster.retiring  # between steps, all settled
         if self.closed:
             assert not pids
 
@@ -151,6 +185,13 @@ PoolMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_pool_state_machine = PoolMachine.TestCase
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + STEP_LIMIT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 # -- the reported race, pinned ------------------------------------------------------------------

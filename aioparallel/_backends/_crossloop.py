@@ -6,6 +6,8 @@ the same time (SPEC §1), so none of its state may be bound to a loop:
 - ``Signal``: a one-shot flag that any thread sets and any task of any loop (asyncio or
   trio) awaits; the wake-up is delivered into the waiting task's own loop
   (``call_soon_threadsafe``, or the trio token's ``run_sync_soon``).
+- ``LoopRef``: the loop a task runs in, as another thread sees it: running, stopped (it may
+  run again) or gone for good, so that what a gone loop held can be taken back.
 - ``Reaper``: a daemon thread that runs a function at the times it asks for (the idle
   timeout), alive only while that function has something to wait for, so no thread is left
   behind once no worker is idle.
@@ -16,13 +18,15 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from typing import Literal
 
 import anyio
 
 from .._detached import _in_trio
 
-__all__ = ["Reaper", "Signal", "call_soon"]
+__all__ = ["LoopRef", "Reaper", "Signal", "call_soon"]
 
 
 def call_soon(callback: Callable[[], object]) -> None:
@@ -36,6 +40,59 @@ def call_soon(callback: Callable[[], object]) -> None:
     import asyncio
 
     asyncio.get_running_loop().call_soon(callback)
+
+
+LoopState = Literal["running", "stopped", "gone"]
+
+
+def _noop() -> None:
+    pass
+
+
+class LoopRef:
+    """The event loop (asyncio) or trio run of the calling task, as seen from any thread.
+
+    An asyncio loop can be stopped and closed with tasks still pending (``loop.stop()``, then
+    ``loop.close()``: older pytest-asyncio did that), and those tasks never run their cleanup:
+    what they hold must be taken back by others. A stopped loop may run again
+    (``run_until_complete`` in bursts), so only a closed (or collected) one is gone. A trio
+    run cancels and finishes all its tasks before it ends, so it is only ever "running", or
+    "gone" once it has ended. Weak for asyncio: it does not keep a dead loop alive.
+    """
+
+    __slots__ = ("_loop", "_token")
+
+    def __init__(self) -> None:
+        self._loop: weakref.ref[object] | None = None
+        self._token: object = None
+        if _in_trio():
+            import trio
+
+            self._token = trio.lowlevel.current_trio_token()
+        else:
+            import asyncio
+
+            self._loop = weakref.ref(asyncio.get_running_loop())
+
+    def state(self) -> LoopState:
+        """Whether the loop runs now, is stopped (asyncio; it may run again) or is gone."""
+        if self._loop is None:
+            return self._trio_state()
+        loop = self._loop()
+        if loop is None or loop.is_closed():  # type: ignore[attr-defined]
+            return "gone"
+        return "running" if loop.is_running() else "stopped"  # type: ignore[attr-defined]
+
+    def _trio_state(self) -> LoopState:
+        import trio
+
+        if _in_trio() and trio.lowlevel.current_trio_token() is self._token:
+            return "running"
+        try:  # the only way to ask from outside: a no-op callback
+            self._token.run_sync_soon(_noop)  # type: ignore[attr-defined]
+        except trio.RunFinishedError:
+            return "gone"
+        return "running"
 
 
 def _loop_waker(event: anyio.Event) -> Callable[[], bool]:

@@ -7,7 +7,9 @@ process-wide, one per ``n_jobs`` and worker setup: they outlive event loops, so 
 ``asyncio.run`` calls, trio runs and loops in other threads reuse the same workers (SPEC §1).
 Nothing in them is bound to a loop: the roster's state is behind a lock and its waiters are
 woken in their own loops (``_crossloop``); a reaper thread, alive while a worker is idle,
-stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle one now.
+stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle one now. A
+loop closed while its tasks held workers never gives them back: the pool takes them back
+(``Pool.reclaim``), so one test runner that closes its loops early cannot wedge it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 import anyio
 
-from ._crossloop import Reaper, Signal, call_soon
+from ._crossloop import LoopRef, Reaper, Signal, call_soon
 from ._setup import PLAIN, WorkerSetup
 from ._worker_process import WorkerProcess, forget_live_pids
 
@@ -59,10 +61,11 @@ class _Waiter:
     """A task waiting for a worker or a place; woken in its own event loop, from any
     thread."""
 
-    __slots__ = ("handed", "signal")
+    __slots__ = ("handed", "holder", "signal")
 
-    def __init__(self) -> None:
+    def __init__(self, holder: LoopRef) -> None:
         self.signal = Signal()
+        self.holder = holder  # the loop the waiting task runs in
         self.handed: Any = None  # a WorkerProcess, _PLACE, or None (nothing, or closed)
 
 
@@ -73,30 +76,48 @@ class _Roster:
     change.
 
     A place is the permission to have one worker process; it counts from the moment a
-    spawn is allowed until the process is reaped::
+    spawn is allowed until the process is reaped (``count`` is the places in all four
+    states)::
 
                   claim()               spawned(w)              release(w)
           free ───────────> spawning ─────────────> busy <──────────────────> idle
            ^ ^                 │                    │  │       take()          │
-           │ └── free_place() ─┘                    │  └── (release: handed to a waiter)
+           │ └─── abandon() ───┘                    │  └── (release: handed to a waiter)
            │                           retire(w)    │                          │
-           └──── free_place() ── retiring <─────────┴───────── retire_idle() ──┘
+           └─ free_place(w) ─── retiring <──────────┴───────── retire_idle() ──┘
+                                   ^     reclaim()  │
+                                   └────────────────┘ (busy, held by a loop that is gone)
 
-    ``free_place()`` and ``release()`` hand the place (to spawn in) or the worker straight
-    to the first waiter, if any: it then stays counted. Waiters are served by their run's
-    ticket, then in arrival order: the run that started first gets every worker it asks for
-    before later runs, so under load runs finish in the order they came (a web backend
-    answers its first requests first) instead of all at the end. (A waiter whose loop has
-    ended, a task abandoned without its cleanup, is skipped.) ``close()`` wakes every waiter
-    empty-handed and sends every idle worker to ``retiring``; busy ones stay with their
-    holders, which retire them when they give them back (``release`` refuses them).
+    A spawning place and a busy worker are held by a loop (``LoopRef``): the waiting or
+    taking task's. A loop closed while its tasks held them never runs their cleanup, so
+    ``reclaim()`` takes them back: such busy workers go to ``retiring`` (the caller stops
+    them, then frees their places), such spawning places are freed, such waiters dropped.
+    A late cleanup of the closed loop's task (its coroutine closed when collected) then finds
+    nothing: ``release``, ``retire``, ``free_place`` and ``abandon`` ignore what they do not
+    hold.
+
+    ``abandon()``, ``free_place()`` and ``release()`` hand the place (to spawn in) or the
+    worker straight to the first waiter, if any: it then stays counted. Waiters are served
+    by their run's ticket, then in arrival order: the run that started first gets every worker
+    it asks for before later runs, so under load runs finish in the order they came (a web
+    backend answers its first requests first) instead of all at the end. A waiter whose loop
+    is stopped is passed over (it stays in line: nothing handed to it could be used until its
+    loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
+    line again from what is free (a stopped loop's waiter, running again, asks for it).
+    ``close()`` wakes every waiter empty-handed and sends every idle worker to ``retiring``;
+    busy ones stay with their holders, which retire them when they give them back
+    (``release`` refuses them).
     """
 
     def __init__(self, size: int):
         self.size = size
-        self.count = 0
         self.idle: list[WorkerProcess] = []
         self.busy: set[WorkerProcess] = set()
+        #: The loop each busy worker is held in.
+        self.holders: dict[WorkerProcess, LoopRef] = {}
+        #: The loop of each place being spawned in (one entry per place).
+        self.spawning: list[LoopRef] = []
+        self.retiring: set[WorkerProcess] = set()
         #: (run ticket, arrival, waiter), a heap: the first is served first.
         self.waiters: list[tuple[int, int, _Waiter]] = []
         self._arrivals = itertools.count()
@@ -104,26 +125,33 @@ class _Roster:
         self._emptied = Signal()
         self._lock = threading.Lock()
 
-    def take(self) -> WorkerProcess | None:
+    @property
+    def count(self) -> int:
+        """The places taken, in any state."""
+        return len(self.idle) + len(self.busy) + len(self.spawning) + len(self.retiring)
+
+    def take(self, holder: LoopRef) -> WorkerProcess | None:
         """idle -> busy: the most recently used idle worker (alive or not), if any."""
         with self._lock:
             if not self.idle:
                 return None
             worker = self.idle.pop()
-            self.busy.add(worker)
+            self._hold(worker, holder)
             return worker
 
-    def claim(self, ticket: int = 0) -> _Waiter | None:
+    def claim(self, holder: LoopRef, ticket: int = 0) -> _Waiter | None:
         """free -> spawning if a place is free (None); else a waiter queued, by ``ticket``,
-        for the next worker or place given back."""
+        for the next worker or place given back (handed one at once if a live worker is
+        idle: given back since the caller looked)."""
         with self._lock:
             if self.closed:
                 raise PoolClosedError("the worker pool is shut down")
             if self.count < self.size:
-                self.count += 1
+                self.spawning.append(holder)
                 return None
-            waiter = _Waiter()
+            waiter = _Waiter(holder)
             heapq.heappush(self.waiters, (ticket, next(self._arrivals), waiter))
+            self._offer_idle()
             return waiter
 
     def withdraw(self, waiter: _Waiter) -> Any:
@@ -136,29 +164,34 @@ class _Roster:
                     self.waiters[:] = kept
             return waiter.handed
 
-    def spawned(self, worker: WorkerProcess) -> None:
+    def spawned(self, worker: WorkerProcess, holder: LoopRef) -> None:
         """spawning -> busy."""
         with self._lock:
-            self.busy.add(worker)
+            self.spawning.remove(holder)
+            self._hold(worker, holder)
 
     def release(self, worker: WorkerProcess) -> Literal["handed", "idle", "refused"]:
         """busy -> idle, or to the first waiter (still busy). A closed roster takes no worker
-        back: busy -> retiring ("refused"; the holder stops it, then frees its place)."""
+        back: busy -> retiring ("refused"; the holder stops it, then frees its place); nor one
+        it no longer counts (reclaimed: "refused", and the holder's stop finds it stopped)."""
         with self._lock:
-            assert worker in self.busy
+            if worker not in self.busy:
+                return "refused"
+            self._unhold(worker)
             if self.closed:
-                self.busy.discard(worker)
+                self.retiring.add(worker)
                 return "refused"
             if self._hand(worker):
                 return "handed"
-            self.busy.discard(worker)
             self.idle.append(worker)
             return "idle"
 
     def retire(self, worker: WorkerProcess) -> None:
         """busy -> retiring: its holder now kills and reaps it, then calls free_place()."""
         with self._lock:
-            self.busy.discard(worker)
+            if worker in self.busy:
+                self._unhold(worker)
+                self.retiring.add(worker)
 
     def retire_idle(self, expired: Callable[[WorkerProcess], bool]) -> list[WorkerProcess]:
         """idle -> retiring, for each idle worker that ``expired`` says must go."""
@@ -168,21 +201,49 @@ class _Roster:
             for worker in self.idle:
                 (going if expired(worker) else keep).append(worker)
             self.idle[:] = keep
+            self.retiring.update(going)
             return going
+
+    def reclaim(self) -> list[WorkerProcess]:
+        """What loops that are gone held: their busy workers -> retiring (returned: the caller
+        stops them, then calls free_place()); their spawning places -> free, or to the first
+        waiter; their waiters dropped. Then what is free goes to the waiters (``offer``)."""
+        with self._lock:
+            gone = [w for w in self.busy if self.holders[w].state() == "gone"]
+            for worker in gone:
+                self._unhold(worker)
+                self.retiring.add(worker)
+            self.spawning[:] = [h for h in self.spawning if h.state() != "gone"]
+            kept = [entry for entry in self.waiters if entry[2].holder.state() != "gone"]
+            if len(kept) != len(self.waiters):
+                heapq.heapify(kept)
+                self.waiters[:] = kept
+            self._offer()
+            return gone
+
+    def offer(self) -> None:
+        """Free places and live idle workers to the waiters whose loops run."""
+        with self._lock:
+            self._offer()
 
     def oldest_idle(self) -> float | None:
         """When the least recently used idle worker was last used; None if none is idle."""
         with self._lock:
             return min((w.last_used for w in self.idle), default=None)
 
-    def free_place(self) -> None:
-        """spawning or retiring -> free, or (spawning) to the first waiter."""
+    def abandon(self, holder: LoopRef) -> None:
+        """spawning -> free, or to the first waiter: the place was not spawned in."""
         with self._lock:
-            if not self.closed and self._hand(_PLACE):
-                return
-            self.count -= 1
-            if self.closed and self.count == 0:
-                self._emptied.set()
+            if holder in self.spawning:
+                self.spawning.remove(holder)
+                self._offer()
+
+    def free_place(self, worker: WorkerProcess) -> None:
+        """retiring -> free, or to the first waiter: ``worker`` is reaped."""
+        with self._lock:
+            if worker in self.retiring:
+                self.retiring.discard(worker)
+                self._offer()
 
     def close(self) -> tuple[list[WorkerProcess], list[WorkerProcess]]:
         """Refuse new claims, wake every waiter empty-handed; the idle workers, now retiring,
@@ -192,25 +253,78 @@ class _Roster:
             while self.waiters:
                 heapq.heappop(self.waiters)[2].signal.set()
             idle, self.idle = self.idle, []
-            if self.count == 0:
-                self._emptied.set()
+            self.retiring.update(idle)
+            self._offer()
             return idle, list(self.busy)
 
     async def emptied(self) -> None:
         """Wait until every place is free again (after ``close``)."""
         await self._emptied.wait()
 
+    def _hold(self, given: Any, holder: LoopRef) -> None:
+        if given is _PLACE:
+            self.spawning.append(holder)
+        else:
+            self.busy.add(given)
+            self.holders[given] = holder
+
+    def _unhold(self, given: Any) -> None:
+        self.busy.discard(given)
+        self.holders.pop(given, None)
+
+    def _offer(self) -> None:
+        """Free places, then live idle workers, to the waiters; once closed, see whether the
+        last place is free."""
+        if self.closed:
+            if self.count == 0:
+                self._emptied.set()
+            return
+        while self.waiters and self.count < self.size:
+            if not self._hand(_PLACE):
+                break
+        self._offer_idle()
+
+    def _offer_idle(self) -> None:
+        while self.waiters and self.idle:
+            live = [w for w in self.idle if w.alive]
+            if not live:
+                return
+            worker = live[-1]
+            self.idle.remove(worker)
+            if not self._hand(worker):
+                self.idle.append(worker)
+                return
+
     def _hand(self, given: Any) -> bool:
-        """Give ``given`` to the first waiter whose loop still runs (True); False if none."""
-        while self.waiters:
-            waiter = heapq.heappop(self.waiters)[2]
-            waiter.handed = given
-            if given is not _PLACE:
-                self.busy.add(given)
-            if waiter.signal.set():
-                return True
-            waiter.handed = None  # its loop is gone, and the task with it
-        return False
+        """Give ``given`` to the first waiter whose loop runs (True); False if none. Waiters
+        whose loop is stopped keep their place in line; those whose loop is gone leave it."""
+        passed: list[tuple[int, int, _Waiter]] = []
+        try:
+            while self.waiters:
+                entry = heapq.heappop(self.waiters)
+                waiter = entry[2]
+                state = waiter.holder.state()
+                if state == "stopped":
+                    passed.append(entry)
+                    continue
+                if state == "gone":
+                    continue
+                waiter.handed = given
+                self._hold(given, waiter.holder)
+                if waiter.signal.set():
+                    return True
+                waiter.handed = None  # its loop ended just now, and the task with it
+                self._unhold_any(given, waiter.holder)
+            return False
+        finally:
+            for entry in passed:
+                heapq.heappush(self.waiters, entry)
+
+    def _unhold_any(self, given: Any, holder: LoopRef) -> None:
+        if given is _PLACE:
+            self.spawning.remove(holder)
+        else:
+            self._unhold(given)
 
 
 class Pool:
@@ -228,6 +342,8 @@ class Pool:
     CLOSE_WAIT = 5.0
     #: How long a worker asked to exit (end of its request pipe) gets before it is killed.
     STOP_WAIT = 1.0
+    #: How often a waiting task looks for what loops that are gone held.
+    RECHECK = 1.0
 
     def __init__(
         self,
@@ -250,46 +366,66 @@ class Pool:
     async def acquire(self, ticket: int = 0) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
         caller waits behind runs of earlier ``ticket`` (``run_ticket()``). Raises
-        ``PoolClosedError`` once the pool is shut down."""
+        ``PoolClosedError`` once the pool is shut down.
+
+        A waiter looks again every ``RECHECK`` seconds: a loop closed while its tasks held
+        workers says so to nobody, and a worker given back while the waiter's own loop was
+        stopped went to the idle list."""
         roster = self._roster
+        holder = LoopRef()
         while not roster.closed:
-            worker = roster.take()
+            worker = roster.take(holder)
             if worker is None:
                 break
             if worker.alive:
                 return worker
             with anyio.CancelScope(shield=True):  # died while idle
                 await self.release(worker, healthy=False)
-        waiter = roster.claim(ticket)
+        self.reclaim()
+        waiter = roster.claim(holder, ticket)
         if waiter is not None:
             waited = False
             try:
-                await waiter.signal.wait()
-                waited = True
+                while not waited:
+                    with anyio.move_on_after(self.RECHECK):
+                        await waiter.signal.wait()
+                        waited = True
+                    if not waited:
+                        self.reclaim()
+                        roster.offer()
             finally:
                 handed = roster.withdraw(waiter)
                 if not waited and handed is not None:  # handed over as we were cancelled
-                    await self._give_back(handed)
+                    await self._give_back(handed, holder)
             if handed is None:
                 raise PoolClosedError("the worker pool is shut down")
             if handed is not _PLACE:
                 return handed  # type: ignore[no-any-return]
-        return await self._spawn()
+        return await self._spawn(holder)
 
-    async def _give_back(self, handed: Any) -> None:
+    def reclaim(self) -> None:
+        """Take back what loops that are gone held (``_Roster.reclaim``): their workers are
+        killed and reaped here, synchronously (a few milliseconds each: their holders' tasks,
+        which would have, will never run again), and their places freed."""
+        gone = self._roster.reclaim()
+        for worker in gone:
+            worker.kill_now()
+        self._stop_blocking(gone)
+
+    async def _give_back(self, handed: Any, holder: LoopRef) -> None:
         if handed is _PLACE:
-            self._roster.free_place()
+            self._roster.abandon(holder)
         else:
             with anyio.CancelScope(shield=True):
                 await self.release(handed)
 
-    async def _spawn(self) -> WorkerProcess:
+    async def _spawn(self, holder: LoopRef) -> WorkerProcess:
         try:
             worker = await WorkerProcess.spawn(self.size, self.setup)
         except BaseException:
-            self._roster.free_place()
+            self._roster.abandon(holder)
             raise
-        self._roster.spawned(worker)
+        self._roster.spawned(worker, holder)
         if self.closed:  # shut down while it started
             with anyio.CancelScope(shield=True):
                 await self.release(worker, healthy=False)
@@ -306,7 +442,7 @@ class Pool:
         try:
             await worker.kill()
         finally:
-            self._roster.free_place()
+            self._roster.free_place(worker)
 
     def give_back(self, worker: WorkerProcess) -> bool:
         """``release`` of a healthy worker, synchronously (a loop callback may call it): to
@@ -324,6 +460,7 @@ class Pool:
         """Stop the idle workers past ``idle_timeout`` (or dead; or all of them), waiting for
         them, bounded: synchronous, for a thread. Seconds until the next may expire; None if
         no worker is idle any more."""
+        self.reclaim()
         now = time.monotonic()
         self._stop_blocking(
             self._roster.retire_idle(
@@ -345,7 +482,7 @@ class Pool:
             try:
                 worker.stop_blocking(deadline)
             finally:
-                self._roster.free_place()
+                self._roster.free_place(worker)
 
     async def _stop(self, worker: WorkerProcess) -> None:
         """Stop a retiring worker (kill it and its tree if it died: a crash) and free its
@@ -354,12 +491,13 @@ class Pool:
             with anyio.CancelScope(shield=True):
                 await (worker.stop() if worker.alive else worker.kill())
         finally:
-            self._roster.free_place()
+            self._roster.free_place(worker)
 
     async def close(self) -> None:
         """Stop the idle workers; kill the busy ones (a signal: their holders reap them and
         fail their calls) and wait, bounded, for them to come back. Call shielded."""
         roster = self._roster
+        self.reclaim()  # a gone loop's workers would never come back
         idle, busy = roster.close()
         for worker in busy:
             worker.kill_now()
@@ -371,7 +509,7 @@ class Pool:
 
     def forget_in_child(self) -> None:
         """In a forked child: drop the parent's workers without touching them."""
-        for worker in [*self._roster.idle, *self._roster.busy]:
+        for worker in [*self._roster.idle, *self._roster.busy, *self._roster.retiring]:
             worker.forget_in_child()
 
 
