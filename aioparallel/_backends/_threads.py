@@ -87,6 +87,8 @@ class ThreadBackend:
     exit after a while), so "a worker" is whichever thread runs a batch: the ``initializer``
     runs once in each thread before its first call of this backend's runs (an ``async with
     Parallel()`` block, or one run) — possibly on more than ``n_jobs`` threads over time.
+    Calls under a ``timeout`` run on daemon threads of this backend instead (``_timed``),
+    with the same rule for the initializer.
     """
 
     name = "threads"
