@@ -1,4 +1,4 @@
-"""Nested ``Parallel`` calls: how deep in thread workers a call is made, and joblib's cap.
+"""Nested ``Parallel`` calls: how deep in workers a call is made, and joblib's cap.
 
 A ``Parallel`` called from a task already running on a thread worker would otherwise start
 ``n_jobs`` more threads at every level of a recursion, without bound (joblib's "thread bomb").
@@ -6,12 +6,15 @@ As in joblib, a ``Parallel`` whose backend comes from ``parallel_config`` or the
 (not named in the call itself) uses:
 
 - depth 0 (the caller's own code): that backend;
-- depth 1 (a task on a thread worker): threads, where the backend would be processes;
+- depth 1 (a task on a thread worker, sync or async): threads, where the backend would be
+  processes;
 - depth 2 and more: the sequential path.
 
-A process backend named in the call below a thread worker runs sequentially too, with the
-warning joblib gives. Process workers count as nested on their own: there, a ``Parallel`` that
-names no backend runs sequentially (``_system.in_worker``, SPEC §6).
+Process workers count as nested on their own (``_system.in_worker``): there, a ``Parallel``
+that names no backend runs sequentially. A process backend named in the call, below a thread
+worker or inside a process worker, runs sequentially too, with the warning joblib gives
+(a worker starting workers of its own at every level is the process bomb); threads named
+in the call are honoured everywhere.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import ParamSpec, TypeVar
+
+from ._system import in_worker
 
 __all__ = ["cap_nesting", "deeper", "thread_depth"]
 
@@ -52,21 +57,23 @@ def deeper(func: Callable[P, R]) -> Callable[P, R]:
 
 def cap_nesting(name: str, explicit: bool, n_jobs: int | None) -> str:
     """The backend a ``Parallel`` created here runs on, given the one it resolved to."""
+    if name not in ("processes", "threads"):
+        return name
     depth = thread_depth()
-    if depth == 0 or name not in ("processes", "threads"):
-        return name
-    if explicit:
-        if name == "processes":
-            if n_jobs not in (None, 1):
-                warnings.warn(
-                    f"Process-backed parallel loops cannot be nested below threads: this "
-                    f"Parallel(n_jobs={n_jobs}, backend='processes') runs on a thread worker, "
-                    "so its calls run sequentially (n_jobs=1), as in joblib",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            return "sequential"
-        return name
-    if depth >= 2:
+    worker = in_worker()
+    if name == "processes" and (depth or worker):
+        if explicit and n_jobs not in (None, 1):
+            where = "inside a process worker" if worker else "below threads (a thread worker)"
+            warnings.warn(
+                f"Process-backed parallel loops cannot be nested {where}: this "
+                f"Parallel(n_jobs={n_jobs}, backend='processes') runs its calls sequentially "
+                "(n_jobs=1), as in joblib; name backend='threads' to run them in parallel here",
+                UserWarning,
+                stacklevel=3,
+            )
+        if not explicit and depth == 1 and not worker:
+            return "threads"
         return "sequential"
-    return "threads"
+    if explicit or depth < 2:
+        return name
+    return "sequential"
