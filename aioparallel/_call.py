@@ -104,7 +104,7 @@ def delayed(func: Callable[P, Any]) -> Callable[P, Call[Any]]:
 
     The wrapper keeps ``func``'s name, docstring and parameter types, and holds ``func``
     only as long as it is itself held. A coroutine function (``async def``) is awaited where
-    the call runs (SPEC §8), so its call is typed with the coroutine's result:
+    the call runs, so its call is typed with the coroutine's result:
     ``await Parallel()(delayed(async_f)(x) for x in xs)`` is ``list[R]``.
     """
     if not callable(func):

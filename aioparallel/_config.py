@@ -455,7 +455,7 @@ def parse_mmap_mode(mmap_mode: object) -> str:
     return str(mmap_mode)
 
 
-#: Async tasks (SPEC §8) one worker keeps in flight by default; see docs/async-tasks.md for
+#: Async tasks one worker keeps in flight by default; see docs/async-tasks.md for
 #: the measurement behind it.
 DEFAULT_WORKER_CONCURRENCY = 16
 

@@ -1,4 +1,4 @@
-"""Which calls are async (SPEC §8): detected once in the parent, so workers need not import
+"""Which calls are async: detected once in the parent, so workers need not import
 ``inspect`` and batching can give async input enough calls per worker.
 
 A call is async when its function is a coroutine function: ``async def``, a

@@ -196,7 +196,7 @@ class Run:
             return start, calls
 
     async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
-        """The input has async calls (SPEC §8): their duration is mostly waiting, so raise
+        """The input has async calls: their duration is mostly waiting, so raise
         the batch floor to keep ``worker_concurrency`` of them in flight per worker, and top
         up the batch just taken to it. Called once, under the take lock."""
         self.batcher.raise_floor(self._async_floor)

@@ -1,4 +1,4 @@
-"""Async tasks (SPEC §8) on a worker: an asyncio event loop keeps up to ``worker_concurrency``
+"""Async tasks on a worker: an asyncio event loop keeps up to ``worker_concurrency``
 coroutines of a batch in flight, so the waits of one overlap the others.
 
 Standard library only (and ``_wire``): the process worker imports this module on its first
@@ -82,7 +82,7 @@ async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
 class _Raised:
     """A task's KeyboardInterrupt or SystemExit, returned instead of raised: asyncio lets
     those escape the event loop from a task, which would end the loop (and its thread) and
-    strand every task in flight. They are the task's outcome like any other (SPEC §6)."""
+    strand every task in flight. They are the task's outcome like any other."""
 
     __slots__ = ("exc",)
 

@@ -99,7 +99,7 @@ class RunOptions:
     max_nbytes: int | None = 1024**2
     mmap_mode: str = "r"
     temp_folder: str | None = None
-    #: Async tasks (SPEC §8) one worker keeps in flight at once.
+    #: Async tasks one worker keeps in flight at once.
     worker_concurrency: int = 16
 
 

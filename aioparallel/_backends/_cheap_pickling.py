@@ -3,7 +3,7 @@
 A job is pickled on the loop only if every callable goes by name and every argument is a
 small scalar or a short string; anything else, a callable that carries data (a bound
 method, a partial, a closure) or a large or unusual argument, is pickled in a thread
-(SPEC §4: pickling of large payloads never runs on the event loop thread). These checks
+(pickling of large payloads never runs on the event loop thread). These checks
 run once per batch on the parent's hot path, so the common case, one function with scalar
 arguments, is decided at C speed.
 """

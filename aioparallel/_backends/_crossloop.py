@@ -1,7 +1,7 @@
 """What the process-wide worker pool needs to serve several event loops at once.
 
 The shared pool outlives any one event loop and may be used by two loops in two threads at
-the same time (SPEC §1), so none of its state may be bound to a loop:
+the same time, so none of its state may be bound to a loop:
 
 - ``Signal``: a one-shot flag that any thread sets and any task of any loop (asyncio or
   trio) awaits; the wake-up is delivered into the waiting task's own loop

@@ -194,7 +194,7 @@ class _InitializerPlugin(WorkerPlugin):
             self.initializer.func(*self.initializer.args)
         except Exception:
             raise
-        except BaseException as exc:  # the initializer's own outcome, of any type (SPEC §6)
+        except BaseException as exc:  # the initializer's own outcome, of any type
             raise RuntimeError(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -283,7 +283,7 @@ class _DaskRun:
         options = self._options
         name = function_name(batch.calls[0].func)
         flags = async_flags(batch.calls)
-        # coroutine functions run on the dask worker's event loop (SPEC §8)
+        # coroutine functions run on the dask worker's event loop
         head: tuple[Any, ...] = (
             (run_calls, calls) if flags is None else (run_calls_async, calls, flags)
         )

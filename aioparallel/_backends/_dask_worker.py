@@ -137,7 +137,7 @@ async def run_calls_async(
     concurrency: int,
     key: str,
 ) -> Ran:
-    """A batch with async calls (SPEC §8), run on the dask worker's event loop (distributed
+    """A batch with async calls, run on the dask worker's event loop (distributed
     awaits coroutine functions there): async calls as tasks, ``concurrency`` at most at
     once, each cancelled at its ``timeout``; sync calls one at a time in the worker's
     executor, so they never block its loop. One outcome per call, in input order; with

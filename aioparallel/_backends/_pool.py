@@ -4,7 +4,7 @@ A ``Pool`` hands workers (``_worker_process.WorkerProcess``) out first come, fir
 so concurrent runs share it fairly; it replaces dead workers lazily. A private pool
 (``async with Parallel()``) is closed when the block exits. The shared pools are
 process-wide, one per ``n_jobs`` and worker setup: they outlive event loops, so successive
-``asyncio.run`` calls, trio runs and loops in other threads reuse the same workers (SPEC §1).
+``asyncio.run`` calls, trio runs and loops in other threads reuse the same workers.
 Nothing in them is bound to a loop: the roster's state is behind a lock and its waiters are
 woken in their own loops (``_crossloop``); a reaper thread, alive while a worker is idle,
 stops those idle past ``idle_timeout``; ``shutdown_workers()`` stops every idle one now. A

@@ -107,7 +107,7 @@ async def _with_initializer(setup: WorkerSetup, initializer: Initializer) -> Wor
         )
     except anyio.get_cancelled_exc_class():
         raise
-    except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
+    except BaseException as exc:  # a __reduce__ may raise anything
         error = SerializationError(
             f"the initializer {name} or its initargs could not be pickled for the worker "
             f"processes: {type(exc).__name__}: {exc}"
@@ -249,7 +249,7 @@ class _BatchRun:
                 body = await self._pickle(calls, func, seq, flags)
             except anyio.get_cancelled_exc_class():
                 raise
-            except BaseException as exc:  # a __reduce__ may raise anything (SPEC §6)
+            except BaseException as exc:  # a __reduce__ may raise anything
                 healthy = True
                 return self._pickling_failed(todo, exc)
             try:
@@ -289,7 +289,7 @@ class _BatchRun:
         chunk that could be expensive (a large or unusual argument, a callable that carries
         state), the rest is pickled in a thread, abandoned if the batch is cancelled.
         ``func``: the one function of all ``calls`` (else None). ``flags`` marks the
-        async calls (SPEC §8): the worker awaits them on its loop."""
+        async calls: the worker awaits them on its loop."""
         items: list[Any]
         if func is not None and not any(map(_KWARGS, calls)):
             items = list(map(_ARGS, calls))  # the worker calls func(*args)

@@ -1,5 +1,5 @@
 """The debugging path: calls run one after another in the caller's thread, unpickled; a
-coroutine function's coroutine is awaited right there, in the caller's event loop (SPEC §8)."""
+coroutine function's coroutine is awaited right there, in the caller's event loop."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ class SequentialBackend:
 
 
 async def _await_task(index: int, name: str, coro: Coroutine[Any, Any, Any]) -> Any:
-    """A task's coroutine, awaited in the caller's loop. Whatever it raises is its outcome
-    (SPEC §6), a cancellation exception included, unless the run itself is being cancelled:
+    """A task's coroutine, awaited in the caller's loop. Whatever it raises is its outcome,
+    a cancellation exception included, unless the run itself is being cancelled:
     then that is the run's cancellation passing through the coroutine, and it propagates."""
     try:
         return await coro

@@ -53,7 +53,7 @@ class Initializer:
         becomes the run's ``InitializerError``."""
         try:
             self.func(*self.args)
-        except BaseException as exc:  # the initializer's own outcome, of any type (SPEC §6)
+        except BaseException as exc:  # the initializer's own outcome, of any type
             raise initializer_error(self.name, where, exc) from exc
 
 

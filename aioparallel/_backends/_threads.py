@@ -72,7 +72,7 @@ def run_calls(
             if run_coroutine is not None and is_coroutine(value):
                 value = run_coroutine(value)
             results.append(value)
-        except BaseException as exc:  # the task's outcome, whatever its type (SPEC §6)
+        except BaseException as exc:  # the task's outcome, whatever its type
             attach_task(exc, start + offset, function_name(call.func))
             results.append(Failure(exc))
             if stop_on_error:
@@ -181,7 +181,7 @@ async def _run_on_loop(
     limiter: anyio.CapacityLimiter,
     init: Callable[[], None] | None = None,
 ) -> list[Any]:
-    """A batch with async calls, on an event loop of one thread worker (SPEC §8)."""
+    """A batch with async calls, on an event loop of one thread worker."""
     handle = LoopHandle()
     wire = [(c.func, c.args, c.kwargs, bool(flag)) for c, flag in zip(calls, flags, strict=True)]
     try:

@@ -7,7 +7,7 @@ fast; numpy and cloudpickle are imported on demand.
 
 Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None), INIT
 (a pickled ``(initializer, initargs)``, once, right after SETUP), BATCH / BATCH_FILE (a
-pickled job), CANCEL (empty: cancel the job's async tasks, SPEC §8; read by the worker's
+pickled job), CANCEL (empty: cancel the job's async tasks; read by the worker's
 event loop while a job runs, ignored between jobs).
 Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), RESULTS /
 RESULTS_FILE (``RESULT_HEADER``, then the job positions of the values as ``count`` ``<I``

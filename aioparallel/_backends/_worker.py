@@ -306,7 +306,7 @@ def _prepickle(
 
 def _flush_output() -> None:
     """Flush the worker's stdout and stderr: it stays warm after its caller's event loop
-    ends (SPEC §1), so its exit is no longer when a block-buffered print shows up."""
+    ends, so its exit is no longer when a block-buffered print shows up."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -393,7 +393,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def main(argv: list[str]) -> None:
     req_fd, resp_fd, slot_fd, lifeline_fd, parent_pid = (int(a) for a in argv)
     # Lead a process group of our own: the processes our tasks start join it, and the
-    # parent kills the whole group when it kills us (SPEC §6, as loky does).
+    # parent kills the whole group when it kills us (as loky does).
     try:
         os.setpgid(0, 0)
     except OSError:  # pragma: no cover - already a group leader

@@ -94,7 +94,7 @@ class _Child:
     end of file on its pipe).
 
     The worker leads its own process group (it calls ``setpgid`` first thing), so ``kill()``
-    takes the processes its tasks started with it (SPEC §6). Its exit is observed without
+    takes the processes its tasks started with it. Its exit is observed without
     reaping it (``waitid(WNOWAIT)``) until ``reap()``: while the dead leader is unreaped, its
     pid and group id cannot be reused, so the group kill can never hit a stranger, even
     after a crash the parent noticed late. Without ``waitid`` (macOS before Python 3.13)
