@@ -6,10 +6,14 @@ their large results into the same folder), so the tracker needs to know only the
 folders they are made in. It reads them from a pipe whose write end only this program holds
 (close on exec, and closed in a forked child). End of file on that pipe means every copy is
 closed: the program has exited or been killed. The tracker then waits until the program is
-gone (it is no longer its parent), removes the program's folders in those bases, and once
+gone (no such process, or a zombie), removes the program's folders in those bases, and once
 more half a second later, for a file a dying worker was writing at that moment. A program
 that closed the pipe and still runs (an ``exec``, a daemon closing every descriptor) keeps
 its folders: the tracker exits without touching them.
+
+The tracker detaches at once (it forks, and the process the program started exits): it is
+nobody's child, so it never shows among the program's child processes (a supervisor, a test
+or a user counting its workers would see one process too many) and never has to be reaped.
 
 Both sides are in this file. The parent side starts the tracker lazily, once per process,
 when a run first names a folder (``watch``): one process spawn, the first time only; a
@@ -27,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["pid", "start", "watch"]
+__all__ = ["start", "watch"]
 
 #: After end of file, how long the tracker waits for the program to be gone.
 EXIT_WAIT = 10.0
@@ -36,7 +40,7 @@ SECOND_SWEEP = 0.5
 
 _lock = threading.Lock()
 _fd = -1  # the pipe's write end, or -1 before start (or after a fork)
-_tracker: subprocess.Popen[bytes] | None = None  # kept while it runs
+_launcher: subprocess.Popen[bytes] | None = None  # exits at once; reaped when it has
 _watched: set[str] = set()
 _failed = False  # it could not be started here: do not try on every run
 
@@ -54,16 +58,12 @@ def watch(base: str) -> None:
 
 def start() -> None:
     """Start the tracker now if it is not running (a test session does, up front, so that
-    its process and pipe are in every leak-check snapshot)."""
+    its pipe is in every leak-check snapshot), and wait for it to have detached."""
     with _lock:
         if _fd < 0 and not _failed:
             _send([])
-
-
-def pid() -> int | None:
-    """The tracker's pid while it runs (tests tell it from the workers by this)."""
-    tracker = _tracker
-    return tracker.pid if tracker is not None and _fd >= 0 else None
+        if _launcher is not None:
+            _launcher.wait()
 
 
 def _send(bases: list[str]) -> None:
@@ -85,14 +85,17 @@ def _send(bases: list[str]) -> None:
 
 
 def _spawn() -> None:
-    global _fd, _tracker
+    """Start the tracker. The launcher exits as soon as the tracker has forked away from it;
+    a thread reaps it (a run's first folder is named on the event loop, which must not wait
+    for an interpreter to start)."""
+    global _fd, _launcher
     import subprocess
 
     from ._backends._wire import FOLDER_PREFIX
 
     read, write = os.pipe()
     try:
-        _tracker = subprocess.Popen(
+        _launcher = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, str(os.getpid()), FOLDER_PREFIX],
             stdin=read,
             stdout=subprocess.DEVNULL,
@@ -105,13 +108,14 @@ def _spawn() -> None:
     finally:
         os.close(read)
     _fd = write
+    threading.Thread(target=_launcher.wait, name="aioparallel-tracker-launch", daemon=True).start()
 
 
 def _close() -> None:
-    global _fd, _tracker
+    global _fd
     if _fd >= 0:
         os.close(_fd)
-    _fd, _tracker = -1, None
+    _fd = -1
 
 
 def _forget_after_fork() -> None:
@@ -154,19 +158,36 @@ def _sweep(bases: set[bytes], prefix: bytes) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has ended: its parent has yet to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process has the pid now
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal test is all there is
+        return True
+
+
 def _main(pid: int, prefix: str) -> None:
     import signal
     import time
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # outlive the program
         signal.signal(signum, signal.SIG_IGN)
+    if os.fork():  # detach: the program's child (the launcher) exits, the tracker lives on
+        os._exit(0)
     bases: set[bytes] = set()
     pending = b""
     while chunk := os.read(0, 65536):
         *names, pending = (pending + chunk).split(b"\0")
         bases.update(names)
     deadline = time.monotonic() + EXIT_WAIT
-    while os.getppid() == pid:
+    while _alive(pid):
         if time.monotonic() > deadline:
             return  # the program lives on: its folders are its own
         time.sleep(0.01)

@@ -53,8 +53,8 @@ except ImportError:  # pragma: no cover  (Windows)
     pass
 
 
-# The folder tracker (one process and its pipe per program, started when a run first names
-# a folder) lives as long as the session: start it now, so that every snapshot includes it.
+# The folder tracker (a detached process and its pipe, started when a run first names a folder)
+# lives as long as the session: start it now, so that every snapshot includes its pipe.
 _tracker.start()
 
 

@@ -51,18 +51,10 @@ def free_port() -> int:
 
 
 def descendants(pid: int) -> list[psutil.Process]:
-    """The workers under ``pid`` (its folder tracker, ``_tracker.py``, is no worker)."""
     try:
-        return [p for p in psutil.Process(pid).children(recursive=True) if not is_tracker(p)]
+        return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-
-
-def is_tracker(proc: psutil.Process) -> bool:
-    try:
-        return any(arg.endswith("_tracker.py") for arg in proc.cmdline())
-    except psutil.Error:
-        return False
 
 
 @dataclass
@@ -229,7 +221,7 @@ async def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
         kernel_cmdline.extend(kernel[0].cmdline())
 
     def remember_workers(**_: object) -> None:
-        workers.update(descendants(kernel[0].pid))
+        workers.update(kernel[0].children(recursive=True))
 
     client.on_notebook_start = remember_kernel
     client.on_cell_executed = remember_workers

@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from aioparallel import Parallel, _tracker, delayed
+from aioparallel import Parallel, delayed
 from tests.reliability.helpers import (
     get_env,
     memmap_folder,
@@ -66,8 +66,7 @@ async def test_protocol_uses_pipes_only(tmp_path: Path) -> None:
         try:
             for i in range(2):  # both workers are running a task
                 await anyio.to_thread.run_sync(wait_stamp_sync, tmp_path, f"{i}.started")
-            tracker = _tracker.pid()  # the folder tracker is no worker
-            workers = [w for w in me.children(recursive=True) if w.pid != tracker]
+            workers = me.children(recursive=True)
             seen["workers"] = [w.pid for w in workers]
             seen["parent"] = _sockets(me)
             seen["children"] = {w.pid: _sockets(w) for w in workers}
