@@ -153,9 +153,10 @@ def crash_error(
 def lost_result_error(
     index: int, name: str, pid: int, exitcode: int | None, died_on: str | None
 ) -> WorkerCrashedError:
-    """The call had finished on the worker, but its result was not sent yet when the worker
-    died (``died_on``: the task it was running then, or None between calls). It is not run
-    again: it may have had side effects."""
+    """The call had finished on the worker, but its result neither reached the pipe nor the
+    slot's journal when the worker died (``died_on``: the task it was running then, or None
+    between calls): a safeguard, as the worker keeps a result before the call counts as
+    finished. It is not run again: it may have had side effects."""
     when = f"running {died_on}" if died_on else "between calls"
     error = WorkerCrashedError(
         f"task {index} ({name}) had finished, but its result was lost when its worker process "

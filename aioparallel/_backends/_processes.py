@@ -438,19 +438,44 @@ class _BatchRun:
             ):  # plain results of consecutive calls (a sync job's): stored at once
                 self.results[positions.start : positions.stop] = values
             else:
-                results = self.results
-                for position, job_position, value in zip(
-                    positions, job_positions, values, strict=True
-                ):
-                    if type(value) is TaskError or type(value) is Failure:
-                        self._fail(position, value)
-                    elif type(value) is TimedOut:
-                        self._timed_out(worker, position, job_position, value, attempt)
-                    else:
-                        results[position] = value
+                self._store(worker, positions, job_positions, values, attempt)
             if done:
                 attempt.done = True
                 break
+
+    def _store(
+        self,
+        worker: WorkerProcess,
+        positions: Sequence[int],
+        job_positions: Sequence[int],
+        values: list[Any],
+        attempt: _Attempt,
+    ) -> None:
+        results = self.results
+        for position, job_position, value in zip(positions, job_positions, values, strict=True):
+            if type(value) is TaskError or type(value) is Failure:
+                self._fail(position, value)
+            elif type(value) is TimedOut:
+                self._timed_out(worker, position, job_position, value, attempt)
+            else:
+                results[position] = value
+
+    def _recover(self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt) -> None:
+        """The outcomes the dead worker had kept in its slot, not sent yet: they are the
+        outcomes of calls that finished, as if their frame had arrived."""
+        for job_position, data in worker.slot.kept(seq):
+            if job_position in attempt.got or job_position >= len(todo):
+                continue
+            position = todo[job_position]
+            attempt.got.add(job_position)
+            try:  # one outcome (at most the journal's size: unpickled on the loop)
+                value = pickle.loads(data)
+            except (Exception, SystemExit) as exc:
+                what = f"returned a result that could not be unpickled in the parent: {exc!r}"
+                value = Failure(
+                    self._serialization_error(position, what, exc, kind=UnpicklingError)
+                )
+            self._store(worker, [position], [job_position], [value], attempt)
 
     def _timed_out(
         self,
@@ -540,6 +565,7 @@ class _BatchRun:
         return the ones it had not started, to run again (``_slot.blame``, from the slot as
         the dead worker left it). A call that finished is never run again."""
         exitcode = await worker.exit_code()  # first: the slot is final once it is dead
+        self._recover(worker, seq, todo, attempt)
         snap = worker.snapshot(seq)
         verdicts = blame(snap, len(todo), attempt.got, flags, attempt.killed)
         if self.pool.closed:  # killed by the pool's shutdown, not by its task

@@ -14,6 +14,15 @@ Layout (native byte order, ``SIZE`` bytes)::
     16  <q  handed    job base | position of the last call handed to the event loop, or -1
     24  <q  finished  job base | n: the main thread is done with the job's calls before n
                       (a sync call returned; an async one was handed to the loop)
+    32  <q  kept      job base | bytes of the journal in use
+    40  the journal   records ``<I position, <I length, pickled outcome``: the outcomes of
+                      the job's sync calls that returned since its last results frame
+
+The journal is why a worker that dies loses no finished call's result, whatever the flush
+policy: a sync call's outcome is kept there (``keep``) before the call counts as finished,
+and dropped (``sent``) once a results frame carried it into the pipe, where it outlives the
+worker too. After a death the parent reads what is kept (``kept``): a finished call is
+neither run again nor reported lost.
 
 A job's base is ``seq << BATCH_SHIFT``: numbers of an earlier job of the same worker never
 pass for this job's. A worker moves through a sync call as::
@@ -29,9 +38,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SIZE", "CrashSlot", "Kill", "Snapshot", "Verdict", "blame"]
+__all__ = ["JOURNAL", "SIZE", "CrashSlot", "Kill", "Snapshot", "Verdict", "blame"]
 
-SIZE = 32
+HEADER = 40
+#: Bytes of outcomes kept between two results frames; a larger one is sent at once.
+JOURNAL = 256 * 1024
+SIZE = HEADER + JOURNAL
 BATCH_SHIFT = 24
 LOADING = 1 << 23
 SENDING = 1 << 22
@@ -40,7 +52,8 @@ POSITION_MASK = SENDING - 1
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
 _ALL = struct.Struct("<qdqq")
-_CURRENT, _STARTED, _HANDED, _FINISHED = 0, 8, 16, 24
+_RECORD = struct.Struct("<II")
+_CURRENT, _STARTED, _HANDED, _FINISHED, _KEPT = 0, 8, 16, 24, 32
 
 
 class CrashSlot:
@@ -50,10 +63,11 @@ class CrashSlot:
     the parent never reads half a number; the parent reads the final state after the
     worker died, when nothing can change it any more."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ("_end", "buffer")
 
     def __init__(self, buffer: Any):
         self.buffer = buffer
+        self._end = HEADER  # the worker's: where the next kept outcome goes
 
     # -- the worker's side -------------------------------------------------------------------
 
@@ -61,6 +75,7 @@ class CrashSlot:
         """A job arrived: its first call's clock starts now (it includes the unpickling)."""
         buffer = self.buffer
         _Q.pack_into(buffer, _HANDED, -1)
+        self.sent(base)
         _Q.pack_into(buffer, _FINISHED, base)
         _D.pack_into(buffer, _STARTED, at)
         _Q.pack_into(buffer, _CURRENT, base | LOADING)
@@ -77,6 +92,26 @@ class CrashSlot:
         """Pickling call ``position``'s result (its clock keeps running)."""
         _Q.pack_into(self.buffer, _CURRENT, base | SENDING | position)
 
+    def keep(self, base: int, position: int, outcome: bytes) -> bool:
+        """Keep call ``position``'s pickled outcome until a results frame carries it; False:
+        no room left (send what is kept, then keep it; one larger than the journal is sent
+        at once)."""
+        at, size = self._end, len(outcome)
+        end = at + _RECORD.size + size
+        if end > SIZE:
+            return False
+        buffer = self.buffer
+        _RECORD.pack_into(buffer, at, position, size)
+        buffer[at + _RECORD.size : end] = outcome
+        self._end = end
+        _Q.pack_into(buffer, _KEPT, base | (end - HEADER))  # the record counts from now on
+        return True
+
+    def sent(self, base: int) -> None:
+        """What was kept is in the pipe now (a results frame was written)."""
+        self._end = HEADER
+        _Q.pack_into(self.buffer, _KEPT, base)
+
     def handed(self, base: int, position: int) -> None:
         """Call ``position`` goes to the event loop (written before it can start there)."""
         _Q.pack_into(self.buffer, _HANDED, base | position)
@@ -85,6 +120,21 @@ class CrashSlot:
         _Q.pack_into(self.buffer, _CURRENT, -1)
 
     # -- the parent's side -------------------------------------------------------------------
+
+    def kept(self, seq: int) -> list[tuple[int, bytes]]:
+        """The outcomes job ``seq``'s worker kept and had not sent: (job position, pickled
+        outcome). Read after the worker died, when the journal can no longer change."""
+        word = _Q.unpack_from(self.buffer, _KEPT)[0]
+        if word < 0 or word >> BATCH_SHIFT != seq:
+            return []
+        end = HEADER + (word & POSITION_MASK)
+        records, at = [], HEADER
+        while at < end:
+            position, size = _RECORD.unpack_from(self.buffer, at)
+            at += _RECORD.size
+            records.append((position, bytes(self.buffer[at : at + size])))
+            at += size
+        return records
 
     def snapshot(self, seq: int) -> Snapshot:
         """What the worker says about job ``seq`` right now."""

@@ -152,6 +152,23 @@ class Worker:
         def send_async(done_positions: list[int], values: list[Any]) -> None:
             self.send_results(done_positions, values, False, run_dir, max_nbytes)
 
+        def flush() -> None:
+            nonlocal positions, results, last_flush
+            self.send_results(positions, results, False, run_dir, max_nbytes)
+            slot.sent(base)  # the pipe has them now: it outlives this process too
+            positions, results = [], []
+            last_flush = monotonic()
+
+        def keep(i: int, outcome: tuple[Any, bytes]) -> None:
+            """Call ``i``'s outcome waits for the next frame in the slot's journal (or, when
+            the journal is full, goes out now with those waiting); then it counts as
+            finished: never run again, even if this process dies before the frame."""
+            positions.append(i)
+            results.append(outcome[0])
+            if not slot.keep(base, i, outcome[1]):
+                flush()
+            slot.finished(base, i + 1)
+
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
                 break
@@ -180,21 +197,17 @@ class Worker:
                         break
                     slot.finished(base, i + 1)
                     continue
-                slot.finished(base, i + 1)
-                positions.append(i)
-                results.append(_prepickle(value, slot, base, i, run_dir, max_nbytes))
             except BaseException as exc:
-                slot.finished(base, i + 1)
                 slot.sending(base, i)  # pickling the exception may run its code too
-                positions.append(i)
-                results.append(_wire.TaskError.capture(exc))
+                error = _wire.TaskError.capture(exc)
+                keep(i, (error, _wire.dumps(error)))
                 if stop_on_error:
                     break
+            else:
+                keep(i, _outcome(value, slot, base, i, run_dir, max_nbytes))
             slot.idle()
             if monotonic() - last_flush > FLUSH_SECONDS:
-                self.send_results(positions, results, False, run_dir, max_nbytes)
-                positions, results = [], []
-                last_flush = monotonic()
+                flush()
         if loop is not None:
             slot.idle()
             loop.end()
@@ -278,30 +291,34 @@ class _Pickled:
         return (pickle.loads, (self.data,))
 
 
-def _prepickle(
+def _outcome(
     value: Any, slot: CrashSlot, base: int, position: int, run_dir: str, max_nbytes: int | None
-) -> Any:
-    """``value`` ready for a results frame. Unless plain (or a tuple, list or dict of plain
-    values), it is pickled now, while the slot says whose result this is: if its
-    ``__reduce__`` kills the worker, the parent blames this call, and never runs again the
-    calls that returned before it (their results still unsent)."""
+) -> tuple[Any, bytes]:
+    """A sync call's result as its results frame carries it, and pickled alone for the
+    slot's journal. Unless plain (or a tuple, list or dict of plain values), it is pickled
+    once, now, while the slot says whose result this is: if its ``__reduce__`` kills the
+    worker, the parent blames this call (and recovers the kept results of the calls that
+    returned before it)."""
     kind = type(value)
-    if kind in _PLAIN:
-        return value
-    if (kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN:
-        return value
-    if kind is dict and {*map(type, value), *map(type, value.values())} <= _PLAIN:
-        return value
+    if (
+        kind in _PLAIN
+        or ((kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN)
+        or (kind is dict and {*map(type, value), *map(type, value.values())} <= _PLAIN)
+    ):
+        return value, pickle.dumps(value, protocol=5)
     slot.sending(base, position)
     try:
         if "numpy" in sys.modules:
             buffer = io.BytesIO()
             _ResultPickler(buffer, run_dir, max_nbytes).dump(value)
-            return _Pickled(buffer.getvalue())
-        return _Pickled(_wire.dumps(value))
+            data = buffer.getvalue()
+        else:
+            data = _wire.dumps(value)
+        return _Pickled(data), data
     except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
         value = _picklable(value)
-        return _Pickled(_wire.dumps(value)) if type(value) is not _wire.TaskError else value
+        data = _wire.dumps(value)
+        return (_Pickled(data) if type(value) is not _wire.TaskError else value), data
 
 
 def _flush_output() -> None:
