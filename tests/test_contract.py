@@ -23,11 +23,14 @@ import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed
 from tests.helpers import (
+    MODES,
+    PROMPT,
     Gate,
     Tracker,
     add,
     async_calls,
     async_items,
+    collect,
     endless_calls,
     fail_at,
     identity,
@@ -41,9 +44,6 @@ pytestmark = pytest.mark.anyio
 
 #: Every backend that must pass the contract.
 BACKENDS = ["sequential", "threads", "processes"]
-MODES = ["list", "generator", "generator_unordered"]
-#: Upper bound for anything that must happen "promptly".
-PROMPT = 2.0
 
 
 @pytest.fixture(params=BACKENDS)
@@ -54,17 +54,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-async def collect(p: Parallel[Any], calls: Any) -> list[Any]:
-    """Results of ``p(calls)`` as a list, whatever ``p.return_as`` is."""
-    if p.return_as == "list":
-        return list(await p(calls))
-    stream = p(calls)
-    try:
-        return [r async for r in stream]
-    finally:
-        await stream.aclose()
 
 
 def expect(mode: str, results: list[Any], expected: list[Any]) -> None:
