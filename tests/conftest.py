@@ -33,6 +33,7 @@ import pytest_asyncio
 
 import aioparallel
 from aioparallel import _tracker
+from tests.helpers import MODES
 
 if TYPE_CHECKING:  # imported by the dask fixtures only: other sessions need no distributed
     from tests.dask_cluster import ExternalCluster, Local
@@ -200,6 +201,21 @@ def _anyio_backends() -> list[Any]:
         params.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
     params.append(pytest.param("trio", id="trio"))
     return params
+
+
+def choice_fixture(values: list[str]) -> Any:
+    """A fixture that takes each of ``values`` in turn; named by the module attribute it is
+    bound to (``backend = choice_fixture(BACKENDS)``), for lists that differ by module."""
+
+    @pytest.fixture(params=values)
+    def choice(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    return choice
+
+
+#: Each ``return_as`` mode in turn.
+mode = choice_fixture(MODES)
 
 
 @pytest.fixture(params=_anyio_backends())

@@ -22,8 +22,8 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed
+from tests.conftest import choice_fixture
 from tests.helpers import (
-    MODES,
     PROMPT,
     Gate,
     Tracker,
@@ -46,14 +46,7 @@ pytestmark = pytest.mark.anyio
 BACKENDS = ["sequential", "threads", "processes"]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+backend = choice_fixture(BACKENDS)  # and ``mode``: each return_as, from conftest.py
 
 
 def expect(mode: str, results: list[Any], expected: list[Any]) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from aioparallel import Parallel, SerializationError, delayed
 from aioparallel._errors import RemoteTraceback
+from tests.conftest import choice_fixture
 from tests.helpers import collect
 from tests.reliability.helpers import (
     HoldsLockError,
@@ -33,7 +34,6 @@ from tests.reliability.helpers import (
 pytestmark = pytest.mark.anyio
 
 BACKENDS = ["processes", "threads"]
-MODES = ["list", "generator", "generator_unordered"]
 RUN_LIMIT = 15.0
 AT = 5
 N = 12
@@ -45,14 +45,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+backend = choice_fixture(BACKENDS)  # and ``mode``: each return_as, from conftest.py
 
 
 def _note(index: int, name: str) -> str:
