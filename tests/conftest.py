@@ -1,4 +1,5 @@
-"""Shared fixtures: the leak check every test runs under, and the anyio backend matrix.
+"""Shared fixtures: the leak check every test runs under, the anyio backend matrix, the dask
+clusters.
 
 The leak check snapshots child processes, threads, file descriptors and ``aioparallel-*``
 temp folders before each test and fails the test if new ones are still there after it.
@@ -21,16 +22,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+import pytest_asyncio
 
 import aioparallel
 from aioparallel import _tracker
+from tests.helpers import MODES
+
+if TYPE_CHECKING:  # imported by the dask fixtures only: other sessions need no distributed
+    from tests.dask_cluster import ExternalCluster, Local
 
 #: Seconds the leak check waits for asynchronous cleanup before it fails the test.
 LEAK_WAIT = 5.0
@@ -197,7 +203,86 @@ def _anyio_backends() -> list[Any]:
     return params
 
 
+def choice_fixture(values: list[str]) -> Any:
+    """A fixture that takes each of ``values`` in turn; named by the module attribute it is
+    bound to (``backend = choice_fixture(BACKENDS)``), for lists that differ by module."""
+
+    @pytest.fixture(params=values)
+    def choice(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    return choice
+
+
+#: Each ``return_as`` mode in turn.
+mode = choice_fixture(MODES)
+
+
 @pytest.fixture(params=_anyio_backends())
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """The loop matrix of ``@pytest.mark.anyio`` tests: asyncio, asyncio+uvloop, trio."""
     return request.param
+
+
+# -- dask: the session's real cluster, the in-process one, distributed's own thread -------------
+
+
+@pytest.fixture(scope="session")
+def dask_offload_thread() -> None:
+    """distributed keeps one offload thread for the life of the process, by design: start it
+    before the leak check's first snapshot (a session fixture is set up before a test's own),
+    so that no test is blamed for it."""
+    pytest.importorskip("distributed")
+    from distributed.utils import _offload_executor
+
+    _offload_executor.submit(int).result(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
+    """A real cluster: a scheduler and two nanny-managed single-thread workers on 127.0.0.1,
+    started once per session by the first test that asks for it.
+
+    The leak check: pytest sets a session fixture up before the function-scoped ``leak_check``
+    of the test that first needs it, so the cluster's processes are in that test's snapshot
+    and every later one. A test that kills a worker adopts its replacement
+    (``dask_cluster.adopt_restarted_workers``); a test that changes the cluster (its size, its
+    allowed failures, its worker plugins) puts it back before it ends.
+    """
+    from tests.dask_cluster import ExternalCluster
+
+    cluster = ExternalCluster(tmp_path_factory.mktemp("dask-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+    leftovers = [p.pid for p in cluster.processes if p.poll() is None]
+    assert not leftovers, f"dask processes left running: {leftovers}"
+
+
+@pytest_asyncio.fixture
+async def local() -> AsyncIterator[Local]:
+    """Two single-thread workers in this process; their scheduler is inspectable."""
+    from distributed import Client, LocalCluster
+
+    from tests import dask_cluster
+
+    dask_cluster.gate.clear()
+    dask_cluster.started.clear()
+    async with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=False,
+            asynchronous=True,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster, asynchronous=True, set_as_default=False) as client,
+    ):
+        log = dask_cluster.SchedulerLog()
+        cluster.scheduler.add_plugin(log)
+        try:
+            yield dask_cluster.Local(cluster, client, log)
+        finally:
+            dask_cluster.gate.set()  # free any worker thread a test left waiting

@@ -19,10 +19,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import psutil
+from distributed import Client, LocalCluster, SchedulerPlugin
+
+if TYPE_CHECKING:
+    from tests.conftest import LeakCheck
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
@@ -40,6 +47,7 @@ class ExternalCluster:
     def __init__(self, folder: Path, n_workers: int = 2, allowed_failures: int = 1) -> None:
         self.folder = folder
         self.n_workers = n_workers
+        self.allowed_failures = allowed_failures
         self.scheduler_file = folder / "scheduler.json"
         self.address = ""
         self.env = {
@@ -76,18 +84,42 @@ class ExternalCluster:
         )
         self.address = self._wait_for_scheduler_file()
         for _ in range(self.n_workers):
-            self._spawn(
-                "distributed.cli.dask_worker",
-                "--host=127.0.0.1",
-                "--nthreads=1",
-                "--nworkers=1",
-                "--no-dashboard",
-                "--death-timeout=60",
-                f"--local-directory={self.folder}",
-                f"--scheduler-file={self.scheduler_file}",
-            )
+            self.spawn_worker()
         asyncio.run(self.wait_for_workers())
         return self.address
+
+    def spawn_worker(self) -> subprocess.Popen[bytes]:
+        """One more nanny-managed single-thread worker; the caller waits for it to join."""
+        return self._spawn(
+            "distributed.cli.dask_worker",
+            "--host=127.0.0.1",
+            "--nthreads=1",
+            "--nworkers=1",
+            "--no-dashboard",
+            "--death-timeout=60",
+            f"--local-directory={self.folder}",
+            f"--scheduler-file={self.scheduler_file}",
+        )
+
+    async def retire_worker(self, nanny: subprocess.Popen[bytes]) -> None:
+        """Stop a worker that ``spawn_worker`` added, until the scheduler no longer counts it:
+        the session's cluster is back to its own size for the tests after."""
+        nanny.terminate()
+        await asyncio.to_thread(nanny.wait, 15)
+        self.processes.remove(nanny)
+        self.n_workers -= 1
+        async with Client(self.address, asynchronous=True, set_as_default=False) as client:
+            deadline = time.monotonic() + START_TIMEOUT
+            while len((await client.scheduler.identity())["workers"]) > self.n_workers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the retired worker is still on the scheduler: {nanny.pid}")
+                await asyncio.sleep(0.05)
+
+    async def set_allowed_failures(self, n: int) -> None:
+        """How many times a task may be on a worker that dies before it fails with KilledWorker
+        (the scheduler reads it at each death; its start value is ``allowed_failures``)."""
+        async with Client(self.address, asynchronous=True, set_as_default=False) as client:
+            await client.run_on_scheduler(_set_allowed_failures, n)
 
     def _wait_for_scheduler_file(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT
@@ -101,8 +133,6 @@ class ExternalCluster:
 
     async def wait_for_workers(self, n: int | None = None) -> None:
         """Until ``n`` (default: all) workers are connected; bounded by START_TIMEOUT."""
-        from distributed import Client
-
         async with Client(self.address, asynchronous=True, set_as_default=False) as client:
             await client.wait_for_workers(n or self.n_workers, timeout=START_TIMEOUT)
 
@@ -141,6 +171,48 @@ class ExternalCluster:
 
     def logs(self) -> str:
         return "\n".join(path.read_text(errors="replace") for path in self.folder.glob("*.log"))
+
+
+def _set_allowed_failures(n: int, dask_scheduler: Any) -> None:  # runs on the scheduler
+    dask_scheduler.allowed_failures = n
+
+
+def adopt_restarted_workers(leak_check: LeakCheck, cluster: ExternalCluster) -> None:
+    """A nanny replaced a killed worker: the new process is the cluster's, not a leak."""
+    leak_check.before.children |= cluster.worker_pids()
+
+
+# -- the in-process cluster (``local`` fixture): its scheduler is inspectable ---------------------
+
+
+class SchedulerLog(SchedulerPlugin):
+    """Sees every transition of an in-process scheduler: scattered keys, and when to look."""
+
+    def __init__(self) -> None:
+        self.array_keys: set[str] = set()
+        self._changed = asyncio.Event()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if str(key).startswith("aioparallel-array-"):
+            self.array_keys.add(str(key))
+        self._changed.set()
+
+    async def wait_for(self, condition: Callable[[], bool], seconds: float = 10) -> None:
+        """Until ``condition()`` holds, checked after each transition; bounded."""
+        with anyio.fail_after(seconds):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@dataclass
+class Local:
+    cluster: LocalCluster
+    client: Client
+    log: SchedulerLog
+
+    def no_tasks(self) -> bool:
+        return not self.cluster.scheduler.tasks
 
 
 # -- task functions: imported by name on the workers -------------------------------------------

@@ -18,6 +18,9 @@ from typing import Any
 from aioparallel import delayed
 
 __all__ = [
+    "MODES",
+    "PROMPT",
+    "PROMPT_PROCESSES",
     "Gate",
     "Tracker",
     "add",
@@ -34,6 +37,14 @@ __all__ = [
     "wait_file",
     "wait_gate",
 ]
+
+#: Upper bound, in seconds, for what the contract says happens "promptly" (about a second),
+#: with room for a shared machine.
+PROMPT = 2.0
+#: The same bound where worker processes must also be killed or reaped on a loaded machine.
+PROMPT_PROCESSES = 3.0
+#: Every ``return_as`` mode.
+MODES = ["list", "generator", "generator_unordered"]
 
 #: Upper bound for any blocking wait inside a task, so a broken test cannot hang a worker.
 TASK_WAIT = 10.0
@@ -246,10 +257,14 @@ async def async_items(items: Iterable[Any]) -> AsyncIterator[Any]:
         yield item
 
 
-async def collect(p: Any, calls: Any) -> list[Any]:
+async def collect(p: Any, calls: Any, limit: float | None = None) -> list[Any]:
     """The results of ``p(calls)`` as a list, whatever ``p.return_as`` is (arrival order for
-    streams); a stream is closed on every path, as the docs tell users to."""
-    if p.return_as == "list":
-        return list(await p(calls))
-    async with p(calls) as stream:
-        return [r async for r in stream]
+    streams); a stream is closed on every path, as the docs tell users to. ``limit``: fail
+    after that many seconds (None: no bound of its own)."""
+    import anyio  # here: the workers import this module, and need no anyio
+
+    with anyio.fail_after(limit):
+        if p.return_as == "list":
+            return list(await p(calls))
+        async with p(calls) as stream:
+            return [r async for r in stream]

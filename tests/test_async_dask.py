@@ -1,5 +1,5 @@
 """SPEC §8 on ``backend="dask"``: coroutine functions run on the dask worker's event loop,
-against the same real clusters as test_dask.py (an external one, an in-process one)."""
+against the same real clusters as test_dask.py (the session's external one, an in-process one)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ import pytest
 
 from aioparallel import Parallel, delayed, parallel_config
 from tests import async_helpers as ah
-from tests import test_dask
-from tests.dask_cluster import ExternalCluster
-from tests.test_dask import Local
+from tests.dask_cluster import ExternalCluster, Local
 
-# the clusters of test_dask.py, as fixtures of this module too
-external = test_dask.external
-local = test_dask.local
-_dask_offload_thread = test_dask._dask_offload_thread
+pytestmark = pytest.mark.usefixtures("dask_offload_thread")
 
 
 @pytest.mark.asyncio

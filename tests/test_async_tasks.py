@@ -21,18 +21,9 @@ import pytest
 from aioparallel import Parallel, delayed, parallel_config
 from aioparallel._detached import _in_trio
 from tests import async_helpers as ah
+from tests.helpers import PROMPT, collect
 
 BACKENDS = ["processes", "threads"]
-#: Seconds a cancelled run may take past its deadline on a loaded machine.
-PROMPT = 2.0
-
-
-async def collect(parallel: Any, calls: Any) -> list[Any]:
-    if parallel.return_as == "list":
-        return list(await parallel(calls))
-    return [r async for r in parallel(calls)]
-
-
 # -- results, order, mixed input ---------------------------------------------------------------
 
 

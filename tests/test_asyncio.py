@@ -10,10 +10,9 @@ from functools import partial
 import pytest
 
 from aioparallel import Parallel, delayed
-from tests.helpers import Gate, Tracker, square, wait_gate
+from tests.helpers import PROMPT, Gate, Tracker, square, wait_gate
 
 BACKENDS = ["sequential", "threads"]
-PROMPT = 2.0
 
 
 @pytest.mark.asyncio

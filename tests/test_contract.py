@@ -22,12 +22,15 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed
+from tests.conftest import choice_fixture
 from tests.helpers import (
+    PROMPT,
     Gate,
     Tracker,
     add,
     async_calls,
     async_items,
+    collect,
     endless_calls,
     fail_at,
     identity,
@@ -41,30 +44,9 @@ pytestmark = pytest.mark.anyio
 
 #: Every backend that must pass the contract.
 BACKENDS = ["sequential", "threads", "processes"]
-MODES = ["list", "generator", "generator_unordered"]
-#: Upper bound for anything that must happen "promptly".
-PROMPT = 2.0
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def collect(p: Parallel[Any], calls: Any) -> list[Any]:
-    """Results of ``p(calls)`` as a list, whatever ``p.return_as`` is."""
-    if p.return_as == "list":
-        return list(await p(calls))
-    stream = p(calls)
-    try:
-        return [r async for r in stream]
-    finally:
-        await stream.aclose()
+backend = choice_fixture(BACKENDS)  # and ``mode``: each return_as, from conftest.py
 
 
 def expect(mode: str, results: list[Any], expected: list[Any]) -> None:

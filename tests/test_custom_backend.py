@@ -41,7 +41,6 @@ InlineBackend = documented_backend()
 for _name, _test in vars(test_contract).items():
     if _name.startswith("test_") and "backend" in inspect.signature(_test).parameters:
         globals()[_name] = _test
-mode = test_contract.mode
 
 
 @pytest.fixture

@@ -1,29 +1,25 @@
 """backend="dask" (§7) against real clusters: external processes and an in-process LocalCluster.
 
 The external cluster (a scheduler and two nanny-managed single-thread workers) is started
-once for the module; the in-process one per test, where a test needs to reach into the
+once for the session; the in-process one per test, where a test needs to reach into the
 scheduler (its task table, a plugin) or to hold a task with a ``threading.Event``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
-import pytest_asyncio
-from distributed import Client, Event, LocalCluster, Queue, SchedulerPlugin
+from distributed import Client, Event, LocalCluster, Queue
 
 from aioparallel import (
     AioParallelError,
@@ -43,7 +39,9 @@ from tests import dask_cluster
 from tests.conftest import LeakCheck
 from tests.dask_cluster import (
     ExternalCluster,
+    Local,
     add,
+    adopt_restarted_workers,
     exit_task,
     fail_on,
     kill_own_worker,
@@ -62,86 +60,9 @@ def calls(func: Any, xs: Any) -> list[Call[Any]]:
     return [Call(func, (x,), {}) for x in xs]
 
 
-# -- clusters ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
-    cluster = ExternalCluster(tmp_path_factory.mktemp("dask-cluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-    leftovers = [p.pid for p in cluster.processes if p.poll() is None]
-    assert not leftovers, f"dask processes left running: {leftovers}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _dask_offload_thread() -> None:
-    """distributed keeps one offload thread for the life of the process, by design: start it
-    before the leak check's first snapshot, so that no test is blamed for it."""
-    from distributed.utils import _offload_executor
-
-    _offload_executor.submit(int).result(timeout=10)
-
-
-def adopt_restarted_workers(leak_check: LeakCheck, cluster: ExternalCluster) -> None:
-    """A nanny replaced a killed worker: the new process is the module cluster's, not a leak."""
-    leak_check.before.children |= cluster.worker_pids()
-
-
-@pytest_asyncio.fixture
-async def local() -> AsyncIterator[Local]:
-    """Two single-thread workers in this process; their scheduler is inspectable."""
-    dask_cluster.gate.clear()
-    dask_cluster.started.clear()
-    async with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=False,
-            asynchronous=True,
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster, asynchronous=True, set_as_default=False) as client,
-    ):
-        log = SchedulerLog()
-        cluster.scheduler.add_plugin(log)
-        try:
-            yield Local(cluster, client, log)
-        finally:
-            dask_cluster.gate.set()  # free any worker thread a test left waiting
-
-
-class SchedulerLog(SchedulerPlugin):
-    """Sees every transition of an in-process scheduler: scattered keys, and when to look."""
-
-    def __init__(self) -> None:
-        self.array_keys: set[str] = set()
-        self._changed = asyncio.Event()
-
-    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if str(key).startswith("aioparallel-array-"):
-            self.array_keys.add(str(key))
-        self._changed.set()
-
-    async def wait_for(self, condition: Callable[[], bool], seconds: float = 10) -> None:
-        """Until ``condition()`` holds, checked after each transition; bounded."""
-        with anyio.fail_after(seconds):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@dataclass
-class Local:
-    cluster: LocalCluster
-    client: Client
-    log: SchedulerLog
-
-    def no_tasks(self) -> bool:
-        return not self.cluster.scheduler.tasks
+# The clusters (``external``: the session's real one; ``local``: in-process, per test) and
+# distributed's offload thread are fixtures of tests/conftest.py.
+pytestmark = pytest.mark.usefixtures("dask_offload_thread")
 
 
 # -- construction ------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from distributed import Client
 
 from aioparallel import (
     InitializerError,
@@ -24,7 +26,6 @@ from aioparallel import (
     delayed,
     parallel_config,
 )
-from tests.conftest import LeakCheck
 from tests.dask_cluster import ExternalCluster
 
 #: Set by the initializer in each dask worker process; read back by ``report``.
@@ -69,24 +70,25 @@ def assert_once_per_worker(cluster: ExternalCluster, path: Path) -> None:
     assert set(pids) <= cluster.worker_pids()
 
 
-@pytest.fixture(scope="module")
-def external(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
-    cluster = ExternalCluster(tmp_path_factory.mktemp("dask-init-cluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-    leftovers = [p.pid for p in cluster.processes if p.poll() is None]
-    assert not leftovers, f"dask processes left running: {leftovers}"
+# ``external`` (the session's real cluster) and ``dask_offload_thread`` are in conftest.py
+pytestmark = pytest.mark.usefixtures("dask_offload_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _dask_offload_thread() -> None:
-    """distributed's one offload thread lives as long as the process (see test_dask.py)."""
-    from distributed.utils import _offload_executor
+@pytest_asyncio.fixture(autouse=True)
+async def _unregister_initializers(external: ExternalCluster) -> AsyncIterator[None]:
+    """The session's cluster keeps worker plugins until told: each test's initializers go with
+    it, so that the tests after it (and workers that join later) run none of them."""
+    async with Client(external.address, asynchronous=True, set_as_default=False) as client:
+        before = set(await client.run_on_scheduler(_worker_plugin_names))
+        try:
+            yield
+        finally:
+            for name in set(await client.run_on_scheduler(_worker_plugin_names)) - before:
+                await client.unregister_worker_plugin(name)
 
-    _offload_executor.submit(int).result(timeout=10)
+
+def _worker_plugin_names(dask_scheduler: Any) -> list[str]:  # runs on the scheduler
+    return list(dask_scheduler.worker_plugins)
 
 
 @pytest.mark.asyncio
@@ -118,32 +120,22 @@ async def test_another_pair_runs_too_via_parallel_config(
 
 
 @pytest.mark.asyncio
-async def test_a_worker_joining_later_runs_it(
-    external: ExternalCluster, tmp_path: Path, leak_check: LeakCheck
-) -> None:
+async def test_a_worker_joining_later_runs_it(external: ExternalCluster, tmp_path: Path) -> None:
     path = tmp_path / "runs.txt"
     parallel = on_cluster(external, initializer=record, initargs=(str(path), "d"))
     await parallel(delayed(report)(x) for x in range(4))
     before = external.worker_pids()
-    nanny = external._spawn(
-        "distributed.cli.dask_worker",
-        "--host=127.0.0.1",
-        "--nthreads=1",
-        "--nworkers=1",
-        "--no-dashboard",
-        "--death-timeout=60",
-        f"--local-directory={external.folder}",
-        f"--scheduler-file={external.scheduler_file}",
-    )
+    nanny = external.spawn_worker()
     external.n_workers += 1
-    await external.wait_for_workers()
-    # the module cluster's processes from now on, stopped with it: not a leak
-    leak_check.before.children |= {nanny.pid, *external.worker_pids()}
-    assert_once_per_worker(external, path)  # set up as it joined, before any task of ours
-    assert set(runs(path)) & (external.worker_pids() - before)
-    results = await parallel(delayed(report)(x) for x in range(40))
-    assert {t for _, t in results} == {"d"}
-    assert_once_per_worker(external, path)
+    try:
+        await external.wait_for_workers()
+        assert_once_per_worker(external, path)  # set up as it joined, before any task of ours
+        assert set(runs(path)) & (external.worker_pids() - before)
+        results = await parallel(delayed(report)(x) for x in range(40))
+        assert {t for _, t in results} == {"d"}
+        assert_once_per_worker(external, path)
+    finally:
+        await external.retire_worker(nanny)  # the session's cluster: back to its own size
 
 
 @pytest.mark.asyncio

@@ -12,26 +12,32 @@ that ran, not the batches queued behind it.
 from __future__ import annotations
 
 import statistics
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import pytest_asyncio
 from distributed import Client, SchedulerPlugin
 
 from aioparallel import Parallel, WorkerCrashedError, delayed, parallel_config
 from aioparallel._backends._base import Batch, RunBatch, RunOptions
 from aioparallel._backends._dask import DaskBackend
-from tests import dask_cluster, test_dask
+from tests import dask_cluster
 from tests.conftest import LeakCheck
-from tests.dask_cluster import ExternalCluster, kill_when_queued, wait_for_gate
-from tests.test_dask import Local, adopt_restarted_workers
+from tests.dask_cluster import (
+    ExternalCluster,
+    Local,
+    adopt_restarted_workers,
+    kill_when_queued,
+    wait_for_gate,
+)
 
-# test_dask's fixtures: its in-process cluster with a scheduler log, and dask's offload thread
-local = test_dask.local
-_dask_offload_thread = test_dask._dask_offload_thread
+# the clusters are fixtures of tests/conftest.py: the in-process one with a scheduler log, and
+# the session's external one
+pytestmark = pytest.mark.usefixtures("dask_offload_thread")
 
 #: Scheduler states of a task submitted and not yet finished.
 _PENDING = frozenset({"waiting", "queued", "no-worker", "processing"})
@@ -106,16 +112,16 @@ async def test_pre_dispatch_bounds_the_calls_in_flight(local: Local, pre_dispatc
 # -- on real worker processes: what submitting ahead must not cost -----------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExternalCluster]:
-    """External workers with allowed-failures=0: the first death of a worker fails every
-    task dask counts against it, so a batch queued behind the culprit is hit at once."""
-    cluster = ExternalCluster(tmp_path_factory.mktemp("dask-strict"), allowed_failures=0)
+@pytest_asyncio.fixture
+async def strict(external: ExternalCluster) -> AsyncIterator[ExternalCluster]:
+    """The session's external cluster with allowed-failures=0 for one test: the first death
+    of a worker fails every task dask counts against it, so a batch queued behind the culprit
+    is hit at once. Put back to the cluster's own value afterwards."""
+    await external.set_allowed_failures(0)
     try:
-        cluster.start()
-        yield cluster
+        yield external
     finally:
-        cluster.stop()
+        await external.set_allowed_failures(external.allowed_failures)
 
 
 class CountingBackend(DaskBackend):
@@ -148,7 +154,7 @@ def fresh_tiny() -> Callable[[int], int]:
 
 @pytest.mark.asyncio
 async def test_auto_batching_times_the_work_not_the_wait_behind_a_queued_batch(
-    cluster: ExternalCluster,
+    external: ExternalCluster,
 ) -> None:
     """With two batches per worker, a batch waits on its worker behind the other: timing
     ``run_batch`` from the client counted that wait (and the round trip) as work and kept
@@ -158,7 +164,7 @@ async def test_auto_batching_times_the_work_not_the_wait_behind_a_queued_batch(
     state; a cold run's ramp from one call takes more batches with more of them in flight
     (the batcher ignores results of a stale size)."""
     warm: dict[int, list[int]] = {1: [], 2: []}
-    async with Client(cluster.address, asynchronous=True, set_as_default=False) as client:
+    async with Client(external.address, asynchronous=True, set_as_default=False) as client:
         for _ in range(3):
             for per_worker in (1, 2):
                 tiny = fresh_tiny()
@@ -176,13 +182,13 @@ async def test_auto_batching_times_the_work_not_the_wait_behind_a_queued_batch(
 @pytest.mark.asyncio
 @pytest.mark.parametrize("return_exceptions", [True, False])
 async def test_a_death_fails_the_task_that_ran_not_the_batches_queued_behind_it(
-    cluster: ExternalCluster, leak_check: LeakCheck, tmp_path: Path, return_exceptions: bool
+    strict: ExternalCluster, leak_check: LeakCheck, tmp_path: Path, return_exceptions: bool
 ) -> None:
     """dask counts a death against every task the worker held; with allowed-failures=0 a
     batch queued behind the culprit failed with it (KilledWorker). A batch that died in
     company is run again alone: the innocent succeeds, the culprit dies alone and is named."""
     report = tmp_path / "queued-behind-task-5"
-    async with parallel_config(backend="dask", address=cluster.address):
+    async with parallel_config(backend="dask", address=strict.address):
         run = Parallel(return_exceptions=return_exceptions, batch_size=1)(
             delayed(kill_when_queued)(x, 5, str(report)) for x in range(16)
         )
@@ -192,8 +198,8 @@ async def test_a_death_fails_the_task_that_ran_not_the_batches_queued_behind_it(
             else:
                 with pytest.raises(WorkerCrashedError) as raised:
                     await run
-    await cluster.wait_for_workers()  # the nannies restarted the killed workers
-    adopt_restarted_workers(leak_check, cluster)
+    await strict.wait_for_workers()  # the nannies restarted the killed workers
+    adopt_restarted_workers(leak_check, strict)
     assert int(report.read_text()) >= 1  # its worker held another batch when it died
     if return_exceptions:
         assert [x for x, v in enumerate(out) if isinstance(v, BaseException)] == [5], out

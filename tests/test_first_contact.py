@@ -283,17 +283,7 @@ def test_a_task_returning_an_unawaited_call_names_the_fix(backend: str, task: An
     assert [str(w.message) for w in caught] == []
 
 
-@pytest.fixture(scope="module")
-def _dask_offload_thread() -> None:
-    """distributed keeps one offload thread for the life of the process: start it before the
-    leak check's first snapshot (as tests/test_dask.py does)."""
-    pytest.importorskip("distributed")
-    from distributed.utils import _offload_executor
-
-    _offload_executor.submit(int).result(timeout=10)
-
-
-@pytest.mark.usefixtures("_dask_offload_thread")
+@pytest.mark.usefixtures("dask_offload_thread")  # conftest.py
 def test_a_dask_task_returning_an_unawaited_call_names_the_fix() -> None:
     import distributed
 

@@ -22,6 +22,7 @@ import joblib
 import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed
+from tests.conftest import choice_fixture
 from tests.helpers import async_calls, square
 
 pytestmark = pytest.mark.anyio
@@ -35,9 +36,7 @@ INPUTS: dict[str, Callable[[int], Any]] = {
 }
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+backend = choice_fixture(BACKENDS)
 
 
 def n_jobs_for(backend: str) -> int:

@@ -24,11 +24,18 @@ import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed, parallel_config
 from aioparallel._backends._threads import ThreadBackend
-from tests.helpers import Gate, Tracker, endless_calls, identity, square, wait_gate
+from tests.helpers import (
+    PROMPT,
+    Gate,
+    Tracker,
+    collect,
+    endless_calls,
+    identity,
+    square,
+    wait_gate,
+)
 
 pytestmark = pytest.mark.anyio
-
-PROMPT = 2.0
 
 
 class Cancelled(BaseException):
@@ -64,13 +71,6 @@ def raise_at(x: int, exc_type: type[BaseException], bad: int = 3) -> int:
     if x == bad:
         raise exc_type(f"raised by task input {x}")
     return x
-
-
-async def collect(p: Parallel[Any], calls: Any) -> list[Any]:
-    if p.return_as == "list":
-        return list(await p(calls))
-    async with p(calls) as stream:
-        return [r async for r in stream]
 
 
 # -- A1, A2, A3: a task's exception of any type is its outcome ----------------------------------

@@ -10,11 +10,20 @@ see it::
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+#: The seed of the suite's random examples: fresh each session (the runs explore), printed in
+#: the session's header and in each failure message; AIOPARALLEL_TEST_SEED=N replays a run.
+SEED = int(os.environ.get("AIOPARALLEL_TEST_SEED") or random.SystemRandom().randrange(2**32))
+
+
+def pytest_report_header() -> str:
+    return f"reliability: random examples seeded with AIOPARALLEL_TEST_SEED={SEED}"
 
 
 @dataclass

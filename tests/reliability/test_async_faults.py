@@ -19,10 +19,8 @@ import pytest
 from aioparallel import Parallel, WorkerCrashedError, delayed
 from aioparallel._backends._async_runner import CANCEL_GRACE
 from tests import async_helpers as ah
+from tests.helpers import PROMPT_PROCESSES
 from tests.proc_helpers import wait_gone
-
-#: Upper bound for "promptly" on a small shared machine.
-PROMPT = 3.0
 
 
 def pids(folder: Path, prefix: str) -> set[int]:
@@ -47,11 +45,11 @@ async def test_cancel_mid_flight_runs_finally_blocks(backend: str, tmp_path: Pat
             began = time.monotonic()
             tg.cancel_scope.cancel()
     assert not outer.cancelled_caught
-    assert time.monotonic() - began < CANCEL_GRACE + PROMPT
+    assert time.monotonic() - began < CANCEL_GRACE + PROMPT_PROCESSES
     if backend == "threads":  # the loops cancel their coroutines in the background
-        await wait_count(tmp_path, "finally-", n, limit=PROMPT)
+        await wait_count(tmp_path, "finally-", n, limit=PROMPT_PROCESSES)
     assert ah.count(tmp_path, "finally-") == n  # every coroutine's finally block ran
-    assert not wait_gone(pids(tmp_path, "start-") - {_own_pid()}, PROMPT)
+    assert not wait_gone(pids(tmp_path, "start-") - {_own_pid()}, PROMPT_PROCESSES)
 
 
 @pytest.mark.anyio
@@ -65,9 +63,9 @@ async def test_task_ignoring_cancellation_gets_its_worker_killed(tmp_path: Path)
             began = time.monotonic()
             tg.cancel_scope.cancel()
     assert not outer.cancelled_caught
-    assert time.monotonic() - began < CANCEL_GRACE + PROMPT  # the grace, then the kill
+    assert time.monotonic() - began < CANCEL_GRACE + PROMPT_PROCESSES  # the grace, then the kill
     assert ah.count(tmp_path, "ignored-") == 3  # it was asked first
-    assert not wait_gone(pids(tmp_path, "start-"), PROMPT)
+    assert not wait_gone(pids(tmp_path, "start-"), PROMPT_PROCESSES)
 
 
 @pytest.mark.anyio
@@ -88,14 +86,14 @@ async def test_timeout_of_a_task_ignoring_cancellation_kills_its_worker(tmp_path
     calls[1] = delayed(ah.stubborn)(str(tmp_path), 1)
     began = time.monotonic()
     results = await Parallel(n_jobs=2, batch_size=4, timeout=0.5, return_exceptions=True)(calls)
-    assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT
+    assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT_PROCESSES
     assert isinstance(results[1], TimeoutError) and "was killed" in str(results[1])
     # the others timed out and were cancelled before the grace ran out, or were in flight
     # when the worker was killed: either way each failed naming itself
     for x in (0, 2, 3):
         assert isinstance(results[x], (TimeoutError, WorkerCrashedError))
         assert f"task {x} (guarded)" in str(results[x])
-    assert not wait_gone(pids(tmp_path, "start-"), PROMPT)
+    assert not wait_gone(pids(tmp_path, "start-"), PROMPT_PROCESSES)
 
 
 @pytest.mark.anyio
@@ -126,10 +124,10 @@ async def test_async_task_blocking_its_loop_is_timed_out_and_its_worker_killed(
     calls = [delayed(ah.block_the_loop)(str(tmp_path), 0), delayed(ah.nap)(1, 0)]
     began = time.monotonic()
     results = await Parallel(n_jobs=2, batch_size=2, timeout=0.5, return_exceptions=True)(calls)
-    assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT
+    assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT_PROCESSES
     assert isinstance(results[0], TimeoutError) and "was killed" in str(results[0])
     assert "task 0 (block_the_loop)" in str(results[0])
     # in flight on the blocked loop: overdue as well, or crashed with the worker
     assert isinstance(results[1], (TimeoutError, WorkerCrashedError))
     assert "task 1 (nap)" in str(results[1])
-    assert not wait_gone(pids(tmp_path, "start-"), PROMPT)
+    assert not wait_gone(pids(tmp_path, "start-"), PROMPT_PROCESSES)

@@ -18,6 +18,8 @@ import pytest
 
 from aioparallel import Parallel, SerializationError, delayed
 from aioparallel._errors import RemoteTraceback
+from tests.conftest import choice_fixture
+from tests.helpers import collect
 from tests.reliability.helpers import (
     HoldsLockError,
     LockedCallable,
@@ -32,7 +34,6 @@ from tests.reliability.helpers import (
 pytestmark = pytest.mark.anyio
 
 BACKENDS = ["processes", "threads"]
-MODES = ["list", "generator", "generator_unordered"]
 RUN_LIMIT = 15.0
 AT = 5
 N = 12
@@ -44,23 +45,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def collect(p: Parallel[Any], calls: Any, limit: float = RUN_LIMIT) -> list[Any]:
-    """``p(calls)`` as a list, whatever its mode; bounded by ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        if p.return_as == "list":
-            return list(await p(calls))
-        async with p(calls) as stream:
-            return [r async for r in stream]
+backend = choice_fixture(BACKENDS)  # and ``mode``: each return_as, from conftest.py
 
 
 def _note(index: int, name: str) -> str:
@@ -74,10 +59,12 @@ async def test_unpicklable_function(backend: str) -> None:
     func = LockedCallable()
     p = Parallel(n_jobs=2, backend=backend)
     if backend == "threads":
-        assert await collect(p, (delayed(func)(i) for i in range(N))) == [i * i for i in range(N)]
+        assert await collect(p, (delayed(func)(i) for i in range(N)), RUN_LIMIT) == [
+            i * i for i in range(N)
+        ]
         return
     with pytest.raises(SerializationError) as info:
-        await collect(p, (delayed(func)(i) for i in range(N)))
+        await collect(p, (delayed(func)(i) for i in range(N)), RUN_LIMIT)
     message = str(info.value)
     # Two lanes pickle their first batch (tasks 0 and 1) at once: the first error wins.
     assert re.search(r"task [01] \(LockedCallable\) could not be pickled", message), message
@@ -92,10 +79,10 @@ async def test_unpicklable_argument_names_its_task(backend: str) -> None:
     args[AT] = threading.Lock()
     p = Parallel(n_jobs=2, backend=backend)
     if backend == "threads":
-        assert await collect(p, (delayed(identity)(a) for a in args)) == args
+        assert await collect(p, (delayed(identity)(a) for a in args), RUN_LIMIT) == args
         return
     with pytest.raises(SerializationError) as info:
-        await collect(p, (delayed(identity)(a) for a in args))
+        await collect(p, (delayed(identity)(a) for a in args), RUN_LIMIT)
     message = str(info.value)
     assert f"task {AT} (identity) could not be pickled" in message
     assert "_thread.lock" in message
@@ -106,11 +93,11 @@ async def test_unpicklable_result_names_its_task(backend: str) -> None:
     p = Parallel(n_jobs=2, backend=backend)
     calls = [delayed(lock_at)(i, AT) for i in range(N)]
     if backend == "threads":
-        results = await collect(p, calls)
+        results = await collect(p, calls, RUN_LIMIT)
         assert type(results[AT]).__name__ == "lock"
         return
     with pytest.raises(SerializationError) as info:
-        await collect(p, calls)
+        await collect(p, calls, RUN_LIMIT)
     message = str(info.value)
     assert f"task {AT} (lock_at)" in message
     assert "result could not be pickled" in message
@@ -120,7 +107,7 @@ async def test_unpicklable_result_names_its_task(backend: str) -> None:
 
 async def test_unpicklable_result_with_return_exceptions(backend: str) -> None:
     p = Parallel(n_jobs=2, backend=backend, return_exceptions=True, batch_size=4)
-    results = await collect(p, [delayed(lock_at)(i, AT) for i in range(N)])
+    results = await collect(p, [delayed(lock_at)(i, AT) for i in range(N)], RUN_LIMIT)
     assert [r for i, r in enumerate(results) if i != AT] == [i for i in range(N) if i != AT]
     if backend == "processes":
         assert isinstance(results[AT], SerializationError)
@@ -135,7 +122,7 @@ async def test_result_unpicklable_in_parent_names_its_task() -> None:
     """
     p = Parallel(n_jobs=2, batch_size=4)
     with pytest.raises(SerializationError) as info:
-        await collect(p, [delayed(bad_in_parent_at)(i, AT) for i in range(N)])
+        await collect(p, [delayed(bad_in_parent_at)(i, AT) for i in range(N)], RUN_LIMIT)
     assert "could not be unpickled in the parent" in str(info.value)
     assert f"task {AT} (bad_in_parent_at)" in str(info.value)
 
@@ -168,14 +155,14 @@ async def test_exception_that_cannot_be_pickled(
     calls = (delayed(raise_at)(i, AT, kind) for i in range(N))
     if backend == "threads":  # nothing is pickled: the task's own exception object
         with pytest.raises(exc_type) as info:
-            await collect(p, calls)
+            await collect(p, calls, RUN_LIMIT)
         assert f"task input {AT}" in str(info.value)
         assert _note(AT, "raise_at") in info.value.__notes__
         return
     # A process worker cannot send it back: a SerializationError that still says which task
     # raised what, with the worker's traceback (and its failing line) chained as the cause.
     with pytest.raises(SerializationError) as serr:
-        await collect(p, calls)
+        await collect(p, calls, RUN_LIMIT)
     message = str(serr.value)
     assert f"task {AT} (raise_at) raised {exc_type.__qualname__}" in message
     assert f"task input {AT}" in message
@@ -213,7 +200,7 @@ async def test_producer_error_is_reraised_as_the_same_object(
     source = _failing_gen(error, 7) if kind == "generator" else _failing_agen(error, 7)
     p = Parallel(n_jobs=2, backend=backend, return_as=mode)  # type: ignore[call-overload]
     with pytest.raises(ProducerBoom) as info:
-        await collect(p, source)
+        await collect(p, source, RUN_LIMIT)
     assert info.value is error
 
 
@@ -238,7 +225,9 @@ async def test_bad_data_leaves_the_pool_usable(backend: str) -> None:
     ]
     for calls in bad_runs:
         try:
-            await collect(p, calls)
+            await collect(p, calls, RUN_LIMIT)
         except (SerializationError, HoldsLockError, ProducerBoom):
             pass
-    assert await collect(p, [delayed(square)(i) for i in range(100)]) == [i * i for i in range(100)]
+    assert await collect(p, [delayed(square)(i) for i in range(100)], RUN_LIMIT) == [
+        i * i for i in range(100)
+    ]

@@ -41,14 +41,14 @@ import anyio
 import anyio.lowlevel
 import psutil
 import pytest
-from hypothesis import HealthCheck, assume, event, given, note, settings
+from hypothesis import HealthCheck, assume, event, given, note, seed, settings
 from hypothesis import strategies as st
 
 from aioparallel import Parallel, delayed
 from aioparallel._backends import _worker_process
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import wait_gone
-from tests.reliability.conftest import Report
+from tests.reliability.conftest import SEED, Report
 from tests.reliability.helpers import nap, read_stamp, square, timed_nap
 
 N_CALLS = 200
@@ -209,12 +209,14 @@ EXAMPLE_STRATEGIES = {
 }
 SETTINGS = {
     "deadline": None,
-    "database": None,  # no .hypothesis/ folder in the repository
+    "database": None,  # no .hypothesis/ folder in the repository: the seed replays instead
+    "print_blob": True,  # the failing example itself, as @reproduce_failure(...)
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 }
 
 
 @pytest.mark.timeout(300)
+@seed(SEED)
 @settings(max_examples=25, **SETTINGS)  # type: ignore[arg-type]
 @given(**EXAMPLE_STRATEGIES)
 def test_cancellation_at_a_random_point(tmp_path: Path, report: Report, **example: Any) -> None:
@@ -223,6 +225,7 @@ def test_cancellation_at_a_random_point(tmp_path: Path, report: Report, **exampl
 
 @pytest.mark.heavy
 @pytest.mark.timeout(1800)
+@seed(SEED)
 @settings(max_examples=500, **SETTINGS)  # type: ignore[arg-type]
 @given(**EXAMPLE_STRATEGIES)
 def test_cancellation_at_a_random_point_many(
@@ -250,7 +253,7 @@ def _check_one_cancellation(
         f"{backend}/{mode}{'' if mode == 'list' or close else '(bare)'}/{how}/"
         f"{'warm' if warm else 'cold'}/{loop}"
     )
-    note(f"example: {label}, delay={delay:.3f}s")
+    note(f"example: {label}, delay={delay:.3f}s; rerun with AIOPARALLEL_TEST_SEED={SEED}")
     event(label.split("/")[0] + "/" + label.split("/")[-1])
     before = Snapshot.take()
     name, options = LOOPS[loop]
