@@ -31,14 +31,14 @@ from typing import Any, BinaryIO
 import cloudpickle
 
 from . import _tracker
-from ._backends._wire import (
+from ._system import FEATURES
+from .child.protocol import (
     FOLDER_PREFIX,
     TempFolderError,
     ensure_private_dir,
     load_memmap,
     memmap_reference,
 )
-from ._system import FEATURES
 
 __all__ = ["JobWriter", "Lease", "RunFolder", "remove_folders"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from aioparallel import Parallel, SerializationError, _memmap, delayed
-from aioparallel._backends._wire import TempFolderError, ensure_private_dir
+from aioparallel.child.protocol import TempFolderError, ensure_private_dir
 from tests.helpers import square
 
 pytestmark = pytest.mark.anyio

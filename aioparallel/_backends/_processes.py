@@ -7,7 +7,7 @@ worker streams them. If the worker dies, the shared slot says which call it was 
 that call fails with ``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it
 for running past ``timeout``), the calls that had started or finished without their result
 arriving fail too (never run twice: they may have had side effects), and the calls that
-had not started are re-run on a fresh worker (``_slot.blame`` decides which is which).
+had not started are re-run on a fresh worker (``child.slot.blame`` decides which is which).
 A cancelled batch kills its worker (shielded) before the cancellation goes on.
 """
 
@@ -28,7 +28,22 @@ import anyio.to_thread
 from .._call import Call, function_name
 from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
-from ._async_runner import CANCEL_GRACE, TimedOut
+from ..child.protocol import (
+    BATCH,
+    BATCH_FILE,
+    CANCEL,
+    CANCEL_GRACE,
+    INLINE_LIMIT,
+    JOB_HEADER,
+    LOAD_ERROR,
+    RESULTS_FILE,
+    TaskError,
+    TempFolderError,
+    TimedOut,
+    split_results,
+    unspill,
+)
+from ..child.slot import BATCH_SHIFT, Kill, Snapshot, blame
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._cheap_pickling import cheap_callable, job_flags, one_func, small_args, small_calls
 from ._failures import (
@@ -44,21 +59,7 @@ from ._failures import (
 )
 from ._pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
 from ._setup import Initializer, WorkerSetup
-from ._slot import BATCH_SHIFT, Kill, Snapshot, blame
 from ._unpickling import loads_yielding
-from ._wire import (
-    BATCH,
-    BATCH_FILE,
-    CANCEL,
-    INLINE_LIMIT,
-    JOB_HEADER,
-    LOAD_ERROR,
-    RESULTS_FILE,
-    TaskError,
-    TempFolderError,
-    split_results,
-    unspill,
-)
 
 __all__ = ["ProcessBackend"]
 
@@ -537,7 +538,7 @@ class _BatchRun:
         flags: bytes | None,
     ) -> list[int]:
         """Fail the calls the worker had started or finished without their outcome arriving;
-        return the ones it had not started, to run again (``_slot.blame``, from the slot as
+        return the ones it had not started, to run again (``child.slot.blame``, from the slot as
         the dead worker left it). A call that finished is never run again."""
         exitcode = await worker.exit_code()  # first: the slot is final once it is dead
         snap = worker.snapshot(seq)
