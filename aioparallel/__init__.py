@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from ._backends._base import Failure as Failure
     from ._backends._base import RunBatch as RunBatch
     from ._backends._base import RunOptions as RunOptions
-    from ._backends._pool import shutdown_workers as shutdown_workers
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import effective_n_jobs as effective_n_jobs
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
     from ._parallel import Parallel as Parallel
     from ._progress import ProgressEvent as ProgressEvent
     from ._system import cpu_count as cpu_count
+    from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
 
 # Public name -> module that defines it; imported on first use (PEP 562) so that
 # `import aioparallel` stays cheap for a cold start.
@@ -89,7 +89,7 @@ _LAZY = {
     "Parallel": "._parallel",
     "ProgressEvent": "._progress",
     "cpu_count": "._system",
-    "shutdown_workers": "._backends._pool",
+    "shutdown_workers": ".backends.processes.pool.pool",
 }
 
 

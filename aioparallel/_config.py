@@ -16,8 +16,8 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from ._backends._base import Backend
-from ._backends._setup import Initializer
 from ._system import cpu_count, in_worker
+from .backends.setup import Initializer
 
 __all__ = [
     "BACKEND_ALIASES",

@@ -324,7 +324,7 @@ class Parallel(Generic[M]):
 
             return ThreadBackend(1 if self._one_thread else self.n_jobs, self._initializer)
         if name == "processes":
-            from ._backends._processes import ProcessBackend
+            from .backends.processes.backend import ProcessBackend
 
             return ProcessBackend(
                 self.n_jobs, private=private, initializer=self._initializer, **self._backend_options

@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import aioparallel
-from aioparallel import _tracker
+from aioparallel.backends.processes import tracker as _tracker
 
 #: Seconds the leak check waits for asynchronous cleanup before it fails the test.
 LEAK_WAIT = 5.0

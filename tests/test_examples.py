@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 def descendants(pid: int) -> list[psutil.Process]:
-    """The workers under ``pid`` (its folder tracker, ``_tracker.py``, is no worker)."""
+    """The workers under ``pid`` (its folder tracker, ``processes/tracker.py``, is no worker)."""
     try:
         return [p for p in psutil.Process(pid).children(recursive=True) if not is_tracker(p)]
     except psutil.NoSuchProcess:
@@ -60,7 +60,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 def is_tracker(proc: psutil.Process) -> bool:
     try:
-        return any(arg.endswith("_tracker.py") for arg in proc.cmdline())
+        return any(arg.endswith(os.path.join("processes", "tracker.py")) for arg in proc.cmdline())
     except psutil.Error:
         return False
 
@@ -280,6 +280,6 @@ def test_fastapi_example_module_imports_without_side_effects() -> None:
     code = (
         "import examples.fastapi_app as m, sys; "
         "assert m.count_primes(0, 100) == 25; "
-        "assert 'aioparallel._backends._pool' not in sys.modules"
+        "assert 'aioparallel.backends.processes.pool.pool' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)

@@ -54,10 +54,10 @@ from .._errors import (
     WorkerCrashedError,
     attach_task,
 )
+from ..backends.setup import Initializer, initializer_error
+from ..backends.unpickling import loads_yielding
 from ._base import Batch, Failure, RunBatch, RunOptions
 from ._dask_worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
-from ._setup import Initializer, initializer_error
-from ._unpickling import loads_yielding
 
 __all__ = ["DaskBackend"]
 

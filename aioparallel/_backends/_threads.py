@@ -27,6 +27,8 @@ from .._call import Call, function_name
 from .._coroutines import async_flags, is_coroutine
 from .._errors import TaskTimeoutError, attach_task
 from .._nesting import deeper
+from ..backends.failures import async_timeout_error
+from ..backends.setup import Initializer, InitOnce
 from ..child.async_loop import (
     BLOCKED_MARGIN,
     CANCEL_GRACE,
@@ -37,8 +39,6 @@ from ..child.async_loop import (
     run_calls_on_loop,
 )
 from ._base import Batch, Failure, RunBatch, RunOptions
-from ._failures import async_timeout_error
-from ._setup import Initializer, InitOnce
 from ._timed import DaemonThreads, Watch
 
 __all__ = ["ThreadBackend"]

@@ -1,6 +1,6 @@
 """The worker process, started by the pool as ``python -c <boot> ROOT REQ RESP SLOT LIFELINE
-PARENT_PID`` (``_worker_process._BOOT``): descriptor numbers of the pipes and slot the parent
-created, and the parent's pid if it wants the kernel's parent-death signal (else 0).
+PARENT_PID`` (``backends.processes.worker._BOOT``): descriptor numbers of the pipes and slot
+the parent created, and the parent's pid if it wants the kernel's parent-death signal (else 0).
 
 Imports only the standard library and its siblings in ``aioparallel.child`` (a cold start
 costs ~20 ms, not ~100 ms).

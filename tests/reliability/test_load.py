@@ -16,8 +16,9 @@ import anyio
 import psutil
 import pytest
 
-from aioparallel import Parallel, _tracker, delayed
+from aioparallel import Parallel, delayed
 from aioparallel._batching import MAX_BATCH_CALLS
+from aioparallel.backends.processes import tracker as _tracker
 from tests.reliability.conftest import Report
 from tests.reliability.helpers import RssSampler, square, square_and_pid
 

@@ -21,7 +21,8 @@ import numpy as np
 import psutil
 import pytest
 
-from aioparallel import Parallel, _tracker, delayed
+from aioparallel import Parallel, delayed
+from aioparallel.backends.processes import tracker as _tracker
 from tests.reliability.helpers import (
     get_env,
     memmap_folder,

@@ -88,7 +88,7 @@ def _spawn() -> None:
     global _fd, _tracker
     import subprocess
 
-    from .child.protocol import FOLDER_PREFIX
+    from ...child.protocol import FOLDER_PREFIX
 
     read, write = os.pipe()
     try:

@@ -1,8 +1,8 @@
 """The process backend: batches run on warm worker processes, with crashes and timeouts
 isolated to the one task they hit.
 
-For each batch: take a worker from the pool (``_pool.RunWorkers``), pickle the job (in a
-thread unless it is obviously small: ``_cheap_pickling``), send it, and read results as the
+For each batch: take a worker from the pool (``pool.RunWorkers``), pickle the job (in a
+thread unless it is obviously small: ``pickling``), send it, and read results as the
 worker streams them. If the worker dies, the shared slot says which call it was running:
 that call fails with ``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it
 for running past ``timeout``), the calls that had started or finished without their result
@@ -25,10 +25,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._call import Call, function_name
-from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
-from .._memmap import JobWriter, Lease, RunFolder, remove_folders
-from ..child.protocol import (
+from ..._backends._base import Batch, Failure, RunBatch, RunOptions
+from ..._call import Call, function_name
+from ..._errors import PicklingError, SerializationError, UnpicklingError, attach_task
+from ...child.protocol import (
     BATCH,
     BATCH_FILE,
     CANCEL,
@@ -43,10 +43,8 @@ from ..child.protocol import (
     split_results,
     unspill,
 )
-from ..child.slot import BATCH_SHIFT, Kill, Snapshot, blame
-from ._base import Batch, Failure, RunBatch, RunOptions
-from ._cheap_pickling import cheap_callable, job_flags, one_func, small_args, small_calls
-from ._failures import (
+from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
+from ..failures import (
     async_timeout_error,
     closed_error,
     crash_error,
@@ -57,9 +55,11 @@ from ._failures import (
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
-from ._setup import Initializer, WorkerSetup
-from ._unpickling import loads_yielding
+from ..setup import Initializer, WorkerSetup
+from ..unpickling import loads_yielding
+from .pickling import cheap_callable, job_flags, one_func, small_args, small_calls
+from .pool.pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
+from .tempfiles import JobWriter, Lease, RunFolder, remove_folders
 
 __all__ = ["ProcessBackend"]
 

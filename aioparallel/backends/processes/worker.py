@@ -23,17 +23,19 @@ from typing import Any
 
 import anyio
 
-from .._errors import describe_exit
-from .._system import FEATURES, IN_WORKER_ENV, blas_thread_env
-from ..child import protocol
-from ..child.slot import SIZE as SLOT_SIZE
-from ..child.slot import CrashSlot, Snapshot
-from ._failures import rebuild
-from ._setup import PLAIN, WorkerSetup, initializer_error
+from ..._errors import describe_exit
+from ..._system import FEATURES, IN_WORKER_ENV, blas_thread_env
+from ...child import protocol
+from ...child.slot import SIZE as SLOT_SIZE
+from ...child.slot import CrashSlot, Snapshot
+from ..failures import rebuild
+from ..setup import PLAIN, WorkerSetup, initializer_error
 
 __all__ = ["WorkerProcess", "forget_live_pids"]
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The folder that holds the ``aioparallel`` package (this file is
+#: ``aioparallel/backends/processes/worker.py``): first on the worker's ``sys.path``.
+_PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
     "from aioparallel.child.main import main; main(sys.argv[1:])"
