@@ -329,7 +329,7 @@ class Parallel(Generic[M]):
             return ProcessBackend(
                 self.n_jobs, private=private, initializer=self._initializer, **self._backend_options
             )
-        from ._backends._dask import DaskBackend
+        from .backends.dask.client import DaskBackend
 
         # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs
         return DaskBackend(self._n_jobs_arg, initializer=self._initializer, **self._backend_options)

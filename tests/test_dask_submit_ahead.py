@@ -23,7 +23,7 @@ from distributed import Client, SchedulerPlugin
 
 from aioparallel import Parallel, WorkerCrashedError, delayed, parallel_config
 from aioparallel._backends._base import Batch, RunBatch, RunOptions
-from aioparallel._backends._dask import DaskBackend
+from aioparallel.backends.dask.client import DaskBackend
 from tests import dask_cluster, test_dask
 from tests.conftest import LeakCheck
 from tests.dask_cluster import ExternalCluster, kill_when_queued, wait_for_gate
