@@ -40,11 +40,6 @@ __all__ = [
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._backends._base import Backend as Backend
-    from ._backends._base import Batch as Batch
-    from ._backends._base import Failure as Failure
-    from ._backends._base import RunBatch as RunBatch
-    from ._backends._base import RunOptions as RunOptions
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import effective_n_jobs as effective_n_jobs
@@ -62,16 +57,21 @@ if TYPE_CHECKING:
     from ._parallel import Parallel as Parallel
     from ._progress import ProgressEvent as ProgressEvent
     from ._system import cpu_count as cpu_count
+    from .backends.base import Backend as Backend
+    from .backends.base import Batch as Batch
+    from .backends.base import Failure as Failure
+    from .backends.base import RunBatch as RunBatch
+    from .backends.base import RunOptions as RunOptions
     from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
 
 # Public name -> module that defines it; imported on first use (PEP 562) so that
 # `import aioparallel` stays cheap for a cold start.
 _LAZY = {
-    "Backend": "._backends._base",
-    "Batch": "._backends._base",
-    "Failure": "._backends._base",
-    "RunBatch": "._backends._base",
-    "RunOptions": "._backends._base",
+    "Backend": ".backends.base",
+    "Batch": ".backends.base",
+    "Failure": ".backends.base",
+    "RunBatch": ".backends.base",
+    "RunOptions": ".backends.base",
     "Call": "._call",
     "delayed": "._call",
     "effective_n_jobs": "._config",

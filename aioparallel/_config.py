@@ -15,8 +15,8 @@ from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from ._backends._base import Backend
 from ._system import cpu_count, in_worker
+from .backends.base import Backend
 from .backends.setup import Initializer
 
 __all__ = [

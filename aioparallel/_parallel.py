@@ -8,7 +8,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, I
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
-from ._backends._base import Backend, RunOptions
 from ._budget import Budget
 from ._call import Call
 from ._config import (
@@ -32,6 +31,7 @@ from ._results import SINKS, ListSink, Sink
 from ._run import Run
 from ._stream import ResultStream
 from ._system import check_process_backend
+from .backends.base import Backend, RunOptions
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -316,11 +316,11 @@ class Parallel(Generic[M]):
             return self._backend_object
         name = self._backend_name
         if name == "sequential":
-            from ._backends._sequential import SequentialBackend
+            from .backends.sequential import SequentialBackend
 
             return SequentialBackend(self._initializer)
         if name == "threads":
-            from ._backends._threads import ThreadBackend
+            from .backends.threads import ThreadBackend
 
             return ThreadBackend(1 if self._one_thread else self.n_jobs, self._initializer)
         if name == "processes":

@@ -37,7 +37,6 @@ from typing import Any
 
 import anyio
 
-from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
 from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
 from ._call import Call, function_name
 from ._coroutines import async_flags
@@ -47,6 +46,7 @@ from ._progress import ProgressReporter
 from ._results import Sink
 from ._source import ProducerError, Source
 from ._stream import ResultStream
+from .backends.base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

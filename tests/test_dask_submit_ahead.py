@@ -22,7 +22,7 @@ import pytest
 from distributed import Client, SchedulerPlugin
 
 from aioparallel import Parallel, WorkerCrashedError, delayed, parallel_config
-from aioparallel._backends._base import Batch, RunBatch, RunOptions
+from aioparallel.backends.base import Batch, RunBatch, RunOptions
 from aioparallel.backends.dask.client import DaskBackend
 from tests import dask_cluster, test_dask
 from tests.conftest import LeakCheck

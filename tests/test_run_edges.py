@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed, parallel_config
-from aioparallel._backends._threads import ThreadBackend
+from aioparallel.backends.threads import ThreadBackend
 from tests.helpers import Gate, Tracker, endless_calls, identity, square, wait_gate
 
 pytestmark = pytest.mark.anyio

@@ -45,7 +45,6 @@ import numpy as np
 from distributed import Client, KilledWorker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..._backends._base import Batch, Failure, RunBatch, RunOptions
 from ..._call import Call, function_name
 from ..._coroutines import async_flags
 from ..._errors import (
@@ -55,6 +54,7 @@ from ..._errors import (
     WorkerCrashedError,
     attach_task,
 )
+from ..base import Batch, Failure, RunBatch, RunOptions
 from ..setup import Initializer, initializer_error
 from ..unpickling import loads_yielding
 from .worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async

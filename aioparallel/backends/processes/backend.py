@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ..._backends._base import Batch, Failure, RunBatch, RunOptions
 from ..._call import Call, function_name
 from ..._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from ...child.protocol import (
@@ -44,6 +43,7 @@ from ...child.protocol import (
     unspill,
 )
 from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
+from ..base import Batch, Failure, RunBatch, RunOptions
 from ..failures import (
     async_timeout_error,
     closed_error,
