@@ -3,6 +3,12 @@
 ::
 
     results = await Parallel(n_jobs=4)(delayed(f)(x) for x in xs)
+
+The public API is the names exported here (``__all__``), and only those. Everything else,
+the subpackages included, is private and may change in any release: ``run/`` (one run of a
+``Parallel``), ``backends/`` (where batches run: ``base`` holds the ``Backend`` protocol;
+``processes/``, ``dask/``, threads, sequential) and ``child/`` (the code a worker process
+runs, standard library only).
 """
 
 from __future__ import annotations
@@ -55,7 +61,6 @@ if TYPE_CHECKING:
     from ._errors import UnpicklingError as UnpicklingError
     from ._errors import WorkerCrashedError as WorkerCrashedError
     from ._parallel import Parallel as Parallel
-    from ._progress import ProgressEvent as ProgressEvent
     from ._system import cpu_count as cpu_count
     from .backends.base import Backend as Backend
     from .backends.base import Batch as Batch
@@ -63,6 +68,7 @@ if TYPE_CHECKING:
     from .backends.base import RunBatch as RunBatch
     from .backends.base import RunOptions as RunOptions
     from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
+    from .run.progress import ProgressEvent as ProgressEvent
 
 # Public name -> module that defines it; imported on first use (PEP 562) so that
 # `import aioparallel` stays cheap for a cold start.
@@ -87,7 +93,7 @@ _LAZY = {
     "UnpicklingError": "._errors",
     "WorkerCrashedError": "._errors",
     "Parallel": "._parallel",
-    "ProgressEvent": "._progress",
+    "ProgressEvent": ".run.progress",
     "cpu_count": "._system",
     "shutdown_workers": ".backends.processes.pool.pool",
 }

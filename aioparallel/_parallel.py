@@ -8,7 +8,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, I
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
-from ._budget import Budget
 from ._call import Call
 from ._config import (
     DEFAULT_WORKER_CONCURRENCY,
@@ -26,12 +25,13 @@ from ._config import (
 )
 from ._nesting import cap_nesting
 from ._pending import PendingResults
-from ._progress import ProgressCallback, ProgressReporter
-from ._results import SINKS, ListSink, Sink
-from ._run import Run
-from ._stream import ResultStream
 from ._system import check_process_backend
 from .backends.base import Backend, RunOptions
+from .run.budget import Budget
+from .run.progress import ProgressCallback, ProgressReporter
+from .run.results import SINKS, ListSink, Sink
+from .run.run import Run
+from .run.stream import ResultStream
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext

@@ -324,7 +324,7 @@ async def test_sync_only_workers_never_import_asyncio() -> None:
 def test_auto_batching_floor_for_async_input() -> None:
     """An async batch's duration is mostly waiting: auto batching never sends a worker fewer
     than ASYNC_BATCH_FACTOR * worker_concurrency of them, except to share the input's tail."""
-    from aioparallel._batching import AutoBatcher
+    from aioparallel.run.batching import AutoBatcher
 
     batcher = AutoBatcher()
     batcher.raise_floor(64)
