@@ -3,6 +3,12 @@
 ::
 
     results = await Parallel(n_jobs=4)(delayed(f)(x) for x in xs)
+
+The public API is the names exported here (``__all__``), and only those. Everything else,
+the subpackages included, is private and may change in any release: ``run/`` (one run of a
+``Parallel``), ``backends/`` (where batches run: ``base`` holds the ``Backend`` protocol;
+``processes/``, ``dask/``, threads, sequential) and ``child/`` (the code a worker process
+runs, standard library only).
 """
 
 from __future__ import annotations
@@ -40,12 +46,6 @@ __all__ = [
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._backends._base import Backend as Backend
-    from ._backends._base import Batch as Batch
-    from ._backends._base import Failure as Failure
-    from ._backends._base import RunBatch as RunBatch
-    from ._backends._base import RunOptions as RunOptions
-    from ._backends._pool import shutdown_workers as shutdown_workers
     from ._call import Call as Call
     from ._call import delayed as delayed
     from ._config import effective_n_jobs as effective_n_jobs
@@ -61,17 +61,23 @@ if TYPE_CHECKING:
     from ._errors import UnpicklingError as UnpicklingError
     from ._errors import WorkerCrashedError as WorkerCrashedError
     from ._parallel import Parallel as Parallel
-    from ._progress import ProgressEvent as ProgressEvent
     from ._system import cpu_count as cpu_count
+    from .backends.base import Backend as Backend
+    from .backends.base import Batch as Batch
+    from .backends.base import Failure as Failure
+    from .backends.base import RunBatch as RunBatch
+    from .backends.base import RunOptions as RunOptions
+    from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
+    from .run.progress import ProgressEvent as ProgressEvent
 
 # Public name -> module that defines it; imported on first use (PEP 562) so that
 # `import aioparallel` stays cheap for a cold start.
 _LAZY = {
-    "Backend": "._backends._base",
-    "Batch": "._backends._base",
-    "Failure": "._backends._base",
-    "RunBatch": "._backends._base",
-    "RunOptions": "._backends._base",
+    "Backend": ".backends.base",
+    "Batch": ".backends.base",
+    "Failure": ".backends.base",
+    "RunBatch": ".backends.base",
+    "RunOptions": ".backends.base",
     "Call": "._call",
     "delayed": "._call",
     "effective_n_jobs": "._config",
@@ -87,9 +93,9 @@ _LAZY = {
     "UnpicklingError": "._errors",
     "WorkerCrashedError": "._errors",
     "Parallel": "._parallel",
-    "ProgressEvent": "._progress",
+    "ProgressEvent": ".run.progress",
     "cpu_count": "._system",
-    "shutdown_workers": "._backends._pool",
+    "shutdown_workers": ".backends.processes.pool.pool",
 }
 
 

@@ -15,9 +15,9 @@ from fractions import Fraction
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from ._backends._base import Backend
-from ._backends._setup import Initializer
 from ._system import cpu_count, in_worker
+from .backends.base import Backend
+from .backends.setup import Initializer
 
 __all__ = [
     "BACKEND_ALIASES",

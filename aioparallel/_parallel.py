@@ -8,8 +8,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, I
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
-from ._backends._base import Backend, RunOptions
-from ._budget import Budget
 from ._call import Call
 from ._config import (
     DEFAULT_WORKER_CONCURRENCY,
@@ -27,11 +25,13 @@ from ._config import (
 )
 from ._nesting import cap_nesting
 from ._pending import PendingResults
-from ._progress import ProgressCallback, ProgressReporter
-from ._results import SINKS, ListSink, Sink
-from ._run import Run
-from ._stream import ResultStream
 from ._system import check_process_backend
+from .backends.base import Backend, RunOptions
+from .run.budget import Budget
+from .run.progress import ProgressCallback, ProgressReporter
+from .run.results import SINKS, ListSink, Sink
+from .run.run import Run
+from .run.stream import ResultStream
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -316,20 +316,20 @@ class Parallel(Generic[M]):
             return self._backend_object
         name = self._backend_name
         if name == "sequential":
-            from ._backends._sequential import SequentialBackend
+            from .backends.sequential import SequentialBackend
 
             return SequentialBackend(self._initializer)
         if name == "threads":
-            from ._backends._threads import ThreadBackend
+            from .backends.threads import ThreadBackend
 
             return ThreadBackend(1 if self._one_thread else self.n_jobs, self._initializer)
         if name == "processes":
-            from ._backends._processes import ProcessBackend
+            from .backends.processes.backend import ProcessBackend
 
             return ProcessBackend(
                 self.n_jobs, private=private, initializer=self._initializer, **self._backend_options
             )
-        from ._backends._dask import DaskBackend
+        from .backends.dask.client import DaskBackend
 
         # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs
         return DaskBackend(self._n_jobs_arg, initializer=self._initializer, **self._backend_options)

@@ -32,7 +32,7 @@ import pytest
 import pytest_asyncio
 
 import aioparallel
-from aioparallel import _tracker
+from aioparallel.backends.processes import tracker as _tracker
 from tests.helpers import MODES
 
 if TYPE_CHECKING:  # imported by the dask fixtures only: other sessions need no distributed

@@ -424,7 +424,7 @@ def worker_children() -> set[int]:
     for proc in psutil.Process().children():
         try:
             if proc.status() == psutil.STATUS_ZOMBIE or any(
-                "_backends._worker" in part for part in proc.cmdline()
+                "aioparallel.child.main" in part for part in proc.cmdline()
             ):
                 found.add(proc.pid)
         except psutil.Error:

@@ -89,7 +89,7 @@ def test_import_is_lazy() -> None:
     loaded = _modules_after("from aioparallel import Parallel")
     assert "aioparallel._parallel" in loaded
     assert not any(
-        m.startswith(("distributed", "trio", "aioparallel._backends._dask")) for m in loaded
+        m.startswith(("distributed", "trio", "aioparallel.backends.dask")) for m in loaded
     )
 
 

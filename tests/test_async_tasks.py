@@ -305,8 +305,8 @@ def anyio_backend_name(anyio_backend: Any) -> str:
 
 @pytest.mark.anyio
 async def test_sync_only_workers_never_import_asyncio() -> None:
-    """The worker starts on the stdlib and _wire only; its loop thread (and asyncio) come
-    with its first async call, so sync-only cold starts stay as fast as before."""
+    """The worker starts on the stdlib and ``aioparallel.child`` only; its loop thread (and
+    asyncio) come with its first async call, so sync-only cold starts stay as fast as before."""
     probe = "'asyncio' in __import__('sys').modules"
     async with Parallel(n_jobs=2, batch_size=1) as parallel:  # fresh workers of its own
         assert await parallel(delayed(eval)(probe) for _ in range(4)) == [False] * 4
@@ -315,7 +315,7 @@ async def test_sync_only_workers_never_import_asyncio() -> None:
 def test_auto_batching_floor_for_async_input() -> None:
     """An async batch's duration is mostly waiting: auto batching never sends a worker fewer
     than ASYNC_BATCH_FACTOR * worker_concurrency of them, except to share the input's tail."""
-    from aioparallel._batching import AutoBatcher
+    from aioparallel.run.batching import AutoBatcher
 
     batcher = AutoBatcher()
     batcher.raise_floor(64)

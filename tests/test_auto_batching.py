@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._batching import AutoBatcher
+from aioparallel.run.batching import AutoBatcher
 from tests.test_custom_backend import InlineBackend
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ import pytest
 
 import aioparallel
 from aioparallel import Parallel, SerializationError, delayed, parallel_config
-from aioparallel._backends import _dask_worker
+from aioparallel.backends.dask import worker as _dask_worker
 from tests.helpers import Gate, square, wait_gate
 from tests.proc_helpers import BadAtPickle, BadAtUnpickleInParent, FailsToUnpickle, take_arg
 

@@ -195,7 +195,7 @@ async def test_workers_follow_a_changed_authkey() -> None:
 def test_the_authkey_never_reaches_a_worker_by_its_environment_or_argv() -> None:
     import inspect
 
-    from aioparallel._backends import _worker_process
+    from aioparallel.backends.processes import worker as _worker_process
 
     source = inspect.getsource(_worker_process.WorkerProcess.spawn)
     assert "authkey" not in source  # it travels by the SETUP frame of the worker's own pipe

@@ -495,8 +495,8 @@ async def test_timeout_with_return_exceptions() -> None:
 async def test_timeout_does_not_count_time_queued() -> None:
     """A call queued behind busy workers (concurrent calls on a warm Parallel) gets its full
     timeout once it starts: waiting for a thread is not part of it."""
-    from aioparallel._backends._base import Batch, RunOptions
-    from aioparallel._backends._threads import ThreadBackend
+    from aioparallel.backends.base import Batch, RunOptions
+    from aioparallel.backends.threads import ThreadBackend
 
     gate = Gate()
     queued_result: list[Any] = []

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aioparallel import Parallel, WorkerCrashedError, delayed
-from aioparallel._backends._slot import (
+from aioparallel.child.slot import (
     BATCH_SHIFT,
     JOURNAL,
     LOADING,
@@ -29,7 +29,7 @@ from aioparallel._backends._slot import (
     Verdict,
     blame,
 )
-from aioparallel._backends._slot import SIZE as SLOT_SIZE
+from aioparallel.child.slot import SIZE as SLOT_SIZE
 from tests import async_helpers as ah
 
 

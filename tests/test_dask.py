@@ -31,9 +31,9 @@ from aioparallel import (
     delayed,
     parallel_config,
 )
-from aioparallel._backends._base import Batch, Failure, RunOptions
-from aioparallel._backends._dask import DaskBackend
 from aioparallel._call import Call
+from aioparallel.backends.base import Batch, Failure, RunOptions
+from aioparallel.backends.dask.client import DaskBackend
 from benchmarks.probes import Heartbeat
 from tests import dask_cluster
 from tests.conftest import LeakCheck

@@ -23,8 +23,8 @@ import pytest_asyncio
 from distributed import Client, SchedulerPlugin
 
 from aioparallel import Parallel, WorkerCrashedError, delayed, parallel_config
-from aioparallel._backends._base import Batch, RunBatch, RunOptions
-from aioparallel._backends._dask import DaskBackend
+from aioparallel.backends.base import Batch, RunBatch, RunOptions
+from aioparallel.backends.dask.client import DaskBackend
 from tests import dask_cluster
 from tests.conftest import LeakCheck
 from tests.dask_cluster import (

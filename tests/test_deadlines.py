@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends._async_runner import BLOCKED_MARGIN, CANCEL_GRACE
+from aioparallel.child.async_loop import BLOCKED_MARGIN, CANCEL_GRACE
 from tests import nesting_helpers as nh
 
 TIMEOUT = 0.3

@@ -272,6 +272,6 @@ def test_fastapi_example_module_imports_without_side_effects() -> None:
     code = (
         "import examples.fastapi_app as m, sys; "
         "assert m.count_primes(0, 100) == 25; "
-        "assert 'aioparallel._backends._pool' not in sys.modules"
+        "assert 'aioparallel.backends.processes.pool.pool' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)

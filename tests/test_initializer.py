@@ -207,7 +207,7 @@ def test_initargs_without_initializer_is_a_value_error() -> None:
 
 
 def test_initializer_with_a_backend_object_is_a_value_error() -> None:
-    from aioparallel._backends._threads import ThreadBackend
+    from aioparallel.backends.threads import ThreadBackend
 
     with pytest.raises(ValueError, match="initializer"):
         Parallel(backend=ThreadBackend(2), initializer=record, initargs=("x",))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends._unpickling import loads_yielding
+from aioparallel.backends.unpickling import loads_yielding
 from benchmarks.probes import Heartbeat
 from tests.helpers import TASK_WAIT, square
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from aioparallel import Call, Parallel, delayed
-from aioparallel._backends._wire import results_header, split_results
-from aioparallel._source import NotACallError, Source
+from aioparallel.child.protocol import results_header, split_results
+from aioparallel.run.source import NotACallError, Source
 from tests.helpers import square
 
 

@@ -21,7 +21,8 @@ import pytest
 
 import aioparallel
 from aioparallel import Parallel, delayed, parallel_config
-from aioparallel._backends import _pool, _worker_process
+from aioparallel.backends.processes import worker as _worker_process
+from aioparallel.backends.processes.pool import pool as _pool
 from tests import proc_helpers as h
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import worker_children

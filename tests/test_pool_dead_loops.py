@@ -26,8 +26,8 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends import _pool
-from aioparallel._backends._pool import Pool
+from aioparallel.backends.processes.pool import pool as _pool
+from aioparallel.backends.processes.pool.pool import Pool
 from tests import proc_helpers as h
 from tests.proc_helpers import worker_children
 

@@ -19,8 +19,8 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends import _processes
-from aioparallel._backends._pool import Pool, run_ticket
+from aioparallel.backends.processes import backend as _processes
+from aioparallel.backends.processes.pool.pool import Pool, run_ticket
 
 pytestmark = pytest.mark.anyio
 

@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from aioparallel._backends._pool import Pool, PoolClosedError, WorkerProcess
+from aioparallel.backends.processes.pool.pool import Pool, PoolClosedError, WorkerProcess
 from tests.proc_helpers import worker_children
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from joblib.logger import short_format_time as joblib_short_format_time
 from joblib.parallel import _verbosity_filter as joblib_verbosity_filter
 
-from aioparallel._progress import short_format_time, verbosity_filter
+from aioparallel.run.progress import short_format_time, verbosity_filter
 
 
 def test_verbosity_filter_matches_joblib() -> None:

@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, ProgressEvent, delayed, parallel_config
-from aioparallel._backends._threads import ThreadBackend
+from aioparallel.backends.threads import ThreadBackend
 from tests.helpers import (
     PROMPT,
     Gate,
@@ -119,8 +119,8 @@ async def test_any_task_exception_is_reraised_never_a_short_result(
 
 async def test_a_list_result_has_one_slot_per_call() -> None:
     """The run raises instead of returning placeholders when a backend drops results."""
-    from aioparallel._budget import Budget
-    from aioparallel._results import ListSink
+    from aioparallel.run.budget import Budget
+    from aioparallel.run.results import ListSink
 
     sink: ListSink[Any] = ListSink(Budget(None))
     sink.reserve(0, 4)
@@ -139,7 +139,7 @@ async def test_a_list_result_has_one_slot_per_call() -> None:
 async def test_a_hanging_generator_finally_does_not_block_cancellation(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aioparallel import _run
+    from aioparallel.run import run as _run
 
     monkeypatch.setattr(_run, "SOURCE_CLOSE_GRACE", 0.3, raising=False)
     never = anyio.Event()

@@ -19,7 +19,8 @@ import numpy as np
 import psutil
 import pytest
 
-from aioparallel import Parallel, _memmap, delayed
+from aioparallel import Parallel, delayed
+from aioparallel.backends.processes import tempfiles
 from tests.helpers import square
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,19 +62,19 @@ def test_forked_child_exit_leaves_the_parents_run_alone(tmp_path: Path) -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_runs_without_files_leave_no_name_in_the_registry() -> None:
-    before = set(_memmap._live_folders)
+    before = set(tempfiles._live_folders)
     p = Parallel(n_jobs=2)
     for _ in range(200):
         assert await p(delayed(square)(i) for i in range(2)) == [0, 1]
-    assert len(_memmap._live_folders - before) == 0
+    assert len(tempfiles._live_folders - before) == 0
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_registry_forgets_a_removed_folder(tmp_path: Path) -> None:
-    before = set(_memmap._live_folders)
+    before = set(tempfiles._live_folders)
     await Parallel(n_jobs=2, temp_folder=tmp_path)([delayed(sum)(np.ones(BIG))])
-    assert not _memmap._live_folders - before
+    assert not tempfiles._live_folders - before
     assert run_folders(tmp_path) == []
 
 

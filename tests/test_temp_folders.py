@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aioparallel import Parallel, SerializationError, _memmap, delayed
-from aioparallel._backends._wire import TempFolderError, ensure_private_dir
+from aioparallel import Parallel, SerializationError, delayed
+from aioparallel.backends.processes import tempfiles
+from aioparallel.child.protocol import TempFolderError, ensure_private_dir
 from tests.helpers import square
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +45,7 @@ async def test_distinct_arrays_do_not_pile_up_in_the_folder(tmp_path: Path) -> N
         delayed(array_files)(a) for a in arrays
     )
     # in flight (2) plus the few released files kept for reuse; 12 before the fix
-    assert max(counts) <= 2 + _memmap.KEEP_RELEASED, counts
+    assert max(counts) <= 2 + tempfiles.KEEP_RELEASED, counts
 
 
 async def test_parent_drops_arrays_of_finished_calls(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ async def test_worker_refuses_a_planted_run_folder(tmp_path: Path, plant: str) -
 async def test_bad_env_folder_does_not_break_runs_without_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(_memmap.TEMP_FOLDER_ENV, str(tmp_path / "missing"))
+    monkeypatch.setenv(tempfiles.TEMP_FOLDER_ENV, str(tmp_path / "missing"))
     assert await Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(5)) == [0, 1, 2, 3, 4]
 
 
@@ -140,7 +141,7 @@ async def test_bad_env_folder_is_reported_as_a_folder_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "missing"
-    monkeypatch.setenv(_memmap.TEMP_FOLDER_ENV, str(missing))
+    monkeypatch.setenv(tempfiles.TEMP_FOLDER_ENV, str(missing))
     with pytest.raises(TempFolderError) as info:
         await Parallel(n_jobs=2)([delayed(filename_of)(np.ones(BIG))])
     assert not isinstance(info.value, SerializationError)
@@ -175,8 +176,8 @@ def small_shm(tmp_path: Path) -> Iterator[Path]:
 async def test_full_shm_falls_back_to_the_temp_dir(
     small_shm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(_memmap.TEMP_FOLDER_ENV, raising=False)
-    monkeypatch.setattr(_memmap, "SHM_FOLDER", str(small_shm))
+    monkeypatch.delenv(tempfiles.TEMP_FOLDER_ENV, raising=False)
+    monkeypatch.setattr(tempfiles, "SHM_FOLDER", str(small_shm))
     arr = np.arange(BIG, dtype=np.float64)  # 1.6 MB: does not fit in 1 MB
     names = await Parallel(n_jobs=2)(delayed(filename_of)(arr) for _ in range(3))
     assert len(set(names)) == 1

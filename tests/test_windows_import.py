@@ -39,11 +39,14 @@ import importlib, pkgutil, asyncio
 import aioparallel
 from aioparallel import Parallel, delayed, parallel_config
 
-PROCESS_BACKEND = {{"_pool", "_processes", "_worker"}}
-for package in ("aioparallel", "aioparallel._backends"):
-    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
-        if info.name not in PROCESS_BACKEND and info.name != "__main__":
-            importlib.import_module(f"{{package}}.{{info.name}}")
+PROCESS_BACKEND = {{
+    "aioparallel.backends.processes.pool.pool",
+    "aioparallel.backends.processes.backend",
+    "aioparallel.child.main",
+}}
+for info in pkgutil.walk_packages(aioparallel.__path__, "aioparallel."):
+    if info.name not in PROCESS_BACKEND and info.name != "aioparallel.__main__":
+        importlib.import_module(info.name)
 
 async def main():
     square = lambda x: x * x

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, WorkerCrashedError, delayed
-from aioparallel._backends._async_runner import CANCEL_GRACE
+from aioparallel.child.async_loop import CANCEL_GRACE
 from tests import async_helpers as ah
 from tests.helpers import PROMPT_PROCESSES
 from tests.proc_helpers import wait_gone

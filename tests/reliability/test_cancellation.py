@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, assume, event, given, note, seed, settings
 from hypothesis import strategies as st
 
 from aioparallel import Parallel, delayed
-from aioparallel._backends import _worker_process
+from aioparallel.backends.processes import worker as _worker_process
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import wait_gone
 from tests.reliability.conftest import SEED, Report

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel._batching import MAX_BATCH_CALLS
+from aioparallel.run.batching import MAX_BATCH_CALLS
 from tests.reliability.conftest import Report
 from tests.reliability.helpers import RssSampler, square, square_and_pid
 

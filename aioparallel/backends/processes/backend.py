@@ -1,13 +1,13 @@
 """The process backend: batches run on warm worker processes, with crashes and timeouts
 isolated to the one task they hit.
 
-For each batch: take a worker from the pool (``_pool.RunWorkers``), pickle the job (in a
-thread unless it is obviously small: ``_cheap_pickling``), send it, and read results as the
+For each batch: take a worker from the pool (``pool.RunWorkers``), pickle the job (in a
+thread unless it is obviously small: ``pickling``), send it, and read results as the
 worker streams them. If the worker dies, the shared slot says which call it was running:
 that call fails with ``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it
 for running past ``timeout``), the calls that had started or finished without their result
 arriving fail too (never run twice: they may have had side effects), and the calls that
-had not started are re-run on a fresh worker (``_slot.blame`` decides which is which).
+had not started are re-run on a fresh worker (``child.slot.blame`` decides which is which).
 A cancelled batch kills its worker (shielded) before the cancellation goes on.
 """
 
@@ -25,13 +25,26 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._call import Call, function_name
-from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
-from .._memmap import JobWriter, Lease, RunFolder, remove_folders
-from ._async_runner import CANCEL_GRACE, TimedOut
-from ._base import Batch, Failure, RunBatch, RunOptions
-from ._cheap_pickling import cheap_callable, job_flags, one_func, small_args, small_calls
-from ._failures import (
+from ..._call import Call, function_name
+from ..._errors import PicklingError, SerializationError, UnpicklingError, attach_task
+from ...child.protocol import (
+    BATCH,
+    BATCH_FILE,
+    CANCEL,
+    CANCEL_GRACE,
+    INLINE_LIMIT,
+    JOB_HEADER,
+    LOAD_ERROR,
+    RESULTS_FILE,
+    TaskError,
+    TempFolderError,
+    TimedOut,
+    split_results,
+    unspill,
+)
+from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
+from ..base import Batch, Failure, RunBatch, RunOptions
+from ..failures import (
     async_timeout_error,
     closed_error,
     crash_error,
@@ -42,23 +55,11 @@ from ._failures import (
     serialization_error,
     timeout_error,
 )
-from ._pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
-from ._setup import Initializer, WorkerSetup
-from ._slot import BATCH_SHIFT, Kill, Snapshot, blame
-from ._unpickling import loads_yielding
-from ._wire import (
-    BATCH,
-    BATCH_FILE,
-    CANCEL,
-    INLINE_LIMIT,
-    JOB_HEADER,
-    LOAD_ERROR,
-    RESULTS_FILE,
-    TaskError,
-    TempFolderError,
-    split_results,
-    unspill,
-)
+from ..setup import Initializer, WorkerSetup
+from ..unpickling import loads_yielding
+from .pickling import cheap_callable, job_flags, one_func, small_args, small_calls
+from .pool.pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
+from .tempfiles import JobWriter, Lease, RunFolder, remove_folders
 
 __all__ = ["ProcessBackend"]
 
@@ -562,7 +563,7 @@ class _BatchRun:
         flags: bytes | None,
     ) -> list[int]:
         """Fail the calls the worker had started or finished without their outcome arriving;
-        return the ones it had not started, to run again (``_slot.blame``, from the slot as
+        return the ones it had not started, to run again (``child.slot.blame``, from the slot as
         the dead worker left it). A call that finished is never run again."""
         exitcode = await worker.exit_code()  # first: the slot is final once it is dead
         self._recover(worker, seq, todo, attempt)

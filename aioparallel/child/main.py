@@ -1,8 +1,9 @@
 """The worker process, started by the pool as ``python -c <boot> ROOT REQ RESP SLOT LIFELINE
-PARENT_PID`` (``_worker_process._BOOT``): descriptor numbers of the pipes and slot the parent
-created, and the parent's pid if it wants the kernel's parent-death signal (else 0).
+PARENT_PID`` (``backends.processes.worker._BOOT``): descriptor numbers of the pipes and slot
+the parent created, and the parent's pid if it wants the kernel's parent-death signal (else 0).
 
-Imports only the standard library and ``_wire`` (a cold start costs ~20 ms, not ~100 ms).
+Imports only the standard library and its siblings in ``aioparallel.child`` (a cold start
+costs ~20 ms, not ~100 ms).
 It reads jobs from the request pipe, runs their calls in order, and streams results back on
 the response pipe. Before each call it writes the call's number and start time into the
 shared slot, so the parent can tell which call was running if this process dies or runs
@@ -24,9 +25,9 @@ import time
 import types
 from typing import Any
 
-from . import _wire
-from ._slot import SIZE as SLOT_SIZE
-from ._slot import CrashSlot
+from . import arrays, protocol
+from .slot import SIZE as SLOT_SIZE
+from .slot import CrashSlot
 
 #: Results are sent at least this often during a long batch, so a crash loses little.
 FLUSH_SECONDS = 0.05
@@ -62,29 +63,29 @@ class _ResultPickler(pickle.Pickler):
         np = sys.modules.get("numpy")
         if np is None or not isinstance(obj, np.ndarray):
             return NotImplemented
-        reference = _wire.memmap_reference(obj)
+        reference = arrays.memmap_reference(obj)
         if reference is not None:
             return reference
         if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
             import tempfile
 
-            run_dir = _wire.ensure_private_dir(self.run_dir)
+            run_dir = protocol.ensure_private_dir(self.run_dir)
             fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=run_dir)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, obj, allow_pickle=False)
-            return (_wire.load_memmap, (path, "c"))
+            return (arrays.load_memmap, (path, "c"))
         return NotImplemented
 
 
 def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> bytes:
     if "numpy" not in sys.modules:
-        return _wire.dumps(payload)
+        return protocol.dumps(payload)
     buffer = io.BytesIO()
     try:
         _ResultPickler(buffer, run_dir, max_nbytes).dump(payload)
         return buffer.getvalue()
     except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
-        return _wire.dumps(payload)
+        return protocol.dumps(payload)
 
 
 class Worker:
@@ -93,7 +94,7 @@ class Worker:
         self.resp_fd = resp_fd
         self.slot = slot
         self.write_lock = threading.Lock()
-        #: The worker's event loop thread (``_async_runner.WorkerLoop``), once needed.
+        #: The worker's event loop thread (``async_loop.WorkerLoop``), once needed.
         self.loop: Any = None
 
     def send_results(
@@ -110,16 +111,16 @@ class Worker:
         try:
             body = _dump_results(values, run_dir, max_nbytes)
         except BaseException:  # a result's __reduce__ may raise anything
-            body = _wire.dumps([_picklable(v) for v in values])
-        kind = _wire.RESULTS
-        if len(body) > _wire.INLINE_LIMIT:
+            body = protocol.dumps([_picklable(v) for v in values])
+        kind = protocol.RESULTS
+        if len(body) > protocol.INLINE_LIMIT:
             try:
-                body, kind = _wire.spill(run_dir, body, "results-"), _wire.RESULTS_FILE
+                body, kind = protocol.spill(run_dir, body, "results-"), protocol.RESULTS_FILE
             except OSError as exc:  # the run's folder is unusable: each value fails with why
-                body = _wire.dumps([_wire.TaskError.capture(exc)] * len(values))
-        frame = _wire.results_header(positions, done) + body
+                body = protocol.dumps([protocol.TaskError.capture(exc)] * len(values))
+        frame = protocol.results_header(positions, done) + body
         with self.write_lock:
-            _wire.write_frame(self.resp_fd, kind, frame)
+            protocol.write_frame(self.resp_fd, kind, frame)
 
     def run_job(
         self,
@@ -199,8 +200,8 @@ class Worker:
                     continue
             except BaseException as exc:
                 slot.sending(base, i)  # pickling the exception may run its code too
-                error = _wire.TaskError.capture(exc)
-                keep(i, (error, _wire.dumps(error)))
+                error = protocol.TaskError.capture(exc)
+                keep(i, (error, protocol.dumps(error)))
                 if stop_on_error:
                     break
             else:
@@ -223,47 +224,49 @@ class Worker:
     ) -> Any:
         """The event loop thread, started on the first async call of this worker's life."""
         if self.loop is None:
-            from . import _async_runner
+            from . import async_loop
 
-            self.loop = _async_runner.WorkerLoop(self.req_fd)
+            self.loop = async_loop.WorkerLoop(self.req_fd)
         self.loop.begin(async_job[1], stop_on_error, send)
         return self.loop
 
     def serve(self) -> None:
-        _wire.write_frame(self.resp_fd, _wire.READY, str(os.getpid()).encode())
+        protocol.write_frame(self.resp_fd, protocol.READY, str(os.getpid()).encode())
         env: tuple[list[str], str] | None = None
         while True:
-            frame = _wire.read_frame(self.req_fd)
+            frame = protocol.read_frame(self.req_fd)
             if frame is None:
                 return
             kind, body = frame
-            if kind == _wire.CANCEL:  # late: the job it was meant for has finished
+            if kind == protocol.CANCEL:  # late: the job it was meant for has finished
                 continue
-            if kind == _wire.SETUP:
+            if kind == protocol.SETUP:
                 path, cwd, authkey = pickle.loads(body)
                 env = (path, cwd)
                 _enter(env)
                 if authkey is not None:  # before any job is unpickled: its proxies need it
                     _set_authkey(authkey)
                 continue
-            if kind == _wire.INIT:
+            if kind == protocol.INIT:
                 _initialize(self.resp_fd, body)
                 if env is not None:  # whatever the initializer did, jobs run where sent
                     _enter(env)
                 continue
-            base = _wire.JOB_HEADER.unpack_from(body)[0]
-            body = body[_wire.JOB_HEADER.size :]
+            base = protocol.JOB_HEADER.unpack_from(body)[0]
+            body = body[protocol.JOB_HEADER.size :]
             loaded_from = time.monotonic()  # the job's timeout clock starts now
             self.slot.loading(base, loaded_from)
             try:
-                if kind == _wire.BATCH_FILE:
-                    body = _wire.unspill(body)
+                if kind == protocol.BATCH_FILE:
+                    body = protocol.unspill(body)
                 unpickler = pickle.Unpickler(io.BytesIO(body))
                 stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job = unpickler.load()
                 calls = [call for _ in range(n_chunks) for call in unpickler.load()]
             except BaseException as exc:
                 text = "".join(_format(exc))
-                _wire.write_frame(self.resp_fd, _wire.LOAD_ERROR, text.encode("utf-8", "replace"))
+                protocol.write_frame(
+                    self.resp_fd, protocol.LOAD_ERROR, text.encode("utf-8", "replace")
+                )
                 continue
             finally:
                 self.slot.idle()
@@ -313,12 +316,12 @@ def _outcome(
             _ResultPickler(buffer, run_dir, max_nbytes).dump(value)
             data = buffer.getvalue()
         else:
-            data = _wire.dumps(value)
+            data = protocol.dumps(value)
         return _Pickled(data), data
     except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
         value = _picklable(value)
-        data = _wire.dumps(value)
-        return (_Pickled(data) if type(value) is not _wire.TaskError else value), data
+        data = protocol.dumps(value)
+        return (_Pickled(data) if type(value) is not protocol.TaskError else value), data
 
 
 def _flush_output() -> None:
@@ -357,9 +360,11 @@ def _initialize(resp_fd: int, body: bytes) -> None:
         initializer, initargs = pickle.loads(body)
         initializer(*initargs)
     except BaseException as exc:  # the parent stops the run with it, and kills this worker
-        _wire.write_frame(resp_fd, _wire.INIT_ERROR, _wire.dumps(_wire.TaskError.capture(exc)))
+        protocol.write_frame(
+            resp_fd, protocol.INIT_ERROR, protocol.dumps(protocol.TaskError.capture(exc))
+        )
         return
-    _wire.write_frame(resp_fd, _wire.INIT_DONE, b"")
+    protocol.write_frame(resp_fd, protocol.INIT_DONE, b"")
 
 
 def _set_authkey(authkey: bytes) -> None:
@@ -381,15 +386,15 @@ def _format(exc: BaseException) -> list[str]:
 def _picklable(value: Any) -> Any:
     """A value as is if it pickles, else a TaskError saying why (unpicklable results)."""
     try:
-        _wire.dumps(value)
+        protocol.dumps(value)
         return value
     except BaseException as exc:
         returned = getattr(type(value), "returned_by_task", None)
         if returned is not None:  # an un-awaited Parallel(...)(calls): say how to await it
-            return _wire.TaskError.capture(returned(value))
+            return protocol.TaskError.capture(returned(value))
         error = TypeError(f"the result could not be pickled ({type(value).__name__}): {exc}")
         error.__cause__ = exc
-        return _wire.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
+        return protocol.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
 
 
 def _die_with_parent(parent_pid: int) -> None:

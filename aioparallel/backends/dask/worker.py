@@ -15,8 +15,8 @@ from typing import Any
 
 from distributed.protocol import pickle as dask_pickle
 
-from .._call import function_name
-from .._errors import AioParallelError, PicklingError, TaskTimeoutError
+from ..._call import function_name
+from ..._errors import AioParallelError, PicklingError, TaskTimeoutError
 
 __all__ = ["RAISED", "VALUE", "Outcome", "Ran", "WireCall", "run_calls", "run_calls_async"]
 
@@ -148,9 +148,9 @@ async def run_calls_async(
     coroutines (their ``finally`` blocks run) once the worker no longer wants it."""
     import asyncio
 
-    from ._async_runner import RAISED as RAISED_KIND
-    from ._async_runner import VALUE as VALUE_KIND
-    from ._async_runner import InFlight
+    from ...child.async_loop import RAISED as RAISED_KIND
+    from ...child.async_loop import VALUE as VALUE_KIND
+    from ...child.async_loop import InFlight
 
     began = time.perf_counter()
     loop = asyncio.get_running_loop()

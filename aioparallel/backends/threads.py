@@ -3,10 +3,10 @@
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
 its result is dropped; the run does not wait for it. A cancelled batch starts no further
 call: the thread checks the batch's ``stop`` event before each one. A batch with async calls
-runs on an event loop of its thread (``_async_runner.run_calls_on_loop``); its coroutines are
+runs on an event loop of its thread (``child.async_loop.run_calls_on_loop``); its coroutines are
 cancelled when the run is, and it starts no further call.
 
-Under a ``timeout`` the parent holds each task's deadline (``_timed``): sync calls one thread
+Under a ``timeout`` the parent holds each task's deadline (``timed``): sync calls one thread
 hop each, async ones watched on their loop, both on daemon threads that a call given up on
 cannot keep from exiting.
 """
@@ -27,7 +27,7 @@ from .._call import Call, function_name
 from .._coroutines import async_flags, is_coroutine
 from .._errors import TaskTimeoutError, attach_task
 from .._nesting import deeper
-from ._async_runner import (
+from ..child.async_loop import (
     BLOCKED_MARGIN,
     CANCEL_GRACE,
     RAISED,
@@ -36,10 +36,10 @@ from ._async_runner import (
     TimedOut,
     run_calls_on_loop,
 )
-from ._base import Batch, Failure, RunBatch, RunOptions
-from ._failures import async_timeout_error
-from ._setup import Initializer, InitOnce
-from ._timed import DaemonThreads, Watch
+from .base import Batch, Failure, RunBatch, RunOptions
+from .failures import async_timeout_error
+from .setup import Initializer, InitOnce
+from .timed import DaemonThreads, Watch
 
 __all__ = ["ThreadBackend"]
 
@@ -87,7 +87,7 @@ class ThreadBackend:
     exit after a while), so "a worker" is whichever thread runs a batch: the ``initializer``
     runs once in each thread before its first call of this backend's runs (an ``async with
     Parallel()`` block, or one run) — possibly on more than ``n_jobs`` threads over time.
-    Calls under a ``timeout`` run on daemon threads of this backend instead (``_timed``),
+    Calls under a ``timeout`` run on daemon threads of this backend instead (``timed``),
     with the same rule for the initializer.
     """
 

@@ -18,9 +18,9 @@ from .._errors import (
     attach_task,
     describe_exit,
 )
-from ._slot import LOADING as SLOT_LOADING
-from ._slot import SENDING as SLOT_SENDING
-from ._wire import TaskError
+from ..child.protocol import TaskError
+from ..child.slot import LOADING as SLOT_LOADING
+from ..child.slot import SENDING as SLOT_SENDING
 
 __all__ = [
     "async_timeout_error",

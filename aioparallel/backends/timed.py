@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from ._crossloop import Signal
+from .crossloop import Signal
 
 __all__ = ["DaemonThreads", "Job", "NotStarted", "Watch"]
 

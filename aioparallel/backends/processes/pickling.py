@@ -16,8 +16,8 @@ from itertools import chain, repeat
 from operator import attrgetter, is_
 from typing import Any
 
-from .._call import Call
-from .._coroutines import async_flags, is_async_callable
+from ..._call import Call
+from ..._coroutines import async_flags, is_async_callable
 
 __all__ = ["cheap_callable", "job_flags", "one_func", "small_args", "small_calls"]
 

@@ -7,7 +7,7 @@ arrays it sent); a released file is kept, for reuse, while its array is alive an
 the ``KEEP_RELEASED`` most recently released, so the same array passed to many calls is
 written once while memory and tmpfs stay bounded by ``pre_dispatch``. The folder is removed
 when the run ends, on every path; folders still present at interpreter exit are removed then,
-and those of a program killed by a signal by the folder tracker (``_tracker``).
+and those of a program killed by a signal by the folder tracker (``tracker``).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from typing import Any, BinaryIO
 
 import cloudpickle
 
-from . import _tracker
-from ._backends._wire import (
+from ..._system import FEATURES
+from ...child.protocol import (
     FOLDER_PREFIX,
     TempFolderError,
     ensure_private_dir,
     load_memmap,
     memmap_reference,
 )
-from ._system import FEATURES
+from . import tracker
 
 __all__ = ["JobWriter", "Lease", "RunFolder", "remove_folders"]
 
@@ -180,7 +180,7 @@ class RunFolder:
                 _live_folders.add(self._path)
             path = self._path
         if base is not None:
-            _tracker.watch(base)  # the first time in this process: starts the tracker
+            tracker.watch(base)  # the first time in this process: starts the tracker
         return path
 
     def _ensure(self, folder: str) -> None:

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import anyio
 
-from ._detached import spawn_detached
-from ._pending import returned_hint
-from ._results import Sink
+from .._detached import spawn_detached
+from .._pending import returned_hint
+from .results import Sink
 
 __all__ = ["ResultStream"]
 

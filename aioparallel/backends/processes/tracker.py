@@ -91,7 +91,7 @@ def _spawn() -> None:
     global _fd, _launcher
     import subprocess
 
-    from ._backends._wire import FOLDER_PREFIX
+    from ...child.protocol import FOLDER_PREFIX
 
     read, write = os.pipe()
     try:

@@ -14,9 +14,9 @@ import anyio
 from .._call import function_name
 from .._coroutines import is_coroutine
 from .._errors import attach_task
-from ._base import Batch, Failure, RunBatch, RunOptions
-from ._setup import Initializer, InitOnce
-from ._threads import run_calls
+from .base import Batch, Failure, RunBatch, RunOptions
+from .setup import Initializer, InitOnce
+from .threads import run_calls
 
 __all__ = ["SequentialBackend"]
 

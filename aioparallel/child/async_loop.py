@@ -1,7 +1,7 @@
 """Async tasks on a worker: an asyncio event loop keeps up to ``worker_concurrency``
 coroutines of a batch in flight, so the waits of one overlap the others.
 
-Standard library only (and ``_wire``): the process worker imports this module on its first
+Standard library only (and ``protocol``): the process worker imports this module on its first
 async call, so a worker that only ever runs sync calls never imports asyncio.
 
 ::
@@ -34,14 +34,11 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from . import _wire
-from ._slot import CrashSlot
+from . import protocol
+from .protocol import CANCEL_GRACE, TimedOut
+from .slot import CrashSlot
 
 __all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop", "run_calls_on_loop"]
-
-#: Seconds a cancelled coroutine may take to finish (its ``finally`` blocks) before its
-#: worker is killed (processes) or given up on (threads).
-CANCEL_GRACE = 1.0
 
 #: A process worker's main thread, while it waits for its async tasks, checks this often
 #: whether one is overdue by more than the grace plus ``BLOCKED_MARGIN`` (the loop thread
@@ -55,20 +52,6 @@ FLUSH_SECONDS = 0.01
 
 #: Outcome kinds handed to ``InFlight``'s report callback.
 VALUE, RAISED, TIMED_OUT = 0, 1, 2
-
-
-class TimedOut:
-    """An async task's outcome after it ran past its timeout and was cancelled. ``stuck``: it
-    did not finish cancelling within ``CANCEL_GRACE`` (its worker must be killed)."""
-
-    __slots__ = ("elapsed", "stuck")
-
-    def __init__(self, elapsed: float, stuck: bool):
-        self.elapsed = elapsed
-        self.stuck = stuck
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (TimedOut, (self.elapsed, self.stuck))
 
 
 async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -342,8 +325,8 @@ class WorkerLoop:
     # -- on the loop thread ----------------------------------------------------------------
 
     def _on_request(self) -> None:
-        frame = _wire.read_frame(self.req_fd)
-        if frame is None or frame[0] == _wire.CANCEL:
+        frame = protocol.read_frame(self.req_fd)
+        if frame is None or frame[0] == protocol.CANCEL:
             self.loop.remove_reader(self.req_fd)
             self._stop()
 
@@ -358,7 +341,7 @@ class WorkerLoop:
         if self._started.pop(position, None) is None:  # already reported stuck (blocked)
             return
         if kind == RAISED:
-            value = _wire.TaskError.capture(value)
+            value = protocol.TaskError.capture(value)
         if kind != VALUE and self._stop_on_error:
             self._stop()
         self._outcomes.append((position, value))

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from ._call import Call, Delayed
-from ._errors import NotACallError
+from .._call import Call, Delayed
+from .._errors import NotACallError
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
 

@@ -37,16 +37,16 @@ from typing import Any
 
 import anyio
 
-from ._backends._base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
-from ._batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
-from ._call import Call, function_name
-from ._coroutines import async_flags
-from ._errors import attach_task
-from ._pending import PendingResults
-from ._progress import ProgressReporter
-from ._results import Sink
-from ._source import ProducerError, Source
-from ._stream import ResultStream
+from .._call import Call, function_name
+from .._coroutines import async_flags
+from .._errors import attach_task
+from .._pending import PendingResults
+from ..backends.base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
+from .batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
+from .progress import ProgressReporter
+from .results import Sink
+from .source import ProducerError, Source
+from .stream import ResultStream
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

@@ -23,8 +23,12 @@ import os
 import pickle
 import stat
 import struct
-import sys
 from typing import Any
+
+# The parent names these in its pickles; it imports them from here, with the frames.
+from .arrays import load_memmap as load_memmap
+from .arrays import memmap_reference as memmap_reference
+from .arrays import open_memmap as open_memmap
 
 HEADER = struct.Struct("<BI")
 #: Prefix of a RESULTS / RESULTS_FILE body: number of values, flags (done, RANGE); then
@@ -32,7 +36,7 @@ HEADER = struct.Struct("<BI")
 RESULT_HEADER = struct.Struct("<IB")
 RANGE = 2
 _POSITION = struct.Struct("<I")
-#: A BATCH body starts with the job's slot base (``_slot``), so the worker can mark it while
+#: A BATCH body starts with the job's slot base (``slot``), so the worker can mark it while
 #: loading.
 JOB_HEADER = struct.Struct("<q")
 
@@ -137,48 +141,25 @@ def split_results(body: bytes) -> tuple[range | tuple[int, ...], bool, bytes]:
     return positions, bool(flags & 1), body[at + 4 * count :]
 
 
-# -- memmapped arrays ------------------------------------------------------------------------
+# -- async outcomes ------------------------------------------------------------------------
+
+#: Seconds a cancelled coroutine may take to finish (its ``finally`` blocks) before its
+#: worker is killed (processes) or given up on (threads).
+CANCEL_GRACE = 1.0
 
 
-def load_memmap(path: str, mmap_mode: str) -> Any:
-    """Rebuild an array written by the parent (``numpy.save``) as a ``numpy.memmap``."""
-    import numpy as np
+class TimedOut:
+    """An async task's outcome after it ran past its timeout and was cancelled. ``stuck``: it
+    did not finish cancelling within ``CANCEL_GRACE`` (its worker must be killed)."""
 
-    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
+    __slots__ = ("elapsed", "stuck")
 
+    def __init__(self, elapsed: float, stuck: bool):
+        self.elapsed = elapsed
+        self.stuck = stuck
 
-def open_memmap(path: str, dtype: Any, shape: Any, order: str, offset: int, mode: str) -> Any:
-    """Open (a view of) a file the caller had memory-mapped, as a ``numpy.memmap``."""
-    import numpy as np
-
-    return np.memmap(path, dtype=dtype, mode=mode, offset=offset, shape=shape, order=order)  # type: ignore[call-overload]
-
-
-def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
-    """Send a contiguous memmap (or contiguous view of one) by file name and offset instead
-    of by content, if its file is still there. Else None."""
-    np = sys.modules.get("numpy")
-    if np is None or not isinstance(obj, np.memmap) or not obj.size:
-        return None
-    mapped, filename = getattr(obj, "_mmap", None), getattr(obj, "filename", None)
-    if mapped is None or not filename or not (obj.flags.c_contiguous or obj.flags.f_contiguous):
-        return None
-    if not os.path.exists(filename):  # e.g. a result of a run whose folder is gone
-        return None
-    address = obj.__array_interface__["data"][0]
-    try:
-        start = np.frombuffer(mapped, dtype=np.uint8).__array_interface__["data"][0]
-    except (ValueError, TypeError):  # a closed mapping
-        return None
-    import mmap
-
-    mapped_from = obj.offset - obj.offset % mmap.ALLOCATIONGRANULARITY
-    order = "C" if obj.flags.c_contiguous else "F"
-    mode = "r+" if obj.mode == "w+" else obj.mode
-    return (
-        open_memmap,
-        (filename, obj.dtype, obj.shape, order, mapped_from + address - start, mode),
-    )
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TimedOut, (self.elapsed, self.stuck))
 
 
 # -- blocking frame I/O (the worker's side) --------------------------------------------------

@@ -23,20 +23,22 @@ from typing import Any
 
 import anyio
 
-from .._errors import describe_exit
-from .._system import FEATURES, IN_WORKER_ENV, blas_thread_env
-from . import _wire
-from ._failures import rebuild
-from ._setup import PLAIN, WorkerSetup, initializer_error
-from ._slot import SIZE as SLOT_SIZE
-from ._slot import CrashSlot, Snapshot
+from ..._errors import describe_exit
+from ..._system import FEATURES, IN_WORKER_ENV, blas_thread_env
+from ...child import protocol
+from ...child.slot import SIZE as SLOT_SIZE
+from ...child.slot import CrashSlot, Snapshot
+from ..failures import rebuild
+from ..setup import PLAIN, WorkerSetup, initializer_error
 
 __all__ = ["WorkerProcess", "forget_live_pids"]
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The folder that holds the ``aioparallel`` package (this file is
+#: ``aioparallel/backends/processes/worker.py``): first on the worker's ``sys.path``.
+_PACKAGE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from aioparallel._backends._worker import main; main(sys.argv[1:])"
+    "from aioparallel.child.main import main; main(sys.argv[1:])"
 )
 STARTUP_TIMEOUT = 60.0
 #: While waiting for results, how often to check that the worker is still alive: end of
@@ -76,12 +78,12 @@ def _death_signal_parent() -> int:
 
 
 def _slot_fd() -> int:
-    """The worker's slot (``_slot``): a memfd, or a temp file unlinked at once (macOS). Close on
-    exec either way: only the worker it is passed to (``pass_fds``) gets it."""
+    """The worker's slot (``child.slot``): a memfd, or a temp file unlinked at once (macOS).
+    Close on exec either way: only the worker it is passed to (``pass_fds``) gets it."""
     if FEATURES.memfd:
         fd = os.memfd_create("aioparallel-slot")
     else:
-        fd, path = tempfile.mkstemp(prefix=_wire.FOLDER_PREFIX + "slot-")
+        fd, path = tempfile.mkstemp(prefix=protocol.FOLDER_PREFIX + "slot-")
         os.unlink(path)
     os.ftruncate(fd, SLOT_SIZE)
     return fd
@@ -240,7 +242,7 @@ class WorkerProcess:
 
             for fd in (req_w, resp_w):
                 try:
-                    fcntl.fcntl(fd, _F_SETPIPE_SZ, _wire.INLINE_LIMIT + _wire.HEADER.size)
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, protocol.INLINE_LIMIT + protocol.HEADER.size)
                 except OSError:
                     pass
         threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
@@ -278,7 +280,7 @@ class WorkerProcess:
         try:
             with anyio.fail_after(STARTUP_TIMEOUT):
                 frame = await worker.read_frame()
-            if frame is None or frame[0] != _wire.READY:
+            if frame is None or frame[0] != protocol.READY:
                 raise RuntimeError(f"worker process {worker.pid} failed to start")
             if setup.initializer is not None:  # as long as it takes: not a start-up timeout
                 await worker._initialize(setup.initializer, setup.initializer_name)
@@ -293,11 +295,11 @@ class WorkerProcess:
 
     async def read_frame(self) -> tuple[int, bytes] | None:
         """The next frame, or None once the worker has exited (end of file)."""
-        header_size = _wire.HEADER.size
+        header_size = protocol.HEADER.size
         while True:
             buffer = self._buffer
             if len(buffer) >= header_size:
-                kind, length = _wire.HEADER.unpack_from(buffer)
+                kind, length = protocol.HEADER.unpack_from(buffer)
                 end = header_size + length
                 if len(buffer) >= end:
                     body = bytes(buffer[header_size:end])
@@ -321,7 +323,7 @@ class WorkerProcess:
 
     async def write_frame(self, kind: int, body: bytes) -> None:
         """Raises BrokenPipeError if the worker is gone."""
-        data = memoryview(_wire.HEADER.pack(kind, len(body)) + body)
+        data = memoryview(protocol.HEADER.pack(kind, len(body)) + body)
         while data:
             try:
                 written = os.write(self._req, data)
@@ -338,7 +340,7 @@ class WorkerProcess:
         given after each job, so this cache stays true whatever a task did.)"""
         env = (list(sys.path), os.getcwd(), _authkey())
         if env != self._env:
-            await self.write_frame(_wire.SETUP, pickle.dumps(env))
+            await self.write_frame(protocol.SETUP, pickle.dumps(env))
             self._env = env
 
     async def _initialize(self, payload: bytes, name: str) -> None:
@@ -348,15 +350,15 @@ class WorkerProcess:
         await self.sync_env()
         frame: tuple[int, bytes] | None = None
         try:
-            await self.write_frame(_wire.INIT, payload)
+            await self.write_frame(protocol.INIT, payload)
         except OSError:  # died before reading it: the exit code says why
             pass
         else:
             frame = await self.read_frame()
-        if frame is not None and frame[0] == _wire.INIT_DONE:
+        if frame is not None and frame[0] == protocol.INIT_DONE:
             return
         where = f"worker process {self.pid}"
-        if frame is not None and frame[0] == _wire.INIT_ERROR:
+        if frame is not None and frame[0] == protocol.INIT_ERROR:
             raise initializer_error(name, where, rebuild(pickle.loads(frame[1])))
         died = describe_exit(await self.exit_code())
         raise initializer_error(name, where, None, died=died)

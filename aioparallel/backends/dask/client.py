@@ -45,19 +45,19 @@ import numpy as np
 from distributed import Client, KilledWorker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .._call import Call, function_name
-from .._coroutines import async_flags
-from .._errors import (
+from ..._call import Call, function_name
+from ..._coroutines import async_flags
+from ..._errors import (
     AioParallelError,
     PicklingError,
     UnpicklingError,
     WorkerCrashedError,
     attach_task,
 )
-from ._base import Batch, Failure, RunBatch, RunOptions
-from ._dask_worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
-from ._setup import Initializer, initializer_error
-from ._unpickling import loads_yielding
+from ..base import Batch, Failure, RunBatch, RunOptions
+from ..setup import Initializer, initializer_error
+from ..unpickling import loads_yielding
+from .worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
 
 __all__ = ["DaskBackend"]
 

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ._budget import Budget
+from .budget import Budget
 
 __all__ = ["ListSink", "OrderedSink", "Sink", "UnorderedSink"]
 

@@ -1,0 +1,295 @@
+"""The pool's places and who holds each (``Roster``): the one owner of "live worker processes
+<= n_jobs". Split out of ``pool`` so the invariant and the code that may change it are read
+(and tested, by a hypothesis state machine) on their own.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ...crossloop import LoopRef, Signal
+from ..worker import WorkerProcess
+
+__all__ = ["PLACE", "PoolClosedError", "Roster"]
+
+
+class PoolClosedError(RuntimeError):
+    """The pool was shut down: no worker to be had."""
+
+
+#: What a waiter may be handed: a worker, or this, a place to spawn one in.
+PLACE: Any = object()
+
+
+class Waiter:
+    """A task waiting for a worker or a place; woken in its own event loop, from any
+    thread."""
+
+    __slots__ = ("handed", "holder", "signal")
+
+    def __init__(self, holder: LoopRef) -> None:
+        self.signal = Signal()
+        self.holder = holder  # the loop the waiting task runs in
+        self.handed: Any = None  # a WorkerProcess, PLACE, or None (nothing, or closed)
+
+
+class Roster:
+    """The pool's ``size`` places and who holds each: the one owner of "live worker
+    processes <= size". Its methods are the only way to change its state; none awaits, and
+    each holds the roster's lock, so no task of any loop, in any thread, ever sees a half-made
+    change.
+
+    A place is the permission to have one worker process; it counts from the moment a
+    spawn is allowed until the process is reaped (``count`` is the places in all four
+    states)::
+
+                  claim()               spawned(w)              release(w)
+          free ───────────> spawning ─────────────> busy <──────────────────> idle
+           ^ ^                 │                    │  │       take()          │
+           │ └─── abandon() ───┘                    │  └── (release: handed to a waiter)
+           │                           retire(w)    │                          │
+           └─ free_place(w) ─── retiring <──────────┴───────── retire_idle() ──┘
+                                   ^     reclaim()  │
+                                   └────────────────┘ (busy, held by a loop that is gone)
+
+    A spawning place and a busy worker are held by a loop (``LoopRef``): the waiting or
+    taking task's. A loop closed while its tasks held them never runs their cleanup, so
+    ``reclaim()`` takes them back: such busy workers go to ``retiring`` (the caller stops
+    them, then frees their places), such spawning places are freed, such waiters dropped.
+    A late cleanup of the closed loop's task (its coroutine closed when collected) then finds
+    nothing: ``release``, ``retire``, ``free_place`` and ``abandon`` ignore what they do not
+    hold.
+
+    ``abandon()``, ``free_place()`` and ``release()`` hand the place (to spawn in) or the
+    worker straight to the first waiter, if any: it then stays counted. Waiters are served
+    by their run's ticket, then in arrival order: the run that started first gets every worker
+    it asks for before later runs, so under load runs finish in the order they came (a web
+    backend answers its first requests first) instead of all at the end. A waiter whose loop
+    is stopped is passed over (it stays in line: nothing handed to it could be used until its
+    loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
+    line again from what is free (a stopped loop's waiter, running again, asks for it).
+    ``close()`` wakes every waiter empty-handed and sends every idle worker to ``retiring``;
+    busy ones stay with their holders, which retire them when they give them back
+    (``release`` refuses them).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: list[WorkerProcess] = []
+        self.busy: set[WorkerProcess] = set()
+        #: The loop each busy worker is held in.
+        self.holders: dict[WorkerProcess, LoopRef] = {}
+        #: The loop of each place being spawned in (one entry per place).
+        self.spawning: list[LoopRef] = []
+        self.retiring: set[WorkerProcess] = set()
+        #: (run ticket, arrival, waiter), a heap: the first is served first.
+        self.waiters: list[tuple[int, int, Waiter]] = []
+        self._arrivals = itertools.count()
+        self.closed = False
+        self._emptied = Signal()
+        self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        """The places taken, in any state."""
+        return len(self.idle) + len(self.busy) + len(self.spawning) + len(self.retiring)
+
+    def take(self, holder: LoopRef) -> WorkerProcess | None:
+        """idle -> busy: the most recently used idle worker (alive or not), if any."""
+        with self._lock:
+            if not self.idle:
+                return None
+            worker = self.idle.pop()
+            self._hold(worker, holder)
+            return worker
+
+    def claim(self, holder: LoopRef, ticket: int = 0) -> Waiter | None:
+        """free -> spawning if a place is free (None); else a waiter queued, by ``ticket``,
+        for the next worker or place given back (handed one at once if a live worker is
+        idle: given back since the caller looked)."""
+        with self._lock:
+            if self.closed:
+                raise PoolClosedError("the worker pool is shut down")
+            if self.count < self.size:
+                self.spawning.append(holder)
+                return None
+            waiter = Waiter(holder)
+            heapq.heappush(self.waiters, (ticket, next(self._arrivals), waiter))
+            self._offer_idle()
+            return waiter
+
+    def withdraw(self, waiter: Waiter) -> Any:
+        """A waiter stops waiting: what it was handed (None if nothing)."""
+        with self._lock:
+            if waiter.handed is None:  # still queued, unless close() woke it
+                kept = [entry for entry in self.waiters if entry[2] is not waiter]
+                if len(kept) != len(self.waiters):
+                    heapq.heapify(kept)
+                    self.waiters[:] = kept
+            return waiter.handed
+
+    def spawned(self, worker: WorkerProcess, holder: LoopRef) -> None:
+        """spawning -> busy."""
+        with self._lock:
+            self.spawning.remove(holder)
+            self._hold(worker, holder)
+
+    def release(self, worker: WorkerProcess) -> Literal["handed", "idle", "refused"]:
+        """busy -> idle, or to the first waiter (still busy). A closed roster takes no worker
+        back: busy -> retiring ("refused"; the holder stops it, then frees its place); nor one
+        it no longer counts (reclaimed: "refused", and the holder's stop finds it stopped)."""
+        with self._lock:
+            if worker not in self.busy:
+                return "refused"
+            self._unhold(worker)
+            if self.closed:
+                self.retiring.add(worker)
+                return "refused"
+            if self._hand(worker):
+                return "handed"
+            self.idle.append(worker)
+            return "idle"
+
+    def retire(self, worker: WorkerProcess) -> None:
+        """busy -> retiring: its holder now kills and reaps it, then calls free_place()."""
+        with self._lock:
+            if worker in self.busy:
+                self._unhold(worker)
+                self.retiring.add(worker)
+
+    def retire_idle(self, expired: Callable[[WorkerProcess], bool]) -> list[WorkerProcess]:
+        """idle -> retiring, for each idle worker that ``expired`` says must go."""
+        with self._lock:
+            going: list[WorkerProcess] = []
+            keep: list[WorkerProcess] = []
+            for worker in self.idle:
+                (going if expired(worker) else keep).append(worker)
+            self.idle[:] = keep
+            self.retiring.update(going)
+            return going
+
+    def reclaim(self) -> list[WorkerProcess]:
+        """What loops that are gone held: their busy workers -> retiring (returned: the caller
+        stops them, then calls free_place()); their spawning places -> free, or to the first
+        waiter; their waiters dropped. Then what is free goes to the waiters (``offer``)."""
+        with self._lock:
+            gone = [w for w in self.busy if self.holders[w].state() == "gone"]
+            for worker in gone:
+                self._unhold(worker)
+                self.retiring.add(worker)
+            self.spawning[:] = [h for h in self.spawning if h.state() != "gone"]
+            kept = [entry for entry in self.waiters if entry[2].holder.state() != "gone"]
+            if len(kept) != len(self.waiters):
+                heapq.heapify(kept)
+                self.waiters[:] = kept
+            self._offer()
+            return gone
+
+    def offer(self) -> None:
+        """Free places and live idle workers to the waiters whose loops run."""
+        with self._lock:
+            self._offer()
+
+    def oldest_idle(self) -> float | None:
+        """When the least recently used idle worker was last used; None if none is idle."""
+        with self._lock:
+            return min((w.last_used for w in self.idle), default=None)
+
+    def abandon(self, holder: LoopRef) -> None:
+        """spawning -> free, or to the first waiter: the place was not spawned in."""
+        with self._lock:
+            if holder in self.spawning:
+                self.spawning.remove(holder)
+                self._offer()
+
+    def free_place(self, worker: WorkerProcess) -> None:
+        """retiring -> free, or to the first waiter: ``worker`` is reaped."""
+        with self._lock:
+            if worker in self.retiring:
+                self.retiring.discard(worker)
+                self._offer()
+
+    def close(self) -> tuple[list[WorkerProcess], list[WorkerProcess]]:
+        """Refuse new claims, wake every waiter empty-handed; the idle workers, now retiring,
+        and the busy ones (still their holders')."""
+        with self._lock:
+            self.closed = True
+            while self.waiters:
+                heapq.heappop(self.waiters)[2].signal.set()
+            idle, self.idle = self.idle, []
+            self.retiring.update(idle)
+            self._offer()
+            return idle, list(self.busy)
+
+    async def emptied(self) -> None:
+        """Wait until every place is free again (after ``close``)."""
+        await self._emptied.wait()
+
+    def _hold(self, given: Any, holder: LoopRef) -> None:
+        if given is PLACE:
+            self.spawning.append(holder)
+        else:
+            self.busy.add(given)
+            self.holders[given] = holder
+
+    def _unhold(self, given: Any) -> None:
+        self.busy.discard(given)
+        self.holders.pop(given, None)
+
+    def _offer(self) -> None:
+        """Free places, then live idle workers, to the waiters; once closed, see whether the
+        last place is free."""
+        if self.closed:
+            if self.count == 0:
+                self._emptied.set()
+            return
+        while self.waiters and self.count < self.size:
+            if not self._hand(PLACE):
+                break
+        self._offer_idle()
+
+    def _offer_idle(self) -> None:
+        while self.waiters and self.idle:
+            live = [w for w in self.idle if w.alive]
+            if not live:
+                return
+            worker = live[-1]
+            self.idle.remove(worker)
+            if not self._hand(worker):
+                self.idle.append(worker)
+                return
+
+    def _hand(self, given: Any) -> bool:
+        """Give ``given`` to the first waiter whose loop runs (True); False if none. Waiters
+        whose loop is stopped keep their place in line; those whose loop is gone leave it."""
+        passed: list[tuple[int, int, Waiter]] = []
+        try:
+            while self.waiters:
+                entry = heapq.heappop(self.waiters)
+                waiter = entry[2]
+                state = waiter.holder.state()
+                if state == "stopped":
+                    passed.append(entry)
+                    continue
+                if state == "gone":
+                    continue
+                waiter.handed = given
+                self._hold(given, waiter.holder)
+                if waiter.signal.set():
+                    return True
+                waiter.handed = None  # its loop ended just now, and the task with it
+                self._unhold_any(given, waiter.holder)
+            return False
+        finally:
+            for entry in passed:
+                heapq.heappush(self.waiters, entry)
+
+    def _unhold_any(self, given: Any, holder: LoopRef) -> None:
+        if given is PLACE:
+            self.spawning.remove(holder)
+        else:
+            self._unhold(given)
