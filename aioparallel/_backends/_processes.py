@@ -29,7 +29,7 @@ from .._call import Call, function_name
 from .._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from .._memmap import JobWriter, Lease, RunFolder, remove_folders
 from ._async_runner import CANCEL_GRACE, TimedOut
-from ._base import Batch, Failure, RunBatch, RunOptions
+from ._base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ._cheap_pickling import cheap_callable, job_flags, one_func, small_args, small_calls
 from ._failures import (
     async_timeout_error,
@@ -60,7 +60,15 @@ from ._wire import (
     unspill,
 )
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "build"]
+
+
+def build(args: BackendArgs) -> ProcessBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return ProcessBackend(
+        args.n_workers, private=args.private, initializer=args.initializer, **args.options
+    )
+
 
 #: Pickled bodies above this are unpickled in a thread, off the event loop.
 THREAD_UNPICKLE_BYTES = 256 * 1024

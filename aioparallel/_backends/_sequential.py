@@ -14,11 +14,16 @@ import anyio
 from .._call import function_name
 from .._coroutines import is_coroutine
 from .._errors import attach_task
-from ._base import Batch, Failure, RunBatch, RunOptions
+from ._base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ._setup import Initializer, InitOnce
 from ._threads import run_calls
 
-__all__ = ["SequentialBackend"]
+__all__ = ["SequentialBackend", "build"]
+
+
+def build(args: BackendArgs) -> SequentialBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return SequentialBackend(args.initializer)
 
 
 class SequentialBackend:

@@ -36,12 +36,17 @@ from ._async_runner import (
     TimedOut,
     run_calls_on_loop,
 )
-from ._base import Batch, Failure, RunBatch, RunOptions
+from ._base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ._failures import async_timeout_error
 from ._setup import Initializer, InitOnce
 from ._timed import DaemonThreads, Watch
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "build"]
+
+
+def build(args: BackendArgs) -> ThreadBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return ThreadBackend(args.n_workers, args.initializer)
 
 
 def run_calls(
