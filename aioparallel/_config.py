@@ -13,7 +13,8 @@ from typing import Any
 
 from ._backends._base import BACKEND_NAMES
 from ._nesting import cap_nesting
-from ._settings import Default, Settings, parse_n_jobs, pick_backend
+from ._parsing import parse_n_jobs
+from ._settings import Default, Settings, pick_backend
 
 __all__ = [
     "BACKEND_ALIASES",

@@ -11,11 +11,12 @@ from ._backends._base import Backend, RunOptions
 from ._budget import Budget
 from ._call import Call
 from ._config import active_settings
+from ._parsing import parse_pre_dispatch
 from ._pending import PendingResults
 from ._progress import ProgressCallback, ProgressReporter
 from ._results import SINKS, ListSink, Sink
 from ._run import Run
-from ._settings import Default, Plan, Settings, parse_pre_dispatch
+from ._settings import Default, Plan, Settings
 from ._stream import ResultStream
 
 if TYPE_CHECKING:

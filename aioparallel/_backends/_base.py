@@ -8,6 +8,11 @@ on one worker and returns one result per call, in order; a call that raised is a
 Batch, Failure, RunBatch, RunOptions``) so that users can write their own backend; the docs'
 "Writing a backend" page shows one, and tests/test_custom_backend.py runs the contract suite
 on it.
+
+The registry at the end is where every backend ``Parallel(backend=name)`` can pick declares
+itself, once (as anyio looks its backends up by name): a `BackendEntry` gives its names, the
+``parallel_config`` options it takes, its nesting rule and a ``build`` that imports its module
+only when it is used, so ``import aioparallel`` never imports dask.
 """
 
 from __future__ import annotations
