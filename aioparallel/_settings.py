@@ -156,7 +156,7 @@ class Settings:
     require: str | _Unset = UNSET
     initializer: Initializer | _Unset = UNSET
     #: ``parallel_config``'s options for the backend (``inner_max_num_threads`` included).
-    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    backend_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def parse(cls, arguments: Mapping[str, Any]) -> Settings:
@@ -174,10 +174,10 @@ class Settings:
         for name in _PARSE_ORDER:
             if name in given:
                 parsed[name] = _PARSERS[name](given.pop(name))
-            if name == "require":
+            if name == "require":  # the pair, before the backend it may pick
                 check_consistent(parsed.get("prefer"), parsed.get("require"))
         assert not given, f"no parser for {sorted(given)}"
-        return cls(**parsed, backend_options=options)
+        return cls(**parsed, backend_options=MappingProxyType(options))
 
     def given(self) -> dict[str, Any]:
         """The settings given, by name (the backend options if any)."""
@@ -189,7 +189,7 @@ class Settings:
 
     def over(self, outer: Settings) -> Settings:
         """These settings, with ``outer``'s where these were not given."""
-        options = {**outer.backend_options, **self.backend_options}
+        options = MappingProxyType({**outer.backend_options, **self.backend_options})
         return replace(outer, **{**self.given(), "backend_options": options})
 
     def get(self, name: str, default: Any) -> Any:
