@@ -10,6 +10,8 @@ As in joblib, a ``Parallel`` whose backend comes from ``parallel_config`` or the
   processes;
 - depth 2 and more: the sequential path.
 
+Each backend declares its rule in its registry entry (``backends.base``): ``"processes"``
+for one that starts processes, ``"threads"`` for thread workers, none for the others.
 Process workers count as nested on their own (``_system.in_worker``): there, a ``Parallel``
 that names no backend runs sequentially. A process backend named in the call, below a thread
 worker or inside a process worker, runs sequentially too, with the warning joblib gives
@@ -22,9 +24,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from ._system import in_worker
+
+if TYPE_CHECKING:
+    from .backends.base import BackendEntry
 
 __all__ = ["cap_nesting", "deeper", "thread_depth"]
 
@@ -55,25 +60,26 @@ def deeper(func: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def cap_nesting(name: str, explicit: bool, n_jobs: int | None) -> str:
-    """The backend a ``Parallel`` created here runs on, given the one it resolved to."""
-    if name not in ("processes", "threads"):
-        return name
+def cap_nesting(entry: BackendEntry, explicit: bool, n_jobs: int | None) -> str:
+    """The backend a ``Parallel`` created here runs on, given the one it resolved to (by the
+    nesting rule ``entry`` declares)."""
+    if entry.nesting is None:
+        return entry.name
     depth = thread_depth()
     worker = in_worker()
-    if name == "processes" and (depth or worker):
+    if entry.nesting == "processes" and (depth or worker):
         if explicit and n_jobs not in (None, 1):
             where = "inside a process worker" if worker else "below threads (a thread worker)"
             warnings.warn(
                 f"Process-backed parallel loops cannot be nested {where}: this "
-                f"Parallel(n_jobs={n_jobs}, backend='processes') runs its calls sequentially "
+                f"Parallel(n_jobs={n_jobs}, backend={entry.name!r}) runs its calls sequentially "
                 "(n_jobs=1), as in joblib; name backend='threads' to run them in parallel here",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if not explicit and depth == 1 and not worker:
             return "threads"
         return "sequential"
     if explicit or depth < 2:
-        return name
+        return entry.name
     return "sequential"

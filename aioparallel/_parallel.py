@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._call import Call
-from ._config import (
-    DEFAULT_WORKER_CONCURRENCY,
-    RETURN_MODES,
-    backend_options,
-    coerce_n_jobs,
-    current_config,
-    make_initializer,
-    parse_max_nbytes,
-    parse_mmap_mode,
-    parse_n_jobs,
-    parse_pre_dispatch,
-    parse_worker_concurrency,
-    resolve_backend,
-)
-from ._nesting import cap_nesting
+from ._config import active_settings
+from ._parsing import parse_pre_dispatch
 from ._pending import PendingResults
-from ._system import check_process_backend
+from ._settings import Default, Plan, Settings
 from .backends.base import Backend, RunOptions
 from .run.budget import Budget
 from .run.progress import ProgressCallback, ProgressReporter
@@ -37,20 +23,16 @@ if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
     from types import TracebackType
 
+    from typing_extensions import Unpack
+
+    from ._settings import ParallelKeywords
+
 __all__ = ["Parallel"]
 
 R = TypeVar("R")
 M = TypeVar("M", bound=str)
 ListMode = Literal["list"]
 StreamMode = Literal["generator", "generator_unordered"]
-
-
-class Default(str):
-    """A default value that tells "not given" from an explicit equal value: an active
-    ``parallel_config`` fills in only what the caller left out, and only the default
-    ``pre_dispatch`` widens with the batch size."""
-
-    __slots__ = ()
 
 
 class Parallel(Generic[M]):
@@ -136,20 +118,7 @@ class Parallel(Generic[M]):
         backend: str | Backend | BaseContext | None = None,
         *,
         return_as: ListMode = "list",
-        verbose: int | None = None,
-        pre_dispatch: int | str = Default("2*n_jobs"),
-        batch_size: int | Literal["auto"] = "auto",
-        timeout: float | None = None,
-        temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = Default("1M"),
-        mmap_mode: str = Default("r"),
-        return_exceptions: bool = False,
-        progress: bool | ProgressCallback = False,
-        worker_concurrency: int | None = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: Iterable[Any] = (),
+        **keywords: Unpack[ParallelKeywords],
     ) -> None: ...
 
     @overload
@@ -159,20 +128,7 @@ class Parallel(Generic[M]):
         backend: str | Backend | BaseContext | None = None,
         *,
         return_as: StreamMode,
-        verbose: int | None = None,
-        pre_dispatch: int | str = Default("2*n_jobs"),
-        batch_size: int | Literal["auto"] = "auto",
-        timeout: float | None = None,
-        temp_folder: str | os.PathLike[str] | None = None,
-        max_nbytes: int | str | None = Default("1M"),
-        mmap_mode: str = Default("r"),
-        return_exceptions: bool = False,
-        progress: bool | ProgressCallback = False,
-        worker_concurrency: int | None = None,
-        prefer: str | None = None,
-        require: str | None = None,
-        initializer: Callable[..., object] | None = None,
-        initargs: Iterable[Any] = (),
+        **keywords: Unpack[ParallelKeywords],
     ) -> None: ...
 
     def __init__(
@@ -196,143 +152,33 @@ class Parallel(Generic[M]):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
     ) -> None:
-        config = current_config()
-        self._n_jobs_arg = n_jobs if n_jobs is not None else config.get("n_jobs")
-        if self._n_jobs_arg is not None:  # joblib's int(n_jobs): "2" and 2.3 mean 2
-            self._n_jobs_arg = coerce_n_jobs(self._n_jobs_arg)
-        self._backend_name, self._backend_object = resolve_backend(backend, prefer, require)
-        if self._backend_name == "processes":  # even for n_jobs=1: fail alike at any size
-            check_process_backend()
-        self._initializer = (
-            make_initializer(initializer, initargs)
-            if initializer is not None or initargs != ()
-            else config.get("initializer")
-        )
-        if self._initializer is not None and self._backend_object is not None:
-            raise ValueError(
-                f"initializer= cannot be given to the backend object {self._backend_object!r}, "
-                "which starts its own workers: give it a backend name instead"
-            )
-        self._backend_options = backend_options(self._backend_name)  # before any n_jobs=1 path
-        if self._backend_object is None:  # joblib's cap on nesting in thread workers
-            self._backend_name = cap_nesting(
-                self._backend_name, explicit=backend is not None, n_jobs=self._n_jobs_arg
-            )
-
-        obj = self._backend_object
-        if (
-            obj is not None
-            and n_jobs is not None
-            and obj.name != "dask"
-            and parse_n_jobs(n_jobs) != obj.n_workers
-        ):
-            raise ValueError(
-                f"n_jobs={n_jobs!r} contradicts the backend object {obj!r}, which has "
-                f"{obj.n_workers} workers: drop n_jobs or make them agree"
-            )
-        if obj is not None and obj.name != "dask":
-            self.n_jobs = obj.n_workers  # the object decides; a configured n_jobs is a default
-        elif self._n_jobs_arg is None:
-            self.n_jobs = 0 if self._backend_name == "dask" else 1  # dask: the cluster's size
-        else:
-            self.n_jobs = parse_n_jobs(self._n_jobs_arg)
-
-        if return_as not in RETURN_MODES:
-            valid = ", ".join(repr(m) for m in RETURN_MODES)
-            raise ValueError(f"invalid return_as {return_as!r}: expected one of {valid}")
-        self.return_as = return_as
-        if batch_size != "auto" and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
-        ):
-            raise ValueError(f"invalid batch_size {batch_size!r}: expected 'auto' or an int >= 1")
-        self._batch_size = None if batch_size == "auto" else int(batch_size)
-        self._pre_dispatch_arg = pre_dispatch
-        # The default bound counts batches (as joblib's does) so batching never starves a
-        # worker; an explicit pre_dispatch is a hard bound on calls.
-        self._widen_bound = isinstance(pre_dispatch, Default)
-        parse_pre_dispatch(pre_dispatch, max(1, self.n_jobs))  # validate now
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < math.inf  # also rejects nan
-        ):
-            raise ValueError(
-                f"invalid timeout {timeout!r}: expected None (no timeout) or finite seconds > 0"
-            )
-        self.timeout = None if timeout is None else float(timeout)
-        # One worker, or "sequential": the calls run one after another in the caller's thread;
-        # a timeout needs a worker that can be abandoned, so then on one thread worker.
-        self._one_thread = False
-        if (
-            obj is None
-            and self._backend_name in ("processes", "threads", "sequential")
-            and (self.n_jobs == 1 or self._backend_name == "sequential")
-        ):
-            self._backend_name = "sequential" if self.timeout is None else "threads"
-            self._one_thread = self.timeout is not None
-            if self._batch_size is None:  # take one item, run it, take the next (as joblib)
-                self._batch_size = 1
-        verbose = verbose if verbose is not None else config.get("verbose", 0)
-        if not isinstance(verbose, int) or verbose < 0:  # True counts as 1, as in joblib
-            raise ValueError(f"invalid verbose {verbose!r}: expected an int >= 0")
-        self.verbose = verbose
-        if not (isinstance(progress, bool) or callable(progress)):
-            raise ValueError(f"invalid progress {progress!r}: expected a bool or a callable")
-        if progress is True:
-            try:
-                import tqdm  # noqa: F401
-            except ImportError:
-                raise ImportError(
-                    "progress=True draws a tqdm bar: pip install 'aioparallel[progress]'"
-                ) from None
-        self.progress = progress
-        self.return_exceptions = bool(return_exceptions)
-        if isinstance(max_nbytes, Default):
-            max_nbytes = config.get("max_nbytes", str(max_nbytes))
-        if isinstance(mmap_mode, Default):
-            mmap_mode = config.get("mmap_mode", str(mmap_mode))
-        temp_folder = temp_folder if temp_folder is not None else config.get("temp_folder")
-        if worker_concurrency is None:
-            worker_concurrency = config.get("worker_concurrency", DEFAULT_WORKER_CONCURRENCY)
-        self.worker_concurrency = parse_worker_concurrency(worker_concurrency)
-        self._options = RunOptions(
-            timeout=self.timeout,
-            stop_on_error=not self.return_exceptions,
-            max_nbytes=parse_max_nbytes(max_nbytes),
-            mmap_mode=parse_mmap_mode(mmap_mode),
-            temp_folder=None if temp_folder is None else os.fspath(temp_folder),
-            worker_concurrency=self.worker_concurrency,
-        )
+        given = Settings.parse({k: v for k, v in locals().items() if k != "self"})
+        plan = self._plan = Plan.make(given, active_settings())
+        self.n_jobs = plan.n_jobs
+        self.return_as = plan.return_as
+        self.timeout = plan.options.timeout
+        self.verbose = plan.verbose
+        self.progress = plan.progress
+        self.return_exceptions = plan.return_exceptions
+        self.worker_concurrency = plan.options.worker_concurrency
         self._warm: Backend | None = None
 
+    @property
+    def _backend_name(self) -> str:
+        return self._plan.backend_name
+
+    @property
+    def _options(self) -> RunOptions:
+        return self._plan.options
+
     def __repr__(self) -> str:
-        shown = self._n_jobs_arg if self._n_jobs_arg is not None else self.n_jobs
+        shown = self._plan.n_jobs_arg if self._plan.n_jobs_arg is not None else self.n_jobs
         return f"Parallel(n_jobs={shown})"
 
     # -- backends ----------------------------------------------------------------------------
 
     def _make_backend(self, private: bool) -> Backend:
-        if self._backend_object is not None:
-            return self._backend_object
-        name = self._backend_name
-        if name == "sequential":
-            from .backends.sequential import SequentialBackend
-
-            return SequentialBackend(self._initializer)
-        if name == "threads":
-            from .backends.threads import ThreadBackend
-
-            return ThreadBackend(1 if self._one_thread else self.n_jobs, self._initializer)
-        if name == "processes":
-            from .backends.processes.backend import ProcessBackend
-
-            return ProcessBackend(
-                self.n_jobs, private=private, initializer=self._initializer, **self._backend_options
-            )
-        from .backends.dask.client import DaskBackend
-
-        # the raw n_jobs: -1 means all of the cluster's threads, not this machine's CPUs
-        return DaskBackend(self._n_jobs_arg, initializer=self._initializer, **self._backend_options)
+        return self._plan.build(private)
 
     @asynccontextmanager
     async def _backend(self) -> AsyncIterator[Backend]:
@@ -373,8 +219,9 @@ class Parallel(Generic[M]):
 
     def _new_run(self, iterable: object, backend: Backend, sink: Sink[Any]) -> Run:
         n_workers = max(1, backend.n_workers)
-        pre_dispatch = parse_pre_dispatch(self._pre_dispatch_arg, n_workers)  # cached
-        shown_jobs = self._n_jobs_arg if self._n_jobs_arg is not None else n_workers
+        plan = self._plan
+        pre_dispatch = parse_pre_dispatch(plan.pre_dispatch, n_workers)  # cached
+        shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
         reporter = ProgressReporter(
             name=f"Parallel(n_jobs={shown_jobs})",
             label=f"{backend.name} with {n_workers}",
@@ -385,10 +232,10 @@ class Parallel(Generic[M]):
         return Run(
             iterable=iterable,
             backend=backend,
-            options=self._options,
-            batch_size=self._batch_size,
+            options=plan.options,
+            batch_size=plan.batch_size,
             pre_dispatch=pre_dispatch,
-            widen_bound=self._widen_bound,
+            widen_bound=plan.widen_bound,
             return_exceptions=self.return_exceptions,
             sink=sink,
             reporter=reporter,

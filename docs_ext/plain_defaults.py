@@ -1,8 +1,9 @@
 """A griffe extension for the API page: show ``Default("2*n_jobs")`` as ``"2*n_jobs"``.
 
-``Parallel`` marks some defaults with ``Default`` (a ``str`` subclass) to tell "not given"
-from an explicit equal value; that is an implementation detail. At runtime the repr is
-already the plain string; griffe reads the source, so this rewrites the default it shows.
+``Parallel`` and ``parallel_config`` mark some defaults with ``Default`` (a ``str``
+subclass, in ``aioparallel._settings``) to tell "not given" from an explicit equal value;
+that is an implementation detail. At runtime the repr is already the plain string; griffe
+reads the source, so this rewrites the default it shows.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def test_pre_dispatch_is_never_evaluated(tmp_path: Path) -> None:
     ],
 )
 def test_valid_pre_dispatch(pre_dispatch: Any, n_jobs: int, expected: int | None) -> None:
-    from aioparallel._config import parse_pre_dispatch
+    from aioparallel._parsing import parse_pre_dispatch
 
     Parallel(n_jobs=n_jobs, backend="threads", pre_dispatch=pre_dispatch)
     assert parse_pre_dispatch(pre_dispatch, n_jobs) == expected
@@ -224,7 +224,7 @@ def test_valid_pre_dispatch(pre_dispatch: Any, n_jobs: int, expected: int | None
 def test_pre_dispatch_with_two_factors_is_not_misread(pre_dispatch: str) -> None:
     """SPEC §2: only ``k*n_jobs`` is parsed; a longer product is refused, not read as a part
     of it (``2*n_jobs`` or ``n_jobs*3``)."""
-    from aioparallel._config import parse_pre_dispatch
+    from aioparallel._parsing import parse_pre_dispatch
 
     with pytest.raises(ValueError, match="invalid pre_dispatch"):
         parse_pre_dispatch(pre_dispatch, 2)
@@ -248,7 +248,7 @@ def test_pre_dispatch_with_two_factors_is_not_misread(pre_dispatch: str) -> None
     ],
 )
 def test_valid_max_nbytes(max_nbytes: Any, expected: int | None) -> None:
-    from aioparallel._config import parse_max_nbytes
+    from aioparallel._parsing import parse_max_nbytes
 
     assert parse_max_nbytes(max_nbytes) == expected
     parallel = Parallel(n_jobs=2, backend="threads", max_nbytes=max_nbytes)
@@ -272,9 +272,9 @@ def test_backend_aliases(backend: str) -> None:
 def test_negative_n_jobs_counts_from_cpu_count(
     monkeypatch: pytest.MonkeyPatch, n_jobs: int, cpus: int, expected: int
 ) -> None:
-    import aioparallel._config
+    import aioparallel._parsing
 
-    monkeypatch.setattr(aioparallel._config, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(aioparallel._parsing, "cpu_count", lambda: cpus)
     assert Parallel(n_jobs=n_jobs, backend="threads").n_jobs == expected
 
 

@@ -235,7 +235,7 @@ async def test_cancelled_thread_batch_starts_no_new_call() -> None:
     ["1" + "0" * 400 + "*n_jobs", "n_jobs*" + "9" * 400, "0." + "0" * 400 + "1*n_jobs"],
 )
 def test_huge_pre_dispatch_is_a_valid_bound(pre_dispatch: str) -> None:
-    from aioparallel._config import parse_pre_dispatch
+    from aioparallel._parsing import parse_pre_dispatch
 
     bound = parse_pre_dispatch(pre_dispatch, 2)
     assert bound is not None and bound >= 1
@@ -252,7 +252,7 @@ def test_unusable_pre_dispatch_is_a_value_error(pre_dispatch: str) -> None:
 
 @pytest.mark.parametrize("max_nbytes", ["9" * 400 + "G", "1" * 400, "1" * 5000 + "K", "²M"])
 def test_max_nbytes_never_overflows(max_nbytes: str) -> None:
-    from aioparallel._config import parse_max_nbytes
+    from aioparallel._parsing import parse_max_nbytes
 
     try:
         value = parse_max_nbytes(max_nbytes)

@@ -57,3 +57,22 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "wrong.py:6: error: Expression is of type" in result.stdout, result.stdout
     assert "wrong.py:7: error: Unused" in result.stdout, result.stdout
+
+
+def test_overload_keywords_match_the_signature() -> None:
+    """Parallel's overloads take its keywords as one TypedDict: it must list every keyword
+    after ``return_as``, with the implementation's annotation, so a parameter added to one
+    and not the other fails here (mypy alone would not see a keyword the TypedDict lacks)."""
+    import inspect
+
+    from aioparallel import Parallel
+    from aioparallel._settings import ParallelKeywords
+
+    signature = inspect.signature(Parallel.__init__)
+    keywords = {
+        name: param.annotation
+        for name, param in signature.parameters.items()
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and name != "return_as"
+    }
+    typed = {name: ref.__forward_arg__ for name, ref in ParallelKeywords.__annotations__.items()}
+    assert typed == keywords

@@ -8,18 +8,41 @@ on one worker and returns one result per call, in order; a call that raised is a
 Batch, Failure, RunBatch, RunOptions``) so that users can write their own backend; the docs'
 "Writing a backend" page shows one, and tests/test_custom_backend.py runs the contract suite
 on it.
+
+The registry at the end is where every backend ``Parallel(backend=name)`` can pick declares
+itself, once (as anyio looks its backends up by name): a `BackendEntry` gives its names, the
+``parallel_config`` options it takes, its nesting rule and a ``build`` that imports its module
+only when it is used, so ``import aioparallel`` never imports dask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from .._call import Call
 
-__all__ = ["Backend", "Batch", "Failure", "RunBatch", "RunOptions"]
+if TYPE_CHECKING:
+    from .setup import Initializer
+
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "BackendArgs",
+    "BackendEntry",
+    "Batch",
+    "Failure",
+    "RunBatch",
+    "RunOptions",
+    "lookup_backend",
+    "register_backend",
+    "registered_backend",
+    "registered_backends",
+    "unregister_backend",
+]
 
 
 class Failure:
@@ -158,3 +181,186 @@ class Backend(Protocol):
 def batches_per_worker(backend: Backend) -> int:
     """The backend's optional ``batches_per_worker`` (at least 1; 1 when it has none)."""
     return max(1, int(getattr(backend, "batches_per_worker", 1)))
+
+
+# -- the registry: every backend Parallel can pick by name declares itself here, once -------
+
+
+@dataclass(frozen=True, slots=True)
+class BackendArgs:
+    """What ``Parallel``'s settings give a registered backend's ``build``.
+
+    Parameters
+    ----------
+    n_workers
+        Workers to run (at least 1), from ``n_jobs``.
+    n_jobs
+        ``n_jobs`` as given (or configured), None when neither: a backend sized by its
+        cluster reads -1 as all of the cluster's workers, not this machine's CPUs.
+    initializer
+        ``initializer(*initargs)`` to run once in each worker, or None.
+    options
+        The ``parallel_config`` backend options, all of them declared by this backend.
+    private
+        True for ``async with Parallel(...)``: workers of its own, not shared ones.
+    """
+
+    n_workers: int
+    n_jobs: int | None
+    initializer: Initializer | None
+    options: Mapping[str, Any]
+    private: bool
+
+
+#: How a backend nests (see ``_nesting``): ``"processes"`` starts processes, so a call made
+#: inside a worker runs sequentially; ``"threads"`` runs sequentially two thread-worker
+#: levels deep unless named; None is honoured at any depth.
+Nesting = Literal["processes", "threads"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    """One backend, as ``Parallel(backend=name)`` and ``parallel_config`` know it."""
+
+    #: Canonical name, shown in messages and taken by ``Parallel._backend_name``.
+    name: str
+    #: Builds the backend for one ``Parallel`` (import the module here: lazily).
+    build: Callable[[BackendArgs], Backend]
+    #: Other names meaning this backend (joblib's).
+    aliases: tuple[str, ...] = ()
+    #: ``parallel_config`` backend options it takes; others are a ``ValueError``.
+    options: frozenset[str] = frozenset()
+    nesting: Nesting = None
+    #: It runs on this machine: with one worker the calls run in the caller instead.
+    local: bool = False
+    #: Its calls share the caller's memory (``require="sharedmem"`` keeps it).
+    shares_memory: bool = False
+    #: Its size is its cluster's, known once entered: ``n_jobs`` is passed on as given, and a
+    #: backend object of this name is not held to ``n_jobs``.
+    sized_by_cluster: bool = False
+    #: Raises when the name is looked up and the backend cannot be imported.
+    check_installed: Callable[[], None] | None = None
+    #: Raises when a ``Parallel`` picks it and it cannot run on this platform.
+    check_platform: Callable[[], None] | None = None
+
+
+_ENTRIES: dict[str, BackendEntry] = {}
+_NAMES: dict[str, str] = {}
+#: Every name and alias -> canonical name, in registration order (a live, read-only view).
+BACKEND_NAMES: Mapping[str, str] = MappingProxyType(_NAMES)
+
+
+def register_backend(entry: BackendEntry) -> None:
+    """Make ``entry`` a backend ``Parallel(backend=...)`` and ``parallel_config`` accept."""
+    for name in (entry.name, *entry.aliases):
+        if _NAMES.get(name, entry.name) != entry.name:
+            raise ValueError(f"backend name {name!r} is already taken by {_NAMES[name]!r}")
+    _ENTRIES[entry.name] = entry
+    for name in (entry.name, *entry.aliases):
+        _NAMES[name] = entry.name
+
+
+def unregister_backend(name: str) -> None:
+    """Forget the backend ``name`` (a canonical name) and its aliases."""
+    del _ENTRIES[name]
+    for alias in [a for a, canonical in _NAMES.items() if canonical == name]:
+        del _NAMES[alias]
+
+
+def lookup_backend(name: str) -> BackendEntry:
+    """The backend registered as ``name`` (or an alias), checked to be installed; else
+    ``ValueError`` listing the valid names."""
+    try:
+        entry = _ENTRIES[_NAMES[name]]
+    except KeyError:
+        valid = ", ".join(repr(n) for n in _NAMES)
+        raise ValueError(f"Invalid backend: {name!r}; valid backends: {valid}") from None
+    if entry.check_installed is not None:
+        entry.check_installed()
+    return entry
+
+
+def registered_backend(name: str) -> BackendEntry | None:
+    """The entry of canonical ``name`` (a backend object's ``name``), if one is registered."""
+    return _ENTRIES.get(name)
+
+
+def registered_backends() -> tuple[BackendEntry, ...]:
+    """Every registered backend, in registration order."""
+    return tuple(_ENTRIES.values())
+
+
+def _build_processes(args: BackendArgs) -> Backend:
+    from .processes.backend import build
+
+    return build(args)
+
+
+def _build_threads(args: BackendArgs) -> Backend:
+    from .threads import build
+
+    return build(args)
+
+
+def _build_sequential(args: BackendArgs) -> Backend:
+    from .sequential import build
+
+    return build(args)
+
+
+def _build_dask(args: BackendArgs) -> Backend:
+    from .dask.client import build
+
+    return build(args)
+
+
+def _check_process_platform() -> None:
+    from .._system import check_process_backend
+
+    check_process_backend()
+
+
+def _check_distributed() -> None:
+    """``"dask"`` without ``distributed`` fails when the backend is chosen, not at the first
+    call; found without importing it (~1 s)."""
+    from importlib.util import find_spec
+
+    try:
+        installed = find_spec("distributed") is not None
+    except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
+        installed = False
+    if not installed:
+        raise ValueError(
+            "backend='dask' runs the calls on a dask.distributed cluster, but distributed "
+            "is not installed. Please install dask: pip install 'aioparallel[dask]'"
+        )
+
+
+for _entry in (
+    BackendEntry(
+        "processes",
+        _build_processes,
+        aliases=("loky", "multiprocessing"),
+        options=frozenset({"idle_timeout", "inner_max_num_threads"}),
+        nesting="processes",
+        local=True,
+        check_platform=_check_process_platform,
+    ),
+    BackendEntry(
+        "threads",
+        _build_threads,
+        aliases=("threading",),
+        nesting="threads",
+        local=True,
+        shares_memory=True,
+    ),
+    BackendEntry("sequential", _build_sequential, local=True, shares_memory=True),
+    BackendEntry(
+        "dask",
+        _build_dask,
+        options=frozenset({"client", "address"}),
+        sized_by_cluster=True,
+        check_installed=_check_distributed,
+    ),
+):
+    register_backend(_entry)

@@ -14,11 +14,16 @@ import anyio
 from .._call import function_name
 from .._coroutines import is_coroutine
 from .._errors import attach_task
-from .base import Batch, Failure, RunBatch, RunOptions
+from .base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from .setup import Initializer, InitOnce
 from .threads import run_calls
 
-__all__ = ["SequentialBackend"]
+__all__ = ["SequentialBackend", "build"]
+
+
+def build(args: BackendArgs) -> SequentialBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return SequentialBackend(args.initializer)
 
 
 class SequentialBackend:

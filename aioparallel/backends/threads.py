@@ -36,12 +36,17 @@ from ..child.async_loop import (
     TimedOut,
     run_calls_on_loop,
 )
-from .base import Batch, Failure, RunBatch, RunOptions
+from .base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from .failures import async_timeout_error
 from .setup import Initializer, InitOnce
 from .timed import DaemonThreads, Watch
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "build"]
+
+
+def build(args: BackendArgs) -> ThreadBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return ThreadBackend(args.n_workers, args.initializer)
 
 
 def run_calls(

@@ -54,12 +54,19 @@ from ..._errors import (
     WorkerCrashedError,
     attach_task,
 )
-from ..base import Batch, Failure, RunBatch, RunOptions
+from ..base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ..setup import Initializer, initializer_error
 from ..unpickling import loads_yielding
 from .worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
 
-__all__ = ["DaskBackend"]
+__all__ = ["DaskBackend", "build"]
+
+
+def build(args: BackendArgs) -> DaskBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings: with
+    ``n_jobs`` as given, since -1 means all of the cluster's threads."""
+    return DaskBackend(args.n_jobs, initializer=args.initializer, **args.options)
+
 
 #: Seconds a cancelled run may spend telling the scheduler (or closing our own client).
 _CLEANUP_GRACE = 5.0

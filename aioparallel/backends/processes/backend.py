@@ -43,7 +43,7 @@ from ...child.protocol import (
     unspill,
 )
 from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
-from ..base import Batch, Failure, RunBatch, RunOptions
+from ..base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ..failures import (
     async_timeout_error,
     closed_error,
@@ -61,7 +61,15 @@ from .pickling import cheap_callable, job_flags, one_func, small_args, small_cal
 from .pool.pool import Pool, PoolClosedError, RunWorkers, WorkerProcess, shared_pool
 from .tempfiles import JobWriter, Lease, RunFolder, remove_folders
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "build"]
+
+
+def build(args: BackendArgs) -> ProcessBackend:
+    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    return ProcessBackend(
+        args.n_workers, private=args.private, initializer=args.initializer, **args.options
+    )
+
 
 #: Pickled bodies above this are unpickled in a thread, off the event loop.
 THREAD_UNPICKLE_BYTES = 256 * 1024
