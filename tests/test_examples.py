@@ -51,10 +51,20 @@ def free_port() -> int:
 
 
 def descendants(pid: int) -> list[psutil.Process]:
+    """The worker processes under ``pid`` (not a helper process that comes and goes, such as
+    the folder tracker's launcher)."""
     try:
-        return psutil.Process(pid).children(recursive=True)
+        children = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+    return [child for child in children if _is_worker(child)]
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    try:
+        return any("aioparallel.child.main" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 @dataclass
@@ -221,7 +231,7 @@ async def test_notebook_runs_in_a_real_kernel(tmp_path: Path) -> None:
         kernel_cmdline.extend(kernel[0].cmdline())
 
     def remember_workers(**_: object) -> None:
-        workers.update(kernel[0].children(recursive=True))
+        workers.update(descendants(kernel[0].pid))
 
     client.on_notebook_start = remember_kernel
     client.on_cell_executed = remember_workers

@@ -159,13 +159,13 @@ def test_unflushed_worker_output_reaches_the_parent_by_the_end_of_the_loop(
 @pytest.mark.anyio
 async def test_consecutive_calls_reuse_the_same_workers() -> None:
     first = await Parallel(n_jobs=2)(delayed(h.square_and_pid)(x) for x in range(20))
-    workers = h.child_pids()
+    workers = h.worker_children()
     assert 1 <= len(workers) <= 2
     assert {pid for _, pid in first} <= workers
     second = await Parallel(n_jobs=2)(delayed(h.square_and_pid)(x) for x in range(20))
     assert [v for v, _ in second] == [x * x for x in range(20)]
     assert {pid for _, pid in second} <= workers
-    assert h.child_pids() == workers  # nothing new spawned
+    assert h.worker_children() == workers  # nothing new spawned
 
 
 @pytest.mark.anyio
@@ -174,7 +174,7 @@ async def test_idle_workers_exit_after_idle_timeout() -> None:
         pids = set(await Parallel(n_jobs=2)(delayed(h.pid_of)(x) for x in range(4)))
         assert not any(h.pid_gone(pid) for pid in pids)  # still warm right after the run
         assert await h.wait_gone_async(pids, 10.0) == []
-        assert not (h.child_pids() & pids)
+        assert not (h.worker_children() & pids)
         # the pool spawns fresh workers on demand afterwards
         again = await Parallel(n_jobs=2)(delayed(h.square_and_pid)(x) for x in range(4))
     assert [v for v, _ in again] == [0, 1, 4, 9]
@@ -196,20 +196,20 @@ async def test_many_concurrent_calls_share_the_pool() -> None:
         assert [v for v, _ in results[k]] == [(k * 100 + x) ** 2 for x in range(30)]
     pids = {pid for values in results.values() for _, pid in values}
     assert len(pids) <= 2
-    assert len(h.child_pids()) <= 2
+    assert len(h.worker_children()) <= 2
 
 
 @pytest.mark.anyio
 async def test_async_with_parallel_keeps_its_workers_and_stops_them_on_exit() -> None:
     async with Parallel(n_jobs=2) as parallel:
         first = await parallel(delayed(h.square_and_pid)(x) for x in range(20))
-        workers = h.child_pids()
+        workers = h.worker_children()
         second = await parallel(delayed(h.square_and_pid)(x) for x in range(20, 40))
-        assert h.child_pids() == workers
+        assert h.worker_children() == workers
     assert [v for v, _ in first + second] == [x * x for x in range(40)]
     assert {pid for _, pid in first + second} <= workers
     assert [pid for pid in workers if not h.pid_gone(pid)] == []
-    assert not (h.child_pids() & workers)
+    assert not (h.worker_children() & workers)
 
 
 @pytest.mark.asyncio
@@ -311,7 +311,7 @@ async def test_worker_death_is_a_worker_crashed_error(how: str) -> None:
 @pytest.mark.anyio
 async def test_idle_workers_killed_from_outside_are_replaced_quietly() -> None:
     first = await Parallel(n_jobs=2)(delayed(h.square_and_pid)(x) for x in range(10))
-    workers = h.child_pids()
+    workers = h.worker_children()
     assert {pid for _, pid in first} <= workers
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -370,7 +370,7 @@ def _sleepers(folder: Path, n: int = 4) -> list[Any]:
 def _assert_killed(pids: dict[int, int]) -> None:
     alive = [pid for pid in pids.values() if not h.pid_gone(pid)]
     assert alive == [], f"workers of cancelled tasks still running: {alive}"
-    assert not (h.child_pids() & set(pids.values()))
+    assert not (h.worker_children() & set(pids.values()))
 
 
 @pytest.mark.anyio
@@ -466,7 +466,7 @@ async def test_cancelling_at_any_moment_leaves_no_task_running(tmp_path: Path) -
             await Parallel(n_jobs=2)(_sleepers(folder))
         _assert_killed(h.read_pids(folder))
         assert await Parallel(n_jobs=2)(delayed(h.square)(x) for x in range(4)) == [0, 1, 4, 9]
-        assert len(h.child_pids()) <= 2
+        assert len(h.worker_children()) <= 2
 
 
 @pytest.mark.anyio
