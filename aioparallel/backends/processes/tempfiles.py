@@ -380,10 +380,6 @@ class RunFolder:
                 _live_folders.discard(path)
         return existing
 
-    def cleanup(self) -> None:
-        """Close and remove the folder and everything in it (blocking)."""
-        remove_folders(self.close())
-
 
 class _JobPickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, plus large arrays sent by file and our memmaps sent by reference."""
