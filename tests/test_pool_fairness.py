@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel.backends.processes import backend as _processes
+from aioparallel.backends.processes import batch as _batch
 from aioparallel.backends.processes.pool.pool import Pool, run_ticket
 
 pytestmark = pytest.mark.anyio
@@ -90,14 +90,14 @@ async def test_a_batch_that_queued_is_timed_from_when_it_got_a_worker(
     """A run of tiny calls shares a 2-worker pool with an earlier run of 150 ms calls, so each
     of its batches first waits up to 150 ms in line: it still grows its batches."""
     batches: list[int] = []
-    real_init = _processes._BatchRun.__init__
+    real_init = _batch.BatchRun.__init__
 
     def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
         if self.batch.calls[0].args[0] == 1:  # the tiny run's batches
             batches.append(len(self.batch.calls))
 
-    monkeypatch.setattr(_processes._BatchRun, "__init__", counting_init)
+    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
     slow, tiny = Parallel(n_jobs=2, batch_size=1), Parallel(n_jobs=2)  # one shared pool
     await tiny(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
     with anyio.fail_after(60):

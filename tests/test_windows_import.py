@@ -42,6 +42,7 @@ from aioparallel import Parallel, delayed, parallel_config
 PROCESS_BACKEND = {{
     "aioparallel.backends.processes.pool.pool",
     "aioparallel.backends.processes.backend",
+    "aioparallel.backends.processes.batch",
     "aioparallel.child.main",
 }}
 for info in pkgutil.walk_packages(aioparallel.__path__, "aioparallel."):

@@ -13,5 +13,5 @@ Invariants owned here, one module each:
 - live worker processes <= n_jobs: ``processes.pool.roster``;
 - which call a dead worker is blamed for: ``aioparallel.child.slot``;
 - temp files removed on every exit: ``processes.tempfiles`` and ``processes.tracker``;
-- cancellation reaches the workers: ``processes.backend``.
+- cancellation reaches the workers: ``processes.batch``.
 """

@@ -145,42 +145,16 @@ class Worker:
         on the loop."""
         slot = self.slot
         monotonic = time.monotonic
-        positions: list[int] = []
-        results: list[Any] = []
-        last_flush = monotonic()
-        flags, concurrency, loop = async_job[0], async_job[2], None
-
-        def send_async(done_positions: list[int], values: list[Any]) -> None:
-            self.send_results(done_positions, values, False, run_dir, max_nbytes)
-
-        def flush() -> None:
-            nonlocal positions, results, last_flush
-            self.send_results(positions, results, False, run_dir, max_nbytes)
-            slot.sent(base)  # the pipe has them now: it outlives this process too
-            positions, results = [], []
-            last_flush = monotonic()
-
-        def keep(i: int, outcome: tuple[Any, bytes]) -> None:
-            """Call ``i``'s outcome waits for the next frame in the slot's journal (or, when
-            the journal is full, goes out now with those waiting); then it counts as
-            finished: never run again, even if this process dies before the frame."""
-            positions.append(i)
-            results.append(outcome[0])
-            if not slot.keep(base, i, outcome[1]):
-                flush()
-            slot.finished(base, i + 1)
-
+        job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job)
+        keep = job.keep  # the hot loop below: locals only, one call per sync call
+        flags, loop = async_job[0], None
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
                 break
             if flags is not None and flags[i]:
-                if loop is None:
-                    loop = self.async_loop(async_job, stop_on_error, send_async)
-                slot.idle()  # no sync call running while we wait for room
-                f, args, kwargs = (func, call, {}) if func is not None else call
-                if not loop.submit(i, f, args, kwargs, concurrency, base, slot):
+                if not job.submit(i, call):
                     break
-                slot.finished(base, i + 1)
+                loop = job.loop
                 continue
             started = monotonic()
             slot.running(base, i, loaded_from if i == 0 else started)
@@ -191,12 +165,9 @@ class Worker:
                     f, args, kwargs = call
                     value = f(*args, **kwargs)
                 if type(value) is types.CoroutineType:  # never hand back an un-awaited one
-                    slot.idle()
-                    if loop is None:
-                        loop = self.async_loop(async_job, stop_on_error, send_async)
-                    if not loop.submit_coroutine(i, value, concurrency, base, slot):
+                    if not job.submit_coroutine(i, value):
                         break
-                    slot.finished(base, i + 1)
+                    loop = job.loop
                     continue
             except BaseException as exc:
                 slot.sending(base, i)  # pickling the exception may run its code too
@@ -207,14 +178,9 @@ class Worker:
             else:
                 keep(i, _outcome(value, slot, base, i, run_dir, max_nbytes))
             slot.idle()
-            if monotonic() - last_flush > FLUSH_SECONDS:
-                flush()
-        if loop is not None:
-            slot.idle()
-            loop.end()
-        _flush_output()  # what the calls printed goes out before their results come back
-        self.send_results(positions, results, True, run_dir, max_nbytes)
-        slot.idle()
+            if monotonic() - job.last_flush > FLUSH_SECONDS:
+                job.flush()
+        job.end()
 
     def async_loop(
         self,
@@ -275,6 +241,104 @@ class Worker:
             )
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
+
+
+class _Job:
+    """One job while its calls run (``Worker.run_job``): the sync outcomes waiting for their
+    results frame, and the event loop its async calls went to, begun at the first one."""
+
+    __slots__ = (
+        "async_job",
+        "base",
+        "func",
+        "last_flush",
+        "loop",
+        "max_nbytes",
+        "positions",
+        "results",
+        "run_dir",
+        "slot",
+        "stop_on_error",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        worker: Worker,
+        base: int,
+        stop_on_error: bool,
+        run_dir: str,
+        max_nbytes: int | None,
+        func: Any,
+        async_job: tuple[bytes | None, float | None, int],
+    ):
+        self.worker = worker
+        self.slot = worker.slot
+        self.base = base
+        self.stop_on_error = stop_on_error
+        self.run_dir = run_dir
+        self.max_nbytes = max_nbytes
+        self.func = func
+        self.async_job = async_job
+        #: The worker's event loop thread, once this job handed it a call.
+        self.loop: Any = None
+        self.positions: list[int] = []
+        self.results: list[Any] = []
+        self.last_flush = time.monotonic()
+
+    def send_async(self, done_positions: list[int], values: list[Any]) -> None:
+        self.worker.send_results(done_positions, values, False, self.run_dir, self.max_nbytes)
+
+    def flush(self) -> None:
+        self.worker.send_results(self.positions, self.results, False, self.run_dir, self.max_nbytes)
+        self.slot.sent(self.base)  # the pipe has them now: it outlives this process too
+        self.positions, self.results = [], []
+        self.last_flush = time.monotonic()
+
+    def keep(self, i: int, outcome: tuple[Any, bytes]) -> None:
+        """Call ``i``'s outcome waits for the next frame in the slot's journal (or, when
+        the journal is full, goes out now with those waiting); then it counts as
+        finished: never run again, even if this process dies before the frame."""
+        self.positions.append(i)
+        self.results.append(outcome[0])
+        if not self.slot.keep(self.base, i, outcome[1]):
+            self.flush()
+        self.slot.finished(self.base, i + 1)
+
+    def _begin_loop(self) -> Any:
+        if self.loop is None:
+            self.loop = self.worker.async_loop(self.async_job, self.stop_on_error, self.send_async)
+        return self.loop
+
+    def submit(self, i: int, call: Any) -> bool:
+        """Hand async call ``i`` to the event loop (waiting for room under the job's
+        concurrency); False if the job stopped."""
+        loop = self._begin_loop()
+        self.slot.idle()  # no sync call running while we wait for room
+        f, args, kwargs = (self.func, call, {}) if self.func is not None else call
+        if not loop.submit(i, f, args, kwargs, self.async_job[2], self.base, self.slot):
+            return False
+        self.slot.finished(self.base, i + 1)
+        return True
+
+    def submit_coroutine(self, i: int, coroutine: Any) -> bool:
+        """Hand the coroutine sync call ``i`` returned to the event loop, to be awaited
+        there; False (the coroutine closed, never run) if the job stopped."""
+        self.slot.idle()
+        loop = self._begin_loop()
+        if not loop.submit_coroutine(i, coroutine, self.async_job[2], self.base, self.slot):
+            return False
+        self.slot.finished(self.base, i + 1)
+        return True
+
+    def end(self) -> None:
+        """Wait for the job's async calls, then send the last frame (``done``)."""
+        if self.loop is not None:
+            self.slot.idle()
+            self.loop.end()
+        _flush_output()  # what the calls printed goes out before their results come back
+        self.worker.send_results(self.positions, self.results, True, self.run_dir, self.max_nbytes)
+        self.slot.idle()
 
 
 #: Result types whose pickling runs no code of the task's: they wait for the next frame as

@@ -287,27 +287,12 @@ class _DaskRun:
         """Run ``batch`` as one dask task; ``alone``: the suspect's re-run, which waits for
         no one (nothing else of the run is in flight, and nothing else is submitted)."""
         calls = await self._wire_calls(batch.calls)
-        options = self._options
         name = function_name(batch.calls[0].func)
-        flags = async_flags(batch.calls)
-        # coroutine functions run on the dask worker's event loop
-        head: tuple[Any, ...] = (
-            (run_calls, calls) if flags is None else (run_calls_async, calls, flags)
-        )
-        key = f"{name}-{uuid.uuid4().hex}"
-        tail = () if flags is None else (options.worker_concurrency, key)
+        task, key = self._task(batch, calls, name)
         while not alone and self._solo is not None:  # a suspect is (about to be) re-run alone
             await self._solo.wait()
         try:
-            future = self._client.submit(
-                *head,
-                batch.start,
-                options.stop_on_error,
-                options.timeout,
-                *tail,
-                key=key,
-                pure=False,
-            )
+            future = self._client.submit(*task, key=key, pure=False)
         except BaseException as exc:  # nothing ran (a __reduce__ may raise anything)
             if len(batch.calls) == 1:
                 error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
@@ -317,16 +302,50 @@ class _DaskRun:
             future = None
         if future is None:  # find the call that cannot be pickled, outside the except block
             return await self._one_by_one(batch, alone)
+        answer, company = await self._wait(batch, future, name)
+        if isinstance(answer, KilledWorker):
+            if company and not alone:
+                return await self._rerun_alone(batch)
+            return _crashed(batch, answer, self._options.stop_on_error)
+        if isinstance(answer, Failure):
+            return [answer]
+        if answer is None:
+            return await self._one_by_one(batch, alone)
+        ran, outcomes = answer
+        batch.started = time.perf_counter() - ran  # auto batching times the work, not the wait
+        if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
+            return await anyio.to_thread.run_sync(
+                _unpack, batch, outcomes, self._options.stop_on_error, loads_yielding
+            )
+        return _unpack(batch, outcomes, self._options.stop_on_error)
+
+    def _task(self, batch: Batch, calls: list[WireCall], name: str) -> tuple[tuple[Any, ...], str]:
+        """What ``client.submit`` runs for ``batch`` (function and arguments), and its key."""
+        options = self._options
+        flags = async_flags(batch.calls)
+        key = f"{name}-{uuid.uuid4().hex}"
+        limits = (batch.start, options.stop_on_error, options.timeout)
+        if flags is None:
+            return (run_calls, calls, *limits), key
+        # coroutine functions run on the dask worker's event loop
+        return (run_calls_async, calls, flags, *limits, options.worker_concurrency, key), key
+
+    async def _wait(
+        self, batch: Batch, future: Any, name: str
+    ) -> tuple[Ran | KilledWorker | Failure | None, bool]:
+        """The batch's answer, and whether another batch of the run was in flight with it.
+        The answer is ``KilledWorker`` if its worker died, a ``Failure`` if a one-call batch
+        failed before its call ran, None if a larger one did (split it to find the culprit).
+        The future is released, or cancelled (shielded, bounded) if not done."""
         company = self._in_flight > 0
         self._in_flight += 1
         self._submitted += 1
         number = self._submitted
-        answer: Ran | None = None
-        killed: KilledWorker | None = None
+        answer: Ran | KilledWorker | Failure | None = None
         try:
             answer = await future
         except KilledWorker as exc:
-            killed = exc
+            answer = exc
         except Exception as exc:
             if future.cancelled():  # by someone else: the client closed, the scheduler left
                 raise AioParallelError(
@@ -338,8 +357,8 @@ class _DaskRun:
             # there): running the calls one per task is then safe, and names the culprit.
             if len(batch.calls) == 1:
                 attach_task(exc, batch.start, name, "".join(traceback.format_exception(exc)))
-                return [Failure(exc)]
-            # split below, outside the except block
+                answer = Failure(exc)
+            # else None: the caller splits it, outside the except block
         finally:
             company = company or self._submitted != number  # one was submitted meanwhile
             self._in_flight -= 1
@@ -350,19 +369,7 @@ class _DaskRun:
             else:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
                     await self._client.cancel([future], asynchronous=True)
-        if killed is not None:
-            if company and not alone:
-                return await self._rerun_alone(batch)
-            return _crashed(batch, killed, options.stop_on_error)
-        if answer is None:
-            return await self._one_by_one(batch, alone)
-        ran, outcomes = answer
-        batch.started = time.perf_counter() - ran  # auto batching times the work, not the wait
-        if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
-            return await anyio.to_thread.run_sync(
-                _unpack, batch, outcomes, options.stop_on_error, loads_yielding
-            )
-        return _unpack(batch, outcomes, options.stop_on_error)
+        return answer, company
 
     async def _rerun_alone(self, batch: Batch) -> list[Any]:
         """Run a batch whose worker died while other batches of the run were in flight again,

@@ -148,67 +148,99 @@ async def run_calls_async(
     coroutines (their ``finally`` blocks run) once the worker no longer wants it."""
     import asyncio
 
-    from ...child.async_loop import RAISED as RAISED_KIND
-    from ...child.async_loop import VALUE as VALUE_KIND
-    from ...child.async_loop import InFlight
-
     began = time.perf_counter()
     loop = asyncio.get_running_loop()
-    outcomes: list[Outcome | None] = [None] * len(calls)
-    room = asyncio.Semaphore(concurrency)
-    idle = asyncio.Event()
-    idle.set()
-    failed = False
-
-    def report(position: int, kind: int, value: Any) -> None:
-        nonlocal failed
-        index, func = start + position, calls[position][0]
-        if kind == VALUE_KIND:
-            outcomes[position] = _pack_value(value, index, func)
-        elif kind == RAISED_KIND:
-            outcomes[position] = _pack_error(value, "".join(traceback.format_exception(value)))
-        else:
-            error = TimeoutError(
-                f"task {index} ({function_name(func)}) ran past timeout={timeout}s on its dask "
-                "worker and was cancelled"
-            )
-            outcomes[position] = _pack_error(error, None)
-        if outcomes[position][0] == RAISED and stop_on_error:  # type: ignore[index]
-            failed = True
-            tasks.cancel_all()
-
-    def settled() -> None:
-        room.release()
-        if not tasks.tasks:
-            idle.set()
-
-    tasks = InFlight(loop, timeout, report, settled)
-    watcher = loop.create_task(_cancel_when_released(key, tasks))
+    batch = _AsyncBatch(loop, calls, start, stop_on_error, timeout, concurrency)
+    watcher = loop.create_task(_cancel_when_released(key, batch.tasks))
     try:
         for position, (call, flag) in enumerate(zip(calls, flags, strict=True)):
-            if failed or watcher.done():
+            if batch.failed or watcher.done():
                 break
             if flag:
-                await room.acquire()
-                if failed:
+                if not await batch.start(position, call):
                     break
-                idle.clear()
-                tasks.start(position, *call)
                 continue
             done = await loop.run_in_executor(
                 None, _run_calls, [call], start + position, True, timeout
             )
-            outcomes[position] = done[0]
-            if done[0][0] == RAISED and stop_on_error:
-                failed = True
-                tasks.cancel_all()
-        await idle.wait()
+            batch.settle(position, done[0])
+        await batch.idle.wait()
     except asyncio.CancelledError:  # the worker is closing: so are the coroutines
-        tasks.cancel_all()
+        batch.tasks.cancel_all()
         raise
     finally:
         watcher.cancel()
-    return time.perf_counter() - began, outcomes
+    return time.perf_counter() - began, batch.outcomes
+
+
+class _AsyncBatch:
+    """A batch of ``run_calls_async`` on the worker's loop: one outcome per call, its async
+    calls in flight (at most ``concurrency``), and whether it stopped at a failure."""
+
+    def __init__(
+        self,
+        loop: Any,
+        calls: list[WireCall],
+        start: int,
+        stop_on_error: bool,
+        timeout: float | None,
+        concurrency: int,
+    ) -> None:
+        import asyncio
+
+        from ...child.async_loop import InFlight
+
+        self.calls = calls
+        self.start_index = start
+        self.stop_on_error = stop_on_error
+        self.timeout = timeout
+        self.outcomes: list[Outcome | None] = [None] * len(calls)
+        self.room = asyncio.Semaphore(concurrency)
+        #: Set while no async call is in flight.
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.failed = False
+        self.tasks = InFlight(loop, timeout, self.report, self.settled)
+
+    async def start(self, position: int, call: WireCall) -> bool:
+        """Start async call ``position`` once there is room; False if the batch stopped."""
+        await self.room.acquire()
+        if self.failed:
+            return False
+        self.idle.clear()
+        self.tasks.start(position, *call)
+        return True
+
+    def settle(self, position: int, outcome: Outcome) -> None:
+        """Call ``position``'s outcome; with ``stop_on_error``, a failure stops the batch."""
+        self.outcomes[position] = outcome
+        if outcome[0] == RAISED and self.stop_on_error:
+            self.failed = True
+            self.tasks.cancel_all()
+
+    def report(self, position: int, kind: int, value: Any) -> None:
+        """An async call ended (``InFlight``): a value, an exception, or its timeout."""
+        from ...child.async_loop import RAISED as RAISED_KIND
+        from ...child.async_loop import VALUE as VALUE_KIND
+
+        index, func = self.start_index + position, self.calls[position][0]
+        if kind == VALUE_KIND:
+            outcome = _pack_value(value, index, func)
+        elif kind == RAISED_KIND:
+            outcome = _pack_error(value, "".join(traceback.format_exception(value)))
+        else:
+            error = TimeoutError(
+                f"task {index} ({function_name(func)}) ran past timeout={self.timeout}s on its "
+                "dask worker and was cancelled"
+            )
+            outcome = _pack_error(error, None)
+        self.settle(position, outcome)
+
+    def settled(self) -> None:
+        """An async call's task is over: its room goes to the next one."""
+        self.room.release()
+        if not self.tasks.tasks:
+            self.idle.set()
 
 
 #: How often a batch of async calls checks that the scheduler still wants it.

@@ -1,10 +1,12 @@
 """The process backend, parent side: each worker is a fresh interpreter that runs
 ``aioparallel.child`` and talks to this side over its own pipes and crash slot.
 
-Modules: ``backend`` (``ProcessBackend``: runs batches on workers), ``worker`` (the parent's
-handle on one worker process: spawn, frames, liveness), ``pool/`` (warm workers shared
-between runs), ``pickling`` (which jobs are cheap enough to pickle on the loop),
-``tempfiles`` (run folders, memmapped arrays) and ``tracker`` (removes them after a crash).
+Modules: ``backend`` (``ProcessBackend``: the pool and each run's workers and temp folder),
+``batch`` (``BatchRun``: one batch's life: send, receive, crash -> blame -> re-run),
+``worker`` (the parent's handle on one worker process: spawn, frames, liveness), ``pool/``
+(warm workers shared between runs), ``pickling`` (which jobs are cheap enough to pickle on
+the loop), ``tempfiles`` (run folders, memmapped arrays) and ``tracker`` (removes them after
+a crash).
 
 Invariants owned here, one module each:
 
@@ -12,5 +14,5 @@ Invariants owned here, one module each:
 - temp files removed on every exit, a crash or SIGKILL included: ``tempfiles`` and the
   folder ``tracker`` (a standalone script: it runs as ``python -I -S tracker.py``);
 - cancellation reaches the workers (their async tasks cancelled, a stuck worker killed):
-  ``backend``.
+  ``batch``.
 """

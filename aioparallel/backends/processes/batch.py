@@ -1,0 +1,588 @@
+"""One batch on the process backend: send it, receive its outcomes, and when the worker
+dies, blame the call it was running and run the rest again.
+
+::
+
+    BatchRun.run ──► _run_positions(todo) on one worker (pool.RunWorkers.acquire)
+                       │
+                       ├─ send:    _pickle (on the loop while cheap, else a thread; a large
+                       │           job spilled to a file) ──write_frame──► worker
+                       │             └─ does not pickle: several calls -> split, one by one
+                       │                                 one call       -> it fails
+                       ├─ receive: _collect ◄──results frames── worker   (into results)
+                       │             ├─ watchdog (timeout=): a call past its deadline
+                       │             │   -> kill the worker, Kill noted for the blame
+                       │             └─ LOAD_ERROR: the job did not unpickle there -> split
+                       │
+                       ├─ done ─────────────────────────────► release the worker (healthy)
+                       └─ crashed: exit code, outcomes kept in the slot (_recover)
+                                 ──► child.slot.blame(snapshot, got, flags, killed)
+                                       ├─ failed:  WorkerCrashedError / TimeoutError /
+                                       │           killed / lost result  (never run twice)
+                                       ├─ rerun:   calls not started ──► a fresh worker
+                                       └─ nobody:  died between calls -> rerun; after
+                                                   MAX_BLAMELESS_CRASHES the next call fails
+
+If the worker dies, the shared slot says which call it was running: that call fails with
+``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it for running past
+``timeout``), the calls that had started or finished without their result arriving fail too
+(never run twice: they may have had side effects), and the calls that had not started are
+re-run on a fresh worker (``child.slot.blame`` decides which is which). A cancelled batch
+asks its worker to cancel its async tasks (``_cancel_coroutines``, bounded), then kills it,
+shielded, before the cancellation goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ..._call import Call, function_name
+from ..._errors import PicklingError, SerializationError, UnpicklingError, attach_task
+from ...child.protocol import (
+    BATCH,
+    BATCH_FILE,
+    CANCEL,
+    CANCEL_GRACE,
+    INLINE_LIMIT,
+    JOB_HEADER,
+    LOAD_ERROR,
+    RESULTS_FILE,
+    TaskError,
+    TempFolderError,
+    TimedOut,
+    split_results,
+    unspill,
+)
+from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
+from ..base import Batch, Failure, RunOptions
+from ..failures import (
+    async_timeout_error,
+    closed_error,
+    crash_error,
+    killed_error,
+    lost_result_error,
+    raised_in_worker,
+    repeated_crash_error,
+    serialization_error,
+    timeout_error,
+)
+from ..unpickling import loads_yielding
+from .pickling import cheap_callable, job_flags, one_func, small_args, small_calls
+from .pool.pool import PoolClosedError, RunWorkers, WorkerProcess
+from .tempfiles import JobWriter, Lease, RunFolder
+
+__all__ = ["MAX_BLAMELESS_CRASHES", "PICKLE_CHUNK", "THREAD_UNPICKLE_BYTES", "BatchRun"]
+
+
+#: Pickled bodies above this are unpickled in a thread, off the event loop.
+THREAD_UNPICKLE_BYTES = 256 * 1024
+#: Crashes that hit no call (the worker died between calls) before we blame the next call.
+MAX_BLAMELESS_CRASHES = 3
+#: Calls pickled between two turns of the event loop (about 0.1 ms of work).
+PICKLE_CHUNK = 256
+_MISSING: Any = object()
+#: Values of a results frame that are outcomes other than a plain result.
+_OUTCOMES = frozenset({TaskError, Failure, TimedOut})
+_ARGS, _KWARGS = attrgetter("args"), attrgetter("kwargs")
+
+
+@dataclass
+class _Attempt:
+    """What came back from one worker for one job."""
+
+    #: Job positions whose outcome arrived.
+    got: set[int] = field(default_factory=set)
+    #: Positions whose results arrived but could not be unpickled: run them one by one.
+    resend: list[int] = field(default_factory=list)
+    done: bool = False
+    load_error: str | None = None
+    #: We killed the worker, for this call: its timeout (the watchdog, from the snapshot it
+    #: decided on), or an async call that did not finish cancelling after its timeout.
+    killed: Kill | None = None
+
+
+class BatchRun:
+    """One batch, until every call has a result or a failure (re-running after crashes)."""
+
+    def __init__(self, pool: RunWorkers, folder: RunFolder, options: RunOptions, batch: Batch):
+        self.pool = pool
+        self.folder = folder
+        self.options = options
+        self.batch = batch
+        self.results: list[Any] = [_MISSING] * len(batch.calls)
+        self.failed = False
+        self.blameless = 0
+        #: The array files this batch's jobs reference (released when the batch is over).
+        self.lease = Lease()
+        #: Set when a job did not (un)pickle as a whole: run what is left call by call.
+        self._split = False
+
+    def _index(self, position: int) -> int:
+        return self.batch.start + position
+
+    def _name(self, position: int) -> str:
+        return function_name(self.batch.calls[position].func)
+
+    async def run(self) -> list[Any]:
+        calls = self.batch.calls
+        groups = [list(range(len(calls)))]
+        while groups:
+            rest = await self._run_positions(groups.pop(0))
+            if self.failed and self.options.stop_on_error:
+                break
+            if rest and self._split:  # a job that did not (un)pickle: one call at a time
+                groups[:0] = [[p] for p in rest]
+                self._split = False
+            elif rest:
+                groups.insert(0, rest)
+        if self.failed and self.options.stop_on_error:
+            # the run stops at its first failure, in its own slot (the run names the task
+            # by position); slots before it may still be empty, and are never read
+            first = next(p for p, v in enumerate(self.results) if type(v) is Failure)
+            return self.results[: first + 1]
+        return self.results
+
+    async def _run_positions(self, todo: list[int]) -> list[int]:
+        """Run ``todo`` on one worker; return the positions that must run again.
+
+        This task holds the worker until it gives it back (``release``, shielded); an
+        unhealthy one is killed and reaped there, so its descriptors are closed by this
+        task and no other."""
+        try:
+            worker = await self.pool.acquire()
+        except PoolClosedError:
+            return self._closed(todo, None)
+        if self.batch.started is None:  # auto batching times the work, not the wait
+            self.batch.started = time.perf_counter()
+        healthy = False
+        calls = self._calls_at(todo)
+        func = one_func(calls)
+        flags = job_flags(calls, func)
+        sent = False
+        try:
+            try:
+                seq = worker.next_seq()
+                body = await self._pickle(calls, func, seq, flags)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # a __reduce__ may raise anything
+                healthy = True
+                return self._pickling_failed(todo, exc)
+            try:
+                await worker.sync_env()
+                await worker.write_frame(*body)
+                sent = True
+            except OSError:  # the worker died while idle: nobody to blame
+                return self._crashed_between(todo, todo)
+            attempt = await self._collect(worker, seq, todo)
+            if attempt.resend:
+                self._split = True
+            if attempt.done:
+                healthy = attempt.killed is None  # killed as the job ended
+                return attempt.resend
+            if attempt.load_error is not None:
+                healthy = True
+                return self._load_failed(todo, attempt.load_error)
+            return attempt.resend + await self._crashed(worker, seq, todo, attempt, flags)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not healthy and flags is not None and sent and worker.alive:
+                    await _cancel_coroutines(worker)  # their finally blocks run, bounded
+                await self.pool.release(worker, healthy)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _calls_at(self, todo: list[int]) -> Sequence[Call[Any]]:
+        """The batch's calls at positions ``todo`` (ascending): all of them, most often."""
+        calls = self.batch.calls
+        return calls if len(todo) == len(calls) else [calls[p] for p in todo]
+
+    async def _pickle(
+        self, calls: Sequence[Call[Any]], func: Any, seq: int, flags: bytes | None
+    ) -> tuple[int, bytes]:
+        """The job's frame. A job that is obviously cheap to pickle (cheap callables, small
+        arguments) is pickled on the event loop, yielding between chunks; from the first
+        chunk that could be expensive (a large or unusual argument, a callable that carries
+        state), the rest is pickled in a thread, abandoned if the batch is cancelled.
+        ``func``: the one function of all ``calls`` (else None). ``flags`` marks the
+        async calls: the worker awaits them on its loop."""
+        items: list[Any]
+        if func is not None and not any(map(_KWARGS, calls)):
+            items = list(map(_ARGS, calls))  # the worker calls func(*args)
+        else:
+            func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
+        chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
+        options = self.options
+        writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode, self.lease)
+        # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
+        async_job = (flags, options.timeout, options.worker_concurrency)
+        meta = (
+            options.stop_on_error,
+            self.folder.path,
+            options.max_nbytes,
+            func,
+            len(chunks),
+            async_job,
+        )
+        header = JOB_HEADER.pack(seq << BATCH_SHIFT)
+        if func is not None and not cheap_callable(func):
+            return await self._off_loop(writer, header, [meta, *chunks])
+        writer.dump(meta)
+        for n, chunk in enumerate(chunks):
+            start = n * PICKLE_CHUNK
+            small = (
+                small_args(chunk)
+                if func is not None
+                else small_calls(calls[start : start + len(chunk)])
+            )
+            if not small:
+                return await self._off_loop(writer, header, chunks[n:])
+            writer.dump(chunk)
+            if n + 1 < len(chunks):
+                await anyio.lowlevel.checkpoint()
+        data = writer.getvalue()
+        self.batch.nbytes = len(data)
+        if len(data) > INLINE_LIMIT:
+            path = await anyio.to_thread.run_sync(self._spill, data, abandon_on_cancel=True)
+            return BATCH_FILE, header + path
+        return BATCH, header + data
+
+    async def _off_loop(
+        self, writer: JobWriter, header: bytes, pickles: list[Any]
+    ) -> tuple[int, bytes]:
+        frame, nbytes = await anyio.to_thread.run_sync(
+            self._finish, writer, header, pickles, abandon_on_cancel=True
+        )
+        self.batch.nbytes = nbytes
+        return frame
+
+    def _finish(
+        self, writer: JobWriter, header: bytes, pickles: list[Any]
+    ) -> tuple[tuple[int, bytes], int]:
+        """In a thread: pickle the rest of the job, spill it if large; (frame, size)."""
+        for obj in pickles:
+            writer.dump(obj)
+        data = writer.getvalue()
+        if len(data) > INLINE_LIMIT:
+            return (BATCH_FILE, header + self._spill(data)), len(data)
+        return (BATCH, header + data), len(data)
+
+    def _spill(self, data: bytes) -> bytes:
+        return os.fsencode(self.folder.write_file("job-", "", lambda f: f.write(data)))
+
+    def _pickling_failed(self, todo: list[int], exc: BaseException) -> list[int]:
+        if isinstance(exc, TempFolderError) and len(todo) == 1:
+            # the folder, not the call, is at fault: say so, naming the task it stopped
+            attach_task(exc, self._index(todo[0]), self._name(todo[0]))
+            self._fail(todo[0], exc)
+            return []
+        what = f"could not be pickled for a worker process: {type(exc).__name__}: {exc}"
+        return self._serialization_failed(todo, what, cause=exc)
+
+    def _load_failed(self, todo: list[int], tb: str) -> list[int]:
+        what = (
+            "could not be unpickled in the worker process (is everything it uses importable "
+            "there?); see the worker traceback below"
+        )
+        return self._serialization_failed(todo, what, tb=tb, kind=UnpicklingError)
+
+    def _serialization_failed(
+        self,
+        todo: list[int],
+        what: str,
+        cause: BaseException | None = None,
+        tb: str | None = None,
+        kind: type[SerializationError] = PicklingError,
+    ) -> list[int]:
+        """A job that did not (un)pickle: with several calls, find the culprit by sending them
+        one by one; with one, that call fails."""
+        if len(todo) > 1:
+            self._split = True
+            return todo
+        self._fail(todo[0], self._serialization_error(todo[0], what, cause, tb, kind))
+        return []
+
+    def _serialization_error(
+        self,
+        position: int,
+        what: str,
+        cause: BaseException | None = None,
+        tb: str | None = None,
+        kind: type[SerializationError] = PicklingError,
+    ) -> SerializationError:
+        """``kind``: PicklingError or UnpicklingError, by which side of the trip failed."""
+        index, name = self._index(position), self._name(position)
+        return serialization_error(index, name, what, cause, tb, kind)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _collect(self, worker: WorkerProcess, seq: int, todo: list[int]) -> _Attempt:
+        attempt = _Attempt()
+        timeout = self.options.timeout
+        if timeout is None:
+            await self._receive(worker, todo, attempt)
+            return attempt
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
+            await self._receive(worker, todo, attempt)
+            tg.cancel_scope.cancel()
+        return attempt
+
+    async def _receive(self, worker: WorkerProcess, todo: list[int], attempt: _Attempt) -> None:
+        """Read result frames into ``self.results`` until the job is done or the worker dies."""
+        while True:
+            frame = await worker.read_frame()
+            if frame is None:
+                break
+            kind, body = frame
+            if kind == LOAD_ERROR:
+                attempt.load_error = body.decode("utf-8", "replace")
+                break
+            job_positions, done, body = split_results(body)
+            if kind == RESULTS_FILE:
+                body = await anyio.to_thread.run_sync(unspill, body)
+            whole = len(todo) == len(self.results)  # then todo[p] is p
+            positions = job_positions if whole else [todo[p] for p in job_positions]
+            attempt.got.update(job_positions)
+            values = await self._loads_results(body, positions)
+            if values is None:
+                attempt.resend.extend(positions)
+            elif (
+                type(positions) is range
+                and len(values) == len(positions)
+                and not (_OUTCOMES.intersection(map(type, values)))
+            ):  # plain results of consecutive calls (a sync job's): stored at once
+                self.results[positions.start : positions.stop] = values
+            else:
+                self._store(worker, positions, job_positions, values, attempt)
+            if done:
+                attempt.done = True
+                break
+
+    def _store(
+        self,
+        worker: WorkerProcess,
+        positions: Sequence[int],
+        job_positions: Sequence[int],
+        values: list[Any],
+        attempt: _Attempt,
+    ) -> None:
+        results = self.results
+        for position, job_position, value in zip(positions, job_positions, values, strict=True):
+            if type(value) is TaskError or type(value) is Failure:
+                self._fail(position, value)
+            elif type(value) is TimedOut:
+                self._timed_out(worker, position, job_position, value, attempt)
+            else:
+                results[position] = value
+
+    def _recover(self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt) -> None:
+        """The outcomes the dead worker had kept in its slot, not sent yet: they are the
+        outcomes of calls that finished, as if their frame had arrived."""
+        for job_position, data in worker.slot.kept(seq):
+            if job_position in attempt.got or job_position >= len(todo):
+                continue
+            position = todo[job_position]
+            attempt.got.add(job_position)
+            try:  # one outcome (at most the journal's size: unpickled on the loop)
+                value = pickle.loads(data)
+            except (Exception, SystemExit) as exc:
+                what = f"returned a result that could not be unpickled in the parent: {exc!r}"
+                value = Failure(
+                    self._serialization_error(position, what, exc, kind=UnpicklingError)
+                )
+            self._store(worker, [position], [job_position], [value], attempt)
+
+    def _timed_out(
+        self,
+        worker: WorkerProcess,
+        position: int,
+        job_position: int,
+        outcome: TimedOut,
+        attempt: _Attempt,
+    ) -> None:
+        """An async task cancelled in its worker for running past its timeout; if it did not
+        finish cancelling, its worker is killed (its other tasks then count as crashed)."""
+        index, name = self._index(position), self._name(position)
+        timeout = self.options.timeout or 0.0
+        self._fail(
+            position,
+            async_timeout_error(index, name, timeout, outcome.elapsed, worker.pid, outcome.stuck),
+        )
+        if outcome.stuck:
+            attempt.killed = Kill(job_position, why="stuck")
+            worker.kill_now()
+
+    async def _loads_results(self, body: bytes, positions: Sequence[int]) -> list[Any] | None:
+        """The values of a results frame; None if several did not unpickle together (then
+        they are re-run one by one, to find the culprit). A large body is unpickled in a
+        thread that hands the GIL to the loop at every frame: ``pickle.loads`` would hold
+        it throughout (0.25-0.5 s for a million small tuples)."""
+        try:
+            if len(body) > THREAD_UNPICKLE_BYTES:
+                values: list[Any] = await anyio.to_thread.run_sync(loads_yielding, body)
+            else:
+                values = pickle.loads(body)
+            return values
+        except (Exception, SystemExit) as exc:
+            if len(positions) > 1:
+                return None
+            what = f"returned a result that could not be unpickled in the parent: {exc!r}"
+            error = self._serialization_error(positions[0], what, exc, kind=UnpicklingError)
+            return [Failure(error)]
+
+    def _fail(self, position: int, error: BaseException | TaskError | Failure) -> None:
+        if isinstance(error, TaskError):
+            failure = Failure(raised_in_worker(error, self._index(position), self._name(position)))
+        elif isinstance(error, Failure):
+            failure = error
+        else:
+            failure = Failure(error)
+        self.results[position] = failure
+        self.failed = True
+
+    async def _watchdog(
+        self,
+        worker: WorkerProcess,
+        seq: int,
+        timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
+        attempt: _Attempt,
+    ) -> None:
+        """Kill the worker when its current call has spent more than ``timeout`` on it:
+        unpickling its arguments (the first call's clock starts when the job does), running,
+        or pickling its result."""
+        while True:
+            timed = worker.snapshot(seq).timed
+            if timed is None:  # not started, or between calls
+                await anyio.sleep(min(timeout, 0.05))
+                continue
+            phase, position, started = timed  # loading, running or sending: the clock runs
+            late = started + timeout - time.monotonic()
+            if late > 0:
+                await anyio.sleep(late)
+                continue
+            # the worker may move on before the signal lands: the blame compares this kill
+            # with the slot after the death, so the next call is not blamed for it
+            attempt.killed = Kill(position, phase, started=started)
+            worker.kill_now()
+            return
+
+    # -- crashes -----------------------------------------------------------------------------
+
+    async def _crashed(
+        self,
+        worker: WorkerProcess,
+        seq: int,
+        todo: list[int],
+        attempt: _Attempt,
+        flags: bytes | None,
+    ) -> list[int]:
+        """Fail the calls the worker had started or finished without their outcome arriving;
+        return the ones it had not started, to run again (``child.slot.blame``, from the slot as
+        the dead worker left it). A call that finished is never run again."""
+        exitcode = await worker.exit_code()  # first: the slot is final once it is dead
+        self._recover(worker, seq, todo, attempt)
+        snap = worker.snapshot(seq)
+        verdicts = blame(snap, len(todo), attempt.got, flags, attempt.killed)
+        if self.pool.closed:  # killed by the pool's shutdown, not by its task
+            current = {todo[j] for j, v in verdicts.failed.items() if v.kind != "lost"}
+            unfinished = [todo[j] for j in range(len(todo)) if j not in attempt.got]
+            return self._closed(unfinished, worker.pid, current)
+        if verdicts.split:  # it died unpickling the job: find the culprit call by call
+            self._split = True
+            return [todo[j] for j in verdicts.rerun]
+        if not verdicts.failed:  # it died between calls: nobody to blame (yet)
+            return self._crashed_between(todo, [todo[j] for j in verdicts.rerun])
+        why = self._kill_reason(todo, attempt.killed, snap)
+        died_on = self._died_on(todo, snap)
+        failed = verdicts.failed
+        if self.options.stop_on_error and verdicts.culprit >= 0:
+            # the run stops with the culprit's error: calls whose results were lost with it
+            # are not reported (nor run again); their slots before it are never read
+            failed = {j: v for j, v in failed.items() if v.kind != "lost"}
+        for j, verdict in failed.items():
+            position = todo[j]
+            index, name = self._index(position), self._name(position)
+            error: Exception
+            if verdict.kind == "timeout":
+                killed = attempt.killed
+                elapsed = time.monotonic() - (killed.started if killed else snap.started)
+                timeout = self.options.timeout or 0.0
+                error = timeout_error(index, name, timeout, elapsed, worker.pid, verdict.phase)
+            elif verdict.kind == "crashed" or (verdict.kind == "in_flight" and why is None):
+                error = crash_error(index, name, worker.pid, exitcode, verdict.phase)
+            elif why is not None:
+                error = killed_error(index, name, worker.pid, why, verdict.kind == "in_flight")
+            else:
+                error = lost_result_error(index, name, worker.pid, exitcode, died_on)
+            self._fail(position, error)
+        return [todo[j] for j in verdicts.rerun]
+
+    def _kill_reason(self, todo: list[int], killed: Kill | None, snap: Snapshot) -> str | None:
+        """Why we killed the worker, for the calls it took with it; None: we did not."""
+        if killed is None:
+            return None
+        position = todo[killed.position]
+        task = f"task {self._index(position)} ({self._name(position)})"
+        if killed.why == "stuck":
+            return (
+                f"{task} did not finish cancelling after its timeout (it blocks the event loop "
+                "or ignores cancellation)"
+            )
+        return f"{task} ran past timeout={self.options.timeout:g}s"
+
+    def _died_on(self, todo: list[int], snap: Snapshot) -> str | None:
+        """The task the worker was running when it died, for the messages; None: none."""
+        timed = snap.timed
+        if timed is None or timed[1] >= len(todo):
+            return None
+        position = todo[timed[1]]
+        return f"task {self._index(position)} ({self._name(position)})"
+
+    def _crashed_between(self, todo: list[int], rest: list[int]) -> list[int]:
+        """The worker died outside any call: re-run the rest, blaming the next call if it
+        keeps happening."""
+        if self.pool.closed:
+            return self._closed(rest, None)
+        self.blameless += 1
+        if self.blameless < MAX_BLAMELESS_CRASHES or not rest:
+            return rest
+        position = rest[0]
+        error = repeated_crash_error(self._index(position), self._name(position), self.blameless)
+        self._fail(position, error)
+        return rest[1:]
+
+    def _closed(
+        self, rest: list[int], pid: int | None, running: frozenset[int] | set[int] = frozenset()
+    ) -> list[int]:
+        """The pool was shut down under this batch: its unfinished calls fail, saying so (the
+        calls at the positions in ``running`` were running on worker ``pid``)."""
+        for position in rest:
+            ran = pid if position in running else None
+            self._fail(position, closed_error(self._index(position), self._name(position), ran))
+        return []
+
+
+async def _cancel_coroutines(worker: WorkerProcess) -> None:
+    """Ask a worker to cancel its async tasks, so their ``finally`` blocks run, and give it
+    ``CANCEL_GRACE`` seconds to finish the job; the caller kills it after. Call shielded."""
+    with anyio.move_on_after(CANCEL_GRACE):
+        try:
+            await worker.write_frame(CANCEL, b"")
+        except OSError:
+            return
+        while True:
+            frame = await worker.read_frame()
+            if frame is None:
+                return
+            if frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
+                return
