@@ -182,7 +182,7 @@ class BatchRun:
                 await worker.write_frame(*body)
                 sent = True
             except OSError:  # the worker died while idle: nobody to blame
-                return self._crashed_between(todo, todo)
+                return self._crashed_between(todo)
             attempt = await self._collect(worker, seq, todo)
             if attempt.resend:
                 self._split = True
@@ -501,7 +501,7 @@ class BatchRun:
             self._split = True
             return [todo[j] for j in verdicts.rerun]
         if not verdicts.failed:  # it died between calls: nobody to blame (yet)
-            return self._crashed_between(todo, [todo[j] for j in verdicts.rerun])
+            return self._crashed_between([todo[j] for j in verdicts.rerun])
         why = self._kill_reason(todo, attempt.killed, snap)
         died_on = self._died_on(todo, snap)
         failed = verdicts.failed
@@ -548,7 +548,7 @@ class BatchRun:
         position = todo[timed[1]]
         return f"task {self._index(position)} ({self._name(position)})"
 
-    def _crashed_between(self, todo: list[int], rest: list[int]) -> list[int]:
+    def _crashed_between(self, rest: list[int]) -> list[int]:
         """The worker died outside any call: re-run the rest, blaming the next call if it
         keeps happening."""
         if self.pool.closed:
