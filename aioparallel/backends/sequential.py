@@ -22,7 +22,7 @@ __all__ = ["SequentialBackend", "build"]
 
 
 def build(args: BackendArgs) -> SequentialBackend:
-    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    """How the registry (``backends.base``) builds this backend from ``Parallel``'s settings."""
     return SequentialBackend(args.initializer)
 
 

@@ -45,7 +45,7 @@ __all__ = ["ThreadBackend", "build"]
 
 
 def build(args: BackendArgs) -> ThreadBackend:
-    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    """How the registry (``backends.base``) builds this backend from ``Parallel``'s settings."""
     return ThreadBackend(args.n_workers, args.initializer)
 
 

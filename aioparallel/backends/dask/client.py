@@ -63,7 +63,7 @@ __all__ = ["DaskBackend", "build"]
 
 
 def build(args: BackendArgs) -> DaskBackend:
-    """How the registry (``_base``) builds this backend from ``Parallel``'s settings: with
+    """How the registry (``backends.base``) builds this backend from ``Parallel``'s settings: with
     ``n_jobs`` as given, since -1 means all of the cluster's threads."""
     return DaskBackend(args.n_jobs, initializer=args.initializer, **args.options)
 

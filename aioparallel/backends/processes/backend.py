@@ -29,7 +29,7 @@ __all__ = ["ProcessBackend", "build"]
 
 
 def build(args: BackendArgs) -> ProcessBackend:
-    """How the registry (``_base``) builds this backend from ``Parallel``'s settings."""
+    """How the registry (``backends.base``) builds this backend from ``Parallel``'s settings."""
     return ProcessBackend(
         args.n_workers, private=args.private, initializer=args.initializer, **args.options
     )
