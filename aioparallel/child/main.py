@@ -106,7 +106,7 @@ class Worker:
         max_nbytes: int | None,
     ) -> None:
         """One RESULTS frame. Sync results that could run code while pickled were pickled
-        one by one as their calls returned (``prepickle``); async outcomes are pickled here,
+        one by one as their calls returned (``_outcome``); async outcomes are pickled here,
         on the loop thread."""
         try:
             body = _dump_results(values, run_dir, max_nbytes)
@@ -341,8 +341,9 @@ class _Job:
         self.slot.idle()
 
 
-#: Result types whose pickling runs no code of the task's: they wait for the next frame as
-#: they are. Any other result is pickled as its call returns, with the slot naming the call.
+#: Result types whose pickling runs no code of the task's: the next frame pickles them with the
+#: others, in one list (the journal keeps a copy pickled alone). Any other result is pickled
+#: once, as its call returns, with the slot naming the call.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 
