@@ -5,8 +5,8 @@ dies, blame the call it was running and run the rest again.
 
     BatchRun.run ──► _run_positions(todo) on one worker (pool.RunWorkers.acquire)
                        │
-                       ├─ send:    _pickle (on the loop while cheap, else a thread; a large
-                       │           job spilled to a file) ──write_frame──► worker
+                       ├─ send:    pickling.pickle_job (on the loop while cheap, else a
+                       │           thread; a large job spilled to a file) ──write_frame──► worker
                        │             └─ does not pickle: several calls -> split, one by one
                        │                                 one call       -> it fails
                        ├─ receive: _collect ◄──results frames── worker   (into results)
@@ -17,8 +17,9 @@ dies, blame the call it was running and run the rest again.
                        ├─ done ─────────────────────────────► release the worker (healthy)
                        └─ crashed: exit code, outcomes kept in the slot (_recover)
                                  ──► child.slot.blame(snapshot, got, flags, killed)
-                                       ├─ failed:  WorkerCrashedError / TimeoutError /
-                                       │           killed / lost result  (never run twice)
+                                       ├─ failed:  crash.crash_errors: WorkerCrashedError /
+                                       │           TimeoutError / killed / lost result
+                                       │           (never run twice)
                                        ├─ rerun:   calls not started ──► a fresh worker
                                        └─ nobody:  died between calls -> rerun; after
                                                    MAX_BLAMELESS_CRASHES the next call fails
@@ -34,12 +35,10 @@ shielded, before the cancellation goes on.
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 import anyio
@@ -48,12 +47,8 @@ import anyio.to_thread
 from ..._call import Call, function_name
 from ..._errors import PicklingError, SerializationError, UnpicklingError, attach_task
 from ...child.protocol import (
-    BATCH,
-    BATCH_FILE,
     CANCEL,
     CANCEL_GRACE,
-    INLINE_LIMIT,
-    JOB_HEADER,
     LOAD_ERROR,
     RESULTS_FILE,
     TaskError,
@@ -62,37 +57,31 @@ from ...child.protocol import (
     split_results,
     unspill,
 )
-from ...child.slot import BATCH_SHIFT, Kill, Snapshot, blame
+from ...child.slot import Kill, blame
 from ..base import Batch, Failure, RunOptions
 from ..failures import (
     async_timeout_error,
     closed_error,
-    crash_error,
-    killed_error,
-    lost_result_error,
     raised_in_worker,
     repeated_crash_error,
     serialization_error,
-    timeout_error,
 )
 from ..unpickling import loads_yielding
-from .pickling import cheap_callable, job_flags, one_func, small_args, small_calls
+from .crash import Death, crash_errors
+from .pickling import job_flags, one_func, pickle_job
 from .pool.pool import PoolClosedError, RunWorkers, WorkerProcess
-from .tempfiles import JobWriter, Lease, RunFolder
+from .tempfiles import Lease, RunFolder
 
-__all__ = ["MAX_BLAMELESS_CRASHES", "PICKLE_CHUNK", "THREAD_UNPICKLE_BYTES", "BatchRun"]
+__all__ = ["MAX_BLAMELESS_CRASHES", "THREAD_UNPICKLE_BYTES", "BatchRun"]
 
 
 #: Pickled bodies above this are unpickled in a thread, off the event loop.
 THREAD_UNPICKLE_BYTES = 256 * 1024
 #: Crashes that hit no call (the worker died between calls) before we blame the next call.
 MAX_BLAMELESS_CRASHES = 3
-#: Calls pickled between two turns of the event loop (about 0.1 ms of work).
-PICKLE_CHUNK = 256
 _MISSING: Any = object()
 #: Values of a results frame that are outcomes other than a plain result.
 _OUTCOMES = frozenset({TaskError, Failure, TimedOut})
-_ARGS, _KWARGS = attrgetter("args"), attrgetter("kwargs")
 
 
 @dataclass
@@ -131,6 +120,9 @@ class BatchRun:
 
     def _name(self, position: int) -> str:
         return function_name(self.batch.calls[position].func)
+
+    def _task(self, position: int) -> tuple[int, str]:
+        return self._index(position), self._name(position)
 
     async def run(self) -> list[Any]:
         calls = self.batch.calls
@@ -171,7 +163,9 @@ class BatchRun:
         try:
             try:
                 seq = worker.next_seq()
-                body = await self._pickle(calls, func, seq, flags)
+                body, self.batch.nbytes = await pickle_job(
+                    calls, func, seq, flags, self.options, self.folder, self.lease
+                )
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # a __reduce__ may raise anything
@@ -205,79 +199,6 @@ class BatchRun:
         """The batch's calls at positions ``todo`` (ascending): all of them, most often."""
         calls = self.batch.calls
         return calls if len(todo) == len(calls) else [calls[p] for p in todo]
-
-    async def _pickle(
-        self, calls: Sequence[Call[Any]], func: Any, seq: int, flags: bytes | None
-    ) -> tuple[int, bytes]:
-        """The job's frame. A job that is obviously cheap to pickle (cheap callables, small
-        arguments) is pickled on the event loop, yielding between chunks; from the first
-        chunk that could be expensive (a large or unusual argument, a callable that carries
-        state), the rest is pickled in a thread, abandoned if the batch is cancelled.
-        ``func``: the one function of all ``calls`` (else None). ``flags`` marks the
-        async calls: the worker awaits them on its loop."""
-        items: list[Any]
-        if func is not None and not any(map(_KWARGS, calls)):
-            items = list(map(_ARGS, calls))  # the worker calls func(*args)
-        else:
-            func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
-        chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
-        options = self.options
-        writer = JobWriter(self.folder, options.max_nbytes, options.mmap_mode, self.lease)
-        # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
-        async_job = (flags, options.timeout, options.worker_concurrency)
-        meta = (
-            options.stop_on_error,
-            self.folder.path,
-            options.max_nbytes,
-            func,
-            len(chunks),
-            async_job,
-        )
-        header = JOB_HEADER.pack(seq << BATCH_SHIFT)
-        if func is not None and not cheap_callable(func):
-            return await self._off_loop(writer, header, [meta, *chunks])
-        writer.dump(meta)
-        for n, chunk in enumerate(chunks):
-            start = n * PICKLE_CHUNK
-            small = (
-                small_args(chunk)
-                if func is not None
-                else small_calls(calls[start : start + len(chunk)])
-            )
-            if not small:
-                return await self._off_loop(writer, header, chunks[n:])
-            writer.dump(chunk)
-            if n + 1 < len(chunks):
-                await anyio.lowlevel.checkpoint()
-        data = writer.getvalue()
-        self.batch.nbytes = len(data)
-        if len(data) > INLINE_LIMIT:
-            path = await anyio.to_thread.run_sync(self._spill, data, abandon_on_cancel=True)
-            return BATCH_FILE, header + path
-        return BATCH, header + data
-
-    async def _off_loop(
-        self, writer: JobWriter, header: bytes, pickles: list[Any]
-    ) -> tuple[int, bytes]:
-        frame, nbytes = await anyio.to_thread.run_sync(
-            self._finish, writer, header, pickles, abandon_on_cancel=True
-        )
-        self.batch.nbytes = nbytes
-        return frame
-
-    def _finish(
-        self, writer: JobWriter, header: bytes, pickles: list[Any]
-    ) -> tuple[tuple[int, bytes], int]:
-        """In a thread: pickle the rest of the job, spill it if large; (frame, size)."""
-        for obj in pickles:
-            writer.dump(obj)
-        data = writer.getvalue()
-        if len(data) > INLINE_LIMIT:
-            return (BATCH_FILE, header + self._spill(data)), len(data)
-        return (BATCH, header + data), len(data)
-
-    def _spill(self, data: bytes) -> bytes:
-        return os.fsencode(self.folder.write_file("job-", "", lambda f: f.write(data)))
 
     def _pickling_failed(self, todo: list[int], exc: BaseException) -> list[int]:
         if isinstance(exc, TempFolderError) and len(todo) == 1:
@@ -502,51 +423,11 @@ class BatchRun:
             return [todo[j] for j in verdicts.rerun]
         if not verdicts.failed:  # it died between calls: nobody to blame (yet)
             return self._crashed_between([todo[j] for j in verdicts.rerun])
-        why = self._kill_reason(todo, attempt.killed, snap)
-        died_on = self._died_on(todo, snap)
-        failed = verdicts.failed
-        if self.options.stop_on_error and verdicts.culprit >= 0:
-            # the run stops with the culprit's error: calls whose results were lost with it
-            # are not reported (nor run again); their slots before it are never read
-            failed = {j: v for j, v in failed.items() if v.kind != "lost"}
-        for j, verdict in failed.items():
-            position = todo[j]
-            index, name = self._index(position), self._name(position)
-            error: Exception
-            if verdict.kind == "timeout":
-                killed = attempt.killed
-                elapsed = time.monotonic() - (killed.started if killed else snap.started)
-                timeout = self.options.timeout or 0.0
-                error = timeout_error(index, name, timeout, elapsed, worker.pid, verdict.phase)
-            elif verdict.kind == "crashed" or (verdict.kind == "in_flight" and why is None):
-                error = crash_error(index, name, worker.pid, exitcode, verdict.phase)
-            elif why is not None:
-                error = killed_error(index, name, worker.pid, why, verdict.kind == "in_flight")
-            else:
-                error = lost_result_error(index, name, worker.pid, exitcode, died_on)
+        death = Death(worker.pid, exitcode, snap, attempt.killed, self.options.timeout)
+        stop = self.options.stop_on_error
+        for position, error in crash_errors(death, verdicts, todo, self._task, stop).items():
             self._fail(position, error)
         return [todo[j] for j in verdicts.rerun]
-
-    def _kill_reason(self, todo: list[int], killed: Kill | None, snap: Snapshot) -> str | None:
-        """Why we killed the worker, for the calls it took with it; None: we did not."""
-        if killed is None:
-            return None
-        position = todo[killed.position]
-        task = f"task {self._index(position)} ({self._name(position)})"
-        if killed.why == "stuck":
-            return (
-                f"{task} did not finish cancelling after its timeout (it blocks the event loop "
-                "or ignores cancellation)"
-            )
-        return f"{task} ran past timeout={self.options.timeout:g}s"
-
-    def _died_on(self, todo: list[int], snap: Snapshot) -> str | None:
-        """The task the worker was running when it died, for the messages; None: none."""
-        timed = snap.timed
-        if timed is None or timed[1] >= len(todo):
-            return None
-        position = todo[timed[1]]
-        return f"task {self._index(position)} ({self._name(position)})"
 
     def _crashed_between(self, rest: list[int]) -> list[int]:
         """The worker died outside any call: re-run the rest, blaming the next call if it

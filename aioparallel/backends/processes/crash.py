@@ -1,0 +1,92 @@
+"""After a worker's death: the error each call it took with it fails with.
+
+``child.slot.blame`` decides, from the slot as the dead worker left it, which calls failed
+and why (a pure function of the slot, the outcomes that arrived and our own kill); this
+module turns those verdicts into the errors users read, naming the task, the worker and
+what killed it. What happens next to the batch (re-running, splitting, a closed pool) is
+``batch.BatchRun``'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...child.slot import Blame, Kill, Snapshot
+from ..failures import crash_error, killed_error, lost_result_error, timeout_error
+
+__all__ = ["Death", "crash_errors"]
+
+#: A batch position -> (the task's index in its run, its function's name).
+TaskOf = Callable[[int], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Death:
+    """How one worker ended, as the parent saw it."""
+
+    pid: int
+    exitcode: int | None
+    #: The slot, final once the worker is dead.
+    snap: Snapshot
+    #: We killed it, for this call (a timeout, or an async call stuck cancelling).
+    killed: Kill | None
+    #: The run's ``timeout``, for the messages.
+    timeout: float | None
+
+
+def crash_errors(
+    death: Death, verdicts: Blame, todo: list[int], task_of: TaskOf, stop_on_error: bool
+) -> dict[int, Exception]:
+    """The error for each batch position the death failed. With ``stop_on_error`` the run
+    stops with the culprit's error: calls whose results were lost with it are not reported
+    (nor run again)."""
+    why = _kill_reason(death, todo, task_of)
+    died_on = _died_on(death.snap, todo, task_of)
+    failed = verdicts.failed
+    if stop_on_error and verdicts.culprit >= 0:
+        failed = {j: v for j, v in failed.items() if v.kind != "lost"}
+    errors: dict[int, Exception] = {}
+    for j, verdict in failed.items():
+        position = todo[j]
+        index, name = task_of(position)
+        pid, exitcode = death.pid, death.exitcode
+        error: Exception
+        if verdict.kind == "timeout":
+            started = death.killed.started if death.killed else death.snap.started
+            elapsed = time.monotonic() - started
+            timeout = death.timeout or 0.0
+            error = timeout_error(index, name, timeout, elapsed, pid, verdict.phase)
+        elif verdict.kind == "crashed" or (verdict.kind == "in_flight" and why is None):
+            error = crash_error(index, name, pid, exitcode, verdict.phase)
+        elif why is not None:
+            error = killed_error(index, name, pid, why, verdict.kind == "in_flight")
+        else:
+            error = lost_result_error(index, name, pid, exitcode, died_on)
+        errors[position] = error
+    return errors
+
+
+def _kill_reason(death: Death, todo: list[int], task_of: TaskOf) -> str | None:
+    """Why we killed the worker, for the calls it took with it; None: we did not."""
+    killed = death.killed
+    if killed is None:
+        return None
+    index, name = task_of(todo[killed.position])
+    task = f"task {index} ({name})"
+    if killed.why == "stuck":
+        return (
+            f"{task} did not finish cancelling after its timeout (it blocks the event loop "
+            "or ignores cancellation)"
+        )
+    return f"{task} ran past timeout={death.timeout:g}s"
+
+
+def _died_on(snap: Snapshot, todo: list[int], task_of: TaskOf) -> str | None:
+    """The task the worker was running when it died, for the messages; None: none."""
+    timed = snap.timed
+    if timed is None or timed[1] >= len(todo):
+        return None
+    index, name = task_of(todo[timed[1]])
+    return f"task {index} ({name})"
