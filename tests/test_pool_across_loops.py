@@ -21,7 +21,7 @@ import pytest
 
 import aioparallel
 from aioparallel import Parallel, delayed, parallel_config
-from aioparallel.backends.processes import worker as _worker_process
+from aioparallel.backends.processes import process as _process
 from aioparallel.backends.processes.pool import pool as _pool
 from tests import proc_helpers as h
 from tests.conftest import Snapshot, leaks_after
@@ -247,7 +247,7 @@ def test_a_forked_child_does_not_inherit_the_parents_workers() -> None:
     workers = asyncio.run(_square_pids())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        clean = not _pool._shared and not _worker_process._live_pids
+        clean = not _pool._shared and not _process._live_pids
         os._exit(0 if clean else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -45,7 +45,7 @@ from hypothesis import HealthCheck, assume, event, given, note, seed, settings
 from hypothesis import strategies as st
 
 from aioparallel import Parallel, delayed
-from aioparallel.backends.processes import worker as _worker_process
+from aioparallel.backends.processes import process as _process
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import wait_gone
 from tests.reliability.conftest import SEED, Report
@@ -368,13 +368,13 @@ def test_loop_end_during_worker_spawn_leaves_no_zombie() -> None:
 async def _cancel_right_after_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cold run whose cancellation lands just after a worker process was created, at the
     first await of its start-up (where a cold start is most often cut short by chance)."""
-    real_init = _worker_process._Child.__init__
+    real_init = _process.ChildProcess.__init__
 
     def init(self: Any, popen: Any) -> None:
         real_init(self, popen)
         scope.cancel()  # delivered at the next await: waiting for the worker's READY
 
-    monkeypatch.setattr(_worker_process._Child, "__init__", init)
+    monkeypatch.setattr(_process.ChildProcess, "__init__", init)
     with anyio.CancelScope() as scope:
         await Parallel(n_jobs=N_JOBS)(delayed(square)(i) for i in range(200))
 

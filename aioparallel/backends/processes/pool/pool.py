@@ -26,7 +26,8 @@ import anyio
 
 from ...crossloop import LoopRef, Reaper, call_soon
 from ...setup import PLAIN, WorkerSetup
-from ..worker import WorkerProcess, forget_live_pids
+from ..process import forget_live_pids
+from ..worker import WorkerProcess
 from .roster import PLACE, PoolClosedError, Roster
 
 __all__ = [
