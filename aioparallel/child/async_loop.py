@@ -449,10 +449,15 @@ def run_calls_on_loop(
 
     asyncio.run(drive())
     handle.loop = handle.tasks = None
+    return _collate(outcomes, stop_on_error)
+
+
+def _collate(outcomes: list[tuple[int, Any] | None], stop_on_error: bool) -> list[tuple[int, Any]]:
+    """One outcome per call; with ``stop_on_error``, up to the first failure in input order,
+    in its own slot (the run names the task by position; a slot before it whose task was
+    dropped is never read). A call never started was cancelled."""
     if stop_on_error:
         for n, outcome in enumerate(outcomes):
             if outcome is not None and outcome[0] != VALUE:
-                # the first failure, in its own slot (the run names the task by position);
-                # a slot before it whose task was dropped is never read
                 return [o if o is not None else (VALUE, None) for o in outcomes[: n + 1]]
     return [o if o is not None else (RAISED, asyncio.CancelledError()) for o in outcomes]

@@ -5,9 +5,10 @@ Modules: ``backend`` (``ProcessBackend``: the pool and each run's workers and te
 ``batch`` (``BatchRun``: one batch's life: send, receive, crash -> blame -> re-run),
 ``crash`` (a dead worker's verdicts -> the errors users read), ``worker`` (the parent's
 handle on one worker process: spawn, frames, liveness), ``process`` (a child process the
-loop can await, kill with its group and reap once; the pids killed at exit), ``pool/`` (warm workers shared
-between runs), ``pickling`` (a job's frame: on the loop while cheap, else a thread),
-``tempfiles`` (run folders, memmapped arrays) and ``tracker`` (removes them after a crash).
+loop can await, kill with its group and reap once; the pids killed at exit), ``pool/``
+(warm workers shared between runs), ``pickling`` (a job's frame: on the loop while cheap,
+else a thread), ``tempfiles`` (run folders, memmapped arrays) and ``tracker`` (removes them
+after a crash).
 
 Invariants owned here, one module each:
 

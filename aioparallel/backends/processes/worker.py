@@ -69,6 +69,19 @@ def _slot_fd() -> int:
     return fd
 
 
+def _widen(*pipes: int) -> None:
+    """Make room in the pipes for a whole inline frame: one write, one read."""
+    if not FEATURES.pipe_size:
+        return
+    import fcntl
+
+    for fd in pipes:
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, protocol.INLINE_LIMIT + protocol.HEADER.size)
+        except OSError:
+            pass
+
+
 def _authkey() -> bytes | None:
     """The parent's ``multiprocessing`` authkey, which ``Manager()`` proxies passed to tasks
     need in the worker to reach their manager; None while the parent has not imported
@@ -115,14 +128,7 @@ class WorkerProcess:
         life_r, life_w = os.pipe()
         slot_fd = _slot_fd()
         child_ends = (req_r, resp_w, slot_fd, life_r)
-        if FEATURES.pipe_size:  # a whole inline frame fits: one write, one read
-            import fcntl
-
-            for fd in (req_w, resp_w):
-                try:
-                    fcntl.fcntl(fd, _F_SETPIPE_SZ, protocol.INLINE_LIMIT + protocol.HEADER.size)
-                except OSError:
-                    pass
+        _widen(req_w, resp_w)
         threads = blas_thread_env(n_workers, setup.inner_max_num_threads)
         env = {**os.environ, **threads, IN_WORKER_ENV: "1"}
         # Without a death signal ("0") the worker's lifeline thread alone ends it when we die.
