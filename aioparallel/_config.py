@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar, Token
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
 
 from ._nesting import cap_nesting
@@ -112,24 +112,14 @@ class parallel_config:
         self._tokens.append(_config.set(self._settings.over(_config.get())))
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         _config.reset(self._tokens.pop())
 
     async def __aenter__(self) -> parallel_config:
         return self.__enter__()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
 
 
 class parallel_backend(parallel_config):

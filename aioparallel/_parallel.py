@@ -21,7 +21,6 @@ from .run.stream import ResultStream
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
-    from types import TracebackType
 
     from typing_extensions import Unpack
 
@@ -205,15 +204,10 @@ class Parallel(Generic[M]):
         self._warm = await backend.__aenter__()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         backend, self._warm = self._warm, None
         if backend is not None:
-            await backend.__aexit__(exc_type, exc, tb)
+            await backend.__aexit__(*exc_info)
 
     # -- calls -------------------------------------------------------------------------------
 

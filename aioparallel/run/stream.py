@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import anyio
@@ -162,10 +161,5 @@ class ResultStream(AsyncIterator[R], Generic[R]):
     async def __aenter__(self) -> ResultStream[R]:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
