@@ -37,7 +37,8 @@ PORTABLE_TESTS = Path("tests/portable_tests.txt").read_text().split()
 @nox.session
 def portable(session: nox.Session) -> None:
     """The process backend on the paths macOS takes: AIOPARALLEL_PORTABLE=1 switches off
-    memfd, pidfd, waitid, the parent-death signal, /dev/shm and pipe resizing (SPEC §9)."""
+    memfd, pidfd, waitid, the parent-death signal, /dev/shm and pipe resizing
+    (docs/platforms.md)."""
     session.install("-e", ".[test]")
     session.run(
         "pytest", "-q", *PORTABLE_TESTS, *session.posargs, env={"AIOPARALLEL_PORTABLE": "1"}

@@ -1,4 +1,4 @@
-"""Async tasks (SPEC §8) that worker processes import by name (``tests.async_helpers``).
+"""Async tasks (docs/async-tasks.md) that worker processes import by name (``tests.async_helpers``).
 
 They leave marker files (``<name>-<x>``) in a folder so tests can count how often each task
 started, finished, or ran its ``finally`` block, without trusting the worker to report it.

@@ -5,7 +5,7 @@ The leak check snapshots child processes, threads, file descriptors and ``aiopar
 temp folders before each test and fails the test if new ones are still there after it.
 Cleanup may finish asynchronously, so it waits, bounded: it polls at short intervals for up
 to ``LEAK_WAIT`` seconds and returns as soon as everything is gone. The shared pool keeps
-idle workers warm across event loops, by design (SPEC §1): each poll first stops the idle
+idle workers warm across event loops, by design (docs/workers.md): each poll first stops the idle
 ones (``aioparallel.shutdown_workers()``), so only a worker still busy is a leak.
 
 Ordering: the check is a plain sync autouse fixture, so pytest sets it up before the event

@@ -222,7 +222,7 @@ def test_valid_pre_dispatch(pre_dispatch: Any, n_jobs: int, expected: int | None
 
 @pytest.mark.parametrize("pre_dispatch", ["2*n_jobs*3", "2*3*n_jobs", "n_jobs*2*n_jobs"])
 def test_pre_dispatch_with_two_factors_is_not_misread(pre_dispatch: str) -> None:
-    """SPEC §2: only ``k*n_jobs`` is parsed; a longer product is refused, not read as a part
+    """docs/api.md: only ``k*n_jobs`` is parsed; a longer product is refused, not read as a part
     of it (``2*n_jobs`` or ``n_jobs*3``)."""
     from aioparallel._parsing import parse_pre_dispatch
 

@@ -1,5 +1,6 @@
-"""SPEC §8 on ``backend="dask"``: coroutine functions run on the dask worker's event loop,
-against the same real clusters as test_dask.py (the session's external one, an in-process one)."""
+"""docs/async-tasks.md on ``backend="dask"``: coroutine functions run on the dask worker's event
+loop, against the same real clusters as test_dask.py (the session's external one, an in-process
+one)."""
 
 from __future__ import annotations
 

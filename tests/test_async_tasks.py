@@ -1,4 +1,4 @@
-"""SPEC §8: ``delayed(async_fn)`` is awaited where the call runs, on every backend.
+"""docs/async-tasks.md: ``delayed(async_fn)`` is awaited where the call runs, on every backend.
 
 Tasks live in ``tests.async_helpers`` (process workers import them by name). The caller's
 loop is asyncio, uvloop or trio (anyio's plugin); the workers' own loops are asyncio, so
@@ -113,8 +113,8 @@ async def test_a_tasks_own_cancelled_error_is_its_outcome(backend: str) -> None:
 
 
 #: Exceptions an async task may raise that must never be taken for the run's cancellation or
-#: for the end of a stream, nor kill a worker's event loop (SPEC §6). (A StopIteration cannot
-#: leave a coroutine: Python itself turns it into a RuntimeError there.)
+#: for the end of a stream, nor kill a worker's event loop (docs/cancellation.md). (A StopIteration
+#: cannot leave a coroutine: Python itself turns it into a RuntimeError there.)
 TASK_EXCEPTIONS: dict[str, type[BaseException]] = {
     "CancelledError": asyncio.CancelledError,
     "BaseException-subclass": ah.TaskBaseError,

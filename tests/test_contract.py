@@ -1,4 +1,4 @@
-"""The backend contract (SPEC §1-§6) that every backend passes, over the anyio loop matrix.
+"""The backend contract (docs/backends.md) that every backend passes, over the anyio loop matrix.
 
 ``helpers.Tracker`` counts what the producer took and what the tasks did through a log
 file, so the backend-parametrized tests hold for process workers too (add "processes" to

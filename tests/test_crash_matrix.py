@@ -150,7 +150,7 @@ try:
 except BaseException as exc:
     problems = [f"asyncio.run() raised {{exc!r}}: it escaped the event loop"]
 import aioparallel
-aioparallel.shutdown_workers()  # idle ones stay warm after the loop (SPEC 1): not leaks
+aioparallel.shutdown_workers()  # idle ones stay warm after the loop (docs/workers.md): not leaks
 alive = [pid for pid in child_pids() if not pid_gone(pid)]
 if alive:
     problems.append(f"worker processes still running after asyncio.run(): {{alive}}")

@@ -1,4 +1,4 @@
-"""Large numpy arguments reach process workers as memmaps written once per run (SPEC §4),
+"""Large numpy arguments reach process workers as memmaps written once per run (docs/large-data.md),
 and the run's private folder is removed on every path."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What travels to a process worker and back: large payloads are pickled off the event loop
-(SPEC §4) wherever they hide, a cancelled pickling is abandoned, and ``timeout=`` covers a
-task's whole time on its worker, unpickling and pickling included (SPEC §2)."""
+(docs/large-data.md) wherever they hide, a cancelled pickling is abandoned, and ``timeout=`` covers
+a task's whole time on its worker, unpickling and pickling included (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Warm workers across successive event loops (SPEC §1, issue 16 §2).
+"""Warm workers across successive event loops (docs/workers.md).
 
 A sync script that calls ``asyncio.run(...)`` again and again, and a test suite whose every
 test has its own loop, reuse the same worker processes; the pool still never passes its

@@ -1,4 +1,4 @@
-"""The warm pool's one invariant: never more than ``size`` worker processes (SPEC §1).
+"""The warm pool's one invariant: never more than ``size`` worker processes (docs/workers.md).
 
 A hypothesis state machine drives the pool's methods in any order on real worker processes:
 acquire, release (healthy or not), the idle reaper (alone, or racing two acquires), a crash
@@ -7,7 +7,7 @@ holders then give back). After every step, the worker processes that are this pr
 children (zombies included: unreaped is not gone) are exactly the pool's idle and busy
 workers, and there are never more than ``size`` of them.
 
-The pool serves any event loop in any thread (SPEC §1): its async methods run in two loops,
+The pool serves any event loop in any thread (docs/workers.md): its async methods run in two loops,
 each in a thread of its own (blocking portals), a worker acquired in one may be released in
 the other, and the reaper (synchronous) runs in the test's own thread, as the shared pools'
 reaper thread does.

@@ -1,4 +1,4 @@
-"""AIOPARALLEL_PORTABLE=1 really switches off the Linux-only facilities (SPEC §9).
+"""AIOPARALLEL_PORTABLE=1 really switches off the Linux-only facilities (docs/platforms.md).
 
 The ``portable`` nox session (and a step of ``.ci/run``) runs the process-backend tests with
 the switch set, so the paths macOS takes are exercised here. These tests check, from /proc,

@@ -1,4 +1,4 @@
-"""The verbose helpers reproduce joblib's exactly (SPEC §5)."""
+"""The verbose helpers reproduce joblib's exactly (docs/progress.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The run's temp folder (SPEC §4): array files live only while a dispatched call uses them,
-the folder is created and checked the same way on both sides, and an unusable folder is
+"""The run's temp folder (docs/large-data.md): array files live only while a dispatched call uses
+them, the folder is created and checked the same way on both sides, and an unusable folder is
 reported as what it is, only when a file is needed."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Windows, as far as it can be checked here (SPEC §9): with the POSIX-only modules and ``os``
-functions gone, ``import aioparallel`` works, so do every module outside the process backend
+"""Windows, as far as it can be checked here (docs/platforms.md): with the POSIX-only modules and
+``os`` functions gone, ``import aioparallel`` works, so do every module outside the process backend
 and the sequential and threads backends, and ``backend="processes"`` (the default) fails at
 ``Parallel(...)`` with an error that names the platform and the alternatives.
 

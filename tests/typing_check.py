@@ -38,7 +38,7 @@ async def fetch(x: int) -> str:
 
 
 async def async_tasks(xs: list[int]) -> None:
-    """SPEC §8: a coroutine function's calls are awaited on the workers."""
+    """docs/async-tasks.md: a coroutine function's calls are awaited on the workers."""
     fetched = await Parallel(n_jobs=2)(delayed(fetch)(x) for x in xs)
     assert_type(fetched, list[str])
     assert_type(delayed(fetch)(1), Call[str])

@@ -1,1 +1,2 @@
-"""Reliability suite: SPEC §6 under abuse (worker faults, bad data, cancellation, load)."""
+"""Reliability suite: docs/cancellation.md under abuse (worker faults, bad data, cancellation,
+load)."""

@@ -1,4 +1,4 @@
-"""SPEC §8 under faults: async tasks cancelled, timed out, ignoring cancellation, and a
+"""docs/async-tasks.md under faults: async tasks cancelled, timed out, ignoring cancellation, and a
 worker crash with many tasks in flight.
 
 Tasks (``tests.async_helpers``) leave marker files: ``start-<x>`` when they start,

@@ -1,4 +1,5 @@
-"""SPEC §3 and §6, bad data: each is a clear error naming what went wrong, and never a hang.
+"""docs/api.md and docs/cancellation.md, bad data: each is a clear error naming what went wrong, and
+never a hang.
 
 Every run here is bounded by ``fail_after(RUN_LIMIT)``: a hang fails the test with
 ``TimeoutError`` instead of blocking the session. Cases run on the process and the thread

@@ -1,4 +1,4 @@
-"""SPEC §6, cancellation at random points: hypothesis picks when, how, and on what.
+"""docs/cancellation.md, cancellation at random points: hypothesis picks when, how, and on what.
 
 Each example is a whole program: its own ``anyio.run`` (so the warm pool, which legitimately
 lives as long as its loop, is shut down before the checks), a run of 200 calls of 50 ms on
@@ -351,8 +351,8 @@ def _dropped_stream_leftovers(delay: float, attempts: int) -> list[str]:
 
 
 def test_dropped_stream_cleanup_closes_worker_pipes() -> None:
-    """SPEC §1/§6: a stream dropped mid-run is cleaned up, even when the program ends at once
-    (the end of the loop cuts the cleanup's awaits short: what it must still do, it does
+    """docs/cancellation.md: a stream dropped mid-run is cleaned up, even when the program ends at
+    once (the end of the loop cuts the cleanup's awaits short: what it must still do, it does
     synchronously)."""
     leftovers = _dropped_stream_leftovers(0.02, attempts=6)
     assert not leftovers, "\n".join(leftovers)
@@ -383,8 +383,8 @@ async def _cancel_right_after_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cancel_during_worker_spawn_leaves_nothing(
     loop: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SPEC §6: a cancellation leaves no child process behind, whenever it lands, even while
-    a worker is starting (workers are spawned synchronously, then killed if cancelled)."""
+    """docs/cancellation.md: a cancellation leaves no child process behind, whenever it lands, even
+    while a worker is starting (workers are spawned synchronously, then killed if cancelled)."""
     name, options = LOOPS[loop]
     before = Snapshot.take()
     with loop_complaints() as complaints:

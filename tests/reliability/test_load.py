@@ -1,9 +1,8 @@
 """Load: many concurrent runs on one warm pool, and a million-item producer in flat memory.
 
-SPEC §1 (concurrent calls share the loop's warm pool, results in input order) and §3 (at
-most ``pre_dispatch`` calls taken ahead of completion, so a long producer keeps the parent's
-memory flat). The figures go to the session report.
-"""
+docs/workers.md (concurrent calls share the loop's warm pool, results in input order) and
+docs/api.md (at most ``pre_dispatch`` calls taken ahead of completion, so a long producer keeps the
+parent's memory flat). The figures go to the session report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §6: worker processes exit when the parent process dies, even by SIGKILL.
+"""docs/cancellation.md: worker processes exit when the parent process dies, even by SIGKILL.
 
 A separate program (``orphan_script``) starts two process workers whose tasks record their
 pids; the test checks they are that program's children, SIGKILLs it, and polls (bounded)
@@ -22,7 +22,7 @@ from tests.reliability.conftest import Report
 from tests.reliability.helpers import wait_file_sync
 
 ROOT = Path(__file__).resolve().parents[2]
-#: SPEC-derived bound: no worker survives its parent by more than this.
+#: The bound docs/cancellation.md implies: no worker survives its parent by more than this.
 SURVIVAL_LIMIT = 2.0
 #: Starting the program and its workers (a cold interpreter, on a shared machine).
 START_LIMIT = 30.0

@@ -1,5 +1,5 @@
-"""SPEC §6, worker faults: a worker that dies or hangs is a clear error, promptly, and the pool
-heals.
+"""docs/cancellation.md, worker faults: a worker that dies or hangs is a clear error, promptly, and
+the pool heals.
 
 Each fault hits one task (input ``AT``) of a run of ``N``; the task stamps its pid and the time
 just before it misbehaves, so the test measures the latency from the fault itself (or from the

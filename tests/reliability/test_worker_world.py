@@ -3,8 +3,8 @@
 - leaving ``async with Parallel()`` while another task is mid-call fails that call with an
   error saying so, and leaks nothing (no descriptor is closed under its reader);
 - a worker killed for a cancellation, a timeout or a crash takes its task's subprocesses
-  with it (SPEC §6);
-- a task's ``os.chdir`` or ``sys.path`` change does not leak into the next run (SPEC §4);
+  with it (docs/cancellation.md);
+- a task's ``os.chdir`` or ``sys.path`` change does not leak into the next run (docs/workers.md);
 - a cancellation's traceback carries no internal exception as context.
 
 Tasks live here at module level: workers import this module by name.
