@@ -22,15 +22,31 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
+from aioparallel.backends import threads
+from aioparallel.child import async_loop
 from aioparallel.child.async_loop import BLOCKED_MARGIN, CANCEL_GRACE
 from tests import nesting_helpers as nh
 
 TIMEOUT = 0.3
+#: The grace periods, shortened here: these tests check who holds the deadline and what it
+#: reports, not how long the library waits (the defaults would make each case ~3.6 s).
+SHORT_GRACE, SHORT_MARGIN = 0.3, 0.2
+assert SHORT_GRACE < CANCEL_GRACE and SHORT_MARGIN < BLOCKED_MARGIN
 #: When the parent must have given up on a task that blocks its loop, at the latest, plus
 #: room for a loaded machine.
-GIVE_UP = TIMEOUT + CANCEL_GRACE + BLOCKED_MARGIN + 3.0
+GIVE_UP = TIMEOUT + SHORT_GRACE + SHORT_MARGIN + 3.0
 #: Bound of any stuck call, so a broken fix cannot leave a thread behind for long.
 STUCK_LIMIT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread workers run ``InFlight`` in this process: its grace and the parent's watch
+    both read the module constants."""
+    monkeypatch.setattr(async_loop, "CANCEL_GRACE", SHORT_GRACE)
+    monkeypatch.setattr(threads, "CANCEL_GRACE", SHORT_GRACE)
+    monkeypatch.setattr(threads, "BLOCKED_MARGIN", SHORT_MARGIN)
+    monkeypatch.setattr(async_loop, "BLOCKED_MARGIN", SHORT_MARGIN)
 
 
 @pytest.fixture
@@ -118,7 +134,7 @@ async def test_async_task_past_its_timeout_has_no_result(setup: dict[str, Any]) 
     """It blocks its loop past the timeout, then returns (before the parent gives up): still
     a TimeoutError, never the late value."""
     parallel = Parallel(timeout=TIMEOUT, return_exceptions=True, **setup)
-    results = await parallel([delayed(blocks_briefly)(TIMEOUT + 0.7), delayed(quick)(1)])
+    results = await parallel([delayed(blocks_briefly)(TIMEOUT + 0.3), delayed(quick)(1)])
     assert timed_out(results[0], 0, "blocks_briefly"), results[0]
     assert results[1] == 1
 
