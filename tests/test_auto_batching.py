@@ -9,12 +9,14 @@ how the input is cut.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pytest
 
 from aioparallel import Parallel, delayed
+from aioparallel.run import batching
 from aioparallel.run.batching import AutoBatcher
 from tests.test_custom_backend import InlineBackend
 
@@ -65,7 +67,8 @@ async def test_a_second_run_of_a_function_starts_with_what_the_first_learned() -
     second = await Parallel(backend=backend)(delayed(task)(i) for i in range(20))
     assert first == second == list(range(20))
     assert first_sizes[0] == 1  # nothing known yet: one call, then grow
-    assert len(backend.sizes) <= 4 < len(first_sizes), (first_sizes, backend.sizes)
+    # (its last take, which ends the input, is shared out as a sized input's tail would be)
+    assert len(backend.sizes) <= 5 < len(first_sizes), (first_sizes, backend.sizes)
     # a run's first batch is still one call: a first task that waits for the others (or
     # crashes, or is slow) is never batched with them
     assert backend.sizes[0] == 1
@@ -87,3 +90,30 @@ def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
     slow = AutoBatcher()
     slow.record(1, 2.0)  # 2 s per call: the tail is shared call by call
     assert slow.next_size(4, 2) == 1
+
+
+def test_what_earlier_runs_learned_does_not_keep_a_short_tail_on_one_worker() -> None:
+    """Earlier runs found the function fast; these calls may be slow: until this run has
+    measured one, its tail is shared as a fresh run's would be (one call per worker here)."""
+    learned = AutoBatcher()
+    learned.size, learned.call_seconds = 64, 1e-5  # as ``start_from`` sets them
+    assert learned.next_size(3, 4) == 1
+    assert learned.next_size(7, 4) == 1
+    learned.record(1, 1e-5)  # measured in this run: the tail may be kept in larger batches
+    assert learned.next_size(7, 4) == 7
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+async def test_fewer_calls_than_workers_run_one_per_worker_after_learning(
+    anyio_backend: str,
+) -> None:
+    """4 calls on ``n_jobs=4`` run at once on 4 workers, even after earlier runs taught auto
+    batching that the function is fast."""
+    await Parallel(n_jobs=4)(delayed(pid_after)(0) for _ in range(3000))
+    assert batching._learned[pid_after][0] > 4  # what the next run starts from
+    pids = await Parallel(n_jobs=4)(delayed(pid_after)(0.3) for _ in range(4))
+    assert len(set(pids)) == 4, pids

@@ -68,6 +68,10 @@ class AutoBatcher:
         self.size = 1
         #: Seconds per call of the last batch measured (0: nothing measured yet).
         self.call_seconds = 0.0
+        #: Whether ``call_seconds`` was measured in this run (not learned from earlier ones):
+        #: only then may it keep the tail in batches larger than a fresh run would send, as
+        #: a function fast on earlier inputs may be slow on these.
+        self.measured = False
         self._byte_cap = MAX_BATCH_CALLS
         #: Smallest batch: ``ASYNC_BATCH_FACTOR * worker_concurrency`` once the input has
         #: async calls, whose duration is mostly waiting, so a worker gets enough of them
@@ -85,6 +89,7 @@ class AutoBatcher:
             self._byte_cap = max(1, min(MAX_BATCH_CALLS, int(MAX_BATCH_BYTES / per_call)))
         if n_calls > 0:
             self.call_seconds = seconds / n_calls
+            self.measured = True
         if n_calls != self.size:
             self.size = min(self.size, self._byte_cap)
             return
@@ -108,10 +113,12 @@ class AutoBatcher:
             _learned[func] = (self.size, self.call_seconds)
 
     def next_size(self, remaining: int | None, n_workers: int) -> int:
-        """The size to dispatch next; near the end of a sized input, share the tail."""
+        """The size to dispatch next; near the end of a sized input, share the tail, as a
+        fresh run would until this run has measured its calls (so that what earlier runs
+        learned never makes a run slower: 4 calls on 4 workers go one per worker)."""
         if remaining is not None and remaining > 0:
             share = math.ceil(remaining / (2 * n_workers))
-            if self.call_seconds > 0.0:  # but not in batches too small to pay their way
+            if self.measured:  # but not in batches too small to pay their way
                 floor = math.ceil(MIN_TAIL_SECONDS / self.call_seconds)
                 share = min(max(share, floor), remaining)
             if self.floor > 1:  # async: up to a floor's worth each, rather than half a share

@@ -102,6 +102,10 @@ class Run:
         #: The calls' function (_MIXED if they have several, as far as the first and last
         #: of each batch tell): auto batching learns per function, across runs.
         self._func: Any = _NOTHING
+        #: The input's last take, when it ended an unsized input: shared out between the
+        #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
+        self._tail: list[Call[Any]] = []
+        self._tail_start = self._tail_size = 0
         self._lanes: anyio.abc.TaskGroup | None = None
         #: Lanes the run may still start (``_run_lanes``).
         self._unstarted_lanes = 0
@@ -167,6 +171,8 @@ class Run:
     async def _take_batch(self) -> tuple[int, list[Any]]:
         """The next consecutive batch, within the pre_dispatch budget."""
         async with self._take_lock:
+            if self._tail:
+                return self._next_of_tail()
             if self.source.exhausted:
                 return self.source.taken, []
             remaining = None if self.source.total is None else self.source.total - self.source.taken
@@ -188,12 +194,32 @@ class Run:
                 calls += await self._async_input(remaining, len(calls))
             if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
                 self._func = _MIXED  # what this run learns is not one function's to keep
+            if self.source.exhausted and len(calls) > 1 and self.source.total is None:
+                return self._share_tail(start, calls)
             if calls:
                 self.sink.reserve(start, len(calls))
                 self.reporter.dispatched_batch(len(calls))
             if self.source.exhausted:
                 self.reporter.input_exhausted()
             return start, calls
+
+    def _share_tail(self, start: int, calls: list[Call[Any]]) -> tuple[int, list[Call[Any]]]:
+        """The take that ended an unsized input: cut it as the tail of a sized input of that
+        length would be (``next_size``), so that no worker idles while calls wait behind a
+        batch size learned on faster calls. Returns its first batch."""
+        self._tail, self._tail_start = calls, start
+        self._tail_size = self.batcher.next_size(len(calls), self.backend.n_workers)
+        return self._next_of_tail()
+
+    def _next_of_tail(self) -> tuple[int, list[Call[Any]]]:
+        start, calls = self._tail_start, self._tail[: self._tail_size]
+        del self._tail[: self._tail_size]
+        self._tail_start += len(calls)
+        self.sink.reserve(start, len(calls))
+        self.reporter.dispatched_batch(len(calls))
+        if not self._tail:  # dispatch is done once the tail is (as joblib counts it)
+            self.reporter.input_exhausted()
+        return start, calls
 
     async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
         """The input has async calls: their duration is mostly waiting, so raise
@@ -231,7 +257,7 @@ class Run:
                 return
             if not calls:
                 return
-            if self._unstarted_lanes and not self.source.exhausted:  # more work may follow
+            if self._unstarted_lanes and (self._tail or not self.source.exhausted):  # more work
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
                 self._lanes.start_soon(self._lane, run_batch)
