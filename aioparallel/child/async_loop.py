@@ -35,6 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol
+from .context import Values, set_values
+from .observe import TASK
 from .protocol import CANCEL_GRACE, TimedOut
 from .slot import CrashSlot
 
@@ -60,6 +62,15 @@ async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     if hasattr(value, "__await__"):
         return await value
     return value
+
+
+async def _in_task(task: tuple[int, int], values: Values, coro: Any) -> Any:
+    """A process worker's async task, in its own context: which task it is (its log records
+    say so) and the caller's context variables (``child.context``)."""
+    TASK.set(task)
+    if values:
+        set_values(values)
+    return await coro
 
 
 class _Raised:
@@ -200,14 +211,21 @@ class WorkerLoop:
         #: Async tasks started and not yet reported (position -> start time): written by
         #: the main thread, cleared by the loop thread.
         self._started: dict[int, float] = {}
+        #: The job's slot base and the caller's context variables, for each task.
+        self._base = 0
+        self._values: Values = []
 
     def begin(
         self,
         timeout: float | None,
         stop_on_error: bool,
         send: Callable[[list[int], list[Any]], None],
+        base: int = 0,
+        values: Values | None = None,
     ) -> None:
         self.stopped = False
+        self._base = base
+        self._values = values or []
         self._stop_on_error = stop_on_error
         self._send = send
         self._in_flight = self._unsent = 0
@@ -231,7 +249,8 @@ class WorkerLoop:
         if not self._admit(position, concurrency, base, slot):
             return False
         assert self._tasks is not None
-        self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
+        coro = _in_task((self._base, position), self._values, _call(func, args, kwargs))
+        self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 
     def submit_coroutine(
@@ -243,6 +262,7 @@ class WorkerLoop:
             coro.close()
             return False
         assert self._tasks is not None
+        coro = _in_task((self._base, position), self._values, coro)
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 

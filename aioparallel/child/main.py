@@ -25,7 +25,7 @@ import time
 import types
 from typing import Any
 
-from . import protocol, results
+from . import context, observe, protocol, results
 from .slot import SIZE as SLOT_SIZE
 from .slot import CrashSlot
 
@@ -57,6 +57,8 @@ class Worker:
         self.resp_fd = resp_fd
         self.slot = slot
         self.write_lock = threading.Lock()
+        #: The records tasks logged, waiting for a LOG frame (sent before any RESULTS frame).
+        self.logs = observe.Logs(resp_fd, self.write_lock)
         #: The worker's event loop thread (``async_loop.WorkerLoop``), once needed.
         self.loop: Any = None
 
@@ -83,18 +85,20 @@ class Worker:
                 body = protocol.dumps([protocol.TaskError.capture(exc)] * len(values))
         frame = protocol.results_header(positions, done) + body
         with self.write_lock:
+            self.logs.send_locked()  # the records of these calls arrive before their results
             protocol.write_frame(self.resp_fd, kind, frame)
 
     def run_job(
         self,
         base: int,
+        loaded_from: float,
         stop_on_error: bool,
         run_dir: str,
         max_nbytes: int | None,
         func: Any,
         calls: list[Any],
-        loaded_from: float,
         async_job: tuple[bytes | None, float | None, int],
+        values: tuple[Any, context.Values] | None,
     ) -> None:
         """Run the calls in order; async ones (``async_job``: per-call flags or None,
         timeout, concurrency) go to the worker's event loop thread and finish out of order,
@@ -105,12 +109,15 @@ class Worker:
         unpickling its arguments), and runs while its result is pickled. A result is sent
         once ``FLUSH_SECONDS`` passed since the last frame, measured when its call returns,
         so a slow call's result leaves before the next call starts. Async calls are timed
-        on the loop."""
-        slot = self.slot
+        on the loop. ``values``: the caller's context variables (``child.context``), set
+        around each call, or None."""
+        slot, logs = self.slot, self.logs
         monotonic = time.monotonic
-        job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job)
+        job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
         flags, loop = async_job[0], None
+        around = values[0] if values is not None else None
+        logs.base = base
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
                 break
@@ -121,8 +128,11 @@ class Worker:
                 continue
             started = monotonic()
             slot.running(base, i, loaded_from if i == 0 else started)
+            logs.task = i  # whose records these are
             try:
-                if func is not None:
+                if around is not None:
+                    value = _in_context(around, func, call)
+                elif func is not None:
                     value = func(*call)
                 else:
                     f, args, kwargs = call
@@ -141,25 +151,24 @@ class Worker:
             else:
                 keep(i, results.outcome(value, slot, base, i, run_dir, max_nbytes))
             slot.idle()
+            if logs.records:  # they leave before the next call, which may kill us
+                logs.send()
             if monotonic() - job.last_flush > FLUSH_SECONDS:
                 job.flush()
         job.end()
+        logs.task = None
 
-    def async_loop(
-        self,
-        async_job: tuple[bytes | None, float | None, int],
-        stop_on_error: bool,
-        send: Any,
-    ) -> Any:
+    def async_loop(self, job: _Job) -> Any:
         """The event loop thread, started on the first async call of this worker's life."""
         if self.loop is None:
             from . import async_loop
 
             self.loop = async_loop.WorkerLoop(self.req_fd)
-        self.loop.begin(async_job[1], stop_on_error, send)
+        self.loop.begin(job.async_job[1], job.stop_on_error, job.send_async, job.base, job.values)
         return self.loop
 
     def serve(self) -> None:
+        observe.watch_logging(self.logs)
         protocol.write_frame(self.resp_fd, protocol.READY, str(os.getpid()).encode())
         env: tuple[list[str], str] | None = None
         while True:
@@ -170,14 +179,15 @@ class Worker:
             if kind == protocol.CANCEL:  # late: the job it was meant for has finished
                 continue
             if kind == protocol.SETUP:
-                path, cwd, authkey = pickle.loads(body)
+                path, cwd, authkey, levels = pickle.loads(body)
+                self.logs.set_levels(levels)
                 env = (path, cwd)
                 _enter(env)
                 if authkey is not None:  # before any job is unpickled: its proxies need it
                     _set_authkey(authkey)
                 continue
             if kind == protocol.INIT:
-                _initialize(self.resp_fd, body)
+                _initialize(self, body)
                 if env is not None:  # whatever the initializer did, jobs run where sent
                     _enter(env)
                 continue
@@ -186,11 +196,7 @@ class Worker:
             loaded_from = time.monotonic()  # the job's timeout clock starts now
             self.slot.loading(base, loaded_from)
             try:
-                if kind == protocol.BATCH_FILE:
-                    body = protocol.unspill(body)
-                unpickler = pickle.Unpickler(io.BytesIO(body))
-                stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job = unpickler.load()
-                calls = [call for _ in range(n_chunks) for call in unpickler.load()]
+                job = _load(kind, body)
             except BaseException as exc:
                 text = "".join(_format(exc))
                 protocol.write_frame(
@@ -199,9 +205,7 @@ class Worker:
                 continue
             finally:
                 self.slot.idle()
-            self.run_job(
-                base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from, async_job
-            )
+            self.run_job(base, loaded_from, *job)
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
 
@@ -222,6 +226,7 @@ class _Job:
         "run_dir",
         "slot",
         "stop_on_error",
+        "values",
         "worker",
     )
 
@@ -234,6 +239,7 @@ class _Job:
         max_nbytes: int | None,
         func: Any,
         async_job: tuple[bytes | None, float | None, int],
+        values: tuple[Any, context.Values] | None,
     ):
         self.worker = worker
         self.slot = worker.slot
@@ -243,6 +249,8 @@ class _Job:
         self.max_nbytes = max_nbytes
         self.func = func
         self.async_job = async_job
+        #: The caller's context variables, set in each async task too.
+        self.values = values[1] if values is not None else []
         #: The worker's event loop thread, once this job handed it a call.
         self.loop: Any = None
         self.positions: list[int] = []
@@ -270,7 +278,7 @@ class _Job:
 
     def _begin_loop(self) -> Any:
         if self.loop is None:
-            self.loop = self.worker.async_loop(self.async_job, self.stop_on_error, self.send_async)
+            self.loop = self.worker.async_loop(self)
         return self.loop
 
     def submit(self, i: int, call: Any) -> bool:
@@ -333,18 +341,40 @@ def _enter(env: tuple[list[str], str]) -> None:
         pass
 
 
-def _initialize(resp_fd: int, body: bytes) -> None:
+def _load(kind: int, body: bytes) -> tuple[Any, ...]:
+    """A job as ``run_job`` takes it (but its base and clock), from its frame's body."""
+    if kind == protocol.BATCH_FILE:
+        body = protocol.unspill(body)
+    unpickler = pickle.Unpickler(io.BytesIO(body))
+    stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried = unpickler.load()
+    calls = [call for _ in range(n_chunks) for call in unpickler.load()]
+    values = context.load(carried)
+    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values
+
+
+def _in_context(around: Any, func: Any, call: Any) -> Any:
+    """A sync call in a copy of the context holding the caller's values: whatever it sets
+    there ends with it."""
+    if func is not None:
+        return around.copy().run(func, *call)
+    f, args, kwargs = call
+    return around.copy().run(f, *args, **kwargs)
+
+
+def _initialize(worker: Worker, body: bytes) -> None:
     """Run the user's ``initializer(*initargs)`` once, before any job; answer INIT_DONE, or
-    INIT_ERROR with what it raised (unpickling it included), whatever its type."""
+    INIT_ERROR with what it raised (unpickling it included), whatever its type. What it
+    logged goes first."""
     try:
         initializer, initargs = pickle.loads(body)
         initializer(*initargs)
     except BaseException as exc:  # the parent stops the run with it, and kills this worker
-        protocol.write_frame(
-            resp_fd, protocol.INIT_ERROR, protocol.dumps(protocol.TaskError.capture(exc))
-        )
-        return
-    protocol.write_frame(resp_fd, protocol.INIT_DONE, b"")
+        kind, answer = protocol.INIT_ERROR, protocol.dumps(protocol.TaskError.capture(exc))
+    else:
+        kind, answer = protocol.INIT_DONE, b""
+    with worker.write_lock:
+        worker.logs.send_locked()
+        protocol.write_frame(worker.resp_fd, kind, answer)
 
 
 def _set_authkey(authkey: bytes) -> None:
