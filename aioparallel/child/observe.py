@@ -13,12 +13,14 @@ worker whose tasks never touch logging pays nothing for it (``watch_logging``).
         ─► one LOG frame for many records, written under the frames' lock:
              before every RESULTS frame (a task's records arrive before its result),
              at the end of a sync call that logged, once MAX_RECORDS wait,
-             or at once when no LOG frame left for EAGER_SECONDS (a quiet task's last
-             words reach the parent even if it then kills the worker)
+             at once for the first record of a sync call, and for any record when no LOG
+             frame left for EAGER_SECONDS (a task's last words before it kills its worker
+             reach the parent, unless it logs many in a burst)
 
-On a hard crash (``os._exit``, a segfault, a kill) the records the crashing call emitted in
-its last ``EAGER_SECONDS`` are lost, at most ``MAX_RECORDS`` of them; the records of calls
-that ended before it are not.
+On a hard crash (``os._exit``, a segfault, a kill) the records that the crashing call emitted
+after its first, in its last ``EAGER_SECONDS``, are lost (at most ``MAX_RECORDS``); for an
+async task, those of its last ``EAGER_SECONDS``. The records of calls that ended before it
+are not lost.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Logs:
 
     __slots__ = (
         "_guard",
+        "_told",
         "_write_lock",
         "base",
         "fd",
@@ -76,25 +79,31 @@ class Logs:
         self.base = -1
         self.task: int | None = None
         self.last_sent = 0.0
+        #: The sync call whose first record was sent at once.
+        self._told: tuple[int, int] | None = None
         #: The parent's levels (SETUP), applied by the handler once logging is imported.
         self.levels: Any = None
         self.handler: Any = None
 
     def add(self, attrs: dict[str, Any]) -> None:
-        """Buffer one record (from the handler); send the buffer now if it is full or no LOG
-        frame left for ``EAGER_SECONDS``."""
+        """Buffer one record (from the handler); send the buffer now if this is the first
+        record of a sync call, if it is full, or if no LOG frame left for ``EAGER_SECONDS``."""
         task = TASK.get()
+        first = False
         if task is None and self.task is not None:
             task = (self.base, self.task)
+            first = task != self._told
         with self._guard:
             self.records.append((task, attrs))
             full = len(self.records) >= MAX_RECORDS
-        due = full or time.monotonic() - self.last_sent > EAGER_SECONDS
+        due = first or full or time.monotonic() - self.last_sent > EAGER_SECONDS
         if due and self._write_lock.acquire(blocking=False):
             try:
                 self.send_locked()
             finally:
                 self._write_lock.release()
+            if first:
+                self._told = task
 
     def send(self) -> None:
         """The records waiting, in one frame (at the end of a sync call that logged)."""
