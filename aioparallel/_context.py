@@ -94,9 +94,11 @@ def _locate(variable: contextvars.ContextVar[Any], caller: dict[str, Any]) -> tu
 
 
 def capture() -> tuple[tuple[str, str, bytes], ...] | None:
-    """The registered variables set in the current context, as a job carries them; None if
-    none is (or none is registered: the common case, one dict check). A value that does not
-    pickle raises TypeError naming the variable."""
+    """The registered variables set in the current context, as a job carries them: empty if
+    none is set (the worker still runs each call in a context of its own, so what a task
+    sets ends with its call); None if none is registered (the common case: one dict check,
+    and the worker runs calls as they are). A value that does not pickle raises TypeError
+    naming the variable."""
     if not _registered:
         return None
     carried = []
@@ -114,7 +116,7 @@ def capture() -> tuple[tuple[str, str, bytes], ...] | None:
                 "a string) or do not propagate this variable"
             ) from exc
         carried.append((module, name, data))
-    return tuple(carried) or None
+    return tuple(carried)
 
 
 def forget(*variables: contextvars.ContextVar[Any]) -> None:

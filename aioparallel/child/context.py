@@ -3,8 +3,8 @@ the values they had where its calls were dispatched, as ``(module, attribute, pi
 value)``; the worker finds the same variables by importing their module, and runs each call
 with them set: a sync call in a copy of a context holding them, an async task setting them
 in its own context (``async_loop``). Nothing outlives the call: the next one, or a job that
-carries no value for a variable, finds it as it was (unset, unless a task set it outside
-any call).
+carries no value for a variable, finds it as it was (unset; unless a task set it while the
+parent propagated nothing, or an initializer did: a context variable cannot be unset).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ _found: dict[tuple[str, str], contextvars.ContextVar[Any]] = {}
 
 def load(carried: Carried) -> tuple[contextvars.Context, Values] | None:
     """The job's values, and a context holding them that each sync call runs in a copy of;
-    None if the job carries none. Called while the job loads: a variable that cannot be
-    found here fails the job's loading, with its traceback (LOAD_ERROR)."""
-    if not carried:
+    None if the parent propagates no variable (calls run as they are). Called while the job
+    loads: a variable that cannot be found here fails the job's loading, with its traceback
+    (LOAD_ERROR)."""
+    if carried is None:
         return None
     values: Values = [
         (_variable(module, name), pickle.loads(data)) for module, name, data in carried
