@@ -66,21 +66,29 @@ def propagate(*variables: contextvars.ContextVar[Any]) -> None:
 
 
 def _locate(variable: contextvars.ContextVar[Any], caller: dict[str, Any]) -> tuple[str, str]:
-    """(module, attribute) where ``variable`` lives: the caller's module first, then every
-    module imported (once, at registration)."""
-    modules = [sys.modules.get(caller.get("__name__", ""))]
-    modules += [m for m in list(sys.modules.values()) if m is not modules[0]]
+    """(module, attribute) where ``variable`` lives, searched once, at registration, in every
+    imported module but ``__main__`` (which a worker does not import, whatever its alias). Where several hold it,
+    an attribute named as the variable wins, then a module other than the caller's (which
+    most often imported it from the module that defines it)."""
+    caller_name = caller.get("__name__")
+    main = sys.modules.get("__main__")
+    found: list[tuple[bool, bool, str, str]] = []
     in_main = False
-    for module in modules:
+    for module_name, module in list(sys.modules.items()):
         namespace = getattr(module, "__dict__", None)
         if not isinstance(namespace, dict):
             continue
         for name, value in list(namespace.items()):
             if value is variable:
-                if module.__name__ == "__main__":  # type: ignore[union-attr]
+                if module is main or module_name in ("__main__", "__mp_main__"):
                     in_main = True
-                    break
-                return module.__name__, name  # type: ignore[union-attr]
+                else:
+                    found.append(
+                        (name != variable.name, module_name == caller_name, module_name, name)
+                    )
+    if found:
+        _, _, module_name, name = min(found)
+        return module_name, name
     where = (
         "is defined in __main__, which a worker process does not import"
         if in_main
