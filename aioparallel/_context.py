@@ -67,9 +67,9 @@ def propagate(*variables: contextvars.ContextVar[Any]) -> None:
 
 def _locate(variable: contextvars.ContextVar[Any], caller: dict[str, Any]) -> tuple[str, str]:
     """(module, attribute) where ``variable`` lives, searched once, at registration, in every
-    imported module but ``__main__`` (which a worker does not import, whatever its alias). Where several hold it,
-    an attribute named as the variable wins, then a module other than the caller's (which
-    most often imported it from the module that defines it)."""
+    imported module but ``__main__`` (which a worker does not import, whatever its alias).
+    Where several hold it, an attribute named as the variable wins, then a module other than
+    the caller's (which most often imported it from the module that defines it)."""
     caller_name = caller.get("__name__")
     main = sys.modules.get("__main__")
     found: list[tuple[bool, bool, str, str]] = []

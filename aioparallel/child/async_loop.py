@@ -35,8 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol
-from .context import Values, set_values
-from .observe import TASK
+from .context import Values, in_task
 from .protocol import CANCEL_GRACE, TimedOut
 from .slot import CrashSlot
 
@@ -62,15 +61,6 @@ async def _call(func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     if hasattr(value, "__await__"):
         return await value
     return value
-
-
-async def _in_task(task: tuple[int, int], values: Values, coro: Any) -> Any:
-    """A process worker's async task, in its own context: which task it is (its log records
-    say so) and the caller's context variables (``child.context``)."""
-    TASK.set(task)
-    if values:
-        set_values(values)
-    return await coro
 
 
 class _Raised:
@@ -249,7 +239,7 @@ class WorkerLoop:
         if not self._admit(position, concurrency, base, slot):
             return False
         assert self._tasks is not None
-        coro = _in_task((self._base, position), self._values, _call(func, args, kwargs))
+        coro = in_task((self._base, position), self._values, _call(func, args, kwargs))
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 
@@ -262,7 +252,7 @@ class WorkerLoop:
             coro.close()
             return False
         assert self._tasks is not None
-        coro = _in_task((self._base, position), self._values, coro)
+        coro = in_task((self._base, position), self._values, coro)
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 

@@ -13,6 +13,8 @@ import contextvars
 import pickle
 from typing import Any
 
+from .observe import TASK
+
 #: What a job carries: ``((module, attribute, pickled value), ...)``, or None (nothing set).
 Carried = tuple[tuple[str, str, bytes], ...] | None
 #: The variables and their values, resolved in this worker.
@@ -39,6 +41,15 @@ def load(carried: Carried) -> tuple[contextvars.Context, Values] | None:
 def set_values(values: Values) -> None:
     for variable, value in values:
         variable.set(value)
+
+
+async def in_task(task: tuple[int, int], values: Values, coro: Any) -> Any:
+    """A process worker's async task, in its own context: which task it is (its log records
+    say so: ``observe.TASK``) and the caller's context variables."""
+    TASK.set(task)
+    if values:
+        set_values(values)
+    return await coro
 
 
 def _variable(module: str, name: str) -> contextvars.ContextVar[Any]:
