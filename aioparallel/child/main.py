@@ -100,24 +100,18 @@ class Worker:
         async_job: tuple[bytes | None, float | None, int],
         values: tuple[Any, context.Values] | None,
     ) -> None:
-        """Run the calls in order; async ones (``async_job``: per-call flags or None,
-        timeout, concurrency) go to the worker's event loop thread and finish out of order,
-        as do coroutines that sync calls return.
+        """Run the calls in order; async ones (``async_job``: per-call flags or None, timeout,
+        concurrency), and coroutines that sync calls return, go to the worker's event loop
+        thread and finish out of order. ``values``: the caller's context variables, or None.
 
-        The slot's clock for a sync call starts when it starts, except for the first call,
-        whose clock started when the job began loading (its time on this worker includes
-        unpickling its arguments), and runs while its result is pickled. A result is sent
-        once ``FLUSH_SECONDS`` passed since the last frame, measured when its call returns,
-        so a slow call's result leaves before the next call starts. Async calls are timed
-        on the loop. ``values``: the caller's context variables (``child.context``), set
-        around each call, or None."""
-        slot, logs = self.slot, self.logs
-        monotonic = time.monotonic
+        A sync call's slot clock starts when it does (the first's when the job began loading:
+        its time includes unpickling its arguments) and runs while its result is pickled; a
+        result leaves once ``FLUSH_SECONDS`` passed since the last frame, measured when its
+        call returns, so a slow call's result leaves before the next call starts."""
+        slot, logs, monotonic = self.slot, self.logs, time.monotonic
         job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
-        flags, loop = async_job[0], None
-        around = values[0] if values is not None else None
-        logs.base = base
+        flags, loop, around = async_job[0], None, values[0] if values is not None else None
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
                 break
@@ -151,12 +145,9 @@ class Worker:
             else:
                 keep(i, results.outcome(value, slot, base, i, run_dir, max_nbytes))
             slot.idle()
-            if logs.records:  # they leave before the next call, which may kill us
-                logs.send()
             if monotonic() - job.last_flush > FLUSH_SECONDS:
                 job.flush()
         job.end()
-        logs.task = None
 
     def async_loop(self, job: _Job) -> Any:
         """The event loop thread, started on the first async call of this worker's life."""
@@ -219,6 +210,7 @@ class _Job:
         "base",
         "func",
         "last_flush",
+        "logs",
         "loop",
         "max_nbytes",
         "positions",
@@ -243,6 +235,8 @@ class _Job:
     ):
         self.worker = worker
         self.slot = worker.slot
+        self.logs = worker.logs
+        self.logs.base = base
         self.base = base
         self.stop_on_error = stop_on_error
         self.run_dir = run_dir
@@ -275,6 +269,8 @@ class _Job:
         if not self.slot.keep(self.base, i, outcome[1]):
             self.flush()
         self.slot.finished(self.base, i + 1)
+        if self.logs.records:  # they leave before the next call, which may kill us
+            self.logs.send()
 
     def _begin_loop(self) -> Any:
         if self.loop is None:
@@ -310,6 +306,7 @@ class _Job:
         _flush_output()  # what the calls printed goes out before their results come back
         self.worker.send_results(self.positions, self.results, True, self.run_dir, self.max_nbytes)
         self.slot.idle()
+        self.logs.task = None  # records from now on belong to no call
 
 
 def _flush_output() -> None:
