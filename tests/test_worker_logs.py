@@ -191,3 +191,14 @@ async def test_threads_and_sequential_log_in_the_parent_directly(
     assert sorted(recorder.messages()) == ["sync 0", "sync 1", "sync 2"]
     assert {r.process for r in recorder.records} == {os.getpid()}
     assert not any(hasattr(r, "aioparallel_task") for r in recorder.records)
+
+
+@pytest.mark.anyio
+async def test_an_initializers_records_arrive_before_its_answer(recorder: Recorder) -> None:
+    async with Parallel(n_jobs=2, initializer=oh.say, initargs=(99,)) as parallel:
+        await parallel([delayed(oh.say)(0)])
+    assert recorder.messages()[-1] == "sync 0"
+    first = recorder.records[0]
+    assert first.getMessage() == "sync 99"
+    assert not hasattr(first, "aioparallel_task")  # logged by no task
+    assert first.process != os.getpid()
