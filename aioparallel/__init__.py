@@ -40,6 +40,7 @@ __all__ = [
     "effective_n_jobs",
     "parallel_backend",
     "parallel_config",
+    "propagate",
     "shutdown_workers",
 ]
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ._config import effective_n_jobs as effective_n_jobs
     from ._config import parallel_backend as parallel_backend
     from ._config import parallel_config as parallel_config
+    from ._context import propagate as propagate
     from ._errors import AioParallelError as AioParallelError
     from ._errors import InitializerError as InitializerError
     from ._errors import NotACallError as NotACallError
@@ -83,6 +85,7 @@ _LAZY = {
     "effective_n_jobs": "._config",
     "parallel_backend": "._config",
     "parallel_config": "._config",
+    "propagate": "._context",
     "AioParallelError": "._errors",
     "InitializerError": "._errors",
     "NotACallError": "._errors",

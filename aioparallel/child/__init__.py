@@ -15,5 +15,8 @@ Invariants owned here:
 
 - one result per call, and which call a dead worker is blamed for: ``slot`` (the slot's
   layout, both sides' views of it, and ``blame``);
-- what crosses the pipes, in which frame: ``protocol``.
+- what crosses the pipes, in which frame: ``protocol``;
+- what tasks log reaches the parent, before their results: ``observe`` (and ``logs``, imported
+  with ``logging``, only once a task imports it); the caller's context variables around each
+  call: ``context``.
 """

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import protocol
+from .context import Values, in_task
 from .protocol import CANCEL_GRACE, TimedOut
 from .slot import CrashSlot
 
@@ -200,14 +201,21 @@ class WorkerLoop:
         #: Async tasks started and not yet reported (position -> start time): written by
         #: the main thread, cleared by the loop thread.
         self._started: dict[int, float] = {}
+        #: The job's slot base and the caller's context variables, for each task.
+        self._base = 0
+        self._values: Values = []
 
     def begin(
         self,
         timeout: float | None,
         stop_on_error: bool,
         send: Callable[[list[int], list[Any]], None],
+        base: int = 0,
+        values: Values | None = None,
     ) -> None:
         self.stopped = False
+        self._base = base
+        self._values = values or []
         self._stop_on_error = stop_on_error
         self._send = send
         self._in_flight = self._unsent = 0
@@ -231,7 +239,8 @@ class WorkerLoop:
         if not self._admit(position, concurrency, base, slot):
             return False
         assert self._tasks is not None
-        self.loop.call_soon_threadsafe(self._tasks.start, position, func, args, kwargs)
+        coro = in_task((self._base, position), self._values, _call(func, args, kwargs))
+        self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 
     def submit_coroutine(
@@ -243,6 +252,7 @@ class WorkerLoop:
             coro.close()
             return False
         assert self._tasks is not None
+        coro = in_task((self._base, position), self._values, coro)
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 

@@ -25,7 +25,7 @@ import time
 import types
 from typing import Any
 
-from . import arrays, protocol
+from . import context, observe, protocol, results
 from .slot import SIZE as SLOT_SIZE
 from .slot import CrashSlot
 
@@ -51,49 +51,14 @@ def _watch_parent(lifeline_fd: int) -> None:
     os._exit(0)
 
 
-class _ResultPickler(pickle.Pickler):
-    """Sends large arrays and memmaps we received by file instead of through the pipe."""
-
-    def __init__(self, file: Any, run_dir: str, max_nbytes: int | None):
-        super().__init__(file, protocol=5)
-        self.run_dir = run_dir
-        self.max_nbytes = max_nbytes
-
-    def reducer_override(self, obj: Any) -> Any:
-        np = sys.modules.get("numpy")
-        if np is None or not isinstance(obj, np.ndarray):
-            return NotImplemented
-        reference = arrays.memmap_reference(obj)
-        if reference is not None:
-            return reference
-        if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
-            import tempfile
-
-            run_dir = protocol.ensure_private_dir(self.run_dir)
-            fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=run_dir)
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, obj, allow_pickle=False)
-            return (arrays.load_memmap, (path, "c"))
-        return NotImplemented
-
-
-def _dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> bytes:
-    if "numpy" not in sys.modules:
-        return protocol.dumps(payload)
-    buffer = io.BytesIO()
-    try:
-        _ResultPickler(buffer, run_dir, max_nbytes).dump(payload)
-        return buffer.getvalue()
-    except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
-        return protocol.dumps(payload)
-
-
 class Worker:
     def __init__(self, req_fd: int, resp_fd: int, slot: CrashSlot):
         self.req_fd = req_fd
         self.resp_fd = resp_fd
         self.slot = slot
         self.write_lock = threading.Lock()
+        #: The records tasks logged, waiting for a LOG frame (sent before any RESULTS frame).
+        self.logs = observe.Logs(resp_fd, self.write_lock)
         #: The worker's event loop thread (``async_loop.WorkerLoop``), once needed.
         self.loop: Any = None
 
@@ -109,9 +74,9 @@ class Worker:
         one by one as their calls returned (``_outcome``); async outcomes are pickled here,
         on the loop thread."""
         try:
-            body = _dump_results(values, run_dir, max_nbytes)
+            body = results.dump_results(values, run_dir, max_nbytes)
         except BaseException:  # a result's __reduce__ may raise anything
-            body = protocol.dumps([_picklable(v) for v in values])
+            body = protocol.dumps([results.picklable(v) for v in values])
         kind = protocol.RESULTS
         if len(body) > protocol.INLINE_LIMIT:
             try:
@@ -120,34 +85,33 @@ class Worker:
                 body = protocol.dumps([protocol.TaskError.capture(exc)] * len(values))
         frame = protocol.results_header(positions, done) + body
         with self.write_lock:
+            self.logs.send_locked()  # the records of these calls arrive before their results
             protocol.write_frame(self.resp_fd, kind, frame)
 
     def run_job(
         self,
         base: int,
+        loaded_from: float,
         stop_on_error: bool,
         run_dir: str,
         max_nbytes: int | None,
         func: Any,
         calls: list[Any],
-        loaded_from: float,
         async_job: tuple[bytes | None, float | None, int],
+        values: tuple[Any, context.Values] | None,
     ) -> None:
-        """Run the calls in order; async ones (``async_job``: per-call flags or None,
-        timeout, concurrency) go to the worker's event loop thread and finish out of order,
-        as do coroutines that sync calls return.
+        """Run the calls in order; async ones (``async_job``: per-call flags or None, timeout,
+        concurrency), and coroutines that sync calls return, go to the worker's event loop
+        thread and finish out of order. ``values``: the caller's context variables, or None.
 
-        The slot's clock for a sync call starts when it starts, except for the first call,
-        whose clock started when the job began loading (its time on this worker includes
-        unpickling its arguments), and runs while its result is pickled. A result is sent
-        once ``FLUSH_SECONDS`` passed since the last frame, measured when its call returns,
-        so a slow call's result leaves before the next call starts. Async calls are timed
-        on the loop."""
-        slot = self.slot
-        monotonic = time.monotonic
-        job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job)
+        A sync call's slot clock starts when it does (the first's when the job began loading:
+        its time includes unpickling its arguments) and runs while its result is pickled; a
+        result leaves once ``FLUSH_SECONDS`` passed since the last frame, measured when its
+        call returns, so a slow call's result leaves before the next call starts."""
+        slot, logs, monotonic = self.slot, self.logs, time.monotonic
+        job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
-        flags, loop = async_job[0], None
+        flags, loop, around = async_job[0], None, values[0] if values is not None else None
         for i, call in enumerate(calls):
             if loop is not None and loop.stopped:
                 break
@@ -158,8 +122,11 @@ class Worker:
                 continue
             started = monotonic()
             slot.running(base, i, loaded_from if i == 0 else started)
+            logs.task = i  # whose records these are
             try:
-                if func is not None:
+                if around is not None:
+                    value = _in_context(around, func, call)
+                elif func is not None:
                     value = func(*call)
                 else:
                     f, args, kwargs = call
@@ -176,27 +143,23 @@ class Worker:
                 if stop_on_error:
                     break
             else:
-                keep(i, _outcome(value, slot, base, i, run_dir, max_nbytes))
+                keep(i, results.outcome(value, slot, base, i, run_dir, max_nbytes))
             slot.idle()
             if monotonic() - job.last_flush > FLUSH_SECONDS:
                 job.flush()
         job.end()
 
-    def async_loop(
-        self,
-        async_job: tuple[bytes | None, float | None, int],
-        stop_on_error: bool,
-        send: Any,
-    ) -> Any:
+    def async_loop(self, job: _Job) -> Any:
         """The event loop thread, started on the first async call of this worker's life."""
         if self.loop is None:
             from . import async_loop
 
             self.loop = async_loop.WorkerLoop(self.req_fd)
-        self.loop.begin(async_job[1], stop_on_error, send)
+        self.loop.begin(job.async_job[1], job.stop_on_error, job.send_async, job.base, job.values)
         return self.loop
 
     def serve(self) -> None:
+        observe.watch_logging(self.logs)
         protocol.write_frame(self.resp_fd, protocol.READY, str(os.getpid()).encode())
         env: tuple[list[str], str] | None = None
         while True:
@@ -207,14 +170,15 @@ class Worker:
             if kind == protocol.CANCEL:  # late: the job it was meant for has finished
                 continue
             if kind == protocol.SETUP:
-                path, cwd, authkey = pickle.loads(body)
+                path, cwd, authkey, levels = pickle.loads(body)
+                self.logs.set_levels(levels)
                 env = (path, cwd)
                 _enter(env)
                 if authkey is not None:  # before any job is unpickled: its proxies need it
                     _set_authkey(authkey)
                 continue
             if kind == protocol.INIT:
-                _initialize(self.resp_fd, body)
+                _initialize(self, body)
                 if env is not None:  # whatever the initializer did, jobs run where sent
                     _enter(env)
                 continue
@@ -223,11 +187,7 @@ class Worker:
             loaded_from = time.monotonic()  # the job's timeout clock starts now
             self.slot.loading(base, loaded_from)
             try:
-                if kind == protocol.BATCH_FILE:
-                    body = protocol.unspill(body)
-                unpickler = pickle.Unpickler(io.BytesIO(body))
-                stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job = unpickler.load()
-                calls = [call for _ in range(n_chunks) for call in unpickler.load()]
+                job = _load(kind, body)
             except BaseException as exc:
                 text = "".join(_format(exc))
                 protocol.write_frame(
@@ -236,9 +196,7 @@ class Worker:
                 continue
             finally:
                 self.slot.idle()
-            self.run_job(
-                base, stop_on_error, run_dir, max_nbytes, func, calls, loaded_from, async_job
-            )
+            self.run_job(base, loaded_from, *job)
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
 
@@ -252,6 +210,7 @@ class _Job:
         "base",
         "func",
         "last_flush",
+        "logs",
         "loop",
         "max_nbytes",
         "positions",
@@ -259,6 +218,7 @@ class _Job:
         "run_dir",
         "slot",
         "stop_on_error",
+        "values",
         "worker",
     )
 
@@ -271,15 +231,20 @@ class _Job:
         max_nbytes: int | None,
         func: Any,
         async_job: tuple[bytes | None, float | None, int],
+        values: tuple[Any, context.Values] | None,
     ):
         self.worker = worker
         self.slot = worker.slot
+        self.logs = worker.logs
+        self.logs.base = base
         self.base = base
         self.stop_on_error = stop_on_error
         self.run_dir = run_dir
         self.max_nbytes = max_nbytes
         self.func = func
         self.async_job = async_job
+        #: The caller's context variables, set in each async task too.
+        self.values = values[1] if values is not None else []
         #: The worker's event loop thread, once this job handed it a call.
         self.loop: Any = None
         self.positions: list[int] = []
@@ -304,10 +269,12 @@ class _Job:
         if not self.slot.keep(self.base, i, outcome[1]):
             self.flush()
         self.slot.finished(self.base, i + 1)
+        if self.logs.records:  # they leave before the next call, which may kill us
+            self.logs.send()
 
     def _begin_loop(self) -> Any:
         if self.loop is None:
-            self.loop = self.worker.async_loop(self.async_job, self.stop_on_error, self.send_async)
+            self.loop = self.worker.async_loop(self)
         return self.loop
 
     def submit(self, i: int, call: Any) -> bool:
@@ -339,54 +306,7 @@ class _Job:
         _flush_output()  # what the calls printed goes out before their results come back
         self.worker.send_results(self.positions, self.results, True, self.run_dir, self.max_nbytes)
         self.slot.idle()
-
-
-#: Result types whose pickling runs no code of the task's: the next frame pickles them with the
-#: others, in one list (the journal keeps a copy pickled alone). Any other result is pickled
-#: once, as its call returns, with the slot naming the call.
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
-
-
-class _Pickled:
-    """A result pickled on its own as its call returned; unpickled with the frame."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (pickle.loads, (self.data,))
-
-
-def _outcome(
-    value: Any, slot: CrashSlot, base: int, position: int, run_dir: str, max_nbytes: int | None
-) -> tuple[Any, bytes]:
-    """A sync call's result as its results frame carries it, and pickled alone for the
-    slot's journal. Unless plain (or a tuple, list or dict of plain values), it is pickled
-    once, now, while the slot says whose result this is: if its ``__reduce__`` kills the
-    worker, the parent blames this call (and recovers the kept results of the calls that
-    returned before it)."""
-    kind = type(value)
-    if (
-        kind in _PLAIN
-        or ((kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN)
-        or (kind is dict and {*map(type, value), *map(type, value.values())} <= _PLAIN)
-    ):
-        return value, pickle.dumps(value, protocol=5)
-    slot.sending(base, position)
-    try:
-        if "numpy" in sys.modules:
-            buffer = io.BytesIO()
-            _ResultPickler(buffer, run_dir, max_nbytes).dump(value)
-            data = buffer.getvalue()
-        else:
-            data = protocol.dumps(value)
-        return _Pickled(data), data
-    except BaseException:  # a result's __reduce__ may raise anything: cloudpickle may cope
-        value = _picklable(value)
-        data = protocol.dumps(value)
-        return (_Pickled(data) if type(value) is not protocol.TaskError else value), data
+        self.logs.task = None  # records from now on belong to no call
 
 
 def _flush_output() -> None:
@@ -418,18 +338,40 @@ def _enter(env: tuple[list[str], str]) -> None:
         pass
 
 
-def _initialize(resp_fd: int, body: bytes) -> None:
+def _load(kind: int, body: bytes) -> tuple[Any, ...]:
+    """A job as ``run_job`` takes it (but its base and clock), from its frame's body."""
+    if kind == protocol.BATCH_FILE:
+        body = protocol.unspill(body)
+    unpickler = pickle.Unpickler(io.BytesIO(body))
+    stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried = unpickler.load()
+    calls = [call for _ in range(n_chunks) for call in unpickler.load()]
+    values = context.load(carried)
+    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values
+
+
+def _in_context(around: Any, func: Any, call: Any) -> Any:
+    """A sync call in a copy of the context holding the caller's values: whatever it sets
+    there ends with it."""
+    if func is not None:
+        return around.copy().run(func, *call)
+    f, args, kwargs = call
+    return around.copy().run(f, *args, **kwargs)
+
+
+def _initialize(worker: Worker, body: bytes) -> None:
     """Run the user's ``initializer(*initargs)`` once, before any job; answer INIT_DONE, or
-    INIT_ERROR with what it raised (unpickling it included), whatever its type."""
+    INIT_ERROR with what it raised (unpickling it included), whatever its type. What it
+    logged goes first."""
     try:
         initializer, initargs = pickle.loads(body)
         initializer(*initargs)
     except BaseException as exc:  # the parent stops the run with it, and kills this worker
-        protocol.write_frame(
-            resp_fd, protocol.INIT_ERROR, protocol.dumps(protocol.TaskError.capture(exc))
-        )
-        return
-    protocol.write_frame(resp_fd, protocol.INIT_DONE, b"")
+        kind, answer = protocol.INIT_ERROR, protocol.dumps(protocol.TaskError.capture(exc))
+    else:
+        kind, answer = protocol.INIT_DONE, b""
+    with worker.write_lock:
+        worker.logs.send_locked()
+        protocol.write_frame(worker.resp_fd, kind, answer)
 
 
 def _set_authkey(authkey: bytes) -> None:
@@ -446,20 +388,6 @@ def _format(exc: BaseException) -> list[str]:
     import traceback
 
     return traceback.format_exception(type(exc), exc, exc.__traceback__)
-
-
-def _picklable(value: Any) -> Any:
-    """A value as is if it pickles, else a TaskError saying why (unpicklable results)."""
-    try:
-        protocol.dumps(value)
-        return value
-    except BaseException as exc:
-        returned = getattr(type(value), "returned_by_task", None)
-        if returned is not None:  # an un-awaited Parallel(...)(calls): say how to await it
-            return protocol.TaskError.capture(returned(value))
-        error = TypeError(f"the result could not be pickled ({type(value).__name__}): {exc}")
-        error.__cause__ = exc
-        return protocol.TaskError(None, "".join(_format(exc)), "SerializationError", str(error))
 
 
 def _die_with_parent(parent_pid: int) -> None:

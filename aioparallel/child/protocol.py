@@ -5,11 +5,14 @@ do not cross the pipe: they are written to a file in the run's private folder an
 carries the file name. This module imports only the standard library, so a worker starts
 fast; numpy and cloudpickle are imported on demand.
 
-Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None), INIT
+Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None, the parent's
+logging levels: ``child.observe``), INIT
 (a pickled ``(initializer, initargs)``, once, right after SETUP), BATCH / BATCH_FILE (a
 pickled job), CANCEL (empty: cancel the job's async tasks; read by the worker's
 event loop while a job runs, ignored between jobs).
-Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), RESULTS /
+Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), LOG (a pickled
+list of ``(job position or None, log record attributes)``: what tasks logged, sent before the
+results frame of their calls; see ``child.observe``), RESULTS /
 RESULTS_FILE (``RESULT_HEADER``, then the job positions of the values as ``count`` ``<I``
 numbers, or only the first of them when they are consecutive (flag ``RANGE``), then the
 pickled list of values, or the name of the file holding it), LOAD_ERROR (a job could not
@@ -42,6 +45,7 @@ JOB_HEADER = struct.Struct("<q")
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)
 INIT, INIT_DONE, INIT_ERROR = range(9, 12)
+LOG = 12
 INLINE_LIMIT = 1024**2
 
 #: Folder name prefix of every temp folder we create (memmaps, large payloads).

@@ -50,6 +50,7 @@ from ...child.protocol import (
     CANCEL,
     CANCEL_GRACE,
     LOAD_ERROR,
+    LOG,
     RESULTS_FILE,
     TaskError,
     TempFolderError,
@@ -57,7 +58,7 @@ from ...child.protocol import (
     split_results,
     unspill,
 )
-from ...child.slot import Kill, blame
+from ...child.slot import BATCH_SHIFT, Kill, blame
 from ..base import Batch, Failure, RunOptions
 from ..failures import (
     async_timeout_error,
@@ -67,6 +68,7 @@ from ..failures import (
     serialization_error,
 )
 from ..unpickling import loads_yielding
+from . import logs
 from .crash import Death, crash_errors
 from .pickling import job_flags, one_func, pickle_job
 from .pool.pool import PoolClosedError, RunWorkers, WorkerProcess
@@ -250,21 +252,27 @@ class BatchRun:
         attempt = _Attempt()
         timeout = self.options.timeout
         if timeout is None:
-            await self._receive(worker, todo, attempt)
+            await self._receive(worker, seq, todo, attempt)
             return attempt
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
-            await self._receive(worker, todo, attempt)
+            await self._receive(worker, seq, todo, attempt)
             tg.cancel_scope.cancel()
         return attempt
 
-    async def _receive(self, worker: WorkerProcess, todo: list[int], attempt: _Attempt) -> None:
-        """Read result frames into ``self.results`` until the job is done or the worker dies."""
+    async def _receive(
+        self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
+    ) -> None:
+        """Read result frames into ``self.results`` until the job is done or the worker dies;
+        hand log records to the parent's loggers as they come."""
         while True:
             frame = await worker.read_frame()
             if frame is None:
                 break
             kind, body = frame
+            if kind == LOG:  # what the job's tasks logged, before their results
+                await logs.handle(body, lambda task: self._task_index(seq, todo, task))
+                continue
             if kind == LOAD_ERROR:
                 attempt.load_error = body.decode("utf-8", "replace")
                 break
@@ -288,6 +296,13 @@ class BatchRun:
             if done:
                 attempt.done = True
                 break
+
+    def _task_index(self, seq: int, todo: list[int], task: tuple[int, int] | None) -> int | None:
+        """The run index of the task of job ``seq`` that logged a record; None for a record
+        of no task, or of an earlier job's task (a thread it left behind)."""
+        if task is None or task[0] != seq << BATCH_SHIFT or task[1] >= len(todo):
+            return None
+        return self._index(todo[task[1]])
 
     def _store(
         self,
@@ -465,5 +480,7 @@ async def _cancel_coroutines(worker: WorkerProcess) -> None:
             frame = await worker.read_frame()
             if frame is None:
                 return
-            if frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
+            if frame[0] == LOG:  # the cancelled tasks' last words
+                await logs.handle(frame[1], logs.untold)
+            elif frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
                 return

@@ -23,6 +23,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from ..._call import Call
+from ..._context import capture
 from ..._coroutines import async_flags, is_async_callable
 from ...child.protocol import BATCH, BATCH_FILE, INLINE_LIMIT, JOB_HEADER
 from ...child.slot import BATCH_SHIFT
@@ -136,7 +137,15 @@ async def pickle_job(
     writer = JobWriter(folder, options.max_nbytes, options.mmap_mode, lease)
     # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
     async_job = (flags, options.timeout, options.worker_concurrency)
-    meta = (options.stop_on_error, folder.path, options.max_nbytes, func, len(chunks), async_job)
+    meta = (
+        options.stop_on_error,
+        folder.path,
+        options.max_nbytes,
+        func,
+        len(chunks),
+        async_job,
+        capture(),  # the caller's propagated context variables (aioparallel.propagate)
+    )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT)
     if func is not None and not cheap_callable(func):
         return await _off_loop(writer, header, [meta, *chunks], folder)

@@ -28,6 +28,7 @@ from ...child.slot import SIZE as SLOT_SIZE
 from ...child.slot import CrashSlot, Snapshot
 from ..failures import rebuild
 from ..setup import PLAIN, WorkerSetup, initializer_error
+from . import logs
 from .process import ChildProcess
 
 __all__ = ["WorkerProcess"]
@@ -114,7 +115,7 @@ class WorkerProcess:
         self._slot = slot
         self.slot = CrashSlot(slot)
         self._buffer = bytearray()
-        self._env: tuple[list[str], str, bytes | None] | None = None
+        self._env: tuple[list[str], str, bytes | None, Any] | None = None
         self._seq = 0
         self.last_used = time.monotonic()
         self.closed = False
@@ -218,10 +219,10 @@ class WorkerProcess:
             data = data[written:]
 
     async def sync_env(self) -> None:
-        """Give the worker the parent's current sys.path, working directory and
-        multiprocessing authkey. (The worker returns to the last path and directory it was
-        given after each job, so this cache stays true whatever a task did.)"""
-        env = (list(sys.path), os.getcwd(), _authkey())
+        """Give the worker the parent's current sys.path, working directory,
+        multiprocessing authkey and logging levels. (The worker returns to the last path and
+        directory it was given after each job, so this cache stays true whatever a task did.)"""
+        env = (list(sys.path), os.getcwd(), _authkey(), logs.levels())
         if env != self._env:
             await self.write_frame(protocol.SETUP, pickle.dumps(env))
             self._env = env
@@ -238,6 +239,9 @@ class WorkerProcess:
             pass
         else:
             frame = await self.read_frame()
+            while frame is not None and frame[0] == protocol.LOG:  # what the initializer logged
+                await logs.handle(frame[1], logs.untold)
+                frame = await self.read_frame()
         if frame is not None and frame[0] == protocol.INIT_DONE:
             return
         where = f"worker process {self.pid}"
