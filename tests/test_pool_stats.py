@@ -63,12 +63,15 @@ async def test_another_thread_sees_the_run_busy(tmp_path: Path) -> None:
     release = str(tmp_path / "release")
     seen: list[dict[str, Any]] = []
 
+    def let_go() -> None:
+        Path(release).touch()
+
     def watch() -> None:
         while not os.path.exists(release):
             stats = [s for s in pool_stats() if not s["shared"]]
             if stats and stats[0]["busy"] == 2:
                 seen.append(stats[0])
-                Path(release).touch()
+                let_go()
 
     async with Parallel(n_jobs=2, batch_size=1) as parallel:
         watcher = threading.Thread(target=watch)
@@ -76,7 +79,7 @@ async def test_another_thread_sees_the_run_busy(tmp_path: Path) -> None:
         try:
             pids = await parallel(delayed(rh.wait_for)(release, i) for i in range(8))
         finally:
-            Path(release).touch()
+            let_go()
             watcher.join()
         final = _private()
     assert seen and seen[0]["busy"] == 2 and seen[0]["idle"] == 0

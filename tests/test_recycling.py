@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,24 +80,22 @@ async def test_a_worker_grown_past_its_memory_limit_is_replaced(tmp_path: Path) 
 
 
 def test_the_limits_are_part_of_the_pool_identity() -> None:
-    async def main() -> list[int]:
+    async def main() -> list[tuple[int, int]]:
         await Parallel(n_jobs=3, max_tasks_per_worker=1000)([delayed(rh.resident)(0)])
         await Parallel(n_jobs=3, max_worker_memory="1G")([delayed(rh.resident)(0)])
         await Parallel(n_jobs=3)([delayed(rh.resident)(0)])
         stats = [s for s in pool_stats() if s["shared"] and s["n_jobs"] == 3]
-        return sorted(
-            (s["max_tasks_per_worker"] or 0, s["max_worker_memory"] or 0) for s in stats
-        )
+        return sorted((s["max_tasks_per_worker"] or 0, s["max_worker_memory"] or 0) for s in stats)
 
     assert asyncio.run(main()) == [(0, 0), (0, 1 << 30), (1000, 0)]
 
 
 @pytest.mark.parametrize("backend", ["threads", "sequential", "dask"])
 @pytest.mark.parametrize("option", [{"max_tasks_per_worker": 5}, {"max_worker_memory": "1G"}])
-def test_other_backends_refuse_the_limits(backend: str, option: dict[str, object]) -> None:
+def test_other_backends_refuse_the_limits(backend: str, option: dict[str, Any]) -> None:
     [name] = option
     with pytest.raises(ValueError, match=f"{name}.*do not apply to backend '{backend}'"):
-        Parallel(n_jobs=2, backend=backend, **option)  # type: ignore[call-overload]
+        Parallel(n_jobs=2, backend=backend, **option)
     with parallel_config(backend=backend, **option), pytest.raises(ValueError, match=name):
         Parallel(n_jobs=2)
 
@@ -112,9 +111,9 @@ def test_other_backends_refuse_the_limits(backend: str, option: dict[str, object
         ("max_worker_memory", 1.5),
     ],
 )
-def test_invalid_limits_are_refused(option: str, value: object) -> None:
+def test_invalid_limits_are_refused(option: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"invalid {option}"):
-        Parallel(n_jobs=2, **{option: value})  # type: ignore[call-overload]
+        Parallel(n_jobs=2, **{option: value})
     with pytest.raises(ValueError, match=f"invalid {option}"):
         parallel_config(**{option: value})
 
