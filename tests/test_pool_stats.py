@@ -15,6 +15,8 @@ from aioparallel import Parallel, WorkerCrashedError, delayed, pool_stats
 from tests import recycling_helpers as rh
 
 _KEYS = {
+    "pool",
+    "inner_max_num_threads",
     "backend",
     "shared",
     "n_jobs",

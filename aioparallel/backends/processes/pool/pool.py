@@ -89,7 +89,8 @@ class Pool:
         self._roster = Roster(size)
         #: Called with the time a worker that went idle expires (the shared pools' reaper).
         self._on_idle = on_idle
-        stats.register(self)
+        #: Its number in ``pool_stats``.
+        self.number = stats.register(self)
 
     @property
     def closed(self) -> bool:

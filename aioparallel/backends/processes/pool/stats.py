@@ -8,6 +8,7 @@ during a run, sees one consistent state and never slows a run down.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -20,12 +21,14 @@ __all__ = ["pool_stats", "register"]
 
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 _lock = threading.Lock()
+_numbers = itertools.count(1)
 
 
-def register(pool: Pool) -> None:
-    """Report ``pool`` in ``pool_stats`` until it is closed."""
+def register(pool: Pool) -> int:
+    """Report ``pool`` in ``pool_stats`` until it is closed; its number there."""
     with _lock:
         _pools.add(pool)
+        return next(_numbers)
 
 
 def pool_stats() -> list[dict[str, Any]]:
@@ -40,9 +43,11 @@ def pool_stats() -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        Each with what tells the pool apart: ``backend`` (``"processes"``), ``shared``
-        (bool), ``n_jobs``, ``initializer`` (its name, or None), ``max_tasks_per_worker``,
-        ``max_worker_memory`` (bytes, or None), ``idle_timeout`` (seconds); its state now:
+        Each with what tells the pool apart: ``pool`` (a number, unique in this process:
+        a metrics label), ``backend`` (``"processes"``), ``shared`` (bool), ``n_jobs``,
+        ``initializer`` (its name, or None), ``inner_max_num_threads``,
+        ``max_tasks_per_worker``, ``max_worker_memory`` (bytes, or None), ``idle_timeout``
+        (seconds); its state now:
         ``workers`` (live worker processes, busy, idle or stopping), ``busy``, ``idle``,
         ``starting`` (processes being started), ``waiting`` (runs waiting for a worker); and
         counts over its life: ``spawned`` (workers started), ``recycled`` (replaced for
@@ -58,10 +63,12 @@ def pool_stats() -> list[dict[str, Any]]:
 
 def _describe(pool: Pool) -> dict[str, Any]:
     return {
+        "pool": pool.number,
         "backend": "processes",
         "shared": pool.shared,
         "n_jobs": pool.size,
         "initializer": pool.setup.initializer_name or None,
+        "inner_max_num_threads": pool.setup.inner_max_num_threads,
         "max_tasks_per_worker": pool.limits.max_tasks,
         "max_worker_memory": pool.limits.max_memory,
         "idle_timeout": pool.idle_timeout,
