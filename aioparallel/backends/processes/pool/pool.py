@@ -186,7 +186,7 @@ class Pool:
         if not worker.alive:
             return False
         if self.limits is not NO_LIMITS and self.limits.spent(worker):
-            self._recycle(worker)
+            self.recycle(worker)
             return True
         worker.last_used = time.monotonic()
         outcome = self._roster.release(worker)
@@ -199,7 +199,7 @@ class Pool:
         worker.calls_run += calls
         self._roster.tally(calls)
 
-    def _recycle(self, worker: WorkerProcess) -> None:
+    def recycle(self, worker: WorkerProcess) -> None:
         """Replace a spent worker: a thread of its own stops it (it is between batches: it
         exits at once), frees its place and starts its successor, off the request path."""
         self._roster.retire(worker, "recycled")
@@ -326,7 +326,7 @@ class RunWorkers:
             await pool.release(worker, healthy=False)
             return
         if pool.limits is not NO_LIMITS and pool.limits.spent(worker):
-            await pool.release(worker)
+            pool.recycle(worker)
             return
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)
