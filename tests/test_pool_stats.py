@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +96,16 @@ async def test_spawned_recycled_and_crashed_are_counted() -> None:
     async with Parallel(
         n_jobs=2, max_tasks_per_worker=2, batch_size=1, return_exceptions=True
     ) as parallel:
-        for i in range(6):  # one call a run: the last worker used takes each, twice
-            await parallel([delayed(rh.resident)(i)])
+        pids = [(await parallel([delayed(os.getpid)()]))[0] for _ in range(6)]
         after_recycling = _private()
         [crash] = await parallel([delayed(rh.die)()])
         after_crash = _private()
     assert isinstance(crash, WorkerCrashedError)
-    assert after_recycling["recycled"] == 3  # 6 calls, 2 a worker
+    spent = [pid for pid, calls in Counter(pids).items() if calls == 2]
+    assert len(spent) >= 2  # 6 one-call runs, 2 calls a worker
+    assert after_recycling["recycled"] == len(spent)
     assert after_recycling["crashed"] == 0
     assert after_recycling["spawned"] >= 3
     assert after_crash["crashed"] == 1
-    assert after_crash["recycled"] == 3
+    assert after_crash["recycled"] == len(spent)
     assert after_crash["tasks_done"] == 7  # the crashed call completed too, failing
