@@ -121,7 +121,9 @@ class PoolMachine(RuleBasedStateMachine):
         try:
             taking = asyncio.run_coroutine_threadsafe(_bounded(self.pool.acquire), loop)
             self.orphans.append(taking.result(STEP_LIMIT))
-            if waits and len(self.held) + self._orphans() == SIZE:
+            # full only if the places are held by running loops: this one's and ours (the
+            # next acquire takes back what a gone loop's orphans hold, then spawns)
+            if waits and len(self.held) + 1 == SIZE:
                 asyncio.run_coroutine_threadsafe(self.pool.acquire(), loop)
                 _wait_until(lambda: bool(self.pool._roster.waiters))
         finally:
