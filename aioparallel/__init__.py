@@ -40,6 +40,7 @@ __all__ = [
     "effective_n_jobs",
     "parallel_backend",
     "parallel_config",
+    "pool_stats",
     "propagate",
     "shutdown_workers",
 ]
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from .backends.base import RunBatch as RunBatch
     from .backends.base import RunOptions as RunOptions
     from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
+    from .backends.processes.pool.stats import pool_stats as pool_stats
     from .run.progress import ProgressEvent as ProgressEvent
 
 # Public name -> module that defines it; imported on first use (PEP 562) so that
@@ -99,6 +101,7 @@ _LAZY = {
     "ProgressEvent": ".run.progress",
     "cpu_count": "._system",
     "shutdown_workers": ".backends.processes.pool.pool",
+    "pool_stats": ".backends.processes.pool.stats",
 }
 
 

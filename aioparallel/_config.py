@@ -83,6 +83,11 @@ class parallel_config:
         see ``Parallel``.
     initargs
         Default arguments of ``initializer``.
+    max_tasks_per_worker
+        Default number of calls after which a process worker is replaced; see ``Parallel``.
+    max_worker_memory
+        Default resident memory (bytes, ``"512M"``, ``"2G"``) past which a process worker
+        is replaced; see ``Parallel``.
     **backend_options
         Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
         for ``"processes"``.
@@ -103,6 +108,8 @@ class parallel_config:
         inner_max_num_threads: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
         **backend_options: Any,
     ) -> None:
         self._settings = Settings.parse({k: v for k, v in locals().items() if k != "self"})

@@ -108,6 +108,15 @@ class Parallel(Generic[M]):
         ``return_exceptions=True``. Not with a backend object (``ValueError``).
     initargs
         The positional arguments ``initializer`` is called with (default: none).
+    max_tasks_per_worker
+        Process workers only: a worker that has run this many calls (whatever their
+        outcome, counted across runs) is replaced by a fresh one, to bound what a leaky
+        library accumulates. None (default): never. See the docs' "Workers" page.
+    max_worker_memory
+        Process workers only: a worker whose resident memory exceeds this after a batch
+        (bytes, or a size such as ``"512M"``, ``"2G"``) is replaced. None (default): never.
+        Neither limit interrupts, fails or re-runs a call; each is part of the warm pool's
+        identity (as ``initializer`` is); other backends raise ``ValueError``.
     """
 
     @overload
@@ -150,6 +159,8 @@ class Parallel(Generic[M]):
         require: str | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
     ) -> None:
         given = Settings.parse({k: v for k, v in locals().items() if k != "self"})
         plan = self._plan = Plan.make(given, active_settings())

@@ -30,11 +30,13 @@ __all__ = [
     "check_consistent",
     "check_pre_dispatch",
     "check_thread_cap",
+    "check_max_tasks",
     "coerce_n_jobs",
     "is_mp_context",
     "make_initializer",
     "parse_batch_size",
     "parse_max_nbytes",
+    "parse_max_worker_memory",
     "parse_mmap_mode",
     "parse_n_jobs",
     "parse_pre_dispatch",
@@ -107,6 +109,31 @@ def check_thread_cap(value: object) -> int:
             "worker) or None"
         )
     return value
+
+
+def check_max_tasks(value: object) -> int:
+    """``max_tasks_per_worker``: an int >= 1 (not a bool), else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"invalid max_tasks_per_worker {value!r:.60}: expected an int >= 1 (calls a process "
+            "worker runs before it is replaced) or None"
+        )
+    return value
+
+
+def parse_max_worker_memory(value: object) -> int:
+    """``max_worker_memory``: bytes > 0, as an int or a size such as ``'512M'``, ``'2G'``."""
+    size = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        size = _parse_text(_size_in_bytes, value)
+    if size is None or size <= 0:
+        raise ValueError(
+            f"invalid max_worker_memory {value!r:.60}: expected None, an int of bytes > 0, "
+            "or a size such as '512M', '2G'"
+        )
+    return int(size)
 
 
 def check_choice(what: str, value: object, valid: tuple[str, ...]) -> str:

@@ -35,6 +35,7 @@ from ._parsing import (
     REQUIRE,
     check_choice,
     check_consistent,
+    check_max_tasks,
     check_pre_dispatch,
     check_thread_cap,
     coerce_n_jobs,
@@ -42,6 +43,7 @@ from ._parsing import (
     make_initializer,
     parse_batch_size,
     parse_max_nbytes,
+    parse_max_worker_memory,
     parse_mmap_mode,
     parse_n_jobs,
     parse_progress,
@@ -115,6 +117,8 @@ class ParallelKeywords(TypedDict, total=False):
     require: str | None
     initializer: Callable[..., object] | None
     initargs: Iterable[Any]
+    max_tasks_per_worker: int | None
+    max_worker_memory: int | str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +172,9 @@ class Settings:
                 given.pop("initializer", None), given.pop("initargs", ())
             )
         options = dict(given.pop("backend_options", {}))
-        if "inner_max_num_threads" in given:
-            options["inner_max_num_threads"] = check_thread_cap(given.pop("inner_max_num_threads"))
+        for name, check in _PROCESS_OPTIONS.items():  # the process backend's, if given
+            if name in given:
+                options[name] = check(given.pop(name))
         _check_known_options(options)
         for name in _PARSE_ORDER:
             if name in given:
@@ -232,6 +237,13 @@ def _check_known_options(options: Mapping[str, Any]) -> None:
             f"known: {', '.join(sorted(known))}"
         )
 
+
+#: Parameters that are options of the process backend (a ``ValueError`` on the others).
+_PROCESS_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "inner_max_num_threads": check_thread_cap,
+    "max_tasks_per_worker": check_max_tasks,
+    "max_worker_memory": parse_max_worker_memory,
+}
 
 #: Each parameter's parser, in the order they are checked (the first error wins).
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -433,7 +445,7 @@ def backend_options(name: str, options: Mapping[str, Any]) -> Mapping[str, Any]:
             for option in foreign
         )
         raise ValueError(
-            f"parallel_config option(s) {', '.join(map(repr, foreign))} do not apply to "
+            f"Parallel/parallel_config option(s) {', '.join(map(repr, foreign))} do not apply to "
             f"backend {name!r} ({described}); drop them or use that backend"
         )
     return MappingProxyType(dict(options))

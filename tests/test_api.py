@@ -52,6 +52,7 @@ def test_all_is_pinned() -> None:
         "effective_n_jobs",
         "parallel_backend",
         "parallel_config",
+        "pool_stats",
         "propagate",
         "shutdown_workers",
     ]

@@ -164,9 +164,11 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
                 assert response.status_code == 200, response.text
             return [response.json() for response in responses]
 
+        started = descendants(server.proc.pid)  # by the lifespan, before any request
         began = time.perf_counter()
         results, _ = await asyncio.gather(computes(), pinger())
         elapsed = time.perf_counter() - began
+        metrics = (await client.get("/metrics")).json()
 
     assert results == [{"n": n, "primes": primes_below(n)} for n in sizes]
     # The loop stayed free: /ping was answered throughout, and quickly: within a wide margin
@@ -180,6 +182,14 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
         f"(slowest {max(idle):.3f}s) and the {elapsed:.2f}s of work; all: {pings}"
     )
     assert len(workers) == 2, [w.cmdline() for w in workers]
+    assert {w.pid for w in started} == {w.pid for w in workers}
+    # /metrics: the shared pool the requests used, with its recycling limits and counts
+    [pool] = metrics["pools"]
+    assert pool["n_jobs"] == 2 and pool["shared"] and pool["max_tasks_per_worker"] == 10_000
+    assert pool["workers"] == pool["idle"] == 2 and pool["busy"] == pool["waiting"] == 0
+    chunks = sum(len(range(0, n, max(1, -(-n // 4)))) for n in sizes)
+    assert pool["tasks_done"] == chunks + 2  # and the two calls that started the workers
+    assert pool["spawned"] == 2 and pool["crashed"] == pool["recycled"] == 0
 
     # A clean shutdown: exit code 0, no traceback, no worker left behind.
     assert server.stop() == 0, server.log()

@@ -35,15 +35,18 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from aioparallel.backends.processes.pool.pool import Pool, PoolClosedError, WorkerProcess
+from aioparallel.backends.processes.pool.recycling import Limits
 from tests.proc_helpers import worker_children
 
 T = TypeVar("T")
 SIZE = 2
+#: The machine's pool replaces a worker after this many calls (``release_spent``).
+RECYCLE_AFTER = 1000
 #: Bound on any one step: a pool that waits forever fails the test instead of hanging it.
 STEP_LIMIT = 20.0
 
@@ -76,7 +79,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @staticmethod
     async def _make_pool() -> Pool:
-        return Pool(SIZE, idle_timeout=0.0)
+        return Pool(SIZE, idle_timeout=0.0, limits=Limits(max_tasks=RECYCLE_AFTER))
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -91,6 +94,21 @@ class PoolMachine(RuleBasedStateMachine):
         worker = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
         self._call(self.pool.release, worker, healthy, loop=loop)
 
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data())
+    def release_spent(self, data: st.DataObject) -> None:
+        """A worker that reached ``max_tasks_per_worker`` is given back: a thread stops it and
+        starts its successor, within the bound."""
+        worker = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        alive = worker.alive
+        self.pool.count(worker, RECYCLE_AFTER)
+        self._call(self.pool.release, worker, True)
+        _wait_until(lambda: not any(t.name == "aioparallel-recycle" for t in threading.enumerate()))
+        assert worker.closed
+        if alive and not self.closed:
+            assert self.pool._roster.recycled >= 1
+            event("recycled")
+
     @precondition(lambda self: not self.closed and len(self.held) + self._orphans() < SIZE)
     @rule(waits=st.booleans())
     def a_loop_dies_holding(self, waits: bool) -> None:
@@ -103,7 +121,9 @@ class PoolMachine(RuleBasedStateMachine):
         try:
             taking = asyncio.run_coroutine_threadsafe(_bounded(self.pool.acquire), loop)
             self.orphans.append(taking.result(STEP_LIMIT))
-            if waits and len(self.held) + self._orphans() == SIZE:
+            # full only if the places are held by running loops: this one's and ours (the
+            # next acquire takes back what a gone loop's orphans hold, then spawns)
+            if waits and len(self.held) + 1 == SIZE:
                 asyncio.run_coroutine_threadsafe(self.pool.acquire(), loop)
                 _wait_until(lambda: bool(self.pool._roster.waiters))
         finally:

@@ -341,7 +341,9 @@ for _entry in (
         "processes",
         _build_processes,
         aliases=("loky", "multiprocessing"),
-        options=frozenset({"idle_timeout", "inner_max_num_threads"}),
+        options=frozenset(
+            {"idle_timeout", "inner_max_num_threads", "max_tasks_per_worker", "max_worker_memory"}
+        ),
         nesting="processes",
         local=True,
         check_platform=_check_process_platform,

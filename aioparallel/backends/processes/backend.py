@@ -23,6 +23,7 @@ from ..base import BackendArgs, Batch, RunBatch, RunOptions
 from ..setup import Initializer, WorkerSetup
 from .batch import BatchRun
 from .pool.pool import Pool, RunWorkers, shared_pool
+from .pool.recycling import Limits
 from .tempfiles import RunFolder, remove_folders
 
 __all__ = ["ProcessBackend", "build"]
@@ -76,6 +77,8 @@ class ProcessBackend:
         idle_timeout: float = 300.0,
         inner_max_num_threads: int | None = None,
         initializer: Initializer | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
     ):
         if idle_timeout <= 0:
             raise ValueError(f"invalid idle_timeout {idle_timeout!r}: expected seconds > 0")
@@ -84,15 +87,16 @@ class ProcessBackend:
         self._idle_timeout = idle_timeout
         self._setup = WorkerSetup(inner_max_num_threads=inner_max_num_threads)
         self._initializer = initializer
+        self._limits = Limits(max_tasks_per_worker, max_worker_memory)
         self._pool: Pool | None = None
 
     async def __aenter__(self) -> ProcessBackend:
         if self._initializer is not None:
             self._setup = await _with_initializer(self._setup, self._initializer)
         if self._private:
-            self._pool = Pool(self.n_workers, self._idle_timeout, self._setup)
+            self._pool = Pool(self.n_workers, self._idle_timeout, self._setup, limits=self._limits)
         else:
-            self._pool = shared_pool(self.n_workers, self._idle_timeout, self._setup)
+            self._pool = shared_pool(self.n_workers, self._idle_timeout, self._setup, self._limits)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -146,15 +146,24 @@ class BatchRun:
         return self.results
 
     async def _run_positions(self, todo: list[int]) -> list[int]:
-        """Run ``todo`` on one worker; return the positions that must run again.
-
-        This task holds the worker until it gives it back (``release``, shielded); an
-        unhealthy one is killed and reaped there, so its descriptors are closed by this
-        task and no other."""
+        """Run ``todo`` on one worker; return the positions that must run again: those it
+        could not run, and those past the calls it has left (``max_tasks_per_worker``),
+        which go on to the next worker."""
         try:
             worker = await self.pool.acquire()
         except PoolClosedError:
             return self._closed(todo, None)
+        budget = self.pool.budget(worker)
+        if budget is not None and budget < len(todo):
+            return await self._run_on(worker, todo[:budget]) + todo[budget:]
+        return await self._run_on(worker, todo)
+
+    async def _run_on(self, worker: WorkerProcess, todo: list[int]) -> list[int]:
+        """Run ``todo`` on ``worker``; return the positions that must run again.
+
+        This task holds the worker until it gives it back (``release``, shielded); an
+        unhealthy one is killed and reaped there, so its descriptors are closed by this
+        task and no other."""
         if self.batch.started is None:  # auto batching times the work, not the wait
             self.batch.started = time.perf_counter()
         healthy = False
@@ -162,6 +171,7 @@ class BatchRun:
         func = one_func(calls)
         flags = job_flags(calls, func)
         sent = False
+        ran = 0  # calls the worker completed, whatever their outcome
         try:
             try:
                 seq = worker.next_seq()
@@ -180,6 +190,7 @@ class BatchRun:
             except OSError:  # the worker died while idle: nobody to blame
                 return self._crashed_between(todo)
             attempt = await self._collect(worker, seq, todo)
+            ran = len(attempt.got)
             if attempt.resend:
                 self._split = True
             if attempt.done:
@@ -188,8 +199,11 @@ class BatchRun:
             if attempt.load_error is not None:
                 healthy = True
                 return self._load_failed(todo, attempt.load_error)
-            return attempt.resend + await self._crashed(worker, seq, todo, attempt, flags)
+            rerun = await self._crashed(worker, seq, todo, attempt, flags)
+            ran = len(todo) - len(rerun)  # finished, or failed with the worker
+            return attempt.resend + rerun
         finally:
+            self.pool.count(worker, ran)
             with anyio.CancelScope(shield=True):
                 if not healthy and flags is not None and sent and worker.alive:
                     await _cancel_coroutines(worker)  # their finally blocks run, bounded

@@ -119,6 +119,10 @@ class WorkerProcess:
         self._seq = 0
         self.last_used = time.monotonic()
         self.closed = False
+        #: Calls it has run, across runs (``max_tasks_per_worker``).
+        self.calls_run = 0
+        #: We killed it (a timeout, a cancellation, a shutdown): its death is no crash.
+        self.killed = False
 
     @classmethod
     async def spawn(cls, n_workers: int, setup: WorkerSetup = PLAIN) -> WorkerProcess:
@@ -267,6 +271,7 @@ class WorkerProcess:
     def kill_now(self) -> None:
         """SIGKILL it and its process tree, without waiting: a signal only, safe from any
         task (the holder reaps it and closes its descriptors)."""
+        self.killed = True
         self.process.kill()
 
     async def exit_code(self) -> int | None:

@@ -24,10 +24,13 @@ from typing import Any
 
 import anyio
 
+from ...._errors import AioParallelError
 from ...crossloop import LoopRef, Reaper, call_soon
 from ...setup import PLAIN, WorkerSetup
 from ..process import forget_live_pids
 from ..worker import WorkerProcess
+from . import stats
+from .recycling import NO_LIMITS, Limits
 from .roster import PLACE, PoolClosedError, Roster
 
 __all__ = [
@@ -74,13 +77,20 @@ class Pool:
         idle_timeout: float = 300.0,
         setup: WorkerSetup = PLAIN,
         on_idle: Callable[[float], None] | None = None,
+        limits: Limits = NO_LIMITS,
     ):
         self.size = size
         self.idle_timeout = idle_timeout
         self.setup = setup
+        #: When a worker is replaced (``recycling``).
+        self.limits = limits
+        #: One of the process-wide shared pools (else a private one), for ``pool_stats``.
+        self.shared = on_idle is not None
         self._roster = Roster(size)
         #: Called with the time a worker that went idle expires (the shared pools' reaper).
         self._on_idle = on_idle
+        #: Its number in ``pool_stats``.
+        self.number = stats.register(self)
 
     @property
     def closed(self) -> bool:
@@ -161,7 +171,8 @@ class Pool:
         reaped here, in the holder's task, and its place freed. Call shielded."""
         if healthy and self.give_back(worker):
             return
-        self._roster.retire(worker)
+        died = not worker.killed and worker.process.returncode is not None
+        self._roster.retire(worker, "crashed" if died and not self.closed else "")
         try:
             await worker.kill()
         finally:
@@ -170,14 +181,49 @@ class Pool:
     def give_back(self, worker: WorkerProcess) -> bool:
         """``release`` of a healthy worker, synchronously (a loop callback may call it): to
         the next waiter or the idle list. False if it must be stopped instead (it died, or
-        the pool is closed): the holder then calls ``release(worker, healthy=False)``."""
+        the pool is closed): the holder then calls ``release(worker, healthy=False)``. A
+        worker past its limits is replaced instead (``recycling``)."""
         if not worker.alive:
             return False
+        if self.limits is not NO_LIMITS and self.limits.spent(worker):
+            self.recycle(worker)
+            return True
         worker.last_used = time.monotonic()
         outcome = self._roster.release(worker)
         if outcome == "idle" and self._on_idle is not None:
             self._on_idle(worker.last_used + self.idle_timeout)
         return outcome != "refused"
+
+    def count(self, worker: WorkerProcess, calls: int) -> None:
+        """``worker`` completed ``calls`` more calls."""
+        worker.calls_run += calls
+        self._roster.tally(calls)
+
+    def recycle(self, worker: WorkerProcess) -> None:
+        """Replace a spent worker: a thread of its own stops it (it is between batches: it
+        exits at once), frees its place and starts its successor, off the request path."""
+        self._roster.retire(worker, "recycled")
+        threading.Thread(
+            target=self._replace, args=(worker,), name="aioparallel-recycle", daemon=True
+        ).start()
+
+    def _replace(self, worker: WorkerProcess) -> None:
+        self._stop_blocking([worker])  # its place goes to a waiter first, if any
+        if not self.closed:
+            anyio.run(self._start_successor)
+
+    async def _start_successor(self) -> None:
+        """A worker in the place a recycled one freed, if nobody took it meanwhile; one that
+        fails to start is left to the next run to start (and report)."""
+        holder = LoopRef()
+        if not self._roster.claim_free(holder):
+            return
+        try:
+            worker = await self._spawn(holder)
+        except (RuntimeError, OSError, TimeoutError, AioParallelError):  # the place is free
+            return
+        if not self.give_back(worker):
+            await self.release(worker, healthy=False)
 
     def reap_idle(self, everything: bool = False) -> float | None:
         """Stop the idle workers past ``idle_timeout`` (or dead; or all of them), waiting for
@@ -273,13 +319,26 @@ class RunWorkers:
         return worker if worker is not None else await self.pool.acquire(self.ticket)
 
     async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
-        """Keep a healthy worker for two turns of the loop; stop any other. Call shielded."""
-        if not (healthy and worker.alive) or self.pool.closed:
-            await self.pool.release(worker, healthy=False)
+        """Keep a healthy worker for two turns of the loop (unless it is spent: replaced
+        now); stop any other. Call shielded."""
+        pool = self.pool
+        if not (healthy and worker.alive) or pool.closed:
+            await pool.release(worker, healthy=False)
+            return
+        if pool.limits is not NO_LIMITS and pool.limits.spent(worker):
+            pool.recycle(worker)
             return
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)
         call_soon(lambda: call_soon(lambda: self._give_back(worker)))
+
+    def budget(self, worker: WorkerProcess) -> int | None:
+        """Calls ``worker`` may still run (``max_tasks_per_worker``); None: no limit."""
+        return self.pool.limits.budget(worker)
+
+    def count(self, worker: WorkerProcess, calls: int) -> None:
+        """``worker`` completed ``calls`` more calls (for its limit and ``pool_stats``)."""
+        self.pool.count(worker, calls)
 
     def _give_back(self, worker: WorkerProcess) -> None:
         """The loop turned twice and the run did not take ``worker`` again: to the pool."""
@@ -311,20 +370,23 @@ _shared_lock = threading.Lock()
 _reaping = threading.Lock()
 
 
-def _shared_key(size: int, setup: WorkerSetup) -> tuple[object, ...]:
+def _shared_key(size: int, setup: WorkerSetup, limits: Limits) -> tuple[object, ...]:
     """What makes two runs' workers interchangeable: the one place the key is built (the
-    thread cap and the initializer are fixed for a worker's life)."""
-    return (size, setup)
+    thread cap, the initializer and the recycling limits are fixed for a worker's life)."""
+    return (size, setup, limits)
 
 
-def shared_pool(size: int, idle_timeout: float, setup: WorkerSetup = PLAIN) -> Pool:
+def shared_pool(
+    size: int, idle_timeout: float, setup: WorkerSetup = PLAIN, limits: Limits = NO_LIMITS
+) -> Pool:
     """The process-wide warm pool for ``size`` workers, shared by every event loop and
     thread. The latest ``idle_timeout`` asked for applies."""
-    key = _shared_key(size, setup)
+    key = _shared_key(size, setup, limits)
     with _shared_lock:
         pool = _shared.get(key)
         if pool is None:
-            pool = _shared[key] = Pool(size, idle_timeout, setup, on_idle=_reaper.watch)
+            pool = Pool(size, idle_timeout, setup, on_idle=_reaper.watch, limits=limits)
+            _shared[key] = pool
         retimed = pool.idle_timeout != idle_timeout
         pool.idle_timeout = idle_timeout
     if retimed:

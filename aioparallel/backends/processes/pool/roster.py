@@ -75,6 +75,10 @@ class Roster:
     ``close()`` wakes every waiter empty-handed and sends every idle worker to ``retiring``;
     busy ones stay with their holders, which retire them when they give them back
     (``release`` refuses them).
+
+    ``tally`` counts, under the same lock, what happened over the pool's life (workers
+    spawned, recycled, crashed; calls done); ``stats()`` reads the counts and the states at
+    once, from any thread (``aioparallel.pool_stats``).
     """
 
     def __init__(self, size: int):
@@ -92,6 +96,10 @@ class Roster:
         self.closed = False
         self._emptied = Signal()
         self._lock = threading.Lock()
+        #: Over the pool's life: workers started, replaced by a limit, died on their own.
+        self.spawned_count = self.recycled = self.crashed = 0
+        #: Calls completed on its workers, whatever their outcome.
+        self.tasks_done = 0
 
     @property
     def count(self) -> int:
@@ -132,11 +140,21 @@ class Roster:
                     self.waiters[:] = kept
             return waiter.handed
 
+    def claim_free(self, holder: LoopRef) -> bool:
+        """free -> spawning, if a place is free and nobody waits (a successor started ahead
+        of need, ``recycling``); False otherwise."""
+        with self._lock:
+            if self.closed or self.waiters or self.count >= self.size:
+                return False
+            self.spawning.append(holder)
+            return True
+
     def spawned(self, worker: WorkerProcess, holder: LoopRef) -> None:
         """spawning -> busy."""
         with self._lock:
             self.spawning.remove(holder)
             self._hold(worker, holder)
+            self.spawned_count += 1
 
     def release(self, worker: WorkerProcess) -> Literal["handed", "idle", "refused"]:
         """busy -> idle, or to the first waiter (still busy). A closed roster takes no worker
@@ -154,12 +172,38 @@ class Roster:
             self.idle.append(worker)
             return "idle"
 
-    def retire(self, worker: WorkerProcess) -> None:
-        """busy -> retiring: its holder now kills and reaps it, then calls free_place()."""
+    def retire(self, worker: WorkerProcess, why: str = "") -> None:
+        """busy -> retiring: its holder now stops and reaps it, then calls free_place().
+        ``why``: "recycled" or "crashed", counted."""
         with self._lock:
             if worker in self.busy:
                 self._unhold(worker)
                 self.retiring.add(worker)
+                if why == "recycled":
+                    self.recycled += 1
+                elif why == "crashed":
+                    self.crashed += 1
+
+    def tally(self, calls: int) -> None:
+        """``calls`` more calls completed on the pool's workers."""
+        with self._lock:
+            self.tasks_done += calls
+
+    def stats(self) -> dict[str, int]:
+        """The places' states and the counts, read at once."""
+        with self._lock:
+            busy, idle = len(self.busy), len(self.idle)
+            return {
+                "workers": busy + idle + len(self.retiring),
+                "busy": busy,
+                "idle": idle,
+                "starting": len(self.spawning),
+                "waiting": len({ticket for ticket, _, _ in self.waiters}),
+                "spawned": self.spawned_count,
+                "recycled": self.recycled,
+                "crashed": self.crashed,
+                "tasks_done": self.tasks_done,
+            }
 
     def retire_idle(self, expired: Callable[[WorkerProcess], bool]) -> list[WorkerProcess]:
         """idle -> retiring, for each idle worker that ``expired`` says must go."""
