@@ -84,8 +84,8 @@ class parallel_config:
     initargs
         Default arguments of ``initializer``.
     **backend_options
-        Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
-        for ``"processes"``.
+        Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``address=`` for
+        ``"ray"``, ``idle_timeout=`` for ``"processes"``.
     """
 
     def __init__(

@@ -166,8 +166,7 @@ def tick(x: int, folder: str, ignore_interrupts: bool = False) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            with open(Path(folder) / "ticks", "a") as ticks:
-                ticks.write(".")
+            _tick(folder)
             time.sleep(0.02)
         except KeyboardInterrupt:
             if not ignore_interrupts:
@@ -175,13 +174,22 @@ def tick(x: int, folder: str, ignore_interrupts: bool = False) -> int:
     return x
 
 
+def _tick(folder: str) -> None:
+    with open(Path(folder) / "ticks", "a") as ticks:
+        ticks.write(".")
+
+
+def names(folder: Path, pattern: str) -> list[str]:
+    """The names of the files in ``folder`` that match ``pattern``."""
+    return sorted(path.name for path in folder.glob(pattern))
+
+
 async def tick_async(x: int, folder: str) -> int:
     """Like ``tick``, in a coroutine; its ``finally`` leaves a file named ``finally``."""
     (Path(folder) / "pid").write_text(str(os.getpid()))
     try:
         for _ in range(3000):
-            with open(Path(folder) / "ticks", "a") as ticks:
-                ticks.write(".")
+            _tick(folder)
             await asyncio.sleep(0.02)
     finally:
         (Path(folder) / "finally").write_text("ran")

@@ -34,6 +34,7 @@ from tests.ray_helpers import (
     add,
     exit_hard,
     fail_on,
+    names,
     pid,
     refuse,
     remember,
@@ -64,7 +65,7 @@ def ray_parallel(**kwargs: Any) -> Parallel[Any]:
 async def wait_for(condition: Any, what: str) -> None:
     """Until ``condition()`` holds, checked every 20 ms; bounded by WAIT."""
     with anyio.fail_after(WAIT):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 (a file another process writes: nothing to await)
             await anyio.sleep(0.02)
 
 
@@ -138,7 +139,7 @@ async def test_a_dead_worker_is_worker_crashed_error_naming_the_task_and_not_rer
     assert info.value.task_index == 3
     assert "task 3 (exit_hard)" in str(info.value)
     assert "not retried" in str(info.value)
-    assert len(list(tmp_path.glob("attempt-*"))) == 1  # Ray did not run it again
+    assert len(names(tmp_path, "attempt-*")) == 1  # Ray did not run it again
     # the next run gets healthy workers
     assert await ray_parallel()(delayed(square)(x) for x in range(4)) == [0, 1, 4, 9]
 
@@ -259,7 +260,7 @@ async def test_initializer_runs_once_per_worker_process(tmp_path: Path) -> None:
     parallel = ray_parallel(batch_size=1, initializer=remember, initargs=("model", str(tmp_path)))
     seen = await parallel(delayed(remembered)(x) for x in range(12))
     assert {value for _pid, value in seen} == {"model"}
-    inits = [path.name.split("-")[1] for path in tmp_path.glob("init-*")]
+    inits = [name.split("-")[1] for name in names(tmp_path, "init-*")]
     assert sorted(set(inits)) == sorted(inits)  # no process ran it twice
     assert {str(p) for p, _value in seen} <= set(inits)
 
@@ -351,3 +352,19 @@ async def test_address_connects_a_new_driver(ray_cluster: RaySession) -> None:
     assert done.returncode == 0, out
     assert "[0, 1, 4, 9, 16]" in out
     assert ray_cluster.address in out
+
+
+@pytest.mark.timeout(240)
+def test_the_docs_ray_examples_run(tmp_path: Path) -> None:
+    """The Ray blocks of docs/distributed.md, skipped by test_docs_examples (which runs without
+    Ray), run here, each in a fresh interpreter as a reader would paste it (each starts a
+    local Ray of its own: ~5 s)."""
+    from tests.test_docs_examples import extract_blocks, run_block
+
+    blocks = [
+        b for b in extract_blocks(ROOT / "docs" / "distributed.md") if 'backend="ray"' in b.source
+    ]
+    assert len(blocks) >= 2
+    for block in blocks:
+        done = run_block(block, tmp_path)
+        assert done.returncode == 0, f"{block.id}:\n{done.stdout}\n{done.stderr}"
