@@ -298,6 +298,26 @@ async def test_max_nbytes_none_sends_arrays_with_the_call(monkeypatch: pytest.Mo
     assert await ray_parallel(max_nbytes=None)([delayed(total)(big)]) == [300_000.0]
 
 
+async def test_a_large_batch_is_pickled_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from aioparallel.backends.ray import client
+
+    threads: list[str] = []
+    submit = client._submit
+
+    def recording(args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return submit(args)
+
+    monkeypatch.setattr(client, "_submit", recording)
+    loop_thread = threading.current_thread().name
+    big = "x" * 300_000
+    assert await ray_parallel(batch_size=1)([delayed(len)(big), delayed(len)("x")]) == [300_000, 1]
+    assert len(threads) == 2
+    assert threads.count(loop_thread) == 1  # the small one was submitted on the loop
+
+
 async def test_unpicklable_argument_names_its_task() -> None:
     import threading
 
