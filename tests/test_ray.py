@@ -27,7 +27,6 @@ from aioparallel import (
     delayed,
     parallel_config,
 )
-from aioparallel.backends.ray.client import RayBackend
 from tests.ray_helpers import (
     WAIT,
     RaySession,
@@ -98,6 +97,8 @@ async def test_results_in_input_order_in_every_mode(mode: str) -> None:
 
 
 async def test_n_jobs_minus_one_is_the_clusters_cpus() -> None:
+    from aioparallel.backends.ray.client import RayBackend
+
     async with RayBackend(-1) as backend:
         assert backend.n_workers == 2
     async with RayBackend(-2) as backend:

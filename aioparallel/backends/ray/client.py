@@ -90,7 +90,8 @@ def _connect(address: str | None) -> int:
     with _connect_lock:
         if not ray.is_initialized():
             ray.init(address=address)
-    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    untyped: Any = ray  # cluster_resources is untyped (and all of ray is Any without it)
+    resources: dict[str, float] = untyped.cluster_resources()
     return int(resources.get("CPU", 1))
 
 
