@@ -5,7 +5,8 @@
     run_batch(Batch)
       ├─ numpy arrays > max_nbytes ──ray.put (worker thread; once per array per run)──► object store
       │     id(array) -> ObjectRef, dropped when the array dies or the run ends
-      ├─ run_batch.remote(calls, ..., *refs)  (max_retries=0: a crash is never re-run) ─► a worker
+      ├─ run_batch.remote(calls, ..., *refs)  (a large batch in a worker thread, as Ray pickles
+      │     it; max_retries=0: a crash is never re-run) ──────────────────────────► a worker
       │     arrays replaced by ArraySlot(i); the refs are top-level arguments,        │
       │     so the worker gets the arrays themselves, zero-copy                       ▼
       │                                 initializer once per worker process, then the calls in
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -81,6 +83,30 @@ def _batch_task() -> Any:
     if _remote is None:
         _remote = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(run_batch)
     return _remote
+
+
+#: Batches whose arguments look smaller than this (``_looks_small``) are submitted on the loop.
+_INLINE_NBYTES = 64 * 1024
+
+
+def _looks_small(calls: list[Any]) -> bool:
+    """A shallow estimate of the calls' arguments (each argument, and the items of a list,
+    tuple or dict argument), below ``_INLINE_NBYTES``: large arrays are already in the object
+    store, and what else is large (a long string, a big list) shows at this depth."""
+    total = 0
+    for _func, args, kwargs in calls:
+        for arg in (*args, *kwargs.values()):
+            total += sys.getsizeof(arg)
+            if type(arg) in (list, tuple, dict, set):
+                items = arg.values() if type(arg) is dict else arg
+                total += sum(sys.getsizeof(item) for item in items)
+            if total > _INLINE_NBYTES:
+                return False
+    return True
+
+
+def _submit(args: tuple[Any, ...]) -> Any:
+    return _batch_task().remote(*args)
 
 
 def _connect(address: str | None) -> int:
@@ -203,8 +229,15 @@ class _RayRun:
             self.setup,
             *refs.values(),
         )
+        # Ray pickles the batch as it submits it: a large one in a worker thread, off the event
+        # loop, shielded so that a cancellation cannot lose a submitted task's ref (_wait
+        # cancels it); a small one at once (a thread hop costs more than its pickling).
         try:
-            ref = _batch_task().remote(*args)
+            if _looks_small(args[0]):
+                ref = _submit(args)
+            else:
+                with anyio.CancelScope(shield=True):
+                    ref = await anyio.to_thread.run_sync(_submit, args)
         except Exception as exc:  # Ray could not pickle the batch: nothing was sent
             if len(batch.calls) == 1:
                 error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
