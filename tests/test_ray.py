@@ -42,6 +42,7 @@ from tests.ray_helpers import (
     square_later,
     tick,
     tick_async,
+    tick_deaf,
     total,
 )
 
@@ -153,6 +154,21 @@ async def test_timeout_interrupts_the_call_in_its_worker(tmp_path: Path) -> None
     assert "interrupted" in str(info.value)
     assert ticks(tmp_path) > 0
     assert await stopped_ticking(tmp_path)  # the call itself stopped, not just our wait
+
+
+async def test_a_call_deaf_to_its_timeout_is_killed_at_the_backstop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psutil
+
+    from aioparallel.backends.ray import client
+
+    monkeypatch.setattr(client, "_BACKSTOP_SLACK", 1.0)
+    with pytest.raises(TaskTimeoutError, match=r"task 0 \(tick_deaf\).*did not stop"):
+        await ray_parallel(timeout=0.5)([delayed(tick_deaf)(0, str(tmp_path))])
+    worker = int((tmp_path / "pid").read_text())
+    await wait_for(lambda: not psutil.pid_exists(worker), "the worker killed")
+    assert await stopped_ticking(tmp_path)
 
 
 async def test_async_task_timeout_cancels_its_coroutine(tmp_path: Path) -> None:

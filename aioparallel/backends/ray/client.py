@@ -17,6 +17,8 @@
     cancelled await ─► ray.cancel(ref) (KeyboardInterrupt in the task: coroutines cancelled,
                        finally blocks run); still running after _STOP_GRACE ─► ray.cancel(ref,
                        force=True) kills its worker process. Shielded and bounded.
+    timeout=        ─► each call interrupted on the worker; a batch still running at
+                       calls x timeout + _BACKSTOP_SLACK is cancelled as above (TaskTimeoutError)
 
 Waiting for a batch is one wake-up of the caller's loop from Ray's own thread (the ref's
 concurrent future sets a ``crossloop.Signal``): no polling, no thread per batch, the same on
@@ -27,6 +29,7 @@ asked for, so ``import aioparallel`` never imports ray.
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
 import sys
 import threading
@@ -42,7 +45,13 @@ import ray.exceptions as rex
 
 from ..._call import function_name
 from ..._coroutines import async_flags
-from ..._errors import AioParallelError, PicklingError, RemoteTraceback, attach_task
+from ..._errors import (
+    AioParallelError,
+    PicklingError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    attach_task,
+)
 from ..base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from ..crossloop import Signal
 from ..remote.client import (
@@ -69,6 +78,9 @@ def build(args: BackendArgs) -> RayBackend:
 
 #: Seconds a cancelled Ray task may take to stop on its KeyboardInterrupt before it is killed.
 _STOP_GRACE = 2.0
+#: With a ``timeout``, seconds beyond ``calls x timeout`` before a batch is cancelled (see
+#: ``_backstop``).
+_BACKSTOP_SLACK = 30.0
 #: Ray's errors that mean the process running the task is gone.
 _DIED = (rex.WorkerCrashedError, rex.OutOfMemoryError, rex.NodeDiedError, rex.LocalRayletDiedError)
 
@@ -247,7 +259,10 @@ class _RayRun:
             ref = None
         if ref is None:  # find the call that cannot be pickled, outside the except block
             return await self._one_by_one(batch)
-        answer = await _wait(ref)
+        limit = _backstop(batch, options.timeout)
+        answer = await _wait(ref, limit)
+        if answer is None:  # past the backstop: the Ray task was cancelled, its worker killed
+            return _overdue(batch, options.timeout, limit, options.stop_on_error)
         if isinstance(answer, BaseException):
             return await self._failed(batch, answer, name)
         ran, outcomes = answer
@@ -289,18 +304,53 @@ class _RayRun:
         return results
 
 
-async def _wait(ref: Any) -> Ran | BaseException:
-    """The Ray task's answer, or the error Ray raised for it. Cancelled, the task is
-    cancelled too (shielded, bounded): first gently, then by killing its worker."""
+def _backstop(batch: Batch, timeout: float | None) -> float | None:
+    """How long a batch may take with a ``timeout``: its calls one after another, each
+    interrupted at ``timeout`` on the worker, plus ``_BACKSTOP_SLACK`` (a worker starting, the
+    interruption). Only a call that cannot be interrupted (stuck in C code that never returns
+    to Python) reaches it."""
+    if timeout is None:
+        return None
+    return len(batch.calls) * timeout + _BACKSTOP_SLACK
+
+
+def _overdue(batch: Batch, timeout: float | None, limit: float | None, stop: bool) -> list[Any]:
+    """A ``TaskTimeoutError`` per task of a batch cancelled at its backstop."""
+    end = batch.start + len(batch.calls) - 1
+    together = f" (one Ray task with tasks {batch.start}..{end})" if end > batch.start else ""
+    failures: list[Any] = []
+    for offset, call in enumerate(batch.calls):
+        index, name = batch.start + offset, function_name(call.func)
+        error = TaskTimeoutError(
+            f"task {index} ({name}){together} was still running {limit:g}s after it was sent, "
+            f"past timeout={timeout}s, and did not stop when interrupted (code in C that "
+            "never returns to Python?): its Ray task was cancelled and its worker killed."
+        )
+        attach_task(error, index, name)
+        failures.append(Failure(error))
+        if stop:
+            break
+    return failures
+
+
+async def _wait(ref: Any, limit: float | None = None) -> Ran | BaseException | None:
+    """The Ray task's answer, the error Ray raised for it, or None if it was still running
+    after ``limit`` seconds. Cancelled or past ``limit``, the task is cancelled too
+    (shielded, bounded): first gently, then by killing its worker."""
     future = ref.future()
     done = Signal()
     future.add_done_callback(lambda _: done.set())
+    overdue = False
     try:
-        await done.wait()
+        with anyio.move_on_after(math.inf if limit is None else limit) as scope:
+            await done.wait()
+        overdue = scope.cancelled_caught
     finally:
         if not future.done():
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_GRACE):
                 await _cancel(ref, done)
+    if overdue:
+        return None
     try:
         answer: Ran = future.result()
     except Exception as exc:  # Ray's error for this task, read outside the except block
