@@ -1,5 +1,6 @@
 """Sessions: tests, versions (the version-sensitive tests on every CPython we claim), portable
-(the macOS paths), heavy (load/soak), lint, typecheck, docs, bench, compat (joblib's own tests)."""
+(the macOS paths), heavy (load/soak), ray (the Ray backend, with Ray installed), lint,
+typecheck, docs, bench, compat (joblib's own tests)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ def heavy(session: nox.Session) -> None:
     session.run(
         "pytest", "-q", "-m", "heavy", "--timeout=1800", "tests/reliability", *session.posargs
     )
+
+
+#: The Ray backend's tests: the only place Ray (a large wheel) is installed.
+RAY_TESTS = ("tests/test_ray.py", "tests/test_ray_missing.py")
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """backend="ray" on a real local Ray (started once for the session, ~4 s)."""
+    session.install("-e", ".[test,ray]")
+    session.run("pytest", "-q", *RAY_TESTS, *session.posargs)
 
 
 @nox.session

@@ -7,7 +7,7 @@
 The public API is the names exported here (``__all__``), and only those. Everything else,
 the subpackages included, is private and may change in any release: ``run/`` (one run of a
 ``Parallel``), ``backends/`` (where batches run: ``base`` holds the ``Backend`` protocol;
-``processes/``, ``dask/``, threads, sequential) and ``child/`` (the code a worker process
+``processes/``, ``dask/``, ``ray/``, threads, sequential) and ``child/`` (the code a worker process
 runs, standard library only).
 """
 

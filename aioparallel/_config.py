@@ -89,8 +89,8 @@ class parallel_config:
         Default resident memory (bytes, ``"512M"``, ``"2G"``) past which a process worker
         is replaced; see ``Parallel``.
     **backend_options
-        Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``idle_timeout=``
-        for ``"processes"``.
+        Passed to the backend: ``client=`` or ``address=`` for ``"dask"``, ``address=`` for
+        ``"ray"``, ``idle_timeout=`` for ``"processes"``.
     """
 
     def __init__(

@@ -49,8 +49,8 @@ class Parallel(Generic[M]):
         the calls one after another in the caller's thread (see ``timeout``). With a backend
         object it must match the object's worker count (``ValueError`` otherwise).
     backend
-        ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"`` or a backend
-        object. A ``multiprocessing`` context (``multiprocessing.get_context("spawn")``, as
+        ``"processes"`` (default), ``"threads"``, ``"sequential"``, ``"dask"``, ``"ray"`` or a
+        backend object. A ``multiprocessing`` context (``multiprocessing.get_context("spawn")``, as
         joblib accepts) means ``"processes"``: the workers are always fresh interpreters
         (never forks of the caller), so every start method gets the same workers.
         ``parallel_config`` backend options (``idle_timeout=``, ``client=``...) that this
@@ -101,7 +101,8 @@ class Parallel(Generic[M]):
         batch (anyio's threads are shared and come and go, so possibly on more than
         ``n_jobs`` threads). ``n_jobs=1`` / ``"sequential"``: once in the caller, before
         the first call. ``"dask"``: once in each dask worker process (those joining later
-        too), through a worker plugin registered once per cluster and pair. Warm process
+        too), through a worker plugin registered once per cluster and pair. ``"ray"``: once in
+        each Ray worker process, before the first batch it runs. Warm process
         workers are kept per (initializer, initargs), compared pickled: equal ones reuse the
         workers without running it again; other ones get workers of their own. If it raises
         (or its worker dies running it), the run stops with `InitializerError`, even with

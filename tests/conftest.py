@@ -1,5 +1,5 @@
 """Shared fixtures: the leak check every test runs under, the anyio backend matrix, the dask
-clusters.
+clusters, the local Ray instance.
 
 The leak check snapshots child processes, threads, file descriptors and ``aioparallel-*``
 temp folders before each test and fails the test if new ones are still there after it.
@@ -37,6 +37,7 @@ from tests.helpers import MODES
 
 if TYPE_CHECKING:  # imported by the dask fixtures only: other sessions need no distributed
     from tests.dask_cluster import ExternalCluster, Local
+    from tests.ray_helpers import RaySession
 
 #: Seconds the leak check waits for asynchronous cleanup before it fails the test.
 LEAK_WAIT = 5.0
@@ -286,3 +287,36 @@ async def local() -> AsyncIterator[Local]:
             yield dask_cluster.Local(cluster, client, log)
         finally:
             dask_cluster.gate.set()  # free any worker thread a test left waiting
+
+
+# -- ray: the session's local Ray instance --------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[RaySession]:
+    """A local Ray instance (2 CPUs), started once per session by the first test that asks
+    for it (a session fixture: set up before that test's leak check snapshots), stopped at the
+    end of the session with every process it started."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'aioparallel[ray]'")
+    from tests.ray_helpers import start_session, stop_session
+
+    session = start_session()
+    try:
+        yield session
+    finally:
+        leftovers = stop_session(session)
+    assert not leftovers, f"Ray processes left running after ray.shutdown(): {leftovers}"
+
+
+@pytest.fixture
+def ray_cluster(ray_session: RaySession, leak_check: LeakCheck) -> RaySession:
+    """The session's Ray, for one test: the worker processes Ray starts or replaces during the
+    test, or while the leak check polls after it (it spawns them on demand and reaps idle ones),
+    and the driver's connections to them, are Ray's, not leaks: the snapshot counts the
+    descendants of Ray's node processes, and the sockets to Ray's node, as they are when
+    asked, and nothing else."""
+    from tests.ray_helpers import RayAware, RayFds
+
+    leak_check.before.children = RayAware(leak_check.before.children, ray_session)
+    leak_check.before.fds = RayFds(leak_check.before.fds, ray_session)
+    return ray_session

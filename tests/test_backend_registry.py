@@ -102,7 +102,7 @@ def test_unknown_names_list_every_registered_one() -> None:
         Parallel(backend="gpu")
     assert str(info.value) == (
         "Invalid backend: 'gpu'; valid backends: 'processes', 'loky', 'multiprocessing', "
-        "'threads', 'threading', 'sequential', 'dask', 'toy', 'plaything'"
+        "'threads', 'threading', 'sequential', 'dask', 'ray', 'toy', 'plaything'"
     )
 
 

@@ -1,7 +1,9 @@
 """The backends: where a batch of calls runs. ``base`` holds the ``Backend`` protocol every
 backend implements; ``sequential`` and ``threads`` run in the caller's process;
-``processes/`` (worker processes running ``aioparallel.child``) and ``dask/`` (a
-``distributed`` cluster) run elsewhere. Shared by several of them: ``setup`` (initializers),
+``processes/`` (worker processes running ``aioparallel.child``), ``dask/`` (a
+``distributed`` cluster) and ``ray/`` (Ray tasks) run elsewhere; ``remote/`` is what dask and
+Ray share (the batch runner on their workers, the client's arrays, unpacking and crash
+errors). Shared by several of them: ``setup`` (initializers),
 ``failures`` (the errors a failed call becomes), ``timed`` (deadlines of thread calls),
 ``crossloop`` (waking a task in another thread's event loop), ``unpickling`` (large results
 unpickled without starving the loop).

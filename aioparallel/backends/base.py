@@ -12,7 +12,7 @@ on it.
 The registry at the end is where every backend ``Parallel(backend=name)`` can pick declares
 itself, once (as anyio looks its backends up by name): a `BackendEntry` gives its names, the
 ``parallel_config`` options it takes, its nesting rule and a ``build`` that imports its module
-only when it is used, so ``import aioparallel`` never imports dask.
+only when it is used, so ``import aioparallel`` never imports dask or ray.
 """
 
 from __future__ import annotations
@@ -314,6 +314,12 @@ def _build_dask(args: BackendArgs) -> Backend:
     return build(args)
 
 
+def _build_ray(args: BackendArgs) -> Backend:
+    from .ray.client import build
+
+    return build(args)
+
+
 def _check_process_platform() -> None:
     from .._system import check_process_backend
 
@@ -333,6 +339,22 @@ def _check_distributed() -> None:
         raise ValueError(
             "backend='dask' runs the calls on a dask.distributed cluster, but distributed "
             "is not installed. Please install dask: pip install 'aioparallel[dask]'"
+        )
+
+
+def _check_ray() -> None:
+    """``"ray"`` without ``ray`` fails when the backend is chosen, not at the first call;
+    found without importing it (~1 s)."""
+    from importlib.util import find_spec
+
+    try:
+        installed = find_spec("ray") is not None
+    except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
+        installed = False
+    if not installed:
+        raise ValueError(
+            "backend='ray' runs the calls as Ray tasks, but ray is not installed. "
+            "Please install it: pip install 'aioparallel[ray]'"
         )
 
 
@@ -363,6 +385,13 @@ for _entry in (
         options=frozenset({"client", "address"}),
         sized_by_cluster=True,
         check_installed=_check_distributed,
+    ),
+    BackendEntry(
+        "ray",
+        _build_ray,
+        options=frozenset({"address"}),
+        sized_by_cluster=True,
+        check_installed=_check_ray,
     ),
 ):
     register_backend(_entry)

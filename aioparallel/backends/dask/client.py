@@ -30,34 +30,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import pickle
 import time
 import traceback
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
 import cloudpickle
-import numpy as np
 from distributed import Client, KilledWorker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..._call import Call, function_name
+from ..._call import function_name
 from ..._coroutines import async_flags
-from ..._errors import (
-    AioParallelError,
-    PicklingError,
-    UnpicklingError,
-    WorkerCrashedError,
-    attach_task,
-)
+from ..._errors import AioParallelError, PicklingError, attach_task
 from ..base import BackendArgs, Batch, Failure, RunBatch, RunOptions
+from ..remote.client import (
+    CLEANUP_GRACE,
+    Arrays,
+    SentArrays,
+    crash_failures,
+    resolve_n_jobs,
+    unpack_outcomes,
+    wire_calls,
+)
 from ..setup import Initializer, initializer_error
-from ..unpickling import loads_yielding
-from .worker import RAISED, VALUE, Outcome, Ran, WireCall, run_calls, run_calls_async
+from .worker import Ran, WireCall, run_calls, run_calls_async
 
 __all__ = ["DaskBackend", "build"]
 
@@ -68,10 +67,6 @@ def build(args: BackendArgs) -> DaskBackend:
     return DaskBackend(args.n_jobs, initializer=args.initializer, **args.options)
 
 
-#: Seconds a cancelled run may spend telling the scheduler (or closing our own client).
-_CLEANUP_GRACE = 5.0
-#: Outcomes larger than this are unpickled in a worker thread, off the event loop.
-_OFFLOAD_NBYTES = 1024**2
 _HOW = (
     'give the backend a cluster: parallel_config(backend="dask", client=client) with a '
     'distributed.Client, or parallel_config(backend="dask", address="tcp://127.0.0.1:8786")'
@@ -156,14 +151,14 @@ class DaskBackend:
         finally:  # not in an except block: our cleanup must not chain into the user's error
             if not connected:
                 await self.__aexit__(None, None, None)
-        self.n_workers = _resolve_n_jobs(self._n_jobs, int(info["total_threads"]))
+        self.n_workers = resolve_n_jobs(self._n_jobs, int(info["total_threads"]))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             self._owns_client = False
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_GRACE):
                 await client.close()
 
     def open_run(self, options: RunOptions) -> AbstractAsyncContextManager[RunBatch]:
@@ -236,21 +231,11 @@ async def _register_initializer(client: Any, initializer: Initializer) -> None:
         return
     with (
         anyio.CancelScope(shield=True),
-        anyio.move_on_after(_CLEANUP_GRACE),
+        anyio.move_on_after(CLEANUP_GRACE),
         contextlib.suppress(ValueError),  # another run with this pair unregistered it first
     ):
         await client.unregister_worker_plugin(key)
     raise initializer_error(name, f"a dask worker of {client.scheduler.address}", failure)
-
-
-def _resolve_n_jobs(n_jobs: int | None, cluster_threads: int) -> int:
-    """joblib's n_jobs convention, counted in cluster threads instead of local CPUs."""
-    threads = max(1, cluster_threads)
-    if n_jobs is None or n_jobs == -1:
-        return threads
-    if n_jobs < 0:
-        return max(1, threads + 1 + n_jobs)
-    return n_jobs
 
 
 class _DaskRun:
@@ -268,9 +253,8 @@ class _DaskRun:
     def __init__(self, client: Any, options: RunOptions) -> None:
         self._client = client
         self._options = options
-        self._scattered: dict[int, Any] = {}
-        self._finalizers: dict[int, weakref.finalize[Any, Any]] = {}
-        self._scatter_lock = anyio.Lock()
+        self._arrays = SentArrays(options.max_nbytes, self._scatter, _release)
+        self.release = self._arrays.release
         #: Batches submitted and not finished; batches submitted so far.
         self._in_flight = 0
         self._submitted = 0
@@ -286,7 +270,7 @@ class _DaskRun:
     async def _run(self, batch: Batch, alone: bool) -> list[Any]:
         """Run ``batch`` as one dask task; ``alone``: the suspect's re-run, which waits for
         no one (nothing else of the run is in flight, and nothing else is submitted)."""
-        calls = await self._wire_calls(batch.calls)
+        calls = wire_calls(batch.calls, await self._arrays.handles(batch.calls))
         name = function_name(batch.calls[0].func)
         task, key = self._task(batch, calls, name)
         while not alone and self._solo is not None:  # a suspect is (about to be) re-run alone
@@ -313,11 +297,7 @@ class _DaskRun:
             return await self._one_by_one(batch, alone)
         ran, outcomes = answer
         batch.started = time.perf_counter() - ran  # auto batching times the work, not the wait
-        if sum(len(o[1]) for o in outcomes if o is not None) > _OFFLOAD_NBYTES:
-            return await anyio.to_thread.run_sync(
-                _unpack, batch, outcomes, self._options.stop_on_error, loads_yielding
-            )
-        return _unpack(batch, outcomes, self._options.stop_on_error)
+        return await unpack_outcomes(batch, outcomes, self._options.stop_on_error)
 
     def _task(self, batch: Batch, calls: list[WireCall], name: str) -> tuple[tuple[Any, ...], str]:
         """What ``client.submit`` runs for ``batch`` (function and arguments), and its key."""
@@ -367,7 +347,7 @@ class _DaskRun:
             if future.done():
                 future.release()
             else:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_CLEANUP_GRACE):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_GRACE):
                     await self._client.cancel([future], asynchronous=True)
         return answer, company
 
@@ -395,89 +375,17 @@ class _DaskRun:
                 break
         return results
 
-    async def _wire_calls(self, calls: Sequence[Call[Any]]) -> list[WireCall]:
-        """The calls as submitted, large arrays replaced by the Futures of their scatter."""
-        limit = self._options.max_nbytes
-        if limit is None:
-            return [(c.func, c.args, c.kwargs) for c in calls]
-        found: dict[int, np.ndarray[Any, Any]] = {}
-        for call in calls:
-            _find_arrays((call.args, call.kwargs), limit, found, set())
-        if not found:
-            return [(c.func, c.args, c.kwargs) for c in calls]
-        async with self._scatter_lock:
-            new = {i: array for i, array in found.items() if i not in self._scattered}
-            if new:
-                await self._scatter(new)
-            futures = {i: self._scattered[i] for i in found}
-        return [(c.func, _swap(c.args, futures), _swap(c.kwargs, futures)) for c in calls]
-
-    async def _scatter(self, arrays: dict[int, np.ndarray[Any, Any]]) -> None:
-        """Send arrays to the cluster once; forget each when the caller's array dies.
-
-        Keyed by ``id(array)``: a weak finalizer drops the entry when the array is freed, so
-        an id is never reused for another array while it is in the map, and a producer of
-        many distinct arrays does not pile them up in the cluster's memory. Shielded: a
-        scatter interrupted half-way would leave data no Future of ours could release.
-        """
+    async def _scatter(self, arrays: Arrays) -> dict[int, Any]:
+        """Send arrays to the cluster's memory, under keys the scheduler's log can tell."""
         keys = {f"aioparallel-array-{uuid.uuid4().hex}": i for i in arrays}
         data = {key: arrays[i] for key, i in keys.items()}
-        with anyio.CancelScope(shield=True):
-            futures = await self._client.scatter(data, hash=False, asynchronous=True)
-        for key, i in keys.items():
-            self._scattered[i] = futures[key]
-            self._finalizers[i] = weakref.finalize(arrays[i], self._forget, i)
-
-    def _forget(self, array_id: int) -> None:
-        """Release one scattered array (any thread: ``Future.release`` is thread-safe)."""
-        self._finalizers.pop(array_id, None)
-        future = self._scattered.pop(array_id, None)
-        if future is not None:
-            future.release()
-
-    def release(self) -> None:
-        """End of run: release every scattered array still held."""
-        for finalizer in list(self._finalizers.values()):
-            finalizer.detach()
-        self._finalizers.clear()
-        futures = list(self._scattered.values())
-        self._scattered.clear()
-        for future in futures:
-            future.release()
+        futures = await self._client.scatter(data, hash=False, asynchronous=True)
+        return {i: futures[key] for key, i in keys.items()}
 
 
-def _find_arrays(
-    obj: object, limit: int, found: dict[int, np.ndarray[Any, Any]], seen: set[int]
-) -> None:
-    """Collect numpy arrays above ``limit`` bytes nested in lists, tuples and dicts."""
-    kind = type(obj)
-    if kind is list or kind is tuple or kind is dict:
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        items: Any = obj.values() if isinstance(obj, dict) else obj
-        for item in items:
-            _find_arrays(item, limit, found, seen)
-    elif isinstance(obj, np.ndarray) and obj.nbytes > limit:
-        found[id(obj)] = obj
-
-
-def _swap(obj: Any, futures: dict[int, Any]) -> Any:
-    """``obj`` with scattered arrays replaced by their Futures; containers copied only if hit."""
-    kind = type(obj)
-    if kind is list or kind is tuple:
-        items = [_swap(item, futures) for item in obj]
-        if all(new is old for new, old in zip(items, obj, strict=True)):
-            return obj
-        return items if kind is list else tuple(items)
-    if kind is dict:
-        values = {key: _swap(value, futures) for key, value in obj.items()}
-        if all(values[key] is value for key, value in obj.items()):
-            return obj
-        return values
-    if isinstance(obj, np.ndarray):
-        return futures.get(id(obj), obj)
-    return obj
+def _release(future: Any) -> None:
+    """Release a scattered array (any thread: ``Future.release`` is thread-safe)."""
+    future.release()
 
 
 def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
@@ -488,56 +396,12 @@ def _crashed(batch: Batch, exc: KilledWorker, stop_on_error: bool) -> list[Any]:
     given_up = (
         f"after {tries} workers died running it " if tries else ""
     ) + "(distributed.scheduler.allowed-failures)"
-    end = batch.start + len(batch.calls) - 1
-    together = f" (one dask task with tasks {batch.start}..{end})" if end > batch.start else ""
-    failures: list[Any] = []
-    for offset, call in enumerate(batch.calls):
-        index, name = batch.start + offset, function_name(call.func)
-        error = WorkerCrashedError(
+
+    def describe(index: int, name: str, together: str) -> str:
+        return (
             f"dask worker {last}died while running task {index} ({name}){together}; the "
             f"scheduler gave up {given_up}. The workers' logs tell why (memory limit, "
-            "segfault, os._exit).",
-            task_index=index,
+            "segfault, os._exit)."
         )
-        error.__cause__ = exc
-        attach_task(error, index, name)
-        failures.append(Failure(error))
-        if stop_on_error:
-            break
-    return failures
 
-
-def _unpack(
-    batch: Batch,
-    outcomes: list[Outcome | None],
-    stop_on_error: bool,
-    loads: Callable[[bytes], Any] = pickle.loads,
-) -> list[Any]:
-    """Unpickle the worker's outcomes; a task error gets its index and remote traceback.
-    (None: an async call dropped after another failed with ``stop_on_error``; its slot keeps
-    the place of the failure after it, and is never read, as the run stops there.)
-    In a thread, ``loads`` is ``loads_yielding``: ``pickle.loads`` holds the GIL throughout."""
-    results: list[Any] = []
-    for offset, outcome in enumerate(outcomes):
-        if outcome is None:
-            results.append(None)
-            continue
-        kind, blob = outcome
-        index, name = batch.start + offset, function_name(batch.calls[offset].func)
-        try:
-            loaded = loads(blob)
-        except Exception as exc:
-            unpickling = UnpicklingError(
-                f"the result of task {index} ({name}) could not be unpickled: {exc!r}"
-            )
-            unpickling.__cause__ = exc
-            loaded, kind = (unpickling, None), RAISED
-        if kind == VALUE:
-            results.append(loaded)
-            continue
-        error, tb = loaded
-        attach_task(error, index, name, tb)
-        results.append(Failure(error))
-        if stop_on_error:
-            break
-    return results
+    return crash_failures(batch, "dask", describe, exc, stop_on_error)
