@@ -14,27 +14,44 @@ What makes it fit to run for days (see the docs' "Web backends" page):
 - the lifespan starts the workers before the first request, and stops them at shutdown;
 - ``max_tasks_per_worker`` / ``max_worker_memory`` replace a worker that has run many calls
   or grown large (a leaky library), between calls, never during one;
-- ``/metrics`` serves the pool's state and counters, for a dashboard or an alert.
+- ``/metrics`` serves the pool's state and counters, for a dashboard or an alert;
+- each request's id (its ``x-request-id`` header, or a new one) follows its calls into the
+  workers (``aioparallel.propagate``), so their log lines, handled by this process's
+  logging, name the request they served.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 
 # ``aioparallel.pool_stats`` and ``shutdown_workers`` are looked up when called: the workers
 # import this module (for count_primes), and it must not load the pool machinery there.
 import aioparallel
-from aioparallel import Parallel, delayed
+from aioparallel import Parallel, delayed, propagate
 
 #: Worker processes; calls of every request share them (one warm pool per settings).
 N_JOBS = 2
 #: Calls one request is split into: a few per worker, so both stay busy to the end.
 CHUNKS = 4
+
+#: The id of the request being served: set by the middleware below, and, registered with
+#: ``propagate``, set in the workers too while they run that request's calls.
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+propagate(request_id)
+
+# The workers' records are handled here, by this process's logging: pid is the worker's.
+logging.basicConfig(
+    level=logging.INFO, format="%(levelname)s %(name)s pid=%(process)d: %(message)s"
+)
+log = logging.getLogger(__name__)
 
 
 def count_primes(start: int, stop: int) -> int:
@@ -52,6 +69,7 @@ def count_primes(start: int, stop: int) -> int:
             divisor += 2
         else:
             count += 1
+    log.info("request %s: %d primes in [%d, %d)", request_id.get(), count, start, stop)
     return count
 
 
@@ -75,6 +93,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(title="aioparallel example", lifespan=lifespan)
 
 
+@app.middleware("http")
+async def name_the_request(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """The request's id, for this request's calls wherever they run, and in the reply."""
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
+    token = request_id.set(rid)
+    try:
+        response = await call_next(request)
+    finally:
+        request_id.reset(token)
+    response.headers["x-request-id"] = rid
+    return response
+
+
 @app.get("/ping")
 async def ping() -> dict[str, str]:
     return {"status": "ok"}
@@ -84,7 +117,6 @@ async def ping() -> dict[str, str]:
 async def compute(request: Request, n: int = Query(ge=0, le=10_000_000)) -> dict[str, int]:
     """The number of primes below ``n``, counted in chunks on the worker processes."""
     step = max(1, -(-n // CHUNKS))
-    # (Per-request context, such as a request id for the workers' logs, goes here.)
     counts = await request.app.state.parallel(
         delayed(count_primes)(start, min(start + step, n)) for start in range(0, n, step)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -195,6 +196,26 @@ async def test_fastapi_app_under_uvicorn_keeps_ping_fast(uvicorn_server: Server)
     assert server.stop() == 0, server.log()
     assert wait_gone([w.pid for w in workers], 5) == [], "worker processes outlived uvicorn"
     assert "Traceback" not in server.log(), server.log()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.asyncio
+async def test_fastapi_request_id_reaches_the_workers_log_lines(uvicorn_server: Server) -> None:
+    """The middleware's request id is set in the workers (``propagate``), and their log
+    records are handled by the server's logging, with the worker's pid."""
+    server = uvicorn_server
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        response = await client.get(
+            "/compute", params={"n": 1000}, headers={"x-request-id": "req-7f3a"}
+        )
+    assert response.status_code == 200 and response.headers["x-request-id"] == "req-7f3a"
+    workers = {w.pid for w in descendants(server.proc.pid)}
+    pattern = re.compile(r"pid=(\d+): request req-7f3a: \d+ primes in \[")
+    deadline = time.monotonic() + 10
+    while not (pids := {int(p) for p in pattern.findall(server.log())}):
+        assert time.monotonic() < deadline, server.log()
+        await asyncio.sleep(0.05)
+    assert pids and pids <= workers, (pids, workers, server.log())
 
 
 def _kernel_manager(kernel_dir: Path):  # type: ignore[no-untyped-def]
