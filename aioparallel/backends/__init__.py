@@ -1,5 +1,6 @@
 """The backends: where a batch of calls runs. ``base`` holds the ``Backend`` protocol every
-backend implements; ``sequential`` and ``threads`` run in the caller's process;
+backend implements; ``sequential`` and ``threads`` (with ``thread_loop``, a thread's batch
+on its own event loop) run in the caller's process;
 ``processes/`` (worker processes running ``aioparallel.child``), ``dask/`` (a
 ``distributed`` cluster) and ``ray/`` (Ray tasks) run elsewhere; ``remote/`` is what dask and
 Ray share (the batch runner on their workers, the client's arrays, unpacking and crash

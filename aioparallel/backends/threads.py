@@ -3,7 +3,7 @@
 Threads cannot be killed. A cancelled or timed-out call keeps running in the background and
 its result is dropped; the run does not wait for it. A cancelled batch starts no further
 call: the thread checks the batch's ``stop`` event before each one. A batch with async calls
-runs on an event loop of its thread (``child.async_loop.run_calls_on_loop``); its coroutines are
+runs on an event loop of its thread (``thread_loop.run_calls_on_loop``); its coroutines are
 cancelled when the run is, and it starts no further call.
 
 Under a ``timeout`` the parent holds each task's deadline (``timed``): sync calls one thread
@@ -27,18 +27,11 @@ from .._call import Call, function_name
 from .._coroutines import async_flags, is_coroutine
 from .._errors import TaskTimeoutError, attach_task
 from .._nesting import deeper
-from ..child.async_loop import (
-    BLOCKED_MARGIN,
-    CANCEL_GRACE,
-    RAISED,
-    VALUE,
-    LoopHandle,
-    TimedOut,
-    run_calls_on_loop,
-)
+from ..child.async_loop import BLOCKED_MARGIN, CANCEL_GRACE, RAISED, VALUE, TimedOut
 from .base import BackendArgs, Batch, Failure, RunBatch, RunOptions
 from .failures import async_timeout_error
 from .setup import Initializer, InitOnce
+from .thread_loop import LoopHandle, run_calls_on_loop
 from .timed import DaemonThreads, Watch
 
 __all__ = ["ThreadBackend", "build"]

@@ -8,8 +8,9 @@ worker process), which imports ``child.main`` and nothing else of ours: no anyio
 Imports point one way. Modules here import only the standard library and each other. The
 parent side imports from here only what both sides share: ``protocol`` (the frames, the
 outcomes that cross the pipe, and the array loaders its pickles name) and ``slot``. One
-exception: ``async_loop`` also runs the async calls of thread workers (``threads``) and of
-dask workers; being standard library only, sharing it adds nothing to this side.
+exception: ``async_loop``'s ``InFlight`` also runs the async calls of thread workers
+(``backends.thread_loop``) and of dask and Ray workers (``backends.remote``); being standard
+library only, sharing it adds nothing to this side.
 
 Invariants owned here:
 

@@ -9,6 +9,7 @@ async call, so a worker that only ever runs sync calls never imports asyncio.
     process worker                                   thread worker
     ──────────────                                   ─────────────
     main thread: the job's calls in input order      its own thread: ``run_calls_on_loop``
+                                                     (``backends.thread_loop``)
       sync call ─► runs here, as always                runs a loop for the batch; sync calls
       async call ─► WorkerLoop.submit (blocks while    run inline, async ones as tasks
         ``concurrency`` are in flight)
@@ -30,7 +31,6 @@ import asyncio
 import os
 import threading
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +39,7 @@ from .context import Values, in_task
 from .protocol import CANCEL_GRACE, TimedOut
 from .slot import CrashSlot
 
-__all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop", "run_calls_on_loop"]
+__all__ = ["CANCEL_GRACE", "InFlight", "TimedOut", "WorkerLoop"]
 
 #: A process worker's main thread, while it waits for its async tasks, checks this often
 #: whether one is overdue by more than the grace plus ``BLOCKED_MARGIN`` (the loop thread
@@ -377,97 +377,3 @@ class WorkerLoop:
         with self._cond:
             self._unsent = self._in_flight + len(self._outcomes)
             self._cond.notify_all()
-
-
-# -- thread workers --------------------------------------------------------------------------
-
-
-class LoopHandle:
-    """Lets the event loop thread cancel a thread worker's coroutines (the run was cancelled)."""
-
-    def __init__(self) -> None:
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.tasks: InFlight | None = None
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        loop, tasks = self.loop, self.tasks
-        if loop is not None and tasks is not None:
-            try:
-                loop.call_soon_threadsafe(tasks.cancel_all)
-            except RuntimeError:  # the loop is already closed: nothing left to cancel
-                pass
-
-
-def run_calls_on_loop(
-    calls: list[tuple[Callable[..., Any], Any, Any, bool]],
-    timeout: float | None,
-    concurrency: int,
-    stop_on_error: bool,
-    handle: LoopHandle,
-) -> list[tuple[int, Any]]:
-    """Run a thread worker's batch on an event loop of this thread: sync calls inline, in
-    order; async calls (flagged) as tasks, ``concurrency`` at most at once. One
-    ``(kind, value)`` per call; with ``stop_on_error`` the list stops at the first failure
-    in input order."""
-    outcomes: list[tuple[int, Any] | None] = [None] * len(calls)
-
-    async def drive() -> None:
-        loop = asyncio.get_running_loop()
-        room = asyncio.Semaphore(concurrency)
-        idle = asyncio.Event()
-        idle.set()
-        failed = False
-
-        def report(position: int, kind: int, value: Any) -> None:
-            nonlocal failed
-            outcomes[position] = (kind, value)
-            if kind != VALUE and stop_on_error:
-                failed = True
-                tasks.cancel_all()
-
-        def settled() -> None:
-            room.release()
-            if not tasks.tasks:
-                idle.set()
-
-        tasks = InFlight(loop, timeout, report, settled)
-        handle.loop, handle.tasks = loop, tasks
-        for position, (func, args, kwargs, is_async) in enumerate(calls):
-            if failed or handle.cancelled:
-                break
-            if is_async:
-                await room.acquire()
-                if failed or handle.cancelled:
-                    break
-                idle.clear()
-                tasks.start(position, func, args, kwargs)
-                continue
-            try:
-                value = func(*args, **kwargs)
-            except BaseException as exc:  # the task's outcome, whatever it raised
-                report(position, RAISED, exc)
-                continue
-            if isinstance(value, types.CoroutineType):  # a sync call handed back a coroutine
-                await room.acquire()
-                idle.clear()
-                tasks.start_coroutine(position, value)
-            else:
-                outcomes[position] = (VALUE, value)
-        await idle.wait()
-
-    asyncio.run(drive())
-    handle.loop = handle.tasks = None
-    return _collate(outcomes, stop_on_error)
-
-
-def _collate(outcomes: list[tuple[int, Any] | None], stop_on_error: bool) -> list[tuple[int, Any]]:
-    """One outcome per call; with ``stop_on_error``, up to the first failure in input order,
-    in its own slot (the run names the task by position; a slot before it whose task was
-    dropped is never read). A call never started was cancelled."""
-    if stop_on_error:
-        for n, outcome in enumerate(outcomes):
-            if outcome is not None and outcome[0] != VALUE:
-                return [o if o is not None else (VALUE, None) for o in outcomes[: n + 1]]
-    return [o if o is not None else (RAISED, asyncio.CancelledError()) for o in outcomes]
