@@ -10,8 +10,9 @@ dies, blame the call it was running and run the rest again.
                        │             └─ does not pickle: several calls -> split, one by one
                        │                                 one call       -> it fails
                        ├─ receive: _collect ◄──results frames── worker   (into results)
-                       │             ├─ watchdog (timeout=): a call past its deadline
-                       │             │   -> kill the worker, Kill noted for the blame
+                       │             ├─ crash.watch_deadline (timeout=): a call past its
+                       │             │   deadline -> kill the worker, Kill noted for the blame
+                       │             ├─ LOG: a task's log records -> the parent's loggers
                        │             └─ LOAD_ERROR: the job did not unpickle there -> split
                        │
                        ├─ done ─────────────────────────────► release the worker (healthy)
@@ -25,12 +26,16 @@ dies, blame the call it was running and run the rest again.
                                                    MAX_BLAMELESS_CRASHES the next call fails
 
 If the worker dies, the shared slot says which call it was running: that call fails with
-``WorkerCrashedError`` (or ``TimeoutError`` if our watchdog killed it for running past
+``WorkerCrashedError`` (or ``TimeoutError`` if ``watch_deadline`` killed it for running past
 ``timeout``), the calls that had started or finished without their result arriving fail too
 (never run twice: they may have had side effects), and the calls that had not started are
 re-run on a fresh worker (``child.slot.blame`` decides which is which). A cancelled batch
 asks its worker to cancel its async tasks (``_cancel_coroutines``, bounded), then kills it,
 shielded, before the cancellation goes on.
+
+(Over 450 lines: one class for one batch's life, whose send, receive and recovery steps
+share its results and positions; what stands alone is in ``pickling``, ``crash`` and
+``logs``.)
 """
 
 from __future__ import annotations
@@ -67,18 +72,16 @@ from ..failures import (
     repeated_crash_error,
     serialization_error,
 )
-from ..unpickling import loads_yielding
+from ..unpickling import loads
 from . import logs
-from .crash import Death, crash_errors
+from .crash import Death, crash_errors, watch_deadline
 from .pickling import job_flags, one_func, pickle_job
 from .pool.pool import PoolClosedError, RunWorkers, WorkerProcess
 from .tempfiles import Lease, RunFolder
 
-__all__ = ["MAX_BLAMELESS_CRASHES", "THREAD_UNPICKLE_BYTES", "BatchRun"]
+__all__ = ["MAX_BLAMELESS_CRASHES", "BatchRun"]
 
 
-#: Pickled bodies above this are unpickled in a thread, off the event loop.
-THREAD_UNPICKLE_BYTES = 256 * 1024
 #: Crashes that hit no call (the worker died between calls) before we blame the next call.
 MAX_BLAMELESS_CRASHES = 3
 _MISSING: Any = object()
@@ -269,10 +272,19 @@ class BatchRun:
             await self._receive(worker, seq, todo, attempt)
             return attempt
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watchdog, worker, seq, timeout, attempt)
+            tg.start_soon(self._watch, worker, seq, timeout, attempt)
             await self._receive(worker, seq, todo, attempt)
             tg.cancel_scope.cancel()
         return attempt
+
+    @staticmethod
+    async def _watch(
+        worker: WorkerProcess,
+        seq: int,
+        timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
+        attempt: _Attempt,
+    ) -> None:
+        attempt.killed = await watch_deadline(worker, seq, timeout)  # no await between
 
     async def _receive(
         self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
@@ -378,10 +390,7 @@ class BatchRun:
         thread that hands the GIL to the loop at every frame: ``pickle.loads`` would hold
         it throughout (0.25-0.5 s for a million small tuples)."""
         try:
-            if len(body) > THREAD_UNPICKLE_BYTES:
-                values: list[Any] = await anyio.to_thread.run_sync(loads_yielding, body)
-            else:
-                values = pickle.loads(body)
+            values: list[Any] = await loads(body)
             return values
         except (Exception, SystemExit) as exc:
             if len(positions) > 1:
@@ -399,32 +408,6 @@ class BatchRun:
             failure = Failure(error)
         self.results[position] = failure
         self.failed = True
-
-    async def _watchdog(
-        self,
-        worker: WorkerProcess,
-        seq: int,
-        timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
-        attempt: _Attempt,
-    ) -> None:
-        """Kill the worker when its current call has spent more than ``timeout`` on it:
-        unpickling its arguments (the first call's clock starts when the job does), running,
-        or pickling its result."""
-        while True:
-            timed = worker.snapshot(seq).timed
-            if timed is None:  # not started, or between calls
-                await anyio.sleep(min(timeout, 0.05))
-                continue
-            phase, position, started = timed  # loading, running or sending: the clock runs
-            late = started + timeout - time.monotonic()
-            if late > 0:
-                await anyio.sleep(late)
-                continue
-            # the worker may move on before the signal lands: the blame compares this kill
-            # with the slot after the death, so the next call is not blamed for it
-            attempt.killed = Kill(position, phase, started=started)
-            worker.kill_now()
-            return
 
     # -- crashes -----------------------------------------------------------------------------
 

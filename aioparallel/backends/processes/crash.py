@@ -1,4 +1,10 @@
-"""After a worker's death: the error each call it took with it fails with.
+"""A worker's end: the kill a call's deadline decides, and after a death, the error each call
+the worker took with it fails with.
+
+``watch_deadline`` kills a worker whose current call has run past ``timeout`` and returns the
+``Kill`` it decided on, read from the slot at that moment: the blame compares it with the
+slot after the death, so a worker that moved on before the signal landed does not get the
+next call blamed.
 
 ``child.slot.blame`` decides, from the slot as the dead worker left it, which calls failed
 and why (a pure function of the slot, the outcomes that arrived and our own kill); this
@@ -12,11 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
 
 from ...child.slot import Blame, Kill, Snapshot
 from ..failures import crash_error, killed_error, lost_result_error, timeout_error
 
-__all__ = ["Death", "crash_errors"]
+if TYPE_CHECKING:
+    from .worker import WorkerProcess
+
+__all__ = ["Death", "crash_errors", "watch_deadline"]
 
 #: A batch position -> (the task's index in its run, its function's name).
 TaskOf = Callable[[int], tuple[int, str]]
@@ -90,3 +102,25 @@ def _died_on(snap: Snapshot, todo: list[int], task_of: TaskOf) -> str | None:
         return None
     index, name = task_of(todo[timed[1]])
     return f"task {index} ({name})"
+
+
+async def watch_deadline(
+    worker: WorkerProcess,
+    seq: int,
+    timeout: float,  # noqa: ASYNC109 (a per-call limit, not this function's)
+) -> Kill:
+    """Kill the worker when its current call of job ``seq`` has spent more than ``timeout``
+    on it: unpickling its arguments (the first call's clock starts when the job does),
+    running, or pickling its result. Returns at once after the kill, with the ``Kill``."""
+    while True:
+        timed = worker.snapshot(seq).timed
+        if timed is None:  # not started, or between calls
+            await anyio.sleep(min(timeout, 0.05))
+            continue
+        phase, position, started = timed  # loading, running or sending: the clock runs
+        late = started + timeout - time.monotonic()
+        if late > 0:
+            await anyio.sleep(late)
+            continue
+        worker.kill_now()
+        return Kill(position, phase, started=started)

@@ -17,7 +17,6 @@ formatted and its traceback as text (``record.exc_text``).
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable
 
@@ -25,12 +24,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ..unpickling import loads_yielding
+from ..unpickling import loads
 
 __all__ = ["handle", "levels"]
 
-#: LOG frame bodies above this are unpickled in a thread, as results are.
-THREAD_UNPICKLE_BYTES = 256 * 1024
 #: Records handled on the loop between two turns of it, at most.
 SLICE_SECONDS = 0.005
 
@@ -67,10 +64,7 @@ def levels() -> tuple[int, tuple[tuple[str, int, bool], ...]]:
 async def handle(body: bytes, task_index: TaskIndex) -> None:
     """Handle the records of one LOG frame, in order, yielding to the loop every
     ``SLICE_SECONDS`` (10,000 records take tens of ms to handle)."""
-    if len(body) > THREAD_UNPICKLE_BYTES:
-        records = await anyio.to_thread.run_sync(loads_yielding, body)
-    else:
-        records = pickle.loads(body)
+    records = await loads(body)
     until = time.monotonic() + SLICE_SECONDS
     for n, (task, attrs) in enumerate(records):
         record = logging.makeLogRecord(attrs)
