@@ -13,7 +13,8 @@ from typing import Any
 
 from ._nesting import cap_nesting
 from ._parsing import parse_n_jobs
-from ._settings import Default, Settings, pick_backend
+from ._plan import pick_backend
+from ._settings import Default, Settings
 from .backends.base import BACKEND_NAMES
 
 __all__ = [

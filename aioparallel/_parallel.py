@@ -11,7 +11,8 @@ from ._call import Call
 from ._config import active_settings
 from ._parsing import parse_pre_dispatch
 from ._pending import PendingResults
-from ._settings import Default, Plan, Settings
+from ._plan import Plan
+from ._settings import Default, Settings
 from .backends.base import Backend, RunOptions
 from .run.budget import Budget
 from .run.progress import ProgressCallback, ProgressReporter

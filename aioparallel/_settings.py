@@ -6,8 +6,8 @@
           │ Settings.parse: each value given is checked and parsed; the rest are UNSET
           ▼
        Settings ── over(the active config) ──▶ Settings   (what parallel_config stores)
-          │ Plan.make: defaults filled in, the backend picked from the registry
-          │            (prefer / require, its nesting rule, one worker), n_jobs counted
+          │ Plan.make (``_plan``): defaults filled in, the backend picked from the
+          │            registry (prefer / require, its nesting rule, one worker), n_jobs
           ▼
          Plan      what a Parallel runs with: how to build its backend, RunOptions, ...
 
@@ -28,9 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict
 
-from ._nesting import cap_nesting
 from ._parsing import (
-    DEFAULT_WORKER_CONCURRENCY,
     PREFER,
     REQUIRE,
     check_choice,
@@ -45,19 +43,15 @@ from ._parsing import (
     parse_max_nbytes,
     parse_max_worker_memory,
     parse_mmap_mode,
-    parse_n_jobs,
     parse_progress,
     parse_return_as,
     parse_timeout,
     parse_verbose,
     parse_worker_concurrency,
 )
-from ._system import in_worker
 from .backends.base import (
     Backend,
-    BackendArgs,
     BackendEntry,
-    RunOptions,
     lookup_backend,
     registered_backend,
     registered_backends,
@@ -74,13 +68,8 @@ __all__ = [
     "BackendChoice",
     "Default",
     "ParallelKeywords",
-    "Plan",
     "Settings",
-    "Runner",
-    "backend_options",
-    "object_workers",
     "parse_backend",
-    "pick_backend",
 ]
 
 
@@ -264,203 +253,3 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "worker_concurrency": parse_worker_concurrency,
 }
 _PARSE_ORDER = tuple(_PARSERS)
-
-
-# -- from the settings to what a Parallel runs with -------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a ``Parallel`` runs with: its settings merged with the active config, defaults
-    filled in and its backend picked."""
-
-    #: ``n_jobs`` as given or configured (None: neither), for messages and cluster backends.
-    n_jobs_arg: int | None
-    #: Workers: a backend object's, 0 for a cluster's (known once entered), else from n_jobs.
-    n_jobs: int
-    #: The backend object given, if any (it is entered, never built).
-    backend_object: Backend | None
-    #: The registered backend to build, when no object was given.
-    entry: BackendEntry | None
-    backend_args: BackendArgs
-    return_as: str
-    verbose: int
-    progress: bool | ProgressCallback
-    return_exceptions: bool
-    batch_size: int | None
-    pre_dispatch: int | str
-    #: The default bound counts batches (as joblib's does) so batching never starves a
-    #: worker; an explicit pre_dispatch is a hard bound on calls.
-    widen_bound: bool
-    options: RunOptions
-
-    @property
-    def backend_name(self) -> str:
-        if self.backend_object is not None:
-            return self.backend_object.name
-        assert self.entry is not None
-        return self.entry.name
-
-    def build(self, private: bool) -> Backend:
-        """The backend for a call (``private``: for ``async with``, workers of its own)."""
-        if self.backend_object is not None:
-            return self.backend_object
-        assert self.entry is not None
-        return self.entry.build(replace(self.backend_args, private=private))
-
-    @classmethod
-    def make(cls, given: Settings, config: Settings) -> Plan:
-        """The plan of a ``Parallel`` given ``given`` under the active ``config``."""
-        merged = given.over(config)
-        explicit = given.backend is not UNSET
-        choice = pick_backend(merged, explicit)
-        if choice.entry is not None and choice.entry.check_platform is not None:
-            choice.entry.check_platform()  # even for n_jobs=1: fail alike at any size
-        initializer = merged.get("initializer", None)
-        if initializer is not None and choice.obj is not None:
-            raise ValueError(
-                f"initializer= cannot be given to the backend object {choice.obj!r}, "
-                "which starts its own workers: give it a backend name instead"
-            )
-        options = backend_options(choice.name, merged.backend_options)
-        n_jobs_arg = merged.get("n_jobs", None)
-        timeout = merged.get("timeout", None)
-        if choice.obj is not None:
-            n_jobs = object_workers(choice, given.get("n_jobs", None), n_jobs_arg)
-            runner = Runner(None, n_jobs, n_jobs, in_caller=False)
-        else:
-            assert choice.entry is not None
-            runner = Runner.pick(choice.entry, explicit, n_jobs_arg, timeout)
-        batch_size = merged.get("batch_size", None)
-        if runner.in_caller and batch_size is None:  # take one, run it, take the next
-            batch_size = 1
-        return cls(
-            n_jobs_arg=n_jobs_arg,
-            n_jobs=runner.n_jobs,
-            backend_object=choice.obj,
-            entry=runner.entry,
-            backend_args=BackendArgs(
-                n_workers=runner.n_workers,
-                n_jobs=n_jobs_arg,
-                initializer=initializer,
-                options=runner.options(options),
-                private=False,
-            ),
-            return_as=merged.get("return_as", "list"),
-            verbose=merged.get("verbose", 0),
-            progress=merged.get("progress", False),
-            return_exceptions=merged.get("return_exceptions", False),
-            batch_size=batch_size,
-            pre_dispatch=merged.get("pre_dispatch", "2*n_jobs"),
-            widen_bound=merged.pre_dispatch is UNSET,
-            options=run_options(merged, timeout),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Runner:
-    """Which registered backend runs the calls of a ``Parallel`` with a backend name."""
-
-    #: The backend to build (None for a backend object).
-    entry: BackendEntry | None
-    #: ``Parallel.n_jobs``.
-    n_jobs: int
-    #: Workers it is built with.
-    n_workers: int
-    #: The calls run one after another, in the caller's thread or one thread worker.
-    in_caller: bool
-
-    @classmethod
-    def pick(
-        cls, entry: BackendEntry, explicit: bool, n_jobs_arg: int | None, timeout: float | None
-    ) -> Runner:
-        """``entry``, or what its nesting rule or a single worker makes of it."""
-        nested = cap_nesting(entry, explicit=explicit, n_jobs=n_jobs_arg)
-        if nested != entry.name:
-            entry = lookup_backend(nested)
-        if n_jobs_arg is None:
-            n_jobs = 0 if entry.sized_by_cluster else 1  # a cluster's: known once entered
-        else:
-            n_jobs = parse_n_jobs(n_jobs_arg)
-        # One worker, or "sequential": the calls run one after another in the caller's
-        # thread; a timeout needs a worker that can be abandoned, so then one thread worker.
-        if entry.local and (n_jobs == 1 or entry.name == "sequential"):
-            entry = lookup_backend("sequential" if timeout is None else "threads")
-            return cls(entry, n_jobs, 1, in_caller=True)
-        return cls(entry, n_jobs, n_jobs, in_caller=False)
-
-    def options(self, options: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The backend options this runner takes (none once nesting or one worker picked
-        another backend than the one they were checked for)."""
-        taken = self.entry.options if self.entry is not None else frozenset()
-        return MappingProxyType({k: v for k, v in options.items() if k in taken})
-
-
-def run_options(merged: Settings, timeout: float | None) -> RunOptions:
-    """What the backend needs to know about each run."""
-    return RunOptions(
-        timeout=timeout,
-        stop_on_error=not merged.get("return_exceptions", False),
-        max_nbytes=merged.get("max_nbytes", 1024**2),
-        mmap_mode=merged.get("mmap_mode", "r"),
-        temp_folder=merged.get("temp_folder", None),
-        worker_concurrency=merged.get("worker_concurrency", DEFAULT_WORKER_CONCURRENCY),
-    )
-
-
-def pick_backend(merged: Settings, explicit: bool) -> BackendChoice:
-    """The backend from the settings, the default, and joblib's ``prefer`` / ``require``.
-
-    ``require="sharedmem"`` turns a configured process (or dask) backend into threads, as in
-    joblib; with such a backend passed explicitly it is a ``ValueError``, never a silent switch.
-    """
-    prefer, require = merged.get("prefer", None), merged.get("require", None)
-    check_consistent(prefer, require)
-    choice = merged.backend
-    if choice is UNSET:
-        choice = parse_backend("sequential" if in_worker() else (prefer or "processes"))
-    if require == "sharedmem" and not (choice.entry is not None and choice.entry.shares_memory):
-        if explicit:
-            raise ValueError(
-                f"require='sharedmem' needs calls that share the caller's memory: backend "
-                f"{choice.given!r} does not support shared memory; pass backend='threads' (or "
-                "'sequential'), or no backend to let require pick threads"
-            )
-        return parse_backend("threads")
-    return choice
-
-
-def backend_options(name: str, options: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The active ``parallel_config`` backend options, all of which backend ``name`` must
-    take: an option for another backend is a ``ValueError``, never silently dropped."""
-    entry = registered_backend(name)
-    foreign = sorted(set(options) - (entry.options if entry is not None else frozenset()))
-    if foreign:
-        takers = {
-            option: [e.name for e in registered_backends() if option in e.options]
-            for option in foreign
-        }
-        described = "; ".join(
-            f"{option}= is an option of {' and '.join(map(repr, takers[option]))}"
-            for option in foreign
-        )
-        raise ValueError(
-            f"Parallel/parallel_config option(s) {', '.join(map(repr, foreign))} do not apply to "
-            f"backend {name!r} ({described}); drop them or use that backend"
-        )
-    return MappingProxyType(dict(options))
-
-
-def object_workers(choice: BackendChoice, given: int | None, n_jobs: int | None) -> int:
-    """``Parallel.n_jobs`` with a backend object: the object decides (a given ``n_jobs`` must
-    agree), unless its size is its cluster's, known once entered (0 until then)."""
-    obj = choice.obj
-    assert obj is not None
-    if choice.entry is not None and choice.entry.sized_by_cluster:
-        return 0 if n_jobs is None else parse_n_jobs(n_jobs)
-    if given is not None and parse_n_jobs(given) != obj.n_workers:
-        raise ValueError(
-            f"n_jobs={given!r} contradicts the backend object {obj!r}, which has "
-            f"{obj.n_workers} workers: drop n_jobs or make them agree"
-        )
-    return obj.n_workers  # a configured n_jobs is only a default
