@@ -5,10 +5,17 @@
     results = await Parallel(n_jobs=4)(delayed(f)(x) for x in xs)
 
 The public API is the names exported here (``__all__``), and only those. Everything else,
-the subpackages included, is private and may change in any release: ``run/`` (one run of a
-``Parallel``), ``backends/`` (where batches run: ``base`` holds the ``Backend`` protocol;
-``processes/``, ``dask/``, ``ray/``, threads, sequential) and ``child/`` (the code a worker process
-runs, standard library only).
+the subpackages included, is private and may change in any release. A newcomer's path:
+
+- ``_parallel`` (``Parallel``) and ``_config`` (``parallel_config``): the public face;
+  ``_settings`` parses their parameters once, ``_plan`` picks the backend from them;
+- ``run/``: one run of a ``Parallel`` (``run/run.py`` draws its data flow);
+- ``backends/``: where batches run (``base``: the ``Backend`` protocol and the registry;
+  ``processes/``, ``dask/``, ``ray/``, ``remote/``, ``threads``, ``sequential``);
+- ``child/``: the code a worker process runs, standard library only (``child/slot.py``: how
+  a dead worker's call is found).
+
+Each package's docstring names the invariants its modules own.
 """
 
 from __future__ import annotations
