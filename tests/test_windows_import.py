@@ -24,10 +24,11 @@ POSIX_ONLY_OS = ("killpg", "setpgid", "getpgid", "getuid", "waitid", "pidfd_open
 
 SCRIPT = """
 import sys, os
-try:  # third-party code is loaded first: on Linux it imports its Linux parts (psutil's)
-    import distributed
-except ImportError:
-    pass
+for third_party in ("distributed", "ray"):  # loaded first: on Linux they import their
+    try:                                    # Linux parts (psutil's, pwd)
+        __import__(third_party)
+    except ImportError:
+        pass
 for name in {modules!r}:
     sys.modules[name] = None  # import name -> ImportError, as on Windows
 for name in {os_names!r}:
