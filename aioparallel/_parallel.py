@@ -115,7 +115,7 @@ class Parallel(Generic[M]):
         outcome, counted across runs) is replaced by a fresh one, to bound what a leaky
         library accumulates. None (default): never. See the docs' "Workers" page.
     max_worker_memory
-        Process workers only: a worker whose resident memory exceeds this after a batch
+        Process workers only: a worker whose resident memory exceeds this after a call
         (bytes, or a size such as ``"512M"``, ``"2G"``) is replaced. None (default): never.
         Neither limit interrupts, fails or re-runs a call; each is part of the warm pool's
         identity (as ``initializer`` is); other backends raise ``ValueError``.

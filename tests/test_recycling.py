@@ -125,3 +125,15 @@ def test_sizes_are_parsed() -> None:
     assert parse_max_worker_memory("512M") == 512 << 20
     assert parse_max_worker_memory("2G") == 2 << 30
     assert parse_max_worker_memory(1000) == 1000
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(resident_bytes(os.getpid()) is None, reason="no resident size here")
+async def test_the_memory_limit_is_checked_after_each_call_of_a_batch(tmp_path: Path) -> None:
+    """A worker past its limit after a call starts no further call of its batch: they go on
+    to other workers, each run once."""
+    folder = str(tmp_path)
+    async with Parallel(n_jobs=2, max_worker_memory="50M", batch_size=4) as parallel:
+        grown = await parallel(delayed(rh.grow)(folder, i, 100) for i in range(4))
+    assert len(set(grown)) == 4, grown  # one call per worker: each was past the limit after it
+    _once_each(tmp_path, 4)

@@ -31,6 +31,7 @@ from .slot import CrashSlot
 
 #: Results are sent at least this often during a long batch, so a crash loses little.
 FLUSH_SECONDS = 0.05
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _watch_parent(lifeline_fd: int) -> None:
@@ -99,21 +100,21 @@ class Worker:
         calls: list[Any],
         async_job: tuple[bytes | None, float | None, int],
         values: tuple[Any, context.Values] | None,
+        memory_limit: int | None,
     ) -> None:
         """Run the calls in order; async ones (``async_job``: per-call flags or None, timeout,
-        concurrency), and coroutines that sync calls return, go to the worker's event loop
-        thread and finish out of order. ``values``: the caller's context variables, or None.
-
-        A sync call's slot clock starts when it does (the first's when the job began loading:
-        its time includes unpickling its arguments) and runs while its result is pickled; a
-        result leaves once ``FLUSH_SECONDS`` passed since the last frame, measured when its
-        call returns, so a slow call's result leaves before the next call starts."""
+        concurrency), and coroutines sync calls return, go to the worker's loop thread and
+        finish out of order. ``values``: the caller's context variables, or None; past
+        ``memory_limit`` resident bytes after a call, the rest is left to other workers.
+        A sync call's slot clock starts with it (the first's with the job's loading) and runs
+        while its result is pickled; a result leaves once ``FLUSH_SECONDS`` passed since the
+        last frame, measured as its call returns: before a slow call's next one starts."""
         slot, logs, monotonic = self.slot, self.logs, time.monotonic
         job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
         flags, loop, around = async_job[0], None, values[0] if values is not None else None
         for i, call in enumerate(calls):
-            if loop is not None and loop.stopped:
+            if (loop is not None and loop.stopped) or (memory_limit and i and _over(memory_limit)):
                 break
             if flags is not None and flags[i]:
                 if not job.submit(i, call):
@@ -343,10 +344,20 @@ def _load(kind: int, body: bytes) -> tuple[Any, ...]:
     if kind == protocol.BATCH_FILE:
         body = protocol.unspill(body)
     unpickler = pickle.Unpickler(io.BytesIO(body))
-    stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried = unpickler.load()
+    stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit = unpickler.load()
     calls = [call for _ in range(n_chunks) for call in unpickler.load()]
     values = context.load(carried)
-    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values
+    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit
+
+
+def _over(memory_limit: int) -> bool:
+    """This worker's resident memory is past ``max_worker_memory`` (Linux's
+    ``/proc/self/statm``; where it cannot be read, the parent checks after the job)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE > memory_limit
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _in_context(around: Any, func: Any, call: Any) -> Any:

@@ -179,7 +179,14 @@ class BatchRun:
             try:
                 seq = worker.next_seq()
                 body, self.batch.nbytes = await pickle_job(
-                    calls, func, seq, flags, self.options, self.folder, self.lease
+                    calls,
+                    func,
+                    seq,
+                    flags,
+                    self.options,
+                    self.folder,
+                    self.lease,
+                    self.pool.memory_limit,
                 )
             except anyio.get_cancelled_exc_class():
                 raise
@@ -198,7 +205,10 @@ class BatchRun:
                 self._split = True
             if attempt.done:
                 healthy = attempt.killed is None  # killed as the job ended
-                return attempt.resend
+                # calls the worker did not start (past max_worker_memory, or after the
+                # failure that stops the run): they go on to another worker
+                unrun = [todo[j] for j in range(len(todo)) if j not in attempt.got]
+                return attempt.resend + unrun
             if attempt.load_error is not None:
                 healthy = True
                 return self._load_failed(todo, attempt.load_error)

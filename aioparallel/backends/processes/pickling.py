@@ -121,13 +121,15 @@ async def pickle_job(
     options: RunOptions,
     folder: RunFolder,
     lease: Lease,
+    memory_limit: int | None = None,
 ) -> tuple[Frame, int]:
     """The job's frame and its pickled size. A job that is obviously cheap to pickle (cheap
     callables, small arguments) is pickled on the event loop, yielding between chunks; from
     the first chunk that could be expensive (a large or unusual argument, a callable that
     carries state), the rest is pickled in a thread, abandoned if the batch is cancelled.
     ``func``: the one function of all ``calls`` (else None). ``flags`` marks the async
-    calls: the worker awaits them on its loop. Array files the job references join ``lease``."""
+    calls: the worker awaits them on its loop. Array files the job references join ``lease``.
+    ``memory_limit``: ``max_worker_memory``, past which the worker starts no further call."""
     items: list[Any]
     if func is not None and not any(map(_KWARGS, calls)):
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
@@ -145,6 +147,7 @@ async def pickle_job(
         len(chunks),
         async_job,
         capture(),  # the caller's propagated context variables (aioparallel.propagate)
+        memory_limit,  # max_worker_memory: the worker takes no new call past it
     )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT)
     if func is not None and not cheap_callable(func):

@@ -332,6 +332,11 @@ class RunWorkers:
         # two turns: the first lets the lane yield once (every lane does, between batches)
         call_soon(lambda: call_soon(lambda: self._give_back(worker)))
 
+    @property
+    def memory_limit(self) -> int | None:
+        """``max_worker_memory``: the workers check it between the calls of a job."""
+        return self.pool.limits.max_memory
+
     def budget(self, worker: WorkerProcess) -> int | None:
         """Calls ``worker`` may still run (``max_tasks_per_worker``); None: no limit."""
         return self.pool.limits.budget(worker)

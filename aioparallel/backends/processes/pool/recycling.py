@@ -2,17 +2,17 @@
 
 A long-lived worker accumulates what its tasks leave behind (a library's cache, a leak, a
 fragmented heap); a web service's workers live for days. So a worker that has run
-``max_tasks`` calls, or whose resident memory is past ``max_memory`` after a batch, is
+``max_tasks`` calls, or whose resident memory is past ``max_memory`` after a call, is
 replaced. Neither limit ever interrupts a call:
 
 - calls: the parent sends a worker at most the calls it has left (``Limits.budget``); the
   rest of a larger batch goes on to the next worker, as the calls a crashed worker had not
   started do (``batch.BatchRun``). So no worker runs more than ``max_tasks`` calls, async
   calls included, and none is stopped in the middle of a job.
-- memory: measured by the parent when the worker gives back a finished batch, from the
-  kernel's count of the worker's resident pages (``resident_bytes``): the worker itself
-  does nothing, and a batch's calls all run where the batch went. (``batch_size=1``
-  checks after every call.)
+- memory: from the kernel's count of the worker's resident pages, read by the worker after
+  each call of a job (``child.main``; the limit travels with the job), which then starts
+  no further call: the rest of its batch goes on as above; and by the parent when the
+  worker gives a batch back (``resident_bytes``; on macOS, only this).
 
 A spent worker is not handed out again: ``Pool.give_back`` retires it (the roster counts it
 ``recycled``) and a thread of its own stops it, frees its place, and starts its successor,
@@ -37,7 +37,7 @@ class Limits:
 
     #: Calls a worker runs, whatever their outcome, before it is replaced (None: no limit).
     max_tasks: int | None = None
-    #: Resident bytes past which a worker is replaced after a batch (None: no limit).
+    #: Resident bytes past which a worker is replaced after a call (None: no limit).
     max_memory: int | None = None
 
     def budget(self, worker: WorkerProcess) -> int | None:
