@@ -24,11 +24,12 @@ POSIX_ONLY_OS = ("killpg", "setpgid", "getpgid", "getuid", "waitid", "pidfd_open
 
 SCRIPT = """
 import sys, os
+missing = set()  # the optional engines not installed: their backends are not imported
 for third_party in ("distributed", "ray"):  # loaded first: on Linux they import their
     try:                                    # Linux parts (psutil's, pwd)
         __import__(third_party)
     except ImportError:
-        pass
+        missing.add(third_party)
 for name in {modules!r}:
     sys.modules[name] = None  # import name -> ImportError, as on Windows
 for name in {os_names!r}:
@@ -46,7 +47,10 @@ PROCESS_BACKEND = {{
     "aioparallel.backends.processes.batch",
     "aioparallel.child.main",
 }}
+NEEDS = {{"aioparallel.backends.dask.": "distributed", "aioparallel.backends.ray.": "ray"}}
 for info in pkgutil.walk_packages(aioparallel.__path__, "aioparallel."):
+    if any(info.name.startswith(p) and NEEDS[p] in missing for p in NEEDS):
+        continue
     if info.name not in PROCESS_BACKEND and info.name != "aioparallel.__main__":
         importlib.import_module(info.name)
 
