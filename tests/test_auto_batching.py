@@ -117,3 +117,23 @@ async def test_fewer_calls_than_workers_run_one_per_worker_after_learning(
     assert batching._learned[pid_after][0] > 4  # what the next run starts from
     pids = await Parallel(n_jobs=4)(delayed(pid_after)(0.3) for _ in range(4))
     assert len(set(pids)) == 4, pids
+
+
+def test_a_backend_asks_for_longer_batches_with_batch_seconds() -> None:
+    """Calls of 25 ms: one per batch by default (past 20 ms), ~0.2 s of them on a backend
+    that asks for it (dask: each batch is a task for its scheduler)."""
+    default, cluster = AutoBatcher(), AutoBatcher(0.2)
+    for batcher in (default, cluster):
+        for _ in range(4):
+            batcher.record(batcher.size, 0.025 * batcher.size)
+    assert default.size == 1
+    assert cluster.size == 8  # 1, 2, 4, 8 calls: 0.2 s
+    cluster.record(8, 8 * 0.2)  # 1.6 s: past the 1 s top of a 0.2 s target, halved
+    assert cluster.size == 4
+
+
+async def test_the_run_takes_the_backends_batch_seconds() -> None:
+    backend, task = RecordingBackend(), fresh_function()
+    backend.batch_seconds = 0.5  # 1 ms calls: up to ~500 a batch
+    await Parallel(backend=backend)(delayed(task)(i) for i in range(300))
+    assert max(backend.sizes) >= 32, backend.sizes  # 20 ms batches stop at 16 here

@@ -164,6 +164,10 @@ class Backend(Protocol):
         ``n_workers * batches_per_worker``. A backend whose round trip is long next to a
         batch (a remote cluster) asks for 2, so that a worker has its next batch before it
         finishes the one it runs; ``pre_dispatch`` still bounds the calls in flight.
+    batch_seconds
+        Optional (default ``run.batching.MIN_BATCH_SECONDS``, 0.02): the least work auto
+        batching aims to put in one batch. A backend whose every batch costs a scheduler's
+        bookkeeping (a cluster) asks for more, so that cost is paid less often.
     """
 
     name: str
@@ -176,6 +180,11 @@ class Backend(Protocol):
     def open_run(self, options: RunOptions) -> AbstractAsyncContextManager[RunBatch]:
         """Per-run resources; the context yields the run's ``run_batch``."""
         ...
+
+
+def batch_seconds(backend: Backend, default: float) -> float:
+    """The backend's optional ``batch_seconds`` (``default`` when it has none)."""
+    return float(getattr(backend, "batch_seconds", default))
 
 
 def batches_per_worker(backend: Backend) -> int:

@@ -64,7 +64,11 @@ _learned: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, float]] = (
 class AutoBatcher:
     """Grow batches while they finish under MIN_BATCH_SECONDS; shrink them above MAX."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_seconds: float = MIN_BATCH_SECONDS) -> None:
+        #: A batch should take from ``min_seconds`` to ``max_seconds`` (the backend's
+        #: ``batch_seconds``; a cluster's per-batch cost asks for longer batches).
+        self.min_seconds = min_seconds
+        self.max_seconds = max(MAX_BATCH_SECONDS, 5 * min_seconds)
         self.size = 1
         #: Seconds per call of the last batch measured (0: nothing measured yet).
         self.call_seconds = 0.0
@@ -93,10 +97,10 @@ class AutoBatcher:
         if n_calls != self.size:
             self.size = min(self.size, self._byte_cap)
             return
-        if seconds < MIN_BATCH_SECONDS:
-            ideal = n_calls * MIN_BATCH_SECONDS / max(seconds, 1e-6)
+        if seconds < self.min_seconds:
+            ideal = n_calls * self.min_seconds / max(seconds, 1e-6)
             self.size = min(2 * n_calls, max(1, int(2 * ideal)))
-        elif seconds > MAX_BATCH_SECONDS and n_calls >= 2:
+        elif seconds > self.max_seconds and n_calls >= 2:
             self.size = max(1, n_calls // 2)
         self.size = max(1, min(max(self.size, self.floor), self._byte_cap, MAX_BATCH_CALLS))
 

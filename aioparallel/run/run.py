@@ -41,8 +41,16 @@ from .._call import Call, function_name
 from .._coroutines import async_flags
 from .._errors import attach_task
 from .._pending import PendingResults
-from ..backends.base import Backend, Batch, Failure, RunBatch, RunOptions, batches_per_worker
-from .batching import ASYNC_BATCH_FACTOR, AutoBatcher, FixedBatcher
+from ..backends.base import (
+    Backend,
+    Batch,
+    Failure,
+    RunBatch,
+    RunOptions,
+    batch_seconds,
+    batches_per_worker,
+)
+from .batching import ASYNC_BATCH_FACTOR, MIN_BATCH_SECONDS, AutoBatcher, FixedBatcher
 from .progress import ProgressReporter
 from .results import Sink
 from .source import ProducerError, Source
@@ -84,7 +92,9 @@ class Run:
         self.backend = backend
         self.options = options
         self.batcher: AutoBatcher | FixedBatcher = (
-            AutoBatcher() if batch_size is None else FixedBatcher(batch_size)
+            AutoBatcher(batch_seconds(backend, MIN_BATCH_SECONDS))
+            if batch_size is None
+            else FixedBatcher(batch_size)
         )
         self.budget = sink.budget
         self.budget.limit = pre_dispatch
