@@ -19,29 +19,17 @@ shows medians:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from aioparallel import Parallel, delayed, parallel_config
 
-from .workloads import double, spin_25ms, spin_iterations
-
-#: (name, function, calls)
-WORKLOADS: list[tuple[str, Callable[[int], int], int]] = [
-    ("64 x 25 ms", spin_25ms, 64),
-    ("2,000 tiny", double, 2000),
-]
-CONTENDERS = ["ours", "joblib-dask", "submit/gather", "processes"]
-
-Runner = Callable[[Callable[[int], int], int], Awaitable[list[int]]]
+from .interleaved import Runner, Times, main, time_interleaved
+from .workloads import spin_iterations
 
 
 def _joblib_runner(sync_client: Any) -> Runner:
@@ -80,14 +68,11 @@ def _processes_runner(warm: Parallel[Any]) -> Runner:
     return run
 
 
-async def measure(repeats: int) -> dict[str, dict[str, list[float]]]:
+async def measure(repeats: int) -> Times:
     """Seconds per (workload, contender), one entry per repeat, interleaved."""
     from distributed import Client, LocalCluster
 
     spin_iterations()  # calibrate before the workers start, so they inherit the loop length
-    times: dict[str, dict[str, list[float]]] = {
-        w: {c: [] for c in CONTENDERS} for w, _, _ in WORKLOADS
-    }
     cluster = LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address=None, asynchronous=True,
@@ -107,49 +92,11 @@ async def measure(repeats: int) -> dict[str, dict[str, list[float]]]:
                 "submit/gather": _raw_runner(client),
                 "processes": _processes_runner(warm),
             }
-            for run in runners.values():  # warm up: imports, connections, worker caches
-                await run(spin_25ms, 4)
-                await run(double, 100)
-            for _ in range(repeats):
-                for workload, func, n in WORKLOADS:
-                    for contender, run in runners.items():
-                        began = time.perf_counter()
-                        out = await run(func, n)
-                        times[workload][contender].append(time.perf_counter() - began)
-                        assert len(out) == n and out[1] == func(1), (contender, workload)
+            return await time_interleaved(runners, repeats)
         finally:
             await anyio.to_thread.run_sync(sync_client.close)
-    return times
-
-
-def table(times: dict[str, dict[str, list[float]]]) -> str:
-    head = (
-        "| workload | " + " | ".join(CONTENDERS) + " | ours / joblib-dask | ours / submit-gather |"
-    )
-    lines = [head, "|---" * (len(CONTENDERS) + 3) + "|"]
-    for workload, by_contender in times.items():
-        med = {c: statistics.median(t) for c, t in by_contender.items()}
-        cells = " | ".join(f"{med[c]:.3f} s" for c in CONTENDERS)
-        ratios = (
-            f"{med['ours'] / med['joblib-dask']:.2f} | {med['ours'] / med['submit/gather']:.2f}"
-        )
-        lines.append(f"| {workload} | {cells} | {ratios} |")
-    return "\n".join(lines)
-
-
-async def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", metavar="PATH", help="also write the times (seconds) here")
-    args = parser.parse_args(argv)
-    times = await measure(args.repeats)
-    print(f"medians of {args.repeats} interleaved repeats; 2-worker LocalCluster, 1 thread each")
-    print(table(times))
-    if args.json:
-        medians = {w: {c: statistics.median(t) for c, t in by.items()} for w, by in times.items()}
-        record = {"repeats": args.repeats, "times": times, "medians": medians}
-        await anyio.Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    setting = "2-worker LocalCluster, 1 thread each"
+    asyncio.run(main(sys.argv[1:], __doc__, measure, setting, ("joblib-dask", "submit/gather")))

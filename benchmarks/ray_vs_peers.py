@@ -18,29 +18,17 @@ shows medians:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
 from aioparallel import Parallel, delayed, parallel_config
 
-from .workloads import double, spin_25ms, spin_iterations
-
-#: (name, function, calls)
-WORKLOADS: list[tuple[str, Callable[[int], int], int]] = [
-    ("64 x 25 ms", spin_25ms, 64),
-    ("2,000 tiny", double, 2000),
-]
-CONTENDERS = ["ours", "joblib-ray", "ray.remote"]
-
-Runner = Callable[[Callable[[int], int], int], Awaitable[list[int]]]
+from .interleaved import Runner, Times, main, time_interleaved
+from .workloads import spin_iterations
 
 
 def _joblib_runner() -> Runner:
@@ -79,14 +67,11 @@ def _ours_runner() -> Runner:
     return run
 
 
-async def measure(repeats: int) -> dict[str, dict[str, list[float]]]:
+async def measure(repeats: int) -> Times:
     """Seconds per (workload, contender), one entry per repeat, interleaved."""
     import ray
 
     spin_iterations()  # calibrate before Ray starts, so its workers inherit the loop length
-    times: dict[str, dict[str, list[float]]] = {
-        w: {c: [] for c in CONTENDERS} for w, _, _ in WORKLOADS
-    }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         runners = {
@@ -94,45 +79,12 @@ async def measure(repeats: int) -> dict[str, dict[str, list[float]]]:
             "joblib-ray": _joblib_runner(),
             "ray.remote": _raw_runner(),
         }
-        for run in runners.values():  # warm up: imports, worker processes, function exports
-            await run(spin_25ms, 4)
-            await run(double, 100)
-        for _ in range(repeats):
-            for workload, func, n in WORKLOADS:
-                for contender, run in runners.items():
-                    began = time.perf_counter()
-                    out = await run(func, n)
-                    times[workload][contender].append(time.perf_counter() - began)
-                    assert len(out) == n and out[1] == func(1), (contender, workload)
+        return await time_interleaved(runners, repeats)
     finally:
         ray.shutdown()
-    return times
-
-
-def table(times: dict[str, dict[str, list[float]]]) -> str:
-    head = "| workload | " + " | ".join(CONTENDERS) + " | ours / joblib-ray | ours / ray.remote |"
-    lines = [head, "|---" * (len(CONTENDERS) + 3) + "|"]
-    for workload, by_contender in times.items():
-        med = {c: statistics.median(t) for c, t in by_contender.items()}
-        cells = " | ".join(f"{med[c]:.3f} s" for c in CONTENDERS)
-        ratios = f"{med['ours'] / med['joblib-ray']:.2f} | {med['ours'] / med['ray.remote']:.2f}"
-        lines.append(f"| {workload} | {cells} | {ratios} |")
-    return "\n".join(lines)
-
-
-async def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", metavar="PATH", help="also write the times (seconds) here")
-    args = parser.parse_args(argv)
-    times = await measure(args.repeats)
-    print(f"medians of {args.repeats} interleaved repeats; local Ray, num_cpus=2")
-    print(table(times))
-    if args.json:
-        medians = {w: {c: statistics.median(t) for c, t in by.items()} for w, by in times.items()}
-        record = {"repeats": args.repeats, "times": times, "medians": medians}
-        await anyio.Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    asyncio.run(
+        main(sys.argv[1:], __doc__, measure, "local Ray, num_cpus=2", ("joblib-ray", "ray.remote"))
+    )
