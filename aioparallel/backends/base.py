@@ -335,36 +335,33 @@ def _check_process_platform() -> None:
     check_process_backend()
 
 
-def _check_distributed() -> None:
-    """``"dask"`` without ``distributed`` fails when the backend is chosen, not at the first
-    call; found without importing it (~1 s)."""
-    from importlib.util import find_spec
+def _check_installed(module: str, missing: str) -> Callable[[], None]:
+    """A check that a backend without ``module`` fails, saying ``missing``, when the backend
+    is chosen, not at the first call; ``module`` is found without importing it (~1 s)."""
 
-    try:
-        installed = find_spec("distributed") is not None
-    except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
-        installed = False
-    if not installed:
-        raise ValueError(
-            "backend='dask' runs the calls on a dask.distributed cluster, but distributed "
-            "is not installed. Please install dask: pip install 'aioparallel[dask]'"
-        )
+    def check() -> None:
+        from importlib.util import find_spec
+
+        try:
+            installed = find_spec(module) is not None
+        except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
+            installed = False
+        if not installed:
+            raise ValueError(missing)
+
+    return check
 
 
-def _check_ray() -> None:
-    """``"ray"`` without ``ray`` fails when the backend is chosen, not at the first call;
-    found without importing it (~1 s)."""
-    from importlib.util import find_spec
-
-    try:
-        installed = find_spec("ray") is not None
-    except (ImportError, ValueError):  # a finder refusing it; a broken sys.modules entry
-        installed = False
-    if not installed:
-        raise ValueError(
-            "backend='ray' runs the calls as Ray tasks, but ray is not installed. "
-            "Please install it: pip install 'aioparallel[ray]'"
-        )
+_check_distributed = _check_installed(
+    "distributed",
+    "backend='dask' runs the calls on a dask.distributed cluster, but distributed is not "
+    "installed. Please install dask: pip install 'aioparallel[dask]'",
+)
+_check_ray = _check_installed(
+    "ray",
+    "backend='ray' runs the calls as Ray tasks, but ray is not installed. "
+    "Please install it: pip install 'aioparallel[ray]'",
+)
 
 
 for _entry in (
