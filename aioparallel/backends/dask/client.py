@@ -53,6 +53,7 @@ from ..remote.client import (
     crash_failures,
     resolve_n_jobs,
     unpack_outcomes,
+    unsendable,
     wire_calls,
 )
 from ..setup import Initializer, initializer_error
@@ -282,10 +283,7 @@ class _DaskRun:
             future = self._client.submit(*task, key=key, pure=False)
         except BaseException as exc:  # nothing ran (a __reduce__ may raise anything)
             if len(batch.calls) == 1:
-                error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
-                error.__cause__ = exc
-                attach_task(error, batch.start, name)
-                return [Failure(error)]
+                return unsendable(batch, name, exc)
             future = None
         if future is None:  # find the call that cannot be pickled, outside the except block
             return await self._one_by_one(batch, alone)

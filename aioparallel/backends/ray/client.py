@@ -61,6 +61,7 @@ from ..remote.client import (
     crash_failures,
     resolve_n_jobs,
     unpack_outcomes,
+    unsendable,
     wire_calls,
 )
 from ..remote.runner import Ran
@@ -252,10 +253,7 @@ class _RayRun:
                     ref = await anyio.to_thread.run_sync(_submit, args)
         except Exception as exc:  # Ray could not pickle the batch: nothing was sent
             if len(batch.calls) == 1:
-                error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
-                error.__cause__ = exc
-                attach_task(error, batch.start, name)
-                return [Failure(error)]
+                return unsendable(batch, name, exc)
             ref = None
         if ref is None:  # find the call that cannot be pickled, outside the except block
             return await self._one_by_one(batch)

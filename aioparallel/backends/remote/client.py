@@ -22,7 +22,7 @@ import anyio
 import numpy as np
 
 from ..._call import Call, function_name
-from ..._errors import UnpicklingError, WorkerCrashedError, attach_task
+from ..._errors import PicklingError, UnpicklingError, WorkerCrashedError, attach_task
 from ..base import Batch, Failure
 from ..unpickling import loads_yielding
 from .runner import RAISED, VALUE, Outcome, WireCall
@@ -35,6 +35,7 @@ __all__ = [
     "swap",
     "unpack",
     "unpack_outcomes",
+    "unsendable",
     "wire_calls",
 ]
 
@@ -154,6 +155,15 @@ def swap(obj: Any, replacements: dict[int, Any]) -> Any:
     if isinstance(obj, np.ndarray):
         return replacements.get(id(obj), obj)
     return obj
+
+
+def unsendable(batch: Batch, name: str, exc: BaseException) -> list[Any]:
+    """The one call of ``batch`` could not be pickled for the engine (nothing ran): its
+    ``PicklingError``. (A batch of several is sent again call by call, to find the culprit.)"""
+    error = PicklingError(f"task {batch.start} ({name}) could not be sent: {exc!r}")
+    error.__cause__ = exc
+    attach_task(error, batch.start, name)
+    return [Failure(error)]
 
 
 def crash_failures(
