@@ -28,6 +28,11 @@ import anyio
 import psutil
 from distributed import Client, LocalCluster, SchedulerPlugin
 
+# the tasks shared with the other suites, re-exported for the tests that import them here
+from tests.helpers import add as add
+from tests.helpers import fail_on as fail_on
+from tests.helpers import square as square
+
 if TYPE_CHECKING:
     from tests.conftest import LeakCheck
 
@@ -216,20 +221,6 @@ class Local:
 
 
 # -- task functions: imported by name on the workers -------------------------------------------
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def add(x: int, y: int = 0) -> int:
-    return x + y
-
-
-def fail_on(x: int, bad: int) -> int:
-    if x == bad:
-        raise ValueError(f"bad input {x}")
-    return x
 
 
 def total(*arrays: Any, **named: Any) -> float:

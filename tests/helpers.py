@@ -64,6 +64,13 @@ def add(x: int, y: int = 0) -> int:
     return x + y
 
 
+def fail_on(x: int, bad: int) -> int:
+    """``x``, or ``ValueError`` when ``x`` is ``bad`` (the dask and Ray tests' task)."""
+    if x == bad:
+        raise ValueError(f"bad input {x}")
+    return x
+
+
 def fail_at(x: int, bad: Iterable[int] = (3,)) -> int:
     """``x * x``, or ``ValueError`` when ``x`` is one of ``bad``."""
     if x in bad:

@@ -19,6 +19,11 @@ from typing import Any
 
 import psutil
 
+# the tasks shared with the other suites, re-exported for the tests that import them here
+from tests.helpers import add as add
+from tests.helpers import fail_on as fail_on
+from tests.helpers import square as square
+
 #: Bounded waits of the tests (seconds).
 WAIT = 30.0
 
@@ -123,23 +128,9 @@ def stop_session(session: RaySession) -> list[int]:
 # -- task functions ---------------------------------------------------------------------------
 
 
-def square(x: int) -> int:
-    return x * x
-
-
 async def square_later(x: int) -> int:
     await asyncio.sleep(0.01)
     return x * x
-
-
-def add(x: int, y: int = 0) -> int:
-    return x + y
-
-
-def fail_on(x: int, bad: int) -> int:
-    if x == bad:
-        raise ValueError(f"bad input {x}")
-    return x
 
 
 def pid(_: int = 0) -> int:
