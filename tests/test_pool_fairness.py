@@ -138,3 +138,35 @@ async def test_a_run_keeps_its_workers_from_one_batch_to_the_next(anyio_backend:
     first_done = max(stamps[0])
     early = sum(t < first_done for t in stamps[1])
     assert early <= 2, f"{early} calls of the second run ran before the first run finished"
+
+
+async def test_a_small_run_passes_a_huge_one_that_started_first(anyio_backend: Any) -> None:
+    """A huge run (40 calls of 50 ms: 2 s of worker time) holds both workers of the pool;
+    a small run of 4 such calls arrives once the huge one has used ~0.3 s. The huge run
+    yields it the workers as their batches end: the small run is done while the huge one
+    runs a batch or two more per worker, not after its 30-odd remaining calls."""
+    async with Parallel(n_jobs=2, batch_size=1, return_as="generator") as parallel:
+        async for _ in parallel(delayed(stamped)(-1, i, 0.05) for i in range(2)):
+            pass  # warm workers, and a call of stamped timed
+        huge_ends: list[int] = []
+        small_ends: list[int] = []
+        small_started = 0
+
+        async def small() -> None:
+            nonlocal small_started
+            small_started = time.monotonic_ns()
+            async for _, t in parallel([delayed(stamped)(1, i, 0.05) for i in range(4)]):
+                small_ends.append(t)
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                async for _, t in parallel([delayed(stamped)(0, i, 0.05) for i in range(40)]):
+                    huge_ends.append(t)
+                    if len(huge_ends) == 6:
+                        tg.start_soon(small)
+    assert len(small_ends) == 4
+    small_done = max(small_ends)
+    meanwhile = sum(small_started < t < small_done for t in huge_ends)
+    assert meanwhile <= 4, (
+        f"the huge run finished {meanwhile} calls between the small run's start and end"
+    )

@@ -39,7 +39,12 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from aioparallel.backends.processes.pool.pool import Pool, PoolClosedError, WorkerProcess
+from aioparallel.backends.processes.pool.pool import (
+    Pool,
+    PoolClosedError,
+    WorkerProcess,
+    run_ticket,
+)
 from aioparallel.backends.processes.pool.recycling import Limits
 from tests.proc_helpers import worker_children
 
@@ -108,6 +113,25 @@ class PoolMachine(RuleBasedStateMachine):
         if alive and not self.closed:
             assert self.pool._roster.recycled >= 1
             event("recycled")
+
+    @precondition(lambda self: not self.closed and len(self.held) == SIZE)
+    @rule(data=st.data(), need=st.sampled_from([None, 0.01, 10.0]))
+    def yield_to_a_newer_run(self, data: st.DataObject, need: float | None) -> None:
+        """The pool is full and a newer run waits; a held worker whose run used 1 s goes to
+        it if it needs less than half that (``need`` 0.01), else stays with its holder."""
+        worker = self.held[data.draw(st.integers(0, len(self.held) - 1))]
+        ticket = run_ticket()
+        waiting = self.portals[1].start_task_soon(_bounded, self.pool.acquire, ticket, lambda: need)
+        _wait_until(lambda: bool(self.pool._roster.waiters))
+        yielded = self.pool.yield_to(worker, ticket - 1, 1.0)
+        assert yielded == (need == 0.01)
+        if yielded:
+            assert waiting.result(STEP_LIMIT) is worker
+            event("yielded")
+        else:  # the waiter gets it back to the pool in the usual way
+            self.held.remove(worker)
+            self._call(self.pool.release, worker, True)
+            self.held.append(waiting.result(STEP_LIMIT))
 
     @precondition(lambda self: not self.closed and len(self.held) + self._orphans() < SIZE)
     @rule(waits=st.booleans())

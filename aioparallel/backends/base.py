@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -115,6 +115,10 @@ class RunOptions:
         How workers open those memmaps: ``"r"``, ``"r+"`` or ``"c"``.
     temp_folder
         Folder for the memmap files; None picks the default.
+    expected_work
+        Called any time, from any thread: the worker seconds the run's calls need in all,
+        as the run estimates them now (None: it cannot tell yet). A backend whose workers
+        several runs share may serve a much smaller run first.
     """
 
     timeout: float | None = None
@@ -124,6 +128,7 @@ class RunOptions:
     temp_folder: str | None = None
     #: Async tasks one worker keeps in flight at once.
     worker_concurrency: int = 16
+    expected_work: Callable[[], float | None] | None = field(default=None, compare=False)
 
 
 RunBatch = Callable[[Batch], Awaitable[list[Any]]]

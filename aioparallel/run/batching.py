@@ -61,6 +61,22 @@ _learned: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, float]] = (
 )
 
 
+#: Seconds per call of each function's latest batch, in any run: what a run that has not
+#: measured its own calls yet expects them to take (``latest_call_seconds``).
+_latest: weakref.WeakKeyDictionary[types.FunctionType, float] = weakref.WeakKeyDictionary()
+
+
+def note_call_seconds(func: Any, seconds: float) -> None:
+    """A batch of ``func`` just took ``seconds`` per call."""
+    if type(func) is types.FunctionType and seconds > 0.0:
+        _latest[func] = seconds
+
+
+def latest_call_seconds(func: Any) -> float | None:
+    """Seconds per call of ``func``'s latest batch, in any run; None if none ran yet."""
+    return _latest.get(func) if type(func) is types.FunctionType else None
+
+
 class AutoBatcher:
     """Grow batches while they finish under MIN_BATCH_SECONDS; shrink them above MAX."""
 

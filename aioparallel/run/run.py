@@ -33,6 +33,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -50,7 +51,14 @@ from ..backends.base import (
     batch_seconds,
     batches_per_worker,
 )
-from .batching import ASYNC_BATCH_FACTOR, MIN_BATCH_SECONDS, AutoBatcher, FixedBatcher
+from .batching import (
+    ASYNC_BATCH_FACTOR,
+    MIN_BATCH_SECONDS,
+    AutoBatcher,
+    FixedBatcher,
+    latest_call_seconds,
+    note_call_seconds,
+)
 from .progress import ProgressReporter
 from .results import Sink
 from .source import ProducerError, Source
@@ -90,7 +98,7 @@ class Run:
     ):
         self.source = Source(iterable)
         self.backend = backend
-        self.options = options
+        self.options = replace(options, expected_work=self.expected_work)
         self.batcher: AutoBatcher | FixedBatcher = (
             AutoBatcher(batch_seconds(backend, MIN_BATCH_SECONDS))
             if batch_size is None
@@ -119,6 +127,18 @@ class Run:
         self._lanes: anyio.abc.TaskGroup | None = None
         #: Lanes the run may still start (``_run_lanes``).
         self._unstarted_lanes = 0
+        #: Seconds per call of this run's latest batch (0: none finished yet).
+        self._call_seconds = 0.0
+
+    def expected_work(self) -> float | None:
+        """The worker seconds this run's calls need in all, as far as it can tell now: how
+        many calls (its length, or what it took once the input ended) times what a call
+        takes (its own latest batch's, else the latest batch's of its function in any run).
+        None if either is unknown. Read from any thread, by a pool deciding who is small."""
+        source = self.source
+        n = source.total if source.total is not None else source.taken if source.exhausted else None
+        per_call = self._call_seconds or latest_call_seconds(self._func)
+        return None if n is None or per_call is None else n * per_call
 
     async def execute(self) -> None:
         """Run to completion; raise the first error with its own type."""
@@ -276,6 +296,9 @@ class Run:
             values = await run_batch(batch)
             ran = time.perf_counter() - (began if batch.started is None else batch.started)
             self.batcher.record(len(values), ran, batch.nbytes)
+            if values:
+                self._call_seconds = ran / len(values)
+                note_call_seconds(self._func, self._call_seconds)
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):

@@ -111,7 +111,7 @@ class ProcessBackend:
             raise RuntimeError("ProcessBackend used outside 'async with'")
         pool = self._pool
         folder = RunFolder(options.temp_folder)  # checked when a file is first needed
-        workers = RunWorkers(pool)  # this run's place in line, and the workers it keeps
+        workers = RunWorkers(pool, options.expected_work)  # its place in line, kept workers
 
         async def run_batch(batch: Batch) -> list[Any]:
             run = BatchRun(workers, folder, options, batch)

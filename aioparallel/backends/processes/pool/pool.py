@@ -31,7 +31,7 @@ from ..process import forget_live_pids
 from ..worker import WorkerProcess
 from . import stats
 from .recycling import NO_LIMITS, Limits
-from .roster import PLACE, PoolClosedError, Roster
+from .roster import PLACE, Need, PoolClosedError, Roster
 
 __all__ = [
     "Pool",
@@ -96,9 +96,10 @@ class Pool:
     def closed(self) -> bool:
         return self._roster.closed
 
-    async def acquire(self, ticket: int = 0) -> WorkerProcess:
+    async def acquire(self, ticket: int = 0, need: Need | None = None) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
-        caller waits behind runs of earlier ``ticket`` (``run_ticket()``). Raises
+        caller waits behind runs of earlier ``ticket`` (``run_ticket()``), or ahead of them
+        where its run needs far less than they used (``need``, ``Roster.yield_to``). Raises
         ``PoolClosedError`` once the pool is shut down.
 
         A waiter looks again every ``RECHECK`` seconds: a loop closed while its tasks held
@@ -115,7 +116,7 @@ class Pool:
             with anyio.CancelScope(shield=True):  # died while idle
                 await self.release(worker, healthy=False)
         self.reclaim()
-        waiter = roster.claim(holder, ticket)
+        waiter = roster.claim(holder, ticket, need)
         if waiter is not None:
             waited = False
             try:
@@ -193,6 +194,11 @@ class Pool:
         if outcome == "idle" and self._on_idle is not None:
             self._on_idle(worker.last_used + self.idle_timeout)
         return outcome != "refused"
+
+    def yield_to(self, worker: WorkerProcess, ticket: int, used: float) -> bool:
+        """Hand a healthy held worker to a newer, much smaller run waiting for one, if any
+        (``Roster.yield_to``)."""
+        return self._roster.yield_to(worker, ticket, used)
 
     def count(self, worker: WorkerProcess, calls: int) -> None:
         """``worker`` completed ``calls`` more calls."""
@@ -293,11 +299,17 @@ class RunWorkers:
     would then finish at the very end). If the run asks for no worker within two turns of
     the loop, the worker goes back to the pool then. So a run holds its workers only while
     it is using them, and a pool serves concurrent runs one after another, at full width.
+    Except that a run which has used far more worker time than a newer waiting run needs
+    yields it the worker it gives back (``need``: the run's own estimate; ``Pool.yield_to``).
     """
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, need: Need | None = None):
         self.pool = pool
         self.ticket = run_ticket()
+        self.need = need
+        #: Worker seconds this run has held workers for (the batches' time on them).
+        self.used = 0.0
+        self._since: dict[WorkerProcess, float] = {}
         self._kept: list[WorkerProcess] = []
         #: Kept workers the pool refused back (dead, or the pool closed): stopped by this run.
         self._doomed: list[WorkerProcess] = []
@@ -316,17 +328,26 @@ class RunWorkers:
             else:
                 self._doomed.append(kept)
         await self._stop_doomed()
-        return worker if worker is not None else await self.pool.acquire(self.ticket)
+        if worker is None:
+            worker = await self.pool.acquire(self.ticket, self.need)
+        self._since[worker] = time.monotonic()
+        return worker
 
     async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
         """Keep a healthy worker for two turns of the loop (unless it is spent: replaced
-        now); stop any other. Call shielded."""
+        now; or a much smaller newer run waits: yielded to it); stop any other. Call
+        shielded."""
+        since = self._since.pop(worker, None)
+        if since is not None:
+            self.used += time.monotonic() - since
         pool = self.pool
         if not (healthy and worker.alive) or pool.closed:
             await pool.release(worker, healthy=False)
             return
         if pool.limits is not NO_LIMITS and pool.limits.spent(worker):
             pool.recycle(worker)
+            return
+        if pool.yield_to(worker, self.ticket, self.used):
             return
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)

@@ -23,18 +23,26 @@ class PoolClosedError(RuntimeError):
 
 #: What a waiter may be handed: a worker, or this, a place to spawn one in.
 PLACE: Any = object()
+#: A waiting run's estimate of the worker seconds it needs in all (None: it cannot tell).
+Need = Callable[[], "float | None"]
+#: A run never yields a worker before it has used this many worker seconds: below it,
+#: first come, first served (a web backend's burst of small equal requests), and the
+#: waiters are not even looked at.
+YIELD_AFTER = 0.2
 
 
 class Waiter:
     """A task waiting for a worker or a place; woken in its own event loop, from any
     thread."""
 
-    __slots__ = ("handed", "holder", "signal")
+    __slots__ = ("handed", "holder", "need", "signal")
 
-    def __init__(self, holder: LoopRef) -> None:
+    def __init__(self, holder: LoopRef, need: Need | None = None) -> None:
         self.signal = Signal()
         self.holder = holder  # the loop the waiting task runs in
         self.handed: Any = None  # a WorkerProcess, PLACE, or None (nothing, or closed)
+        #: The worker seconds the waiting run needs in all, as it estimates them now.
+        self.need = need
 
 
 class Roster:
@@ -68,7 +76,11 @@ class Roster:
     worker straight to the first waiter, if any: it then stays counted. Waiters are served
     by their run's ticket, then in arrival order: the run that started first gets every worker
     it asks for before later runs, so under load runs finish in the order they came (a web
-    backend answers its first requests first) instead of all at the end. A waiter whose loop
+    backend answers its first requests first) instead of all at the end. But no run keeps
+    every worker for long: ``yield_to`` hands a worker its run gives back to a newer run that
+    needs less than half what the giver has used so far (a multi-level feedback queue, as
+    operating systems schedule, with the levels read off the runs' sizes: runs of similar
+    size keep their order, a small request passes a huge one). A waiter whose loop
     is stopped is passed over (it stays in line: nothing handed to it could be used until its
     loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
     line again from what is free (a stopped loop's waiter, running again, asks for it).
@@ -115,17 +127,17 @@ class Roster:
             self._hold(worker, holder)
             return worker
 
-    def claim(self, holder: LoopRef, ticket: int = 0) -> Waiter | None:
+    def claim(self, holder: LoopRef, ticket: int = 0, need: Need | None = None) -> Waiter | None:
         """free -> spawning if a place is free (None); else a waiter queued, by ``ticket``,
         for the next worker or place given back (handed one at once if a live worker is
-        idle: given back since the caller looked)."""
+        idle: given back since the caller looked). ``need``: see ``yield_to``."""
         with self._lock:
             if self.closed:
                 raise PoolClosedError("the worker pool is shut down")
             if self.count < self.size:
                 self.spawning.append(holder)
                 return None
-            waiter = Waiter(holder)
+            waiter = Waiter(holder, need)
             heapq.heappush(self.waiters, (ticket, next(self._arrivals), waiter))
             self._offer_idle()
             return waiter
@@ -171,6 +183,40 @@ class Roster:
                 return "handed"
             self.idle.append(worker)
             return "idle"
+
+    def yield_to(self, worker: WorkerProcess, ticket: int, used: float) -> bool:
+        """busy -> busy, held by a newer run: the run of ``ticket``, giving ``worker`` back
+        after ``used`` worker seconds in all, yields it to the first waiter (by ticket) of a
+        newer run that needs less than half that (True); False if there is none: the giver
+        may keep it. So a small run that arrives while a huge one is under way waits about
+        a batch, not the huge run's end, while among runs of similar size the first stays
+        first (none needs less than half what another has used before that one is done)."""
+        if used < YIELD_AFTER:
+            return False
+        with self._lock:
+            if self.closed:
+                return False
+            best: tuple[int, int, Waiter] | None = None
+            small: dict[int, bool] = {}  # per waiting run: needs less than half of used
+            for entry in self.waiters:
+                run, waiter = entry[0], entry[2]
+                if run <= ticket or waiter.need is None or (best and entry > best):
+                    continue
+                if run not in small:
+                    need = waiter.need()
+                    small[run] = need is not None and 2 * need < used
+                if small[run] and waiter.holder.state() == "running":
+                    best = entry
+            if best is None or worker not in self.busy:
+                return False
+            self.waiters.remove(best)
+            heapq.heapify(self.waiters)
+            giver = self.holders[worker]
+            self._unhold(worker)
+            if self._give(worker, best[2]):
+                return True
+            self._hold(worker, giver)  # its loop ended just now: the giver keeps it
+            return False
 
     def retire(self, worker: WorkerProcess, why: str = "") -> None:
         """busy -> retiring: its holder now stops and reaps it, then calls free_place().
@@ -321,16 +367,23 @@ class Roster:
                     continue
                 if state == "gone":
                     continue
-                waiter.handed = given
-                self._hold(given, waiter.holder)
-                if waiter.signal.set():
+                if self._give(given, waiter):
                     return True
-                waiter.handed = None  # its loop ended just now, and the task with it
-                self._unhold_any(given, waiter.holder)
             return False
         finally:
             for entry in passed:
                 heapq.heappush(self.waiters, entry)
+
+    def _give(self, given: Any, waiter: Waiter) -> bool:
+        """Hand ``given`` to ``waiter`` (out of line already); False if its loop ended just
+        now, and the task with it."""
+        waiter.handed = given
+        self._hold(given, waiter.holder)
+        if waiter.signal.set():
+            return True
+        waiter.handed = None
+        self._unhold_any(given, waiter.holder)
+        return False
 
     def _unhold_any(self, given: Any, holder: LoopRef) -> None:
         if given is PLACE:
