@@ -21,6 +21,7 @@ import pytest
 from aioparallel import Parallel, delayed
 from aioparallel.backends.processes import batch as _batch
 from aioparallel.backends.processes.pool.pool import Pool, run_ticket
+from aioparallel.backends.processes.pool.roster import Standing
 
 pytestmark = pytest.mark.anyio
 
@@ -37,12 +38,12 @@ async def test_waiters_are_served_by_run_ticket_then_arrival() -> None:
     served: list[str] = []
 
     async def wait(name: str, ticket: int) -> None:
-        worker = await pool.acquire(ticket)
+        worker = await pool.acquire(Standing(ticket))
         served.append(name)
         await pool.release(worker)
 
     with anyio.fail_after(20):
-        holder = await pool.acquire(run_ticket())
+        holder = await pool.acquire(Standing(run_ticket()))
         early, late = run_ticket(), run_ticket()
         async with anyio.create_task_group() as tg:
             # they queue in this order: late, then early twice

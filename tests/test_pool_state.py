@@ -46,6 +46,7 @@ from aioparallel.backends.processes.pool.pool import (
     run_ticket,
 )
 from aioparallel.backends.processes.pool.recycling import Limits
+from aioparallel.backends.processes.pool.roster import Standing
 from tests.proc_helpers import worker_children
 
 T = TypeVar("T")
@@ -121,9 +122,11 @@ class PoolMachine(RuleBasedStateMachine):
         it if it needs less than half that (``need`` 0.01), else stays with its holder."""
         worker = self.held[data.draw(st.integers(0, len(self.held) - 1))]
         ticket = run_ticket()
-        waiting = self.portals[1].start_task_soon(_bounded, self.pool.acquire, ticket, lambda: need)
+        waiting = self.portals[1].start_task_soon(
+            _bounded, self.pool.acquire, Standing(ticket, 0.0, lambda: need)
+        )
         _wait_until(lambda: bool(self.pool._roster.waiters))
-        yielded = self.pool.yield_to(worker, ticket - 1, 1.0)
+        yielded = self.pool.yield_to(worker, Standing(ticket - 1, 1.0))
         assert yielded == (need == 0.01)
         if yielded:
             assert waiting.result(STEP_LIMIT) is worker

@@ -31,7 +31,7 @@ from ..process import forget_live_pids
 from ..worker import WorkerProcess
 from . import stats
 from .recycling import NO_LIMITS, Limits
-from .roster import PLACE, Need, PoolClosedError, Roster
+from .roster import PLACE, Need, PoolClosedError, Roster, Standing
 
 __all__ = [
     "Pool",
@@ -96,10 +96,10 @@ class Pool:
     def closed(self) -> bool:
         return self._roster.closed
 
-    async def acquire(self, ticket: int = 0, need: Need | None = None) -> WorkerProcess:
+    async def acquire(self, run: Standing | None = None) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
-        caller waits behind runs of earlier ``ticket`` (``run_ticket()``), or ahead of them
-        where its run needs far less than they used (``need``, ``Roster.yield_to``). Raises
+        caller waits behind runs that started earlier (``run.ticket``, ``run_ticket()``),
+        unless it needs far less than they used (``Roster.yield_to``). Raises
         ``PoolClosedError`` once the pool is shut down.
 
         A waiter looks again every ``RECHECK`` seconds: a loop closed while its tasks held
@@ -116,7 +116,7 @@ class Pool:
             with anyio.CancelScope(shield=True):  # died while idle
                 await self.release(worker, healthy=False)
         self.reclaim()
-        waiter = roster.claim(holder, ticket, need)
+        waiter = roster.claim(holder, run if run is not None else Standing())
         if waiter is not None:
             waited = False
             try:
@@ -195,10 +195,10 @@ class Pool:
             self._on_idle(worker.last_used + self.idle_timeout)
         return outcome != "refused"
 
-    def yield_to(self, worker: WorkerProcess, ticket: int, used: float) -> bool:
+    def yield_to(self, worker: WorkerProcess, run: Standing) -> bool:
         """Hand a healthy held worker to a newer, much smaller run waiting for one, if any
         (``Roster.yield_to``)."""
-        return self._roster.yield_to(worker, ticket, used)
+        return self._roster.yield_to(worker, run)
 
     def count(self, worker: WorkerProcess, calls: int) -> None:
         """``worker`` completed ``calls`` more calls."""
@@ -305,10 +305,8 @@ class RunWorkers:
 
     def __init__(self, pool: Pool, need: Need | None = None):
         self.pool = pool
-        self.ticket = run_ticket()
-        self.need = need
-        #: Worker seconds this run has held workers for (the batches' time on them).
-        self.used = 0.0
+        #: Its place in line; ``used``: the seconds it held workers for (its batches' time).
+        self.standing = Standing(run_ticket(), 0.0, need)
         self._since: dict[WorkerProcess, float] = {}
         self._kept: list[WorkerProcess] = []
         #: Kept workers the pool refused back (dead, or the pool closed): stopped by this run.
@@ -329,7 +327,7 @@ class RunWorkers:
                 self._doomed.append(kept)
         await self._stop_doomed()
         if worker is None:
-            worker = await self.pool.acquire(self.ticket, self.need)
+            worker = await self.pool.acquire(self.standing)
         self._since[worker] = time.monotonic()
         return worker
 
@@ -339,7 +337,7 @@ class RunWorkers:
         shielded."""
         since = self._since.pop(worker, None)
         if since is not None:
-            self.used += time.monotonic() - since
+            self.standing.used += time.monotonic() - since
         pool = self.pool
         if not (healthy and worker.alive) or pool.closed:
             await pool.release(worker, healthy=False)
@@ -347,7 +345,7 @@ class RunWorkers:
         if pool.limits is not NO_LIMITS and pool.limits.spent(worker):
             pool.recycle(worker)
             return
-        if pool.yield_to(worker, self.ticket, self.used):
+        if pool.yield_to(worker, self.standing):
             return
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)

@@ -9,12 +9,13 @@ import heapq
 import itertools
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from ...crossloop import LoopRef, Signal
 from ..worker import WorkerProcess
 
-__all__ = ["PLACE", "PoolClosedError", "Roster"]
+__all__ = ["PLACE", "PoolClosedError", "Roster", "Standing"]
 
 
 class PoolClosedError(RuntimeError):
@@ -23,8 +24,21 @@ class PoolClosedError(RuntimeError):
 
 #: What a waiter may be handed: a worker, or this, a place to spawn one in.
 PLACE: Any = object()
-#: A waiting run's estimate of the worker seconds it needs in all (None: it cannot tell).
+#: A run's estimate of the worker seconds it needs in all (None: it cannot tell).
 Need = Callable[[], "float | None"]
+
+
+@dataclass(slots=True)
+class Standing:
+    """A run's standing in the pool's line: when it started (``ticket``: the earlier, the
+    sooner served), the worker seconds it has ``used`` so far, and what it needs in all
+    (``need``; see ``Roster.yield_to``)."""
+
+    ticket: int = 0
+    used: float = 0.0
+    need: Need | None = None
+
+
 #: A run never yields a worker before it has used this many worker seconds: below it,
 #: first come, first served (a web backend's burst of small equal requests), and the
 #: waiters are not even looked at.
@@ -35,14 +49,13 @@ class Waiter:
     """A task waiting for a worker or a place; woken in its own event loop, from any
     thread."""
 
-    __slots__ = ("handed", "holder", "need", "signal")
+    __slots__ = ("handed", "holder", "run", "signal")
 
-    def __init__(self, holder: LoopRef, need: Need | None = None) -> None:
+    def __init__(self, holder: LoopRef, run: Standing) -> None:
         self.signal = Signal()
         self.holder = holder  # the loop the waiting task runs in
         self.handed: Any = None  # a WorkerProcess, PLACE, or None (nothing, or closed)
-        #: The worker seconds the waiting run needs in all, as it estimates them now.
-        self.need = need
+        self.run = run  # the waiting task's run
 
 
 class Roster:
@@ -77,10 +90,11 @@ class Roster:
     by their run's ticket, then in arrival order: the run that started first gets every worker
     it asks for before later runs, so under load runs finish in the order they came (a web
     backend answers its first requests first) instead of all at the end. But no run keeps
-    every worker for long: ``yield_to`` hands a worker its run gives back to a newer run that
-    needs less than half what the giver has used so far (a multi-level feedback queue, as
-    operating systems schedule, with the levels read off the runs' sizes: runs of similar
-    size keep their order, a small request passes a huge one). A waiter whose loop
+    every worker for long: a newer run that needs less than half the worker time an earlier
+    one has used goes before it, both in line and when the earlier run gives a worker back
+    (``yield_to``): a multi-level feedback queue, as operating systems schedule, with the
+    levels read off the runs' sizes (``Standing``), so runs of similar size keep their order
+    and a small request passes a huge one. A waiter whose loop
     is stopped is passed over (it stays in line: nothing handed to it could be used until its
     loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
     line again from what is free (a stopped loop's waiter, running again, asks for it).
@@ -127,18 +141,18 @@ class Roster:
             self._hold(worker, holder)
             return worker
 
-    def claim(self, holder: LoopRef, ticket: int = 0, need: Need | None = None) -> Waiter | None:
-        """free -> spawning if a place is free (None); else a waiter queued, by ``ticket``,
-        for the next worker or place given back (handed one at once if a live worker is
-        idle: given back since the caller looked). ``need``: see ``yield_to``."""
+    def claim(self, holder: LoopRef, run: Standing) -> Waiter | None:
+        """free -> spawning if a place is free (None); else a waiter queued, by its run's
+        ticket, for the next worker or place given back (handed one at once if a live worker
+        is idle: given back since the caller looked)."""
         with self._lock:
             if self.closed:
                 raise PoolClosedError("the worker pool is shut down")
             if self.count < self.size:
                 self.spawning.append(holder)
                 return None
-            waiter = Waiter(holder, need)
-            heapq.heappush(self.waiters, (ticket, next(self._arrivals), waiter))
+            waiter = Waiter(holder, run)
+            heapq.heappush(self.waiters, (run.ticket, next(self._arrivals), waiter))
             self._offer_idle()
             return waiter
 
@@ -184,39 +198,47 @@ class Roster:
             self.idle.append(worker)
             return "idle"
 
-    def yield_to(self, worker: WorkerProcess, ticket: int, used: float) -> bool:
-        """busy -> busy, held by a newer run: the run of ``ticket``, giving ``worker`` back
-        after ``used`` worker seconds in all, yields it to the first waiter (by ticket) of a
-        newer run that needs less than half that (True); False if there is none: the giver
-        may keep it. So a small run that arrives while a huge one is under way waits about
-        a batch, not the huge run's end, while among runs of similar size the first stays
-        first (none needs less than half what another has used before that one is done)."""
-        if used < YIELD_AFTER:
+    def yield_to(self, worker: WorkerProcess, run: Standing) -> bool:
+        """busy -> busy, held by a newer run: ``run``, giving ``worker`` back, yields it to
+        the first waiter (by ticket) of a newer run that needs less than half the worker
+        time ``run`` has used (True); False if there is none: the giver may keep it. So a
+        small run that arrives while a huge one is under way waits about a batch, not the
+        huge run's end, while among runs of similar size the first stays first (none needs
+        less than half what another has used before that one is done)."""
+        if run.used < YIELD_AFTER:
             return False
         with self._lock:
-            if self.closed:
+            if self.closed or worker not in self.busy:
                 return False
-            best: tuple[int, int, Waiter] | None = None
-            small: dict[int, bool] = {}  # per waiting run: needs less than half of used
-            for entry in self.waiters:
-                run, waiter = entry[0], entry[2]
-                if run <= ticket or waiter.need is None or (best and entry > best):
-                    continue
-                if run not in small:
-                    need = waiter.need()
-                    small[run] = need is not None and 2 * need < used
-                if small[run] and waiter.holder.state() == "running":
-                    best = entry
-            if best is None or worker not in self.busy:
+            entry = self._smaller_than(run)
+            if entry is None:
                 return False
-            self.waiters.remove(best)
+            self.waiters.remove(entry)
             heapq.heapify(self.waiters)
             giver = self.holders[worker]
             self._unhold(worker)
-            if self._give(worker, best[2]):
+            if self._give(worker, entry[2]):
                 return True
             self._hold(worker, giver)  # its loop ended just now: the giver keeps it
             return False
+
+    def _smaller_than(self, run: Standing) -> tuple[int, int, Waiter] | None:
+        """The first waiter (by ticket) whose loop runs, of a run newer than ``run`` that needs
+        less than half what ``run`` used; None if none (or ``run`` used little)."""
+        if run.used < YIELD_AFTER:
+            return None
+        best: tuple[int, int, Waiter] | None = None
+        small: dict[int, bool] = {}  # per waiting run: needs less than half of used
+        for entry in self.waiters:
+            ticket, other = entry[0], entry[2].run
+            if ticket <= run.ticket or other.need is None or (best and entry > best):
+                continue
+            if ticket not in small:
+                need = other.need()
+                small[ticket] = need is not None and 2 * need < run.used
+            if small[ticket] and entry[2].holder.state() == "running":
+                best = entry
+        return best
 
     def retire(self, worker: WorkerProcess, why: str = "") -> None:
         """busy -> retiring: its holder now stops and reaps it, then calls free_place().
@@ -360,6 +382,12 @@ class Roster:
         try:
             while self.waiters:
                 entry = heapq.heappop(self.waiters)
+                smaller = self._smaller_than(entry[2].run)  # it would yield to it at once
+                if smaller is not None:
+                    passed.append(entry)
+                    self.waiters.remove(smaller)
+                    heapq.heapify(self.waiters)
+                    entry = smaller
                 waiter = entry[2]
                 state = waiter.holder.state()
                 if state == "stopped":
