@@ -94,10 +94,10 @@ MODES = {
         slow_s=1.0, timeout_s=60, check_all=True,
     ),
     "quick": Sizes(
-        mode="quick", rounds=3, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
-        w5_mb=40, w5_calls=16, w6_calls=5_000, w7_items=20_000, w7_item_bytes=10_240,
-        w8_calls=200, w9_callers=(10, 50), w9_calls=20, web_rounds=1,
-        w10_huge_calls=60, w10_small_requests=10,
+        mode="quick", rounds=1, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
+        w5_mb=20, w5_calls=16, w6_calls=5_000, w7_items=5_000, w7_item_bytes=10_240,
+        w8_calls=100, w9_callers=(10, 50), w9_calls=20, web_rounds=1,
+        w10_huge_calls=30, w10_small_requests=6,
         slow_s=2.0, timeout_s=120, check_all=False,
     ),
     "full": Sizes(
