@@ -83,6 +83,8 @@ class Sizes:
     w10_gap_s: float = 0.1  # W10: the first small request starts this long after the
     # huge one, and each next one this long after the previous
     w10_alone_repeats: int = 3  # W10: a small request alone, median of this many
+    #: Peers this mode runs only when ``--peers`` names them (--quick: to stay short).
+    left_out: tuple[str, ...] = ()
 
 
 MODES = {
@@ -96,8 +98,8 @@ MODES = {
     "quick": Sizes(
         mode="quick", rounds=1, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
         w5_mb=20, w5_calls=16, w6_calls=5_000, w7_items=5_000, w7_item_bytes=10_240,
-        w8_calls=100, w9_callers=(10, 50), w9_calls=20, web_rounds=1,
-        w10_huge_calls=30, w10_small_requests=6,
+        w8_calls=64, w9_callers=(10, 50), w9_calls=20, web_rounds=1,
+        w10_huge_calls=20, w10_small_requests=4, left_out=("joblib-threading", "mpire"),
         slow_s=2.0, timeout_s=120, check_all=False,
     ),
     "full": Sizes(
@@ -522,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     wids = _select(args.only, WORKLOADS, "workloads")
     names = _select(args.peers, tuple(PEERS), "peers")
     notes = []
+    if not args.peers and sz.left_out:
+        names = [n for n in names if n not in sz.left_out]
+        notes.append(f"--{sz.mode} leaves out {', '.join(sz.left_out)} (--peers adds them back)")
     if "W2" in wids and "sequential" not in names:
         names.append("sequential")
         notes.append("sequential added: W2's speedup is measured against it")
@@ -543,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             names.remove(name)  # a reference of workloads that don't run
         elif only is not None:
             notes.append(f"{name} runs {', '.join(only)} only: a reference floor, not a peer")
-    run_wids = sorted({*wids, "W5"} if "W6" in wids else set(wids))  # W6 needs W5's lag
+    # W6 needs W5's lag; canonical order (W10 after W9, not after W1)
+    run_wids = [w for w in WORKLOADS if w in wids or (w == "W5" and "W6" in wids)]
 
     started = time.perf_counter()
     spin_iters = calibrate()  # exported to workers via the environment
