@@ -7,7 +7,7 @@ The package is split so that each piece can be read on its own:
 - ``probes``: what we measure with (RSS sampler thread, event-loop heartbeat).
 - ``child``: entry points run in a fresh interpreter, so memory peaks don't mix.
 - ``report``: machine info, the tables, target verdicts, JSON and the plot.
-- ``run``: the CLI and one function per workload W1-W7.
+- ``run``: the CLI and one function per workload W1-W10.
 
 Nothing here imports a peer library at import time: a cold-start measurement (W4)
 must pay only for the peer it measures.

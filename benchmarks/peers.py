@@ -17,7 +17,7 @@ loop, each the way a request handler would write it. By default it is ``map`` on
 peer's shared pool; aioparallel uses a fresh ``Parallel(n_jobs=2)`` per request (the
 process-wide warm pool, as docs/web.md shows) and joblib a fresh ``joblib.Parallel`` in
 anyio's worker thread. A peer that can't serve concurrent maps sanely sets
-``web_skip`` to the reason, and W9 skips it with that note.
+``web_skip`` to the reason, and W9 and W10 skip it with that note.
 
 ``amap`` runs an async function the same way (W8): natively where the library awaits
 coroutines (aioparallel, aiomultiprocess at its default 16 per worker, sequential), else
@@ -62,8 +62,10 @@ class Peer:
 
     name: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
-    #: Why W9 (concurrent maps, one per web request) does not run this peer, or None.
+    #: Why W9 and W10 (concurrent maps, one per web request) don't run this peer, or None.
     web_skip: ClassVar[str | None] = None
+    #: The only workloads this adapter runs (None: all), for a reference that is no peer.
+    only: ClassVar[tuple[str, ...] | None] = None
     n_jobs: int
 
     def __init__(self, n_jobs: int = 2, *, warm: bool = True) -> None:
@@ -99,6 +101,13 @@ class Peer:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
+
+    @classmethod
+    def runs(cls, wid: str) -> bool:
+        """Whether this adapter takes part in workload ``wid``."""
+        if cls.only is not None and wid not in cls.only:
+            return False
+        return not (wid in ("W9", "W10") and cls.web_skip)
 
     async def _open(self, stack: AsyncExitStack) -> None:
         """Create the pool and register its teardown on ``stack``."""
@@ -326,6 +335,70 @@ class Sequential(Peer):
         return [await afunc(*a) for a in args]
 
 
+class RawPipe(Peer):
+    """W3's floor, not a peer: one warm Python process behind a pair of OS pipes.
+
+    A call is ``pickle.dumps((func, args))`` written with a length prefix; the worker
+    (``workloads.serve_pipe``) unpickles it, calls, and writes back its pickled result.
+    The parent blocks in ``os.read`` for the reply (no event-loop wake-up, no task, no
+    bookkeeping), so its round trip is what any process pool's single call must cost at
+    least on this machine. Only W3 runs it; ``map`` runs the calls one after another.
+    """
+
+    name = "raw-pipe"
+    only = ("W3",)
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        proc = await _in_thread(self._spawn)
+        stack.push_async_callback(_in_thread, self._stop, proc)
+        self._proc = proc
+        self._w, self._r = proc.stdin.fileno(), proc.stdout.fileno()
+
+    @staticmethod
+    def _spawn() -> Any:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        code = "from benchmarks.workloads import serve_pipe; serve_pipe()"
+        return subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+        )
+
+    @staticmethod
+    def _stop(proc: Any) -> None:
+        proc.stdin.close()  # end of file: serve_pipe returns
+        try:
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+    async def map(self, func: Callable[..., Any], args: Args, n: int | None = None) -> list[Any]:
+        import pickle
+
+        from benchmarks.workloads import recv_frame, send_frame
+
+        out = []
+        for a in args:
+            send_frame(self._w, pickle.dumps((func, a), pickle.HIGHEST_PROTOCOL))
+            reply = recv_frame(self._r)
+            if not reply:
+                raise RuntimeError(f"raw-pipe: the worker exited ({self._proc.poll()})")
+            out.append(pickle.loads(reply))
+        return out
+
+
 #: Every peer, in table order; the keys are the names ``--peers`` accepts.
 PEERS: dict[str, type[Peer]] = {
     cls.name: cls
@@ -338,5 +411,6 @@ PEERS: dict[str, type[Peer]] = {
         Aiomultiprocess,
         Mpire,
         Sequential,
+        RawPipe,
     )
 }

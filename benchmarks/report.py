@@ -48,6 +48,8 @@ class Column:
     label: str
     higher_is_better: bool
     fmt: str
+    #: which medians table: "speed" (time and latency) or "memory" (memory and loop lag)
+    group: str = "speed"
 
 
 COLUMNS = (
@@ -56,13 +58,13 @@ COLUMNS = (
     Column("W3.p50_us", "W3 p50 µs", False, "{:,.0f}"),
     Column("W3.p99_us", "W3 p99 µs", False, "{:,.0f}"),
     Column("W4.seconds", "W4 cold s", False, "{:.3f}"),
-    Column("W5.seconds", "W5 s", False, "{:.3f}"),
-    Column("W5.extra_mb", "W5 RSS +MB", False, "{:,.0f}"),
-    Column("W5.shm_mb", "W5 tmpfs +MB", False, "{:,.0f}"),
-    Column("W6.p99_ms", "W6 lag p99 ms (median)", False, "{:,.1f}"),
-    Column("W6.max_ms", "W6 lag max ms (all rounds)", False, "{:,.1f}"),
-    Column("W7.parent_mb", "W7 parent +MB", False, "{:,.1f}"),
     Column("W8.seconds", "W8 async s", False, "{:.3f}"),
+    Column("W5.seconds", "W5 s", False, "{:.3f}", "memory"),
+    Column("W5.extra_mb", "W5 RSS +MB", False, "{:,.0f}", "memory"),
+    Column("W5.shm_mb", "W5 tmpfs +MB", False, "{:,.0f}", "memory"),
+    Column("W6.p99_ms", "W6 lag p99 ms (median)", False, "{:,.1f}", "memory"),
+    Column("W6.max_ms", "W6 lag max ms (all rounds)", False, "{:,.1f}", "memory"),
+    Column("W7.parent_mb", "W7 parent +MB", False, "{:,.1f}", "memory"),
 )
 
 
@@ -115,11 +117,19 @@ def machine_info() -> dict[str, Any]:
 # --- targets (benchmarks/README.md) ------------------------------------------------
 
 #: Peers never counted in "ahead of every peer": the sequential loop is a baseline, not
-#: an alternative (its W3 "latency" is a function call).
-NOT_A_PEER = ("aioparallel", "sequential")
+#: an alternative (its W3 "latency" is a function call), and raw-pipe is W3's floor.
+NOT_A_PEER = ("aioparallel", "sequential", "raw-pipe")
+#: W3's floor: a pickled call and its reply over a pipe between two warm processes.
+RAW_PIPE = "raw-pipe"
 #: W8's shape, for its ideal: per-worker concurrency of both aioparallel and aiomultiprocess.
 W8_CONCURRENCY = 16
 N_JOBS = 2
+#: W9: the total at every N within this factor of the ideal (the calls' CPU / 2).
+W9_X_IDEAL = 1.1
+#: W10: a small request's p99 latency beside the huge one, over its time alone.
+W10_SMALL_X_ALONE = 3.0
+#: W10: the huge request's total over (its time alone + the small requests' CPU / 2).
+W10_HUGE_X_BOUND = 1.1
 
 
 def _best_peer(table: Table, key: str) -> tuple[float | None, str]:
@@ -135,6 +145,43 @@ def w9_callers(table: Table) -> list[int]:
     """The caller counts of W9's sweep found in the table (keys ``W9.<N>.total_s``)."""
     found = {int(k.split(".")[1]) for f in table.values() for k in f if k.startswith("W9.")}
     return sorted(found)
+
+
+def _digits(x: float, bound: float, met: bool, higher: bool, least: int = 2) -> str:
+    """``x`` with enough decimals that, read as printed, it gives the verdict it got:
+    a ratio of 1.997 against ">= 2" prints as 1.997, not as a "2.00" that looks met."""
+    for d in range(least, 10):
+        text = f"{x:,.{d}f}"
+        shown = float(text.replace(",", ""))
+        if (shown >= bound if higher else shown <= bound) == met:
+            return text
+    return repr(x)
+
+
+def _pair(fmt: str, value: float | None, bound: float | None) -> tuple[str, str]:
+    """``value`` and ``bound`` as the targets table prints them; if they differ but would
+    print alike (400 and 400.06), with the decimals that tell them apart."""
+    vs, bs = _fmt(fmt, value), _fmt(fmt, bound)
+    if vs == bs and value is not None and bound is not None and value != bound:
+        for d in range(10):
+            vs, bs = f"{value:,.{d}f}", f"{bound:,.{d}f}"
+            if vs != bs:
+                break
+    return vs, bs
+
+
+def verdict_text(row: dict[str, Any]) -> str:
+    """``met``/``MISS``/``n/a``, and for a judged ratio the figures that decide it, e.g.
+    ``MISS: 1.997 x joblib-loky (needs >= 2)``."""
+    text: str = row["verdict"]
+    ratio = row["ratio"]
+    if ratio is not None and text != "n/a":
+        needed = row["needed"]
+        higher = needed.startswith(">=")
+        factor = float(needed.split()[1])
+        shown = _digits(ratio, factor, text == "met", higher)
+        text += f": {shown} x {row['ratio_to']} (needs {needed})"
+    return text
 
 
 def _row(
@@ -155,7 +202,7 @@ def _row(
         ratio = value / ref if ref else None  # a bound of 0 has no ratio, still a verdict
         met = value >= bound if higher else value <= bound
         verdict = "met" if met else "MISS"
-    return {
+    row = {
         "id": wid,
         "target": text,
         "key": key,
@@ -166,6 +213,8 @@ def _row(
         "needed": f"{'>=' if higher else '<='} {factor:g}",
         "verdict": verdict,
     }
+    row["text"] = verdict_text(row)
+    return row
 
 
 def verdicts(
@@ -196,6 +245,10 @@ def verdicts(
         rows.append(
             _row("W3", "p50 <= 0.8 x anyio.to_process's", k, ours.get(k),
                  peer("anyio.to_process", k), "anyio.to_process", 0.8)
+        )  # fmt: skip
+        rows.append(
+            _row("W3", "p50 <= 3 x the raw-pipe floor", k, ours.get(k), peer(RAW_PIPE, k),
+                 RAW_PIPE, 3.0)
         )  # fmt: skip
         k = "W3.p99_us"
         best, label = _best_peer(table, k)
@@ -236,8 +289,8 @@ def verdicts(
         for n in w9_callers(table):
             k = f"W9.{n}."
             rows.append(
-                _row("W9", f"{n} callers: total <= 1.15 x ideal", k + "x_ideal",
-                     ours.get(k + "x_ideal"), 1.0, "ideal", 1.15)
+                _row("W9", f"{n} callers: total <= {W9_X_IDEAL:g} x ideal", k + "x_ideal",
+                     ours.get(k + "x_ideal"), 1.0, "ideal", W9_X_IDEAL)
             )  # fmt: skip
             rows.append(
                 _row("W9", f"{n} callers: p50 <= 0.6 x total", k + "p50_ms",
@@ -249,6 +302,17 @@ def verdicts(
                     _row("W9", f"{n} callers: {text} <= every peer's", k + fig,
                          ours.get(k + fig), best, label)
                 )  # fmt: skip
+    if "W10" in wids:
+        k = "W10.small_p99_x_alone"
+        rows.append(
+            _row("W10", f"small p99 <= {W10_SMALL_X_ALONE:g} x alone", k, ours.get(k), 1.0,
+                 "alone", W10_SMALL_X_ALONE)
+        )  # fmt: skip
+        k = "W10.huge_x_bound"
+        rows.append(
+            _row("W10", f"huge <= {W10_HUGE_X_BOUND:g} x (alone + small work / 2)", k,
+                 ours.get(k), 1.0, "(alone + small work / 2)", W10_HUGE_X_BOUND)
+        )  # fmt: skip
     return rows
 
 
@@ -272,22 +336,31 @@ def _md(header: list[str], rows: list[list[str]], text_cols: int = 1) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
-def medians_table(table: Table, peers: list[str]) -> str:
-    cols = [c for c in COLUMNS if any(c.key in table.get(p, {}) for p in peers)]
-    if not cols:  # a run of W9 alone
+def medians_table(table: Table, peers: list[str], group: str = "speed") -> str:
+    """The medians of one group of columns (a row per peer that has any of them)."""
+    cols = [
+        c for c in COLUMNS if c.group == group and any(c.key in table.get(p, {}) for p in peers)
+    ]
+    if not cols:  # e.g. a run of W9 alone
         return ""
     return _md(
         ["peer", *(c.label for c in cols)],
-        [[p, *(_fmt(c.fmt, table.get(p, {}).get(c.key)) for c in cols)] for p in peers],
+        [
+            [p, *(_fmt(c.fmt, table.get(p, {}).get(c.key)) for c in cols)]
+            for p in peers
+            if any(c.key in table.get(p, {}) for c in cols)
+        ],
     )
 
 
-def ratios_table(table: Table, peers: list[str]) -> str:
+def ratios_table(table: Table, peers: list[str], group: str = "speed") -> str:
     """Each figure divided by joblib-loky's (empty when joblib-loky did not run)."""
     ref = table.get(REFERENCE, {})
-    cols = [c for c in COLUMNS if ref.get(c.key)]
+    cols = [c for c in COLUMNS if c.group == group and ref.get(c.key)]
     rows = []
     for p in peers:
+        if not any(c.key in table.get(p, {}) for c in cols):
+            continue
         cells = []
         for c in cols:
             v = table.get(p, {}).get(c.key)
@@ -319,6 +392,32 @@ def w9_table(table: Table, peers: list[str]) -> str:
     return _md(header, rows) if rows else ""
 
 
+#: W10's columns: (key, label, format).
+W10_COLUMNS = (
+    ("W10.small_alone_ms", "small alone ms", "{:,.0f}"),
+    ("W10.small_p50_ms", "small p50 ms", "{:,.0f}"),
+    ("W10.small_p99_ms", "small p99 ms", "{:,.0f}"),
+    ("W10.small_p50_x_alone", "small p50 / alone", "{:.2f}"),
+    ("W10.small_p99_x_alone", "small p99 / alone", "{:.2f}"),
+    ("W10.huge_alone_s", "huge alone s", "{:.2f}"),
+    ("W10.huge_s", "huge s", "{:.2f}"),
+    ("W10.huge_x_alone", "huge / alone", "{:.2f}"),
+    ("W10.huge_x_bound", "huge / (alone + small CPU / 2)", "{:.3f}"),
+)
+#: What the page shows where a run has no W10 figures (a run from before W10 existed).
+W10_NA = "n/a: this run has no W10 figures (it predates W10, or W10 was not selected)."
+
+
+def w10_table(table: Table, peers: list[str]) -> str:
+    """W10: a row per peer with the small requests' latency and the huge one's total."""
+    rows = [
+        [p, *(_fmt(fmt, table[p].get(k)) for k, _label, fmt in W10_COLUMNS)]
+        for p in peers
+        if "W10.huge_s" in table.get(p, {})
+    ]
+    return _md(["peer", *(label for _k, label, _f in W10_COLUMNS)], rows) if rows else ""
+
+
 PARENT_COST = (
     ("W1.parent_cpu_us", "parent CPU µs/call", "{:,.1f}"),
     ("W1.gc_objects_per_call", "GC-tracked objects/call", "{:,.2f}"),
@@ -342,11 +441,8 @@ def targets_table(targets: list[dict[str, Any]]) -> str:
     rows = []
     for t in targets:
         fmt = "{:,.3g}" if abs(t["value"] or 0) < 100 else "{:,.0f}"
-        ratio = t["ratio"]
-        verdict = t["verdict"]
-        if ratio is not None:
-            verdict += f": {ratio:.2f} x {t['ratio_to']} (needs {t['needed']})"
-        rows.append([t["id"], t["target"], _fmt(fmt, t["value"]), _fmt(fmt, t["bound"]), verdict])
+        value, bound = _pair(fmt, t["value"], t["bound"])
+        rows.append([t["id"], t["target"], value, bound, verdict_text(t)])
     return _md(["id", "target", "aioparallel", "bound", "verdict"], rows, text_cols=2)
 
 
@@ -398,8 +494,10 @@ def sections(data: dict[str, Any]) -> dict[str, str]:
     targets = verdicts(table, data["workloads"], **context(data))
     return {
         "machine": machine_text(data),
-        "medians": medians_table(table, peers),
+        "medians": medians_table(table, peers, "speed"),
+        "medians-memory": medians_table(table, peers, "memory"),
         "w9": w9_table(table, peers),
+        "w10": w10_table(table, peers) or W10_NA,
         "parent-cost": parent_cost_table(table, peers),
         "targets": targets_table(targets),
         "notes": "\n".join(f"- {n}" for n in data.get("notes", [])),
@@ -410,11 +508,13 @@ def render(data: dict[str, Any]) -> str:
     """The whole report of a run, as Markdown for stdout (or an issue)."""
     s = sections(data)
     parts = [f"## aioparallel benchmarks ({data['sizes']['mode']})", s["machine"]]
-    ratios = ratios_table(data["figures"], data["peers"])
     for title, body in (
-        ("Medians", s["medians"]),
-        (f"Ratio to {REFERENCE}", ratios),
+        ("Medians: time and latency", s["medians"]),
+        (f"Ratio to {REFERENCE}", ratios_table(data["figures"], data["peers"], "speed")),
+        ("Medians: memory and loop lag", s["medians-memory"]),
+        (f"Ratio to {REFERENCE}", ratios_table(data["figures"], data["peers"], "memory")),
         ("W9: concurrent requests (total s / x ideal / p50 / p99 ms per caller)", s["w9"]),
+        ("W10: small requests beside a huge one", s["w10"] if "W10" in data["workloads"] else ""),
         ("Parent cost during W1", s["parent-cost"]),
         ("aioparallel against targets", s["targets"]),
         ("Notes", s["notes"]),
@@ -476,35 +576,242 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def plot(table: Table, peers: list[str], path: str) -> None:
-    """One small panel per figure: each peer's value divided by joblib-loky's."""
+#: The pictures the docs page leads with, written beside ``--plot PATH`` as
+#: ``<stem>-<suffix>.png``: (suffix, what it shows).
+FIGURES = (
+    ("w9", "W9: a web backend, total and median latency against callers"),
+    ("w10", "W10: small requests beside a huge one"),
+    ("w1-w6", "W1 throughput and W6 loop lag"),
+)
+#: Size and resolution of each picture: legible at the docs page's ~700 px width.
+FIGSIZE = (7.0, 4.2)
+DPI = 150
+FONT_PT = 10
+OURS_COLOR = "tab:red"
+
+
+def figure_paths(path: str) -> dict[str, Path]:
+    """Where ``plot(..., path)`` writes each picture: ``path`` itself is the overview."""
+    base = Path(path)
+    return {suffix: base.with_name(f"{base.stem}-{suffix}{base.suffix}") for suffix, _ in FIGURES}
+
+
+def plot(table: Table, peers: list[str], path: str) -> list[Path]:
+    """Write the overview (each figure divided by joblib-loky's) at ``path`` and the
+    pictures of ``FIGURES`` beside it; returns the paths written."""
     import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    plt.rcParams.update({"font.size": FONT_PT, "axes.titlesize": FONT_PT + 1})
+    paths = figure_paths(path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    for suffix, draw in (("w9", _plot_w9), ("w10", _plot_w10), ("w1-w6", _plot_w1_w6)):
+        fig = draw(plt, table, peers)
+        fig.savefig(paths[suffix], dpi=DPI)
+        plt.close(fig)
+    _plot_overview(plt, table, peers, path)
+    return [Path(path), *paths.values()]
+
+
+def _colors(peers: list[str]) -> dict[str, Any]:
+    """One colour per peer, the same in every picture; aioparallel's is red."""
+    others = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive"]
+    out: dict[str, Any] = {}
+    for i, p in enumerate(q for q in peers if q != "aioparallel"):
+        out[p] = others[i % len(others)]
+    out["aioparallel"] = OURS_COLOR
+    return out
+
+
+def _no_data(plt: Any, what: str) -> Any:
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{what}: n/a (not in this run)", ha="center", va="center")
+    return fig
+
+
+def _plot_w9(plt: Any, table: Table, peers: list[str]) -> Any:
+    """Total and p50 latency against callers, a line per peer, and the ideal total."""
+    ns = w9_callers(table)
+    shown = [p for p in peers if any(f"W9.{n}.total_s" in table.get(p, {}) for n in ns)]
+    if not shown:
+        return _no_data(plt, "W9")
+    colors = _colors(peers)
+    fig, (left, right) = plt.subplots(1, 2, figsize=FIGSIZE, sharey=True, layout="constrained")
+    for ax, fig_key, title, scale in (
+        (left, "total_s", "total (all callers served)", 1.0),
+        (right, "p50_ms", "median caller's latency", 1e-3),
+    ):
+        for p in shown:
+            f = table[p]
+            pts = [(n, f[f"W9.{n}.{fig_key}"] * scale) for n in ns if f"W9.{n}.{fig_key}" in f]
+            ours = p == "aioparallel"
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colors[p], label=p,
+                    linewidth=2.5 if ours else 1.3, zorder=3 if ours else 2)  # fmt: skip
+        ideal = [(n, _w9_ideal(table, n)) for n in ns]
+        ideal = [(n, v) for n, v in ideal if v is not None]
+        if ideal:
+            ax.plot(*zip(*ideal, strict=True), linestyle="--", color="black",
+                    label="ideal total (calls' CPU / 2)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("concurrent callers")
+        ax.set_title(title)
+        ax.grid(True, which="major", alpha=0.3)
+    left.set_ylabel("seconds (log)")
+    left.legend(fontsize=FONT_PT - 1, loc="upper left", frameon=False)
+    fig.suptitle("W9: N callers, each a map of 20 x 1 ms (lower is better)")
+    return fig
+
+
+def _w9_ideal(table: Table, n: int) -> float | None:
+    """The ideal total at ``n`` callers, from aioparallel's run (its calls' CPU / 2),
+    else the median over peers; runs before ``ideal_s`` derive it from ``x_ideal``."""
+    values = []
+    for p in ["aioparallel", *(q for q in table if q != "aioparallel")]:
+        f = table[p]
+        k = f"W9.{n}."
+        if k + "ideal_s" in f:
+            values.append(f[k + "ideal_s"])
+        elif f.get(k + "x_ideal"):
+            values.append(f[k + "total_s"] / f[k + "x_ideal"])
+        if values and p == "aioparallel":
+            return values[0]
+    return statistics.median(values) if values else None
+
+
+def _plot_w10(plt: Any, table: Table, peers: list[str]) -> Any:
+    """Per peer: small p50 and p99 over alone, huge over alone, with the targets."""
+    shown = [p for p in peers if "W10.huge_s" in table.get(p, {})]
+    if not shown:
+        return _no_data(plt, "W10")
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    bars = (
+        ("W10.small_p50_x_alone", "small p50 / alone", "tab:blue"),
+        ("W10.small_p99_x_alone", "small p99 / alone", "tab:orange"),
+        ("W10.huge_x_alone", "huge / alone", "tab:gray"),
+    )
+    width = 0.8 / len(bars)
+    for b, (key, label, color) in enumerate(bars):
+        xs = [i + (b - 1) * width for i in range(len(shown))]
+        vals = [table[p].get(key, math.nan) for p in shown]
+        drawn = ax.bar(xs, vals, width, label=label, color=color)
+        ax.bar_label(drawn, fmt="%.1f", fontsize=FONT_PT - 2, padding=1)
+    ax.axhline(W10_SMALL_X_ALONE, color="tab:orange", linestyle="--", linewidth=1.2,
+               label=f"target: small p99 <= {W10_SMALL_X_ALONE:g} x alone")  # fmt: skip
+    marks = []
+    for i, p in enumerate(shown):
+        f = table[p]
+        if f.get("W10.huge_x_bound") and f.get("W10.huge_x_alone"):
+            bound_over_alone = W10_HUGE_X_BOUND * f["W10.huge_x_alone"] / f["W10.huge_x_bound"]
+            marks.append((i + width, bound_over_alone))
+    if marks:
+        ax.scatter(*zip(*marks, strict=True), marker="_", s=500, color="black", zorder=3,
+                   label="target: huge <= 1.1 x (alone + small CPU / 2)")  # fmt: skip
+    ax.set_xticks(range(len(shown)), shown, rotation=15)
+    for tick in ax.get_xticklabels():
+        if tick.get_text() == "aioparallel":
+            tick.set_color(OURS_COLOR)
+            tick.set_fontweight("bold")
+    ax.set_ylabel("time / time alone (lower is better)")
+    ax.axhline(1.0, color="black", linewidth=0.6)
+    ax.margins(y=0.12)
+    ax.legend(fontsize=FONT_PT - 1, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              frameon=False)  # fmt: skip
+    fig.suptitle("W10: small requests arriving during a huge one")
+    return fig
+
+
+def _plot_w1_w6(plt: Any, table: Table, peers: list[str]) -> Any:
+    """W1 calls/s and W6 loop lag (p99, max), a row per peer, targets marked."""
+    keys = ("W1.calls_per_s", "W6.max_ms")
+    shown = [
+        p for p in peers if p not in NOT_A_PEER[1:] and any(k in table.get(p, {}) for k in keys)
+    ]
+    if not shown:
+        return _no_data(plt, "W1 and W6")
+    fig, (left, right) = plt.subplots(1, 2, figsize=FIGSIZE, sharey=True, layout="constrained")
+    ys = range(len(shown))
+    vals = [table[p].get("W1.calls_per_s", math.nan) for p in shown]
+    drawn = left.barh(ys, vals, color=[OURS_COLOR if p == "aioparallel" else "tab:gray"
+                                       for p in shown])  # fmt: skip
+    left.bar_label(drawn, labels=[_si(v) for v in vals], fontsize=FONT_PT - 1, padding=2)
+    ref = table.get(REFERENCE, {}).get("W1.calls_per_s")
+    if ref:
+        left.axvline(2 * ref, color="black", linestyle="--", linewidth=1.2,
+                     label=f"target: 2 x {REFERENCE}")  # fmt: skip
+    left.set_xscale("log")
+    left.minorticks_off()
+    left.margins(x=0.35)
+    left.set_title("W1: calls/s (higher is better)")
+    h = 0.4
+    for off, (key, label, color, target) in enumerate((
+        ("W6.p99_ms", "p99", "tab:blue", 5.0),
+        ("W6.max_ms", "max", "tab:orange", 20.0),
+    )):  # fmt: skip
+        lag = [max(table[p].get(key, math.nan), 0.1) for p in shown]
+        right.barh([y + (off - 0.5) * h for y in ys], lag, h, color=color, label=f"lag {label}")
+        right.axvline(target, color=color, linestyle="--", linewidth=1.2,
+                      label=f"target: {label} <= {target:g} ms")  # fmt: skip
+    right.set_xscale("log")
+    right.minorticks_off()
+    right.set_title("W6: loop lag, ms (lower is better)")
+    left.set_yticks(list(ys), shown)
+    left.invert_yaxis()
+    for tick in left.get_yticklabels():
+        if tick.get_text() == "aioparallel":
+            tick.set_color(OURS_COLOR)
+            tick.set_fontweight("bold")
+    fig.legend(
+        *_merged_legend(left, right), loc="outside lower center", ncols=3,
+        fontsize=FONT_PT - 1, frameon=False,
+    )  # fmt: skip
+    return fig
+
+
+def _merged_legend(*axes: Any) -> tuple[list[Any], list[str]]:
+    handles: list[Any] = []
+    labels: list[str] = []
+    for ax in axes:
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    return handles, labels
+
+
+def _si(v: float) -> str:
+    return f"{v / 1e6:.2g}M" if v >= 1e6 else f"{v / 1e3:.3g}k" if v >= 1e3 else f"{v:.3g}"
+
+
+def _plot_overview(plt: Any, table: Table, peers: list[str], path: str) -> None:
+    """One panel per figure: each peer's value divided by joblib-loky's (a full-size
+    picture the page links to, not one it shows inline)."""
     from matplotlib.ticker import NullFormatter  # type: ignore[import-not-found, unused-ignore]
 
     ref = table.get(REFERENCE, {})
     cols = [c for c in COLUMNS if ref.get(c.key)]
-    ncols = 5
+    ncols = 3
     nrows = max(1, math.ceil(len(cols) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
     for ax in axes.flat[len(cols) :]:
         ax.set_visible(False)
     for ax, col in zip(axes.flat, cols, strict=False):
         names = [p for p in peers if table.get(p, {}).get(col.key) is not None]
         ratios = [max(table[p][col.key] / ref[col.key], 1e-3) for p in names]
-        colors = ["tab:red" if p == "aioparallel" else "tab:gray" for p in names]
+        colors = [OURS_COLOR if p == "aioparallel" else "tab:gray" for p in names]
         bars = ax.barh(names, ratios, color=colors)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2)
+        ax.bar_label(bars, fmt="%.3g", fontsize=FONT_PT - 1, padding=2)
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.25)
         ax.invert_yaxis()
         better = "higher" if col.higher_is_better else "lower"
-        ax.set_title(f"{col.label}\n(÷ {REFERENCE}; {better} is better)", fontsize=9)
-        ax.tick_params(labelsize=8)
+        ax.set_title(f"{col.label}\n(÷ {REFERENCE}; {better} is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,12 +1,13 @@
-"""Run workloads W1-W9 for aioparallel and its peers; print a table, write JSON/PNG.
+"""Run workloads W1-W10 for aioparallel and its peers; print a table, write JSON/PNGs.
 
 ``python -m benchmarks.run [--smoke | --quick] [--only W1,W3] [--peers a,b]
 [--json PATH] [--plot PATH]`` (also ``python -m aioparallel bench`` and ``nox -s bench``).
 
 Peers are interleaved: each round runs every peer once, and figures are medians over
 rounds, so a slow minute on the machine hurts every peer alike instead of one. In a
-round each peer gets one warm session (pool opened, warmed, W1/W2/W3/W6 measured,
-closed, W9 last); W4, W5 and W7 run one fresh interpreter per peer (see ``child.py``).
+round each peer gets one warm session (pool opened, warmed, W1/W2/W3/W6/W8 measured,
+W9 and W10 last, closed); W4, W5 and W7 run one fresh interpreter per peer (see
+``child.py``). W3 also times ``raw-pipe``, its floor (a reference, not a peer).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks.peers import PEERS, Peer
 from benchmarks.probes import Heartbeat, percentile
 from benchmarks.workloads import (
     SPIN_1MS_SECONDS,
+    SPIN_50MS_SECONDS,
     calibrate,
     double,
     iterations_for,
@@ -40,16 +42,17 @@ from benchmarks.workloads import (
     noop,
     spin_1ms,
     spin_25ms,
+    spin_50ms,
     spin_expected,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9", "W10")
 #: Peers whose W1 also counts the GC-tracked objects the parent allocates per call.
 GC_COUNTED = ("aioparallel",)
-#: Workloads repeated every round however long they take: W9's sweep is long by design
-#: (500 callers take seconds), and its tail latencies need the rounds.
-ALWAYS_REPEAT = ("W9",)
+#: Workloads repeated every round (up to ``Sizes.web_rounds``) however long they take:
+#: W9's sweep and W10's mix are long by design, and their tail latencies need the rounds.
+ALWAYS_REPEAT = ("W9", "W10")
 
 
 @dataclass(frozen=True)
@@ -70,31 +73,40 @@ class Sizes:
     w8_calls: int
     w9_callers: tuple[int, ...]  # W9's sweep: concurrent callers in one loop
     w9_calls: int  # calls of spin_1ms per caller's map
+    web_rounds: int  # rounds of W9 and W10 (each round of them takes seconds per peer)
+    w10_huge_calls: int  # W10: calls of spin_50ms in the huge request
+    w10_small_requests: int  # W10: small requests arriving during the huge one
     slow_s: float  # a measurement slower than this is not repeated in later rounds
     timeout_s: float  # per measurement, so a hung peer fails instead of hanging the run
     check_all: bool  # compare W2's results call by call (costs a sequential W2)
-    #: CPU seconds of one spin_1ms call, measured in the parent after the calibration:
-    #: W9's ideal is the calls' CPU time on 2 workers.
-    w9_call_s: float = SPIN_1MS_SECONDS
+    w10_small_calls: int = 4  # W10: calls of spin_50ms per small request
+    w10_gap_s: float = 0.1  # W10: the first small request starts this long after the
+    # huge one, and each next one this long after the previous
+    w10_alone_repeats: int = 3  # W10: a small request alone, median of this many
+    #: Peers this mode runs only when ``--peers`` names them (--quick: to stay short).
+    left_out: tuple[str, ...] = ()
 
 
 MODES = {
     "smoke": Sizes(
         mode="smoke", rounds=1, mem_rounds=1, w1_calls=300, w2_calls=4, w3_calls=5,
         w5_mb=4, w5_calls=4, w6_calls=200, w7_items=200, w7_item_bytes=10_240,
-        w8_calls=50, w9_callers=(5,), w9_calls=20,
+        w8_calls=50, w9_callers=(5,), w9_calls=20, web_rounds=1,
+        w10_huge_calls=6, w10_small_requests=2, w10_alone_repeats=1,
         slow_s=1.0, timeout_s=60, check_all=True,
     ),
     "quick": Sizes(
-        mode="quick", rounds=3, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
-        w5_mb=40, w5_calls=16, w6_calls=5_000, w7_items=20_000, w7_item_bytes=10_240,
-        w8_calls=200, w9_callers=(10, 50), w9_calls=20,
+        mode="quick", rounds=1, mem_rounds=1, w1_calls=10_000, w2_calls=32, w3_calls=50,
+        w5_mb=20, w5_calls=16, w6_calls=5_000, w7_items=5_000, w7_item_bytes=10_240,
+        w8_calls=64, w9_callers=(10, 50), w9_calls=20, web_rounds=1,
+        w10_huge_calls=20, w10_small_requests=4, left_out=("joblib-threading", "mpire"),
         slow_s=2.0, timeout_s=120, check_all=False,
     ),
     "full": Sizes(
         mode="full", rounds=3, mem_rounds=3, w1_calls=100_000, w2_calls=64, w3_calls=200,
         w5_mb=400, w5_calls=16, w6_calls=20_000, w7_items=200_000, w7_item_bytes=10_240,
-        w8_calls=1_000, w9_callers=(10, 50, 200, 500), w9_calls=20,
+        w8_calls=1_000, w9_callers=(10, 50, 200, 500), w9_calls=20, web_rounds=3,
+        w10_huge_calls=120, w10_small_requests=20,
         slow_s=10.0, timeout_s=600, check_all=False,
     ),
 }  # fmt: skip
@@ -236,25 +248,41 @@ async def w8(peer: Peer, sz: Sizes) -> dict[str, float]:
 async def w9(peer: Peer, sz: Sizes) -> dict[str, float]:
     """W9, a web backend: N callers in one loop at once, each awaiting a map of 1 ms calls.
 
-    Per N of the sweep: total seconds, total / ideal (the calls' calibrated CPU on 2
-    workers), and the p50/p99 of the callers' latencies (all start together, so a
-    caller's latency is the time from the start to its result). Keys ``<N>.<figure>``.
+    Per N of the sweep: total seconds, total / ideal, and the p50/p99 of the callers'
+    latencies (all start together, so a caller's latency is the time from the start to
+    its result). The ideal is the CPU time the calls report (each measures its own
+    ``thread_time`` on its worker) over 2 workers: measured in this very run, so it
+    follows the machine's speed. Keys ``<N>.<figure>``.
     """
     # Warm the pool the requests use (aioparallel's: the process-wide shared one).
     await peer.request_map(noop, [()] * (2 * peer.n_jobs))
     out: dict[str, float] = {}
     for callers in sz.w9_callers:
-        total, latencies = await _w9_point(peer, callers, sz.w9_calls)
-        ideal = callers * sz.w9_calls * sz.w9_call_s / peer.n_jobs
+        total, latencies, cpu = await _w9_point(peer, callers, sz.w9_calls)
+        ideal = cpu / peer.n_jobs
         out[f"{callers}.total_s"] = total
         out[f"{callers}.x_ideal"] = total / ideal
         out[f"{callers}.p50_ms"] = percentile(latencies, 50) * 1e3
         out[f"{callers}.p99_ms"] = percentile(latencies, 99) * 1e3
+        out[f"{callers}.ideal_s"] = ideal
     return out
 
 
-async def _w9_point(peer: Peer, callers: int, calls: int) -> tuple[float, list[float]]:
-    """One point of the sweep; results are checked (after the clock stops)."""
+def _check_spins(what: str, got: list[Any], first: int, seconds: float) -> float:
+    """Check ``spin_*`` results ``(value, cpu_s)`` of calls ``first, first + 1, ...``
+    against the closed form (so a result delivered to the wrong request fails); returns
+    the CPU seconds the calls reported."""
+    iters = iterations_for(seconds)
+    values = [v for v, _cpu in got]
+    assert values == [spin_expected(first + k, iters) for k in range(len(got))], (
+        f"{what} got wrong results"
+    )
+    return math.fsum(cpu for _v, cpu in got)
+
+
+async def _w9_point(peer: Peer, callers: int, calls: int) -> tuple[float, list[float], float]:
+    """One point of the sweep: total seconds, latencies, the calls' CPU seconds. Results
+    are checked after the clock stops."""
     latencies = [math.nan] * callers
     results: list[list[Any]] = [[] for _ in range(callers)]
 
@@ -265,11 +293,72 @@ async def _w9_point(peer: Peer, callers: int, calls: int) -> tuple[float, list[f
     t0 = time.perf_counter()
     await asyncio.gather(*(request(c) for c in range(callers)))
     total = time.perf_counter() - t0
-    iters = iterations_for(SPIN_1MS_SECONDS)
-    for c, got in enumerate(results):
-        expected = [spin_expected(c * calls + k, iters) for k in range(calls)]
-        assert got == expected, f"W9: caller {c} of {callers} got wrong results"
-    return total, latencies
+    cpu = math.fsum(
+        _check_spins(f"W9: caller {c} of {callers}", got, c * calls, SPIN_1MS_SECONDS)
+        for c, got in enumerate(results)
+    )
+    return total, latencies, cpu
+
+
+async def _timed_request(peer: Peer, first: int, calls: int) -> tuple[float, float]:
+    """One W10 request alone: its seconds and the CPU seconds its calls reported."""
+    t0 = time.perf_counter()
+    got = await peer.request_map(spin_50ms, [(first + k,) for k in range(calls)])
+    seconds = time.perf_counter() - t0
+    return seconds, _check_spins("W10 (alone)", got, first, SPIN_50MS_SECONDS)
+
+
+async def w10(peer: Peer, sz: Sizes) -> dict[str, float]:
+    """W10, mixed load: small requests arriving while a huge one runs, in one loop.
+
+    Alone first (the huge request alone; a small one alone, median of a few), then the
+    mix: the huge request starts, and the small ones start ``w10_gap_s`` apart from
+    ``w10_gap_s`` after it. A request's latency is from its own start to its result.
+    The huge request's bound is its time alone plus the small requests' CPU (as their
+    calls report it) spread over 2 workers: what it costs to let them in.
+    """
+    await peer.request_map(noop, [()] * (2 * peer.n_jobs))
+    huge_n, small_n, calls = sz.w10_huge_calls, sz.w10_small_requests, sz.w10_small_calls
+    huge_alone, _cpu = await _timed_request(peer, 0, huge_n)
+    small_alone = statistics.median(
+        [(await _timed_request(peer, 0, calls))[0] for _ in range(sz.w10_alone_repeats)]
+    )
+
+    latencies = [math.nan] * small_n
+    results: list[list[Any]] = [[] for _ in range(small_n)]
+
+    async def small(k: int) -> None:
+        await asyncio.sleep(max(0.0, t0 + sz.w10_gap_s * (k + 1) - time.perf_counter()))
+        began = time.perf_counter()
+        first = huge_n + k * calls
+        results[k] = await peer.request_map(spin_50ms, [(first + j,) for j in range(calls)])
+        latencies[k] = time.perf_counter() - began
+
+    async def huge() -> tuple[list[Any], float]:
+        got = await peer.request_map(spin_50ms, [(k,) for k in range(huge_n)])
+        return got, time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    (huge_got, huge_s), *_ = await asyncio.gather(huge(), *(small(k) for k in range(small_n)))
+    _check_spins("W10: the huge request", huge_got, 0, SPIN_50MS_SECONDS)
+    small_cpu = math.fsum(
+        _check_spins(f"W10: small request {k}", got, huge_n + k * calls, SPIN_50MS_SECONDS)
+        for k, got in enumerate(results)
+    )
+    bound = huge_alone + small_cpu / peer.n_jobs
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    return {
+        "small_p50_x_alone": p50 / small_alone,
+        "small_p99_x_alone": p99 / small_alone,
+        "huge_x_alone": huge_s / huge_alone,
+        "huge_x_bound": huge_s / bound,
+        "small_p50_ms": p50 * 1e3,
+        "small_p99_ms": p99 * 1e3,
+        "small_alone_ms": small_alone * 1e3,
+        "huge_s": huge_s,
+        "huge_alone_s": huge_alone,
+        "small_cpu_s": small_cpu,
+    }
 
 
 IN_SESSION: dict[str, Callable[[Peer, Sizes], Awaitable[dict[str, float]]]] = {
@@ -279,6 +368,7 @@ IN_SESSION: dict[str, Callable[[Peer, Sizes], Awaitable[dict[str, float]]]] = {
     "W6": w6,
     "W8": w8,
     "W9": w9,
+    "W10": w10,
 }
 IN_CHILD: dict[str, Callable[[str, Sizes], dict[str, float]]] = {"W4": w4, "W5": w5, "W7": w7}
 
@@ -340,7 +430,9 @@ def run_all(wids: list[str], names: list[str], col: Collector) -> None:
                 todo = [
                     w
                     for w in in_session
-                    if col.wants(w, name) and not (w == "W9" and PEERS[name].web_skip)
+                    if col.wants(w, name)
+                    and PEERS[name].runs(w)
+                    and (w not in ALWAYS_REPEAT or rnd < sz.web_rounds)
                 ]
                 if todo:
                     asyncio.run(session(name, todo, col, rnd))
@@ -348,7 +440,7 @@ def run_all(wids: list[str], names: list[str], col: Collector) -> None:
             if rnd >= (sz.rounds if wid == "W4" else sz.mem_rounds):
                 continue
             for name in names:
-                if not col.wants(wid, name):
+                if not col.wants(wid, name) or not PEERS[name].runs(wid):
                     continue
                 t0 = time.perf_counter()
                 try:
@@ -394,16 +486,6 @@ def aggregate(col: Collector) -> tuple[report.Table, dict[str, Any]]:
 BUSY_LOAD = 0.5
 
 
-def _cpu_s(func: Callable[[int], object]) -> float:
-    """A task's CPU time here, best of 20 (the calibrated spins land near, not on, 1 ms)."""
-    best = math.inf
-    for i in range(20):
-        c0 = time.process_time()
-        func(i)
-        best = min(best, time.process_time() - c0)
-    return best
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group()
@@ -430,10 +512,18 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sz = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.rounds:
-        sz = replace(sz, rounds=args.rounds, mem_rounds=min(args.rounds, sz.mem_rounds))
+        sz = replace(
+            sz,
+            rounds=args.rounds,
+            mem_rounds=min(args.rounds, sz.mem_rounds),
+            web_rounds=min(args.rounds, sz.web_rounds),
+        )
     wids = _select(args.only, WORKLOADS, "workloads")
     names = _select(args.peers, tuple(PEERS), "peers")
     notes = []
+    if not args.peers and sz.left_out:
+        names = [n for n in names if n not in sz.left_out]
+        notes.append(f"--{sz.mode} leaves out {', '.join(sz.left_out)} (--peers adds them back)")
     if "W2" in wids and "sequential" not in names:
         names.append("sequential")
         notes.append("sequential added: W2's speedup is measured against it")
@@ -442,13 +532,24 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             names.remove(name)
             notes.append(f"{name} skipped: {reason}")
-    if "W9" in wids:
-        notes += [f"W9 skips {n}: {PEERS[n].web_skip}" for n in names if PEERS[n].web_skip]
-    run_wids = sorted({*wids, "W5"} if "W6" in wids else set(wids))  # W6 needs W5's lag
+    web = [w for w in ("W9", "W10") if w in wids]
+    if web:
+        notes += [
+            f"{' and '.join(web)} skip{'s' if len(web) == 1 else ''} {n}: {PEERS[n].web_skip}"
+            for n in names
+            if PEERS[n].web_skip
+        ]
+    for name in list(names):
+        only = PEERS[name].only
+        if only is not None and not set(only) & set(wids):
+            names.remove(name)  # a reference of workloads that don't run
+        elif only is not None:
+            notes.append(f"{name} runs {', '.join(only)} only: a reference floor, not a peer")
+    # W6 needs W5's lag; canonical order (W10 after W9, not after W1)
+    run_wids = [w for w in WORKLOADS if w in wids or (w == "W5" and "W6" in wids)]
 
     started = time.perf_counter()
     spin_iters = calibrate()  # exported to workers via the environment
-    sz = replace(sz, w9_call_s=_cpu_s(spin_1ms))
     machine = report.machine_info()
     col = Collector(sz)
     run_all(run_wids, names, col)
@@ -467,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
             " other processes compete for the cores, so figures are noisy"
         )
     notes.append(
-        f"run took {elapsed:.0f} s; spin_25ms = {spin_iters:,} iterations; spin_1ms ="
-        f" {sz.w9_call_s * 1e3:.3f} ms of CPU (W9's ideal is callers x calls x this / 2)"
+        f"run took {elapsed:.0f} s; spin_25ms = {spin_iters:,} iterations (W9's and W10's"
+        " ideals come from the CPU time their calls report, not from this calibration)"
     )
     out: dict[str, Any] = {
         "machine": machine,
