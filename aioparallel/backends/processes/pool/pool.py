@@ -91,6 +91,8 @@ class Pool:
         self._on_idle = on_idle
         #: Its number in ``pool_stats``.
         self.number = stats.register(self)
+        #: When a waiter next looks at every loop that holds or waits (``_recheck``).
+        self._next_recheck = 0.0
 
     @property
     def closed(self) -> bool:
@@ -115,7 +117,7 @@ class Pool:
                 return worker
             with anyio.CancelScope(shield=True):  # died while idle
                 await self.release(worker, healthy=False)
-        self.reclaim()
+        self.reclaim(waiters=False)  # what a gone loop held would never come back
         waiter = roster.claim(holder, run if run is not None else Standing())
         if waiter is not None:
             waited = False
@@ -125,8 +127,7 @@ class Pool:
                         await waiter.signal.wait()
                         waited = True
                     if not waited:
-                        self.reclaim()
-                        roster.offer()
+                        self._recheck()
             finally:
                 handed = roster.withdraw(waiter)
                 if not waited and handed is not None:  # handed over as we were cancelled
@@ -137,11 +138,21 @@ class Pool:
                 return handed  # type: ignore[no-any-return]
         return await self._spawn(holder)
 
-    def reclaim(self) -> None:
+    def _recheck(self) -> None:
+        """A waiter's look every ``RECHECK`` seconds, with the look at every loop (``reclaim``)
+        taken by one waiter for all: a web backend's 1,000 waiters would each look at the
+        1,000 others' loops every second."""
+        now = time.monotonic()
+        if now >= self._next_recheck:
+            self._next_recheck = now + self.RECHECK / 2
+            self.reclaim()
+        self._roster.offer()
+
+    def reclaim(self, waiters: bool = True) -> None:
         """Take back what loops that are gone held (``Roster.reclaim``): their workers are
         killed and reaped here, synchronously (a few milliseconds each: their holders' tasks,
         which would have, will never run again), and their places freed."""
-        gone = self._roster.reclaim()
+        gone = self._roster.reclaim(waiters)
         for worker in gone:
             worker.kill_now()
         self._stop_blocking(gone)

@@ -284,20 +284,24 @@ class Roster:
             self.retiring.update(going)
             return going
 
-    def reclaim(self) -> list[WorkerProcess]:
+    def reclaim(self, waiters: bool = True) -> list[WorkerProcess]:
         """What loops that are gone held: their busy workers -> retiring (returned: the caller
         stops them, then calls free_place()); their spawning places -> free, or to the first
-        waiter; their waiters dropped. Then what is free goes to the waiters (``offer``)."""
+        waiter; their waiters dropped (unless not ``waiters``: a gone loop's waiter is only
+        dead weight in line, as ``_hand`` passes it over, and looking at every waiter each
+        time a task queues costs a web backend's 1,000 waiters a millisecond per batch).
+        Then what is free goes to the waiters (``offer``)."""
         with self._lock:
             gone = [w for w in self.busy if self.holders[w].state() == "gone"]
             for worker in gone:
                 self._unhold(worker)
                 self.retiring.add(worker)
             self.spawning[:] = [h for h in self.spawning if h.state() != "gone"]
-            kept = [entry for entry in self.waiters if entry[2].holder.state() != "gone"]
-            if len(kept) != len(self.waiters):
-                heapq.heapify(kept)
-                self.waiters[:] = kept
+            if waiters:
+                kept = [entry for entry in self.waiters if entry[2].holder.state() != "gone"]
+                if len(kept) != len(self.waiters):
+                    heapq.heapify(kept)
+                    self.waiters[:] = kept
             self._offer()
             return gone
 
