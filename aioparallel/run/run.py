@@ -15,7 +15,8 @@ Each lane takes the next consecutive batch (under a lock, so batches are numbere
 order), runs it on one worker, learns its duration for auto batching, and hands the values
 to the sink. A lane that took a batch starts the next lane, until there are as many as
 batches the backend runs at once: a short input gets a lane per batch (and one that finds
-its end), whatever ``n_jobs`` says. The first failure (a task error without
+its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
+in the caller's task, with no group to start or cancel. The first failure (a task error without
 ``return_exceptions``, or an error of the input itself) is recorded and cancels the task
 group; it is re-raised unwrapped, with its own type, once every lane has stopped and the
 backend has cleaned up. A task's exception of any type is its outcome (a ``Failure`` in its
