@@ -196,3 +196,26 @@ async def test_timeout_still_spares_quick_tasks_of_a_batch() -> None:
         delayed(square)(i) for i in range(40)
     )
     assert results == [i * i for i in range(40)]
+
+
+def _shadowed(x: int) -> tuple[str, int]:
+    return ("first", x)
+
+
+#: A module-level function no longer found under its name: the standard pickler refuses it
+#: ("not the same object"), cloudpickle sends it by value.
+_renamed = _shadowed
+
+
+def _shadowed(x: int) -> tuple[str, int]:  # type: ignore[no-redef]
+    return ("second", x)
+
+
+@pytest.mark.anyio
+async def test_function_not_found_under_its_name_still_travels_by_value() -> None:
+    # a one-call job of small arguments takes the standard pickler's fast path: the
+    # function that pickler refuses must still reach the worker, through cloudpickle
+    assert await Parallel(n_jobs=2)([delayed(_renamed)(1)]) == [("first", 1)]
+    assert await Parallel(n_jobs=2)(delayed(_renamed)(i) for i in range(3)) == [
+        ("first", i) for i in range(3)
+    ]

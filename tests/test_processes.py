@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import math
 import os
 import signal
 import subprocess
@@ -597,3 +598,43 @@ async def test_no_listening_socket(tmp_path: Path) -> None:
                 assert worker.net_connections(kind="inet") == []
         finally:
             release.touch()
+
+
+# -- one call: a run of one lane (no task group) keeps every guarantee ------------------------
+
+
+@pytest.mark.anyio
+async def test_one_call_crash_names_the_call_and_the_pool_recovers() -> None:
+    async with Parallel(n_jobs=2) as parallel:
+        with pytest.raises(WorkerCrashedError) as info:
+            await parallel([delayed(h.exit3)(0)])
+        assert info.value.task_index == 0 and info.value.exitcode == 3
+        ((value, _pid),) = await parallel([delayed(h.square_and_pid)(3)])
+        assert value == 9
+
+
+@pytest.mark.anyio
+async def test_one_call_timeout_blames_it_and_kills_its_worker(tmp_path: Path) -> None:
+    with pytest.raises(TimeoutError, match="task 0") as info:
+        await Parallel(n_jobs=2, timeout=0.5)([delayed(h.pid_then_sleep)(str(tmp_path), 0)])
+    assert "pid_then_sleep" in str(info.value)
+    pids = h.read_pids(tmp_path)
+    assert await h.wait_gone_async(pids.values(), PROMPT_PROCESSES) == []
+
+
+@pytest.mark.asyncio
+async def test_one_call_cancelled_kills_its_worker(tmp_path: Path) -> None:
+    task = asyncio.create_task(Parallel(n_jobs=2)(_sleepers(tmp_path, n=1)))
+    pids = await h.wait_for_pids(tmp_path, 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await h.wait_gone_async(pids.values(), PROMPT_PROCESSES) == []
+
+
+@pytest.mark.anyio
+async def test_one_call_failure_is_raised_or_returned() -> None:
+    with pytest.raises(ValueError, match="math domain error"):
+        await Parallel(n_jobs=2)([delayed(math.sqrt)(-1)])
+    (result,) = await Parallel(n_jobs=2, return_exceptions=True)([delayed(math.sqrt)(-1)])
+    assert type(result) is ValueError

@@ -15,7 +15,8 @@ Each lane takes the next consecutive batch (under a lock, so batches are numbere
 order), runs it on one worker, learns its duration for auto batching, and hands the values
 to the sink. A lane that took a batch starts the next lane, until there are as many as
 batches the backend runs at once: a short input gets a lane per batch (and one that finds
-its end), whatever ``n_jobs`` says. The first failure (a task error without
+its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
+in the caller's task, with no group to start or cancel. The first failure (a task error without
 ``return_exceptions``, or an error of the input itself) is recorded and cancels the task
 group; it is re-raised unwrapped, with its own type, once every lane has stopped and the
 backend has cleaned up. A task's exception of any type is its outcome (a ``Failure`` in its
@@ -115,7 +116,8 @@ class Run:
         if reporter.total is None:
             reporter.total = self.source.total
         self.error: BaseException | None = None
-        self._take_lock = anyio.Lock(fast_acquire=True)
+        #: Lanes take batches in turn (None while the run has one lane: ``_run_lanes``).
+        self._take_lock: anyio.Lock | None = None
         self._async_floor = ASYNC_BATCH_FACTOR * options.worker_concurrency
         #: The calls' function (_MIXED if they have several, as far as the first and last
         #: of each batch tell): auto batching learns per function, across runs.
@@ -171,9 +173,13 @@ class Run:
         if self.source.total is not None:
             n_lanes = max(1, min(n_lanes, self.source.total))
         self._unstarted_lanes = n_lanes - 1
-        async with anyio.create_task_group() as lanes:
-            self._lanes = lanes
+        if n_lanes == 1:  # no other lane to start or cancel: no group, no lock (a small run)
             await self._lane(run_batch)
+        else:
+            self._take_lock = anyio.Lock(fast_acquire=True)
+            async with anyio.create_task_group() as lanes:
+                self._lanes = lanes
+                await self._lane(run_batch)
         if self.error is None:
             self.batcher.remember(self._func)
 
@@ -195,43 +201,49 @@ class Run:
     def _fail(self, error: BaseException) -> None:
         if self.error is None:
             self.error = error
-        assert self._lanes is not None
-        self._lanes.cancel_scope.cancel()
+        if self._lanes is not None:  # else the one lane, which stops after this call
+            self._lanes.cancel_scope.cancel()
 
     async def _take_batch(self) -> tuple[int, list[Any]]:
         """The next consecutive batch, within the pre_dispatch budget."""
+        if self._take_lock is None:
+            return await self._take_next()
         async with self._take_lock:
-            if self._tail:
-                return self._next_of_tail()
-            if self.source.exhausted:
-                return self.source.taken, []
-            remaining = None if self.source.total is None else self.source.total - self.source.taken
-            want = self.batcher.next_size(remaining, self.backend.n_workers)
-            n = await self.budget.acquire(want)
-            start = self.source.taken
-            try:
-                calls = await self.source.take(n)
-            except BaseException:
-                self.budget.release(n)
-                raise
-            self.budget.release(n - len(calls))
-            if calls and self._func is _NOTHING:  # the first batch (one call, as always)
-                self._func = calls[0].func
-                self.batcher.start_from(self._func)  # the next batches: as learned before
-                if self._widen:
-                    self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-            if calls and self.batcher.size < self._async_floor and async_flags(calls):
-                calls += await self._async_input(remaining, len(calls))
-            if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
-                self._func = _MIXED  # what this run learns is not one function's to keep
-            if self.source.exhausted and len(calls) > 1 and self.source.total is None:
-                return self._share_tail(start, calls)
-            if calls:
-                self.sink.reserve(start, len(calls))
-                self.reporter.dispatched_batch(len(calls))
-            if self.source.exhausted:
-                self.reporter.input_exhausted()
-            return start, calls
+            return await self._take_next()
+
+    async def _take_next(self) -> tuple[int, list[Any]]:
+        """``_take_batch``, by one lane at a time."""
+        if self._tail:
+            return self._next_of_tail()
+        if self.source.exhausted:
+            return self.source.taken, []
+        remaining = None if self.source.total is None else self.source.total - self.source.taken
+        want = self.batcher.next_size(remaining, self.backend.n_workers)
+        n = await self.budget.acquire(want)
+        start = self.source.taken
+        try:
+            calls = await self.source.take(n)
+        except BaseException:
+            self.budget.release(n)
+            raise
+        self.budget.release(n - len(calls))
+        if calls and self._func is _NOTHING:  # the first batch (one call, as always)
+            self._func = calls[0].func
+            self.batcher.start_from(self._func)  # the next batches: as learned before
+            if self._widen:
+                self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+        if calls and self.batcher.size < self._async_floor and async_flags(calls):
+            calls += await self._async_input(remaining, len(calls))
+        if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
+            self._func = _MIXED  # what this run learns is not one function's to keep
+        if self.source.exhausted and len(calls) > 1 and self.source.total is None:
+            return self._share_tail(start, calls)
+        if calls:
+            self.sink.reserve(start, len(calls))
+            self.reporter.dispatched_batch(len(calls))
+        if self.source.exhausted:
+            self.reporter.input_exhausted()
+        return start, calls
 
     def _share_tail(self, start: int, calls: list[Call[Any]]) -> tuple[int, list[Call[Any]]]:
         """The take that ended an unsized input: cut it as the tail of a sized input of that

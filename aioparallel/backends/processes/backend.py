@@ -127,8 +127,9 @@ class ProcessBackend:
         try:
             yield run_batch
         finally:
-            with anyio.CancelScope(shield=True):
-                await workers.close()
+            if not workers.end():  # workers to stop (the common case has none: no shield)
+                with anyio.CancelScope(shield=True):
+                    await workers.close()
             leftovers = folder.close()  # a pickling thread abandoned by a cancel writes nothing
             if leftovers:
                 with anyio.CancelScope(shield=True):

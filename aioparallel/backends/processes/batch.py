@@ -217,10 +217,12 @@ class BatchRun:
             return attempt.resend + rerun
         finally:
             self.pool.count(worker, ran)
-            with anyio.CancelScope(shield=True):
-                if not healthy and flags is not None and sent and worker.alive:
-                    await _cancel_coroutines(worker)  # their finally blocks run, bounded
-                await self.pool.release(worker, healthy)
+            # a healthy worker is kept synchronously: a shielded scope costs ~25 us
+            if not (healthy and self.pool.keep(worker)):
+                with anyio.CancelScope(shield=True):
+                    if not healthy and flags is not None and sent and worker.alive:
+                        await _cancel_coroutines(worker)  # their finally blocks run, bounded
+                    await self.pool.release(worker, healthy=False)
 
     # -- sending -----------------------------------------------------------------------------
 

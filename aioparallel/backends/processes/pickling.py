@@ -11,7 +11,9 @@ and the worker is sent its path.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import types
 from collections.abc import Sequence
 from itertools import chain, repeat
@@ -136,7 +138,6 @@ async def pickle_job(
     else:
         func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
     chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
-    writer = JobWriter(folder, options.max_nbytes, options.mmap_mode, lease)
     # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
     async_job = (flags, options.timeout, options.worker_concurrency)
     meta = (
@@ -150,25 +151,47 @@ async def pickle_job(
         memory_limit,  # max_worker_memory: the worker takes no new call past it
     )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT)
-    if func is not None and not cheap_callable(func):
-        return await _off_loop(writer, header, [meta, *chunks], folder)
-    writer.dump(meta)
-    for n, chunk in enumerate(chunks):
-        start = n * PICKLE_CHUNK
-        if func is not None:
-            small = small_args(chunk)
-        else:
-            small = small_calls(calls[start : start + len(chunk)])
-        if not small:
-            return await _off_loop(writer, header, chunks[n:], folder)
-        writer.dump(chunk)
-        if n + 1 < len(chunks):
-            await anyio.lowlevel.checkpoint()
-    data = writer.getvalue()
+    cheap = func is None or cheap_callable(func)
+    data = None
+    if func is not None and cheap and len(chunks) == 1 and small_args(chunks[0]):
+        data = _plain(meta, chunks[0])
+    if data is None:
+        writer = JobWriter(folder, options.max_nbytes, options.mmap_mode, lease)
+        if not cheap:
+            return await _off_loop(writer, header, [meta, *chunks], folder)
+        writer.dump(meta)
+        for n, chunk in enumerate(chunks):
+            start = n * PICKLE_CHUNK
+            if func is not None:
+                small = small_args(chunk)
+            else:
+                small = small_calls(calls[start : start + len(chunk)])
+            if not small:
+                return await _off_loop(writer, header, chunks[n:], folder)
+            writer.dump(chunk)
+            if n + 1 < len(chunks):
+                await anyio.lowlevel.checkpoint()
+        data = writer.getvalue()
     if len(data) > INLINE_LIMIT:
         path = await anyio.to_thread.run_sync(_spill, folder, data, abandon_on_cancel=True)
         return (BATCH_FILE, header + path), len(data)
     return (BATCH, header + data), len(data)
+
+
+def _plain(meta: tuple[Any, ...], chunk: list[Any]) -> bytes | None:
+    """A job of one function that goes by name (``cheap_callable``) and small plain
+    arguments, as the standard pickler writes it: the same bytes as cloudpickle's, which
+    pickles such a function by name too, in a third of the time (a small run's fixed cost).
+    The job's other fields are plain values (the context variables come pickled). None if
+    pickle refuses the function (not found under its name: cloudpickle sends it by value)."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    try:
+        pickler.dump(meta)
+        pickler.dump(chunk)
+    except pickle.PicklingError:
+        return None
+    return buffer.getvalue()
 
 
 async def _off_loop(

@@ -343,24 +343,31 @@ class RunWorkers:
         return worker
 
     async def release(self, worker: WorkerProcess, healthy: bool = True) -> None:
-        """Keep a healthy worker for two turns of the loop (unless it is spent: replaced
-        now; or a much smaller newer run waits: yielded to it); stop any other. Call
-        shielded."""
+        """Keep a healthy worker (``keep``); stop any other. Call shielded."""
+        if not (healthy and self.keep(worker)):
+            self._since.pop(worker, None)
+            await self.pool.release(worker, healthy=False)
+
+    def keep(self, worker: WorkerProcess) -> bool:
+        """``release`` of a healthy worker, synchronously (no shielded scope to pay for):
+        keep it for two turns of the loop (unless it is spent: replaced now; or a much
+        smaller newer run waits: yielded to it). False if it must be stopped instead (it
+        died, or the pool is closed): then ``release`` it as unhealthy."""
         since = self._since.pop(worker, None)
         if since is not None:
             self.standing.used += time.monotonic() - since
         pool = self.pool
-        if not (healthy and worker.alive) or pool.closed:
-            await pool.release(worker, healthy=False)
-            return
+        if not worker.alive or pool.closed:
+            return False
         if pool.limits is not NO_LIMITS and pool.limits.spent(worker):
             pool.recycle(worker)
-            return
+            return True
         if pool.yield_to(worker, self.standing):
-            return
+            return True
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)
         call_soon(lambda: call_soon(lambda: self._give_back(worker)))
+        return True
 
     @property
     def memory_limit(self) -> int | None:
@@ -389,11 +396,17 @@ class RunWorkers:
 
     async def close(self) -> None:
         """At the run's end: every worker back to the pool, or stopped. Call shielded."""
+        self.end()
+        await self._stop_doomed()
+
+    def end(self) -> bool:
+        """``close``, synchronously, for the common case: every kept worker back to the
+        pool. False if some are left to stop (dead, or the pool closed): then ``close``."""
         while self._kept:
             worker = self._kept.pop()
             if not self.pool.give_back(worker):
                 self._doomed.append(worker)
-        await self._stop_doomed()
+        return not self._doomed
 
 
 # -- the shared pools ----------------------------------------------------------------------------
