@@ -80,12 +80,14 @@ async def test_a_second_run_of_a_function_starts_with_what_the_first_learned() -
 
 def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
     """Near the end the input is shared between the workers, but not in batches of under
-    ~5 ms of work (MIN_TAIL_SECONDS): each costs a round trip."""
+    ~10 ms of work (MIN_TAIL_SECONDS): each costs a round trip and the parent's CPU; nor so
+    that a stub of a batch is left behind."""
     batcher = AutoBatcher()
     batcher.size = 16
     batcher.record(16, 0.032)  # 2 ms per call: the size stays
     assert batcher.next_size(100, 2) == 16  # not yet the tail
-    assert batcher.next_size(8, 2) == 3  # a quarter would be 2 calls: 4 ms of work
+    assert batcher.next_size(12, 2) == 5  # a quarter would be 3 calls: 6 ms of work
+    assert batcher.next_size(7, 2) == 7  # 5, then a stub of 2: all at once
     assert batcher.next_size(2, 2) == 2  # what is left
     slow = AutoBatcher()
     slow.record(1, 2.0)  # 2 s per call: the tail is shared call by call
@@ -94,11 +96,12 @@ def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
 
 def test_what_earlier_runs_learned_does_not_keep_a_short_tail_on_one_worker() -> None:
     """Earlier runs found the function fast; these calls may be slow: until this run has
-    measured one, its tail is shared as a fresh run's would be (one call per worker here)."""
+    measured one, its tail still gives every worker a share (one call each for 3 calls on 4
+    workers; 7 calls go 2, 2, 2, 1: as soon done as one by one, if the calls are alike)."""
     learned = AutoBatcher()
     learned.size, learned.call_seconds = 64, 1e-5  # as ``start_from`` sets them
     assert learned.next_size(3, 4) == 1
-    assert learned.next_size(7, 4) == 1
+    assert learned.next_size(7, 4) == 2
     learned.record(1, 1e-5)  # measured in this run: the tail may be kept in larger batches
     assert learned.next_size(7, 4) == 7
 

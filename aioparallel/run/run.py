@@ -254,6 +254,9 @@ class Run:
         return self._next_of_tail()
 
     def _next_of_tail(self) -> tuple[int, list[Call[Any]]]:
+        if self.batcher.measured:  # larger, if this run's own calls say so now they have
+            size = self.batcher.next_size(len(self._tail), self.backend.n_workers)
+            self._tail_size = max(self._tail_size, size)
         start, calls = self._tail_start, self._tail[: self._tail_size]
         del self._tail[: self._tail_size]
         self._tail_start += len(calls)
