@@ -143,7 +143,8 @@ async def test_a_run_keeps_its_workers_from_one_batch_to_the_next(anyio_backend:
 
 async def test_a_small_run_passes_a_huge_one_that_started_first(anyio_backend: Any) -> None:
     """A huge run (40 calls of 50 ms: 2 s of worker time) holds both workers of the pool;
-    a small run of 4 such calls arrives once the huge one has used ~0.3 s. The huge run
+    a small run of 4 such calls arrives once the huge one has used ~0.15 s (it needs 2 s: it
+    knows that from its length and the calls it has timed). The huge run
     yields it the workers as their batches end: the small run is done while the huge one
     runs a batch or two more per worker, not after its 30-odd remaining calls."""
     async with Parallel(n_jobs=2, batch_size=1, return_as="generator") as parallel:
@@ -163,7 +164,7 @@ async def test_a_small_run_passes_a_huge_one_that_started_first(anyio_backend: A
             async with anyio.create_task_group() as tg:
                 async for _, t in parallel([delayed(stamped)(0, i, 0.05) for i in range(40)]):
                     huge_ends.append(t)
-                    if len(huge_ends) == 6:
+                    if len(huge_ends) == 3:
                         tg.start_soon(small)
     assert len(small_ends) == 4
     small_done = max(small_ends)

@@ -36,6 +36,9 @@ ASYNC_BATCH_FACTOR = 4
 class FixedBatcher:
     """The user's ``batch_size``, as given."""
 
+    #: Sizes come from the user, never from measurements.
+    measured = False
+
     def __init__(self, size: int):
         self.size = size
 

@@ -40,9 +40,9 @@ class Standing:
 
 
 #: A run never yields a worker before it has used this many worker seconds: below it,
-#: first come, first served (a web backend's burst of small equal requests), and the
-#: waiters are not even looked at.
-YIELD_AFTER = 0.2
+#: first come, first served (a web backend's burst of small equal requests, ~20 ms each),
+#: and the waiters are not even looked at.
+YIELD_AFTER = 0.1
 
 
 class Waiter:
@@ -91,10 +91,11 @@ class Roster:
     it asks for before later runs, so under load runs finish in the order they came (a web
     backend answers its first requests first) instead of all at the end. But no run keeps
     every worker for long: a newer run that needs less than half the worker time an earlier
-    one has used goes before it, both in line and when the earlier run gives a worker back
-    (``yield_to``): a multi-level feedback queue, as operating systems schedule, with the
-    levels read off the runs' sizes (``Standing``), so runs of similar size keep their order
-    and a small request passes a huge one. A waiter whose loop
+    one needs (or has used, if more) goes before it once that one has used ``YIELD_AFTER``,
+    both in line and when the earlier run gives a worker back (``yield_to``): a multi-level
+    feedback queue, as operating systems schedule, with the levels read off the runs' sizes
+    (``Standing``), so runs of similar size keep their order and a small request passes a
+    huge one. A waiter whose loop
     is stopped is passed over (it stays in line: nothing handed to it could be used until its
     loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
     line again from what is free (a stopped loop's waiter, running again, asks for it).
@@ -201,7 +202,8 @@ class Roster:
     def yield_to(self, worker: WorkerProcess, run: Standing) -> bool:
         """busy -> busy, held by a newer run: ``run``, giving ``worker`` back, yields it to
         the first waiter (by ticket) of a newer run that needs less than half the worker
-        time ``run`` has used (True); False if there is none: the giver may keep it. So a
+        time ``run`` has used or says it needs (True); False if there is none: the giver
+        may keep it. So a
         small run that arrives while a huge one is under way waits about a batch, not the
         huge run's end, while among runs of similar size the first stays first (none needs
         less than half what another has used before that one is done)."""
@@ -224,18 +226,23 @@ class Roster:
 
     def _smaller_than(self, run: Standing) -> tuple[int, int, Waiter] | None:
         """The first waiter (by ticket) whose loop runs, of a run newer than ``run`` that needs
-        less than half what ``run`` used; None if none (or ``run`` used little)."""
+        less than half what ``run`` used, or needs if it knows; None if none (or ``run`` used
+        little so far)."""
         if run.used < YIELD_AFTER:
             return None
+        size = run.used  # what it has used, or what it says it needs, if more
+        need = run.need() if run.need is not None else None
+        if need is not None and need > size:
+            size = need
         best: tuple[int, int, Waiter] | None = None
-        small: dict[int, bool] = {}  # per waiting run: needs less than half of used
+        small: dict[int, bool] = {}  # per waiting run: needs less than half of size
         for entry in self.waiters:
             ticket, other = entry[0], entry[2].run
             if ticket <= run.ticket or other.need is None or (best and entry > best):
                 continue
             if ticket not in small:
                 need = other.need()
-                small[ticket] = need is not None and 2 * need < run.used
+                small[ticket] = need is not None and 2 * need < size
             if small[ticket] and entry[2].holder.state() == "running":
                 best = entry
         return best
