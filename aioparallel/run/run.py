@@ -34,6 +34,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -99,7 +100,9 @@ class Run:
     ):
         self.source = Source(iterable)
         self.backend = backend
-        self.options = replace(options, expected_work=self.expected_work)
+        # weakly: the options must not keep the run (and its results) alive in a cycle
+        estimate = weakref.WeakMethod(self.expected_work)
+        self.options = replace(options, expected_work=lambda: _call_alive(estimate))
         self.batcher: AutoBatcher | FixedBatcher = (
             AutoBatcher(batch_seconds(backend, MIN_BATCH_SECONDS))
             if batch_size is None
@@ -361,6 +364,12 @@ def _raisable(exc: BaseException, index: int, call: Call[Any]) -> BaseException:
     )
     error.__cause__ = exc
     return error
+
+
+def _call_alive(method: weakref.WeakMethod[Any]) -> Any:
+    """``method()`` while its object lives; None after."""
+    bound = method()
+    return None if bound is None else bound()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
