@@ -141,19 +141,21 @@ class AutoBatcher:
         """The size to dispatch next; near the end of a sized input, share the tail, as a
         fresh run would until this run has measured its calls (so that what earlier runs
         learned never makes a run slower: 4 calls on 4 workers go one per worker)."""
-        if remaining is not None and remaining > 0:
-            share = math.ceil(remaining / (2 * n_workers))
-            size = self.size
-            if self.call_seconds > 0.0:  # but not in batches too small to pay their way
-                floor = math.ceil(MIN_TAIL_SECONDS / self.call_seconds)
-                # learned from earlier runs only: still a share for every worker, as the
-                # calls may be slower on these inputs (4 calls on 4 workers: one each)
-                cap = remaining if self.measured else math.ceil(remaining / n_workers)
-                size = max(size, min(floor, cap))
-                share = max(share, min(floor, cap))
-                if remaining - share < floor / 2:  # no stub of a batch left behind
-                    share = size = max(share, min(remaining, cap))
-            if self.floor > 1:  # async: up to a floor's worth each, rather than half a share
-                share = max(share, min(self.floor, math.ceil(remaining / n_workers)))
-            return max(1, min(size, share, MAX_BATCH_CALLS))
-        return self.size
+        if remaining is None or remaining <= 0:
+            return self.size
+        share = math.ceil(remaining / (2 * n_workers))
+        floor = cap = 0
+        if self.call_seconds > 0.0:  # but not in batches too small to pay their way
+            floor = math.ceil(MIN_TAIL_SECONDS / self.call_seconds)
+            # learned from earlier runs only: still a share for every worker, as the calls
+            # may be slower on these inputs (4 calls on 4 workers: one each)
+            cap = remaining if self.measured else math.ceil(remaining / n_workers)
+        if share >= max(self.size, min(floor, cap)):  # not yet the tail: sizes grow as
+            return self.size  # ``record`` finds (it ignores batches of another size)
+        if floor:
+            share = max(share, min(floor, cap))
+            if remaining - share < floor / 2:  # no stub of a batch left behind
+                share = max(share, min(remaining, cap))
+        if self.floor > 1:  # async: up to a floor's worth each, rather than half a share
+            share = max(share, min(self.floor, math.ceil(remaining / n_workers)))
+        return max(1, min(share, MAX_BATCH_CALLS))
