@@ -68,3 +68,18 @@ def sleep_with_array(arr: Any, flag: str) -> None:
     with open(flag, "w") as f:
         f.write(str(arr.filename))
     time.sleep(30)
+
+
+def resident_kb_then_touch(arr: Any) -> int:
+    """How much of ``arr``'s file this worker holds resident (``/proc/self/smaps``, KB) as
+    the call starts; then every page of it is read, as a call that uses it all would."""
+    resident, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and ":" not in fields[0]:  # a mapping's header line
+                inside = fields[-1] == arr.filename
+            elif inside and fields[0] == "Rss:":
+                resident += int(fields[1])
+    float(np.asarray(arr).sum())
+    return resident

@@ -231,3 +231,18 @@ async def test_callers_memmap_is_passed_by_file_name(tmp_path: Path) -> None:
     assert window[3] == float(np.arange(1000, 3000).sum())
     assert str(strided[1]).startswith(str(folder))
     assert strided[3] == float(np.arange(0, 2 * BIG, 2).sum())
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads /proc/self/smaps")
+@pytest.mark.parametrize("mode", ["r", "r+"])
+async def test_pages_a_call_read_leave_the_worker_when_it_returns(
+    tmp_path: Path, mode: str
+) -> None:
+    """The calls of one batch share the array's one memmap; the pages each call touched
+    must not stay resident in the worker for the rest of the batch (RSS of a batch of calls
+    that each read a slice of one big array would grow to the whole array)."""
+    arr = np.ones(BIG)
+    parallel = Parallel(n_jobs=2, batch_size=4, temp_folder=tmp_path, mmap_mode=mode)
+    resident = await parallel(delayed(mh.resident_kb_then_touch)(arr) for _ in range(8))
+    later = resident[1:4] + resident[5:8]  # batches: calls 0-3 and 4-7
+    assert later == [0] * 6, f"KB of the array resident as each call starts: {resident}"

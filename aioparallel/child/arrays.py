@@ -3,13 +3,28 @@
 offset instead of by content. Pickles made on either side name these functions, so the
 worker imports them by name: numpy is imported only when one is called (a worker that
 never receives an array never imports it).
+
+A job's calls share each memmap it carries (one object through the pickle's memo), so the
+worker hands the pages a call read back to the file when the call returns (``drop_pages``):
+else a batch of calls that each read a slice of one large array would keep the whole
+array resident until the batch ends.
 """
 
 from __future__ import annotations
 
+import functools
+import mmap
 import os
+import pickle
 import sys
+import weakref
 from typing import Any
+
+#: ``madvise`` advice that unmaps pages from this process only (None where unavailable).
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+#: Modes whose mapping is shared with the file: a dropped page comes back from it as it was.
+#: Not "c": its pages are the call's private copies, which dropping would lose.
+_SHARED_MODES = frozenset({"r", "r+", "w+"})
 
 
 def load_memmap(path: str, mmap_mode: str) -> Any:
@@ -51,3 +66,37 @@ def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
         open_memmap,
         (filename, obj.dtype, obj.shape, order, mapped_from + address - start, mode),
     )
+
+
+class JobUnpickler(pickle.Unpickler):
+    """Unpickles a job, noting the file mappings of the memmaps it makes (``mapped``)."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.mapped: list[weakref.ref[mmap.mmap]] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        if _DONTNEED is not None and (found is load_memmap or found is open_memmap):
+            return functools.partial(_noted, found, self.mapped)
+        return found
+
+
+def _noted(load: Any, mapped: list[weakref.ref[mmap.mmap]], *args: Any) -> Any:
+    array = load(*args)
+    mapping = getattr(array, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and getattr(array, "mode", None) in _SHARED_MODES:
+        mapped.append(weakref.ref(mapping))
+    return array
+
+
+def drop_pages(mapped: list[weakref.ref[mmap.mmap]]) -> None:
+    """Unmap the pages of the job's shared memmaps from this process (between calls): a
+    later read maps them again from the file, and writes are already in it (``r+``)."""
+    for ref in mapped:
+        mapping = ref()
+        if mapping is not None:
+            try:
+                mapping.madvise(_DONTNEED)  # type: ignore[arg-type]
+            except (ValueError, OSError):  # closed by a task, or refused: keep the pages
+                pass

@@ -26,6 +26,7 @@ import types
 from typing import Any
 
 from . import context, observe, protocol, results
+from .arrays import JobUnpickler, drop_pages
 from .slot import SIZE as SLOT_SIZE
 from .slot import CrashSlot
 
@@ -101,6 +102,7 @@ class Worker:
         async_job: tuple[bytes | None, float | None, int],
         values: tuple[Any, context.Values] | None,
         memory_limit: int | None,
+        mapped: list[Any],
     ) -> None:
         """Run the calls in order; async ones (``async_job``: per-call flags or None, timeout,
         concurrency), and coroutines sync calls return, go to the worker's loop thread and
@@ -108,12 +110,15 @@ class Worker:
         ``memory_limit`` resident bytes after a call, the rest is left to other workers.
         A sync call's slot clock starts with it (the first's with the job's loading) and runs
         while its result is pickled; a result leaves once ``FLUSH_SECONDS`` passed since the
-        last frame, measured as its call returns: before a slow call's next one starts."""
+        last frame, measured as its call returns: before a slow call's next one starts.
+        A call's arguments are let go as it starts, and the pages of the job's memmaps
+        (``mapped``) that a sync call read leave this process as it returns."""
         slot, logs, monotonic = self.slot, self.logs, time.monotonic
         job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
         flags, loop, around = async_job[0], None, values[0] if values is not None else None
         for i, call in enumerate(calls):
+            calls[i] = None  # only ``call`` holds them now: freed once it is done
             if (loop is not None and loop.stopped) or (memory_limit and i and _over(memory_limit)):
                 break
             if flags is not None and flags[i]:
@@ -145,6 +150,8 @@ class Worker:
                     break
             else:
                 keep(i, results.outcome(value, slot, base, i, run_dir, max_nbytes))
+            if mapped:
+                drop_pages(mapped)
             slot.idle()
             if monotonic() - job.last_flush > FLUSH_SECONDS:
                 job.flush()
@@ -198,6 +205,7 @@ class Worker:
             finally:
                 self.slot.idle()
             self.run_job(base, loaded_from, *job)
+            del job  # its memmaps are unmapped now, not when the next job arrives
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)
 
@@ -343,11 +351,12 @@ def _load(kind: int, body: bytes) -> tuple[Any, ...]:
     """A job as ``run_job`` takes it (but its base and clock), from its frame's body."""
     if kind == protocol.BATCH_FILE:
         body = protocol.unspill(body)
-    unpickler = pickle.Unpickler(io.BytesIO(body))
+    unpickler = JobUnpickler(io.BytesIO(body))
     stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit = unpickler.load()
     calls = [call for _ in range(n_chunks) for call in unpickler.load()]
     values = context.load(carried)
-    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit
+    mapped = unpickler.mapped
+    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit, mapped
 
 
 def _over(memory_limit: int) -> bool:
