@@ -26,6 +26,14 @@ from aioparallel.backends.processes.pool.roster import Standing
 pytestmark = pytest.mark.anyio
 
 
+def warm(i: int) -> int:
+    """Starts the workers. Not ``stamped``: a generator run's length is taken from its
+    function's last completed run, so 4 warm-up calls of ``stamped`` would make every run of
+    it look small, and equal runs would pass each other (the tests below are of runs whose
+    length is unknown)."""
+    return i
+
+
 def stamped(run: int, i: int, seconds: float = 0.0) -> tuple[int, int]:
     """When (system-wide monotonic clock) this call of ``run`` ran; it takes ``seconds``."""
     if seconds:
@@ -61,7 +69,7 @@ async def test_concurrent_runs_finish_in_the_order_they_started() -> None:
     six)."""
     n_runs, n_calls = 6, 16
     async with Parallel(n_jobs=2, batch_size=1) as parallel:
-        await parallel(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
+        await parallel(delayed(warm)(i) for i in range(4))  # warm workers
         stamps: dict[int, list[int]] = {}
 
         async def run(r: int, started: anyio.Event) -> None:
@@ -123,7 +131,7 @@ async def test_a_run_keeps_its_workers_from_one_batch_to_the_next(anyio_backend:
             "start order still decides who gets it)"
         )
     async with Parallel(n_jobs=2, batch_size=1) as parallel:
-        await parallel(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
+        await parallel(delayed(warm)(i) for i in range(4))  # warm workers
         stamps: dict[int, list[int]] = {}
 
         async def run(r: int) -> None:
@@ -141,15 +149,24 @@ async def test_a_run_keeps_its_workers_from_one_batch_to_the_next(anyio_backend:
     assert early <= 2, f"{early} calls of the second run ran before the first run finished"
 
 
-async def test_a_small_run_passes_a_huge_one_that_started_first(anyio_backend: Any) -> None:
+@pytest.mark.parametrize("as_list", [True, False], ids=["lists", "generators"])
+async def test_a_small_run_passes_a_huge_one_that_started_first(
+    anyio_backend: Any, as_list: bool
+) -> None:
     """A huge run (40 calls of 50 ms: 2 s of worker time) holds both workers of the pool;
-    a small run of 4 such calls arrives once the huge one has used ~0.15 s (it needs 2 s: it
-    knows that from its length and the calls it has timed). The huge run
+    a small run of 4 such calls arrives once the huge one has used ~0.15 s. The huge run
     yields it the workers as their batches end: the small run is done while the huge one
-    runs a batch or two more per worker, not after its 30-odd remaining calls."""
+    runs a batch or two more per worker, not after its 30-odd remaining calls. A run knows
+    what it needs from its length (a list's; a generator's is taken as that of the last
+    completed run of its function: 4 calls here) and what its function's calls take."""
+
+    def calls(run: int, n: int) -> Any:
+        made = (delayed(stamped)(run, i, 0.05) for i in range(n))
+        return list(made) if as_list else made
+
     async with Parallel(n_jobs=2, batch_size=1, return_as="generator") as parallel:
-        async for _ in parallel(delayed(stamped)(-1, i, 0.05) for i in range(2)):
-            pass  # warm workers, and a call of stamped timed
+        async for _ in parallel(calls(-1, 4)):
+            pass  # warm workers, a call of stamped timed, and a run of it completed
         huge_ends: list[int] = []
         small_ends: list[int] = []
         small_started = 0
@@ -157,12 +174,12 @@ async def test_a_small_run_passes_a_huge_one_that_started_first(anyio_backend: A
         async def small() -> None:
             nonlocal small_started
             small_started = time.monotonic_ns()
-            async for _, t in parallel([delayed(stamped)(1, i, 0.05) for i in range(4)]):
+            async for _, t in parallel(calls(1, 4)):
                 small_ends.append(t)
 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
-                async for _, t in parallel([delayed(stamped)(0, i, 0.05) for i in range(40)]):
+                async for _, t in parallel(calls(0, 40)):
                     huge_ends.append(t)
                     if len(huge_ends) == 3:
                         tg.start_soon(small)

@@ -77,6 +77,22 @@ def note_call_seconds(func: Any, seconds: float) -> None:
         _latest[func] = seconds
 
 
+#: How many calls each function's last completed run made: what a run of it whose input
+#: has no length (a generator) expects to make, until it has taken more.
+_lengths: weakref.WeakKeyDictionary[types.FunctionType, int] = weakref.WeakKeyDictionary()
+
+
+def note_length(func: Any, n_calls: int) -> None:
+    """A run of ``func`` completed after ``n_calls`` calls."""
+    if type(func) is types.FunctionType:
+        _lengths[func] = n_calls
+
+
+def last_length(func: Any) -> int | None:
+    """How many calls ``func``'s last completed run made; None if none completed yet."""
+    return _lengths.get(func) if type(func) is types.FunctionType else None
+
+
 def latest_call_seconds(func: Any) -> float | None:
     """Seconds per call of ``func``'s latest batch, in any run; None if none ran yet."""
     return _latest.get(func) if type(func) is types.FunctionType else None

@@ -58,8 +58,10 @@ from .batching import (
     MIN_BATCH_SECONDS,
     AutoBatcher,
     FixedBatcher,
+    last_length,
     latest_call_seconds,
     note_call_seconds,
+    note_length,
 )
 from .progress import ProgressReporter
 from .results import Sink
@@ -137,11 +139,19 @@ class Run:
 
     def expected_work(self) -> float | None:
         """The worker seconds this run's calls need in all, as far as it can tell now: how
-        many calls (its length, or what it took once the input ended) times what a call
+        many calls (its length; what it took once the input ended; else as many as the last
+        completed run of its function made, or what it took so far if more) times what a call
         takes (its own latest batch's, else the latest batch's of its function in any run).
         None if either is unknown. Read from any thread, by a pool deciding who is small."""
         source = self.source
-        n = source.total if source.total is not None else source.taken if source.exhausted else None
+        n = source.total
+        if n is None:
+            n = source.taken
+            if not source.exhausted:
+                usual = last_length(self._func)
+                if usual is None:
+                    return None
+                n = max(n, usual)
         per_call = self._call_seconds or latest_call_seconds(self._func)
         return None if n is None or per_call is None else n * per_call
 
@@ -185,6 +195,7 @@ class Run:
                 await self._lane(run_batch)
         if self.error is None:
             self.batcher.remember(self._func)
+            note_length(self._func, self.source.taken)
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""

@@ -43,6 +43,9 @@ class Standing:
 #: first come, first served (a web backend's burst of small equal requests, ~20 ms each),
 #: and the waiters are not even looked at.
 YIELD_AFTER = 0.1
+#: A run is served before an earlier one whose size (what it needs, or has used if more) is
+#: more than this many times what it needs: runs of similar size keep their order.
+SMALLER = 1.5
 
 
 class Waiter:
@@ -90,9 +93,10 @@ class Roster:
     by their run's ticket, then in arrival order: the run that started first gets every worker
     it asks for before later runs, so under load runs finish in the order they came (a web
     backend answers its first requests first) instead of all at the end. But no run keeps
-    every worker for long: a newer run that needs less than half the worker time an earlier
-    one needs (or has used, if more) goes before it once that one has used ``YIELD_AFTER``,
-    both in line and when the earlier run gives a worker back (``yield_to``): a multi-level
+    every worker for long: a newer run that needs less than 1/``SMALLER`` of the worker time
+    an earlier one needs (or has used, if more) goes before it once that one has used
+    ``YIELD_AFTER``, both in line and when the earlier run gives a worker back
+    (``yield_to``): a multi-level
     feedback queue, as operating systems schedule, with the levels read off the runs' sizes
     (``Standing``), so runs of similar size keep their order and a small request passes a
     huge one. A waiter whose loop
@@ -201,12 +205,12 @@ class Roster:
 
     def yield_to(self, worker: WorkerProcess, run: Standing) -> bool:
         """busy -> busy, held by a newer run: ``run``, giving ``worker`` back, yields it to
-        the first waiter (by ticket) of a newer run that needs less than half the worker
+        the first waiter (by ticket) of a newer run that needs less than 1/``SMALLER`` of the worker
         time ``run`` has used or says it needs (True); False if there is none: the giver
         may keep it. So a
         small run that arrives while a huge one is under way waits about a batch, not the
         huge run's end, while among runs of similar size the first stays first (none needs
-        less than half what another has used before that one is done)."""
+        less than 1/``SMALLER`` of what another has used before that one is done)."""
         if run.used < YIELD_AFTER:
             return False
         with self._lock:
@@ -226,8 +230,8 @@ class Roster:
 
     def _smaller_than(self, run: Standing) -> tuple[int, int, Waiter] | None:
         """The first waiter (by ticket) whose loop runs, of a run newer than ``run`` that needs
-        less than half what ``run`` used, or needs if it knows; None if none (or ``run`` used
-        little so far)."""
+        less than 1/``SMALLER`` of what ``run`` used, or needs if it knows; None if none (or
+        ``run`` used little so far)."""
         if run.used < YIELD_AFTER:
             return None
         size = run.used  # what it has used, or what it says it needs, if more
@@ -235,14 +239,14 @@ class Roster:
         if need is not None and need > size:
             size = need
         best: tuple[int, int, Waiter] | None = None
-        small: dict[int, bool] = {}  # per waiting run: needs less than half of size
+        small: dict[int, bool] = {}  # per waiting run: small enough to go first
         for entry in self.waiters:
             ticket, other = entry[0], entry[2].run
             if ticket <= run.ticket or other.need is None or (best and entry > best):
                 continue
             if ticket not in small:
                 need = other.need()
-                small[ticket] = need is not None and 2 * need < size
+                small[ticket] = need is not None and SMALLER * need < size
             if small[ticket] and entry[2].holder.state() == "running":
                 best = entry
         return best
