@@ -158,3 +158,25 @@ async def test_loop_runs_while_a_large_array_is_written(tmp_path: Path) -> None:
         done = True
     assert results == [0, 1.0]
     assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f} s"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/<pid>/fd")
+def test_the_folder_tracker_holds_none_of_the_programs_output() -> None:
+    """The tracker outlives the program by design (it removes the folders once the program
+    is gone), so it must not hold the program's stdout or stderr: a caller reading them to
+    the end (``subprocess.run(capture_output=True)``, a CI step, a shell pipe) would wait
+    for the tracker too, half a second or more after the program exited."""
+    from aioparallel.backends.processes import tracker
+
+    tracker.start()
+    me = str(os.getpid())
+    found = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(a.endswith("tracker.py") for a in p.info["cmdline"] or ())
+        and me in (p.info["cmdline"] or ())
+    ]
+    assert found, "no folder tracker of this process"
+    for fd in (1, 2):
+        target = os.readlink(f"/proc/{found[0].pid}/fd/{fd}")
+        assert target == os.devnull, f"the tracker's fd {fd} is {target}"

@@ -98,7 +98,9 @@ def _spawn() -> None:
         _launcher = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, str(os.getpid()), FOLDER_PREFIX],
             stdin=read,
+            # nor the program's output: whoever reads it to its end would wait for us too
             stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             close_fds=True,
             start_new_session=True,  # Ctrl-C or a kill of our process group spares it
         )
