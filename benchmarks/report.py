@@ -408,14 +408,21 @@ W10_COLUMNS = (
 W10_NA = "n/a: this run has no W10 figures (it predates W10, or W10 was not selected)."
 
 
+def _fixed_table(
+    table: Table, peers: list[str], columns: tuple[tuple[str, str, str], ...], present: str
+) -> str:
+    """A row per peer that has the ``present`` figure, a column per (key, label, format)."""
+    rows = [
+        [p, *(_fmt(fmt, table[p].get(k)) for k, _label, fmt in columns)]
+        for p in peers
+        if present in table.get(p, {})
+    ]
+    return _md(["peer", *(label for _k, label, _f in columns)], rows) if rows else ""
+
+
 def w10_table(table: Table, peers: list[str]) -> str:
     """W10: a row per peer with the small requests' latency and the huge one's total."""
-    rows = [
-        [p, *(_fmt(fmt, table[p].get(k)) for k, _label, fmt in W10_COLUMNS)]
-        for p in peers
-        if "W10.huge_s" in table.get(p, {})
-    ]
-    return _md(["peer", *(label for _k, label, _f in W10_COLUMNS)], rows) if rows else ""
+    return _fixed_table(table, peers, W10_COLUMNS, "W10.huge_s")
 
 
 PARENT_COST = (
@@ -429,12 +436,7 @@ PARENT_COST = (
 
 def parent_cost_table(table: Table, peers: list[str]) -> str:
     """W1's cost in the parent: CPU per call (all its threads), GC allocations, collections."""
-    rows = [
-        [p, *(_fmt(fmt, table[p].get(k)) for k, _label, fmt in PARENT_COST)]
-        for p in peers
-        if "W1.parent_cpu_us" in table.get(p, {})
-    ]
-    return _md(["peer", *(label for _k, label, _fmt in PARENT_COST)], rows) if rows else ""
+    return _fixed_table(table, peers, PARENT_COST, "W1.parent_cpu_us")
 
 
 def targets_table(targets: list[dict[str, Any]]) -> str:
