@@ -153,7 +153,7 @@ class Run:
                     return None
                 n = max(n, usual)
         per_call = self._call_seconds or latest_call_seconds(self._func)
-        return None if n is None or per_call is None else n * per_call
+        return None if per_call is None else n * per_call
 
     async def execute(self) -> None:
         """Run to completion; raise the first error with its own type."""
