@@ -205,13 +205,12 @@ class Roster:
 
     def yield_to(self, worker: WorkerProcess, run: Standing) -> bool:
         """busy -> busy, held by a newer run: ``run``, giving ``worker`` back, yields it to
-        the first waiter (by ticket) of a newer run that needs less than 1/``SMALLER`` of the worker
-        time ``run`` has used or says it needs (True); False if there is none: the giver
-        may keep it. So a
-        small run that arrives while a huge one is under way waits about a batch, not the
-        huge run's end, while among runs of similar size the first stays first (none needs
-        less than 1/``SMALLER`` of what another has used before that one is done)."""
-        if run.used < YIELD_AFTER:
+        the first waiter (by ticket) of a newer run that needs less than 1/``SMALLER`` of
+        the worker time ``run`` has used or says it needs (True); False if there is none:
+        the giver may keep it. So a small run that arrives while a huge one is under way
+        waits about a batch, not the huge run's end, while among runs of similar size the
+        first stays first (none needs less than 1/``SMALLER`` of what another needs)."""
+        if run.used < YIELD_AFTER:  # the common case, decided without the lock
             return False
         with self._lock:
             if self.closed or worker not in self.busy:
