@@ -10,6 +10,7 @@ subprocesses). Workers still alive at interpreter exit are stopped then.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import anyio
 
+from ..._detached import _in_trio
 from ..._errors import describe_exit
 from ..._system import FEATURES, IN_WORKER_ENV, blas_thread_env
 from ...child import protocol
@@ -31,7 +33,7 @@ from ..setup import PLAIN, WorkerSetup, initializer_error
 from . import logs
 from .process import ChildProcess
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "wait_readable"]
 
 #: The folder that holds the ``aioparallel`` package (this file is
 #: ``aioparallel/backends/processes/worker.py``): first on the worker's ``sys.path``.
@@ -200,10 +202,9 @@ class WorkerProcess:
             except OSError:
                 return None
             if chunk is None:
-                if self.process.returncode is not None:
-                    return None  # exited, pipe empty; a process it forked may hold it open
-                with anyio.move_on_after(LIVENESS_SECONDS):
-                    await anyio.wait_readable(self._resp)
+                readable = await wait_readable(self._resp, LIVENESS_SECONDS)
+                if not readable and self.process.returncode is not None:
+                    return None  # exited, pipe empty; a process it forked holds it open
                 continue
             if not chunk:
                 return None
@@ -358,3 +359,29 @@ class WorkerProcess:
         self.closed = True
         self._close_descriptors()
         self.process.close()
+
+
+async def wait_readable(fd: int, seconds: float) -> bool:
+    """Wait until ``fd`` is readable (True) or ``seconds`` have passed (False). On asyncio,
+    straight on the loop: one reader and one timer, no cancel scope (anyio's
+    ``move_on_after`` around ``wait_readable`` costs a tenth of a one-call run). A cancel
+    arrives as the task's cancellation at the ``await``, as anyio's own wait gets it."""
+    if _in_trio():
+        with anyio.move_on_after(seconds):
+            await anyio.wait_readable(fd)
+            return True
+        return False
+    loop = asyncio.get_running_loop()
+    woken = loop.create_future()
+    loop.add_reader(fd, _wake, woken, True)
+    timer = loop.call_later(seconds, _wake, woken, False)
+    try:
+        return bool(await woken)
+    finally:
+        loop.remove_reader(fd)
+        timer.cancel()
+
+
+def _wake(future: asyncio.Future[bool], readable: bool) -> None:
+    if not future.done():
+        future.set_result(readable)
