@@ -16,7 +16,8 @@ order), runs it on one worker, learns its duration for auto batching, and hands 
 to the sink. A lane that took a batch starts the next lane, until there are as many as
 batches the backend runs at once: a short input gets a lane per batch (and one that finds
 its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
-in the caller's task, with no group to start or cancel. The first failure (a task error without
+in the caller's task, with no group to start or cancel. (An unsized input's first take asks
+for one call more than its batch, to learn whether there is more than one batch.) The first failure (a task error without
 ``return_exceptions``, or an error of the input itself) is recorded and cancels the task
 group; it is re-raised unwrapped, with its own type, once every lane has stopped and the
 backend has cleaned up. A task's exception of any type is its outcome (a ``Failure`` in its
@@ -131,6 +132,12 @@ class Run:
         #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
         self._tail: list[Call[Any]] = []
         self._tail_start = self._tail_size = 0
+        #: The first take of an unsized input that could have several lanes asks for one
+        #: call more, pre_dispatch permitting: an input of one batch is then known to end,
+        #: and runs without lanes (``_run_lanes``). The call taken ahead is ``_held``: the
+        #: start of the next batch.
+        self._look_ahead = False
+        self._held: list[Call[Any]] = []
         self._lanes: anyio.abc.TaskGroup | None = None
         #: Lanes the run may still start (``_run_lanes``).
         self._unstarted_lanes = 0
@@ -183,16 +190,25 @@ class Run:
         backend runs at once: a lane that takes a batch starts the next one, so 8 calls on
         ``n_jobs=100_000`` start 9 lanes, not 100,000 (5 s of a blocked loop)."""
         n_lanes = max(1, self.backend.n_workers) * batches_per_worker(self.backend)
+        first = None
         if self.source.total is not None:
             n_lanes = max(1, min(n_lanes, self.source.total))
+        elif n_lanes > 1:  # an unsized input: its first batch may be all of it
+            self._look_ahead = True
+            first = await self._take_or_fail()
+            self._look_ahead = False
+            if first is None:
+                return
+            if self.source.exhausted and not (self._tail or self._held):
+                n_lanes = 1
         self._unstarted_lanes = n_lanes - 1
         if n_lanes == 1:  # no other lane to start or cancel: no group, no lock (a small run)
-            await self._lane(run_batch)
+            await self._lane(run_batch, first)
         else:
             self._take_lock = anyio.Lock(fast_acquire=True)
             async with anyio.create_task_group() as lanes:
                 self._lanes = lanes
-                await self._lane(run_batch)
+                await self._lane(run_batch, first)
         if self.error is None:
             self.batcher.remember(self._func)
             note_length(self._func, self.source.taken)
@@ -229,24 +245,31 @@ class Run:
         """``_take_batch``, by one lane at a time."""
         if self._tail:
             return self._next_of_tail()
-        if self.source.exhausted:
+        held, self._held = self._held, []
+        if self.source.exhausted and not held:
             return self.source.taken, []
         remaining = None if self.source.total is None else self.source.total - self.source.taken
         want = self.batcher.next_size(remaining, self.backend.n_workers)
-        n = await self.budget.acquire(want)
-        start = self.source.taken
+        ahead = self._look_ahead
+        n = await self.budget.acquire(want + ahead - len(held)) if want > len(held) else 0
+        start = self.source.taken - len(held)
         try:
-            calls = await self.source.take(n)
+            calls = held + await self.source.take(n) if n else held
         except BaseException:
             self.budget.release(n)
             raise
-        self.budget.release(n - len(calls))
+        self.budget.release(n - (len(calls) - len(held)))
+        if len(calls) > want:  # the call taken ahead starts the next batch
+            self._held = calls[want:]
+            del calls[want:]
         if calls and self._func is _NOTHING:  # the first batch (one call, as always)
             self._func = calls[0].func
             self.batcher.start_from(self._func)  # the next batches: as learned before
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
         if calls and self.batcher.size < self._async_floor and async_flags(calls):
+            calls += self._held  # back in this batch, which grows to the async floor
+            self._held = []
             calls += await self._async_input(remaining, len(calls))
         if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
             self._func = _MIXED  # what this run learns is not one function's to keep
@@ -302,24 +325,33 @@ class Run:
         budget.release(n - len(extra))
         return extra
 
-    async def _lane(self, run_batch: RunBatch) -> None:
+    async def _take_or_fail(self) -> tuple[int, list[Call[Any]]] | None:
+        """``_take_batch``, or None once there is nothing to run: the input ended, or it
+        failed (the run's error then)."""
+        try:
+            start, calls = await self._take_batch()
+        except ProducerError as exc:
+            self._fail(exc.error)
+            return None
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a bad input item
+            self._fail(exc)
+            return None
+        return (start, calls) if calls else None
+
+    async def _lane(self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None) -> None:
+        """Run batches until none is left; ``first``: one taken for it already."""
         while True:
-            try:
-                start, calls = await self._take_batch()
-            except ProducerError as exc:
-                self._fail(exc.error)
+            taken = first or await self._take_or_fail()
+            first = None
+            if taken is None:
                 return
-            except anyio.get_cancelled_exc_class():
-                raise
-            except Exception as exc:  # a bad input item
-                self._fail(exc)
-                return
-            if not calls:
-                return
-            if self._unstarted_lanes and (self._tail or not self.source.exhausted):  # more work
+            start, calls = taken
+            if self._unstarted_lanes and (self._tail or self._held or not self.source.exhausted):
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
-                self._lanes.start_soon(self._lane, run_batch)
+                self._lanes.start_soon(self._lane, run_batch, None)
             batch = Batch(start, calls)
             began = time.perf_counter()
             values = await run_batch(batch)
@@ -331,6 +363,8 @@ class Run:
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):
+                return
+            if self.source.exhausted and not (self._tail or self._held):  # nothing left
                 return
             # Taking the next batch is a few ms of work for a large batch, and an inline
             # backend never yields: let the loop run the rest of the program first.
