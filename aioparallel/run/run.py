@@ -17,13 +17,13 @@ to the sink. A lane that took a batch starts the next lane, until there are as m
 batches the backend runs at once: a short input gets a lane per batch (and one that finds
 its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
 in the caller's task, with no group to start or cancel. (An unsized input's first take asks
-for one call more than its batch, to learn whether there is more than one batch.) The first failure (a task error without
-``return_exceptions``, or an error of the input itself) is recorded and cancels the task
-group; it is re-raised unwrapped, with its own type, once every lane has stopped and the
-backend has cleaned up. A task's exception of any type is its outcome (a ``Failure`` in its
-slot), never the run's own cancellation; only a ``StopIteration``/``StopAsyncIteration`` is
-wrapped in a ``RuntimeError`` naming the task, as it cannot leave a coroutine or an async
-iterator as itself (PEP 479).
+for one call more than its batch, to learn whether there is more than one batch.) The first
+failure (a task error without ``return_exceptions``, or an error of the input itself) is
+recorded and cancels the task group; it is re-raised unwrapped, with its own type, once
+every lane has stopped and the backend has cleaned up. A task's exception of any type is its
+outcome (a ``Failure`` in its slot), never the run's own cancellation; only a
+``StopIteration``/``StopAsyncIteration`` is wrapped in a ``RuntimeError`` naming the task, as
+it cannot leave a coroutine or an async iterator as itself (PEP 479).
 
 At the end, an async generator input we stopped consuming is closed, shielded from the
 caller's cancellation but bounded by ``SOURCE_CLOSE_GRACE``: a generator whose ``finally``
