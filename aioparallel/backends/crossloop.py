@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 
@@ -155,19 +155,65 @@ class Signal:
         woken = [wake() for wake in wakers]  # outside the lock: a waker may run the callback
         return any(woken) or not wakers
 
-    async def wait(self) -> None:
+    async def wait(self, seconds: float | None = None) -> bool:
+        """True once set; False if ``seconds`` passed first. On asyncio the time limit is a
+        timer on the loop, not a cancel scope: a pool's waiters look up every second, and a
+        scope that expires costs a cancellation, raised and caught, each time."""
+        if seconds is not None and not _in_trio():
+            return await self._wait_asyncio(seconds)
         with self._lock:
             if self._set:
-                return
+                return True
             event = anyio.Event()
             wake = _loop_waker(event)
             self._wakers.append(wake)
         try:
-            await event.wait()
+            with anyio.move_on_after(math.inf if seconds is None else seconds):
+                await event.wait()
+                return True
+            return False
         finally:
             with self._lock:
                 if wake in self._wakers:
                     self._wakers.remove(wake)
+
+    async def _wait_asyncio(self, seconds: float) -> bool:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[bool] = loop.create_future()
+
+        def wake() -> bool:
+            try:
+                running: object = asyncio.get_running_loop()
+            except RuntimeError:  # no loop in this thread
+                running = None
+            if running is loop:
+                _resolve(woken, True)
+                return True
+            try:
+                loop.call_soon_threadsafe(_resolve, woken, True)
+            except RuntimeError:  # the loop is closed
+                return False
+            return True
+
+        with self._lock:
+            if self._set:
+                return True
+            self._wakers.append(wake)
+        timer = loop.call_later(seconds, _resolve, woken, False)
+        try:
+            return await woken
+        finally:
+            timer.cancel()
+            with self._lock:
+                if wake in self._wakers:
+                    self._wakers.remove(wake)
+
+
+def _resolve(future: Any, value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 class Reaper:

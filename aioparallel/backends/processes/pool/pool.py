@@ -123,9 +123,7 @@ class Pool:
             waited = False
             try:
                 while not waited:
-                    with anyio.move_on_after(self.RECHECK):
-                        await waiter.signal.wait()
-                        waited = True
+                    waited = await waiter.signal.wait(self.RECHECK)
                     if not waited:
                         self._recheck()
             finally:
