@@ -70,7 +70,10 @@ class Plan:
         if self.backend_object is not None:
             return self.backend_object
         assert self.entry is not None
-        return self.entry.build(replace(self.backend_args, private=private))
+        args = self.backend_args
+        if args.private is not private:
+            args = replace(args, private=private)
+        return self.entry.build(args)
 
     @classmethod
     def make(cls, given: Settings, config: Settings) -> Plan:
