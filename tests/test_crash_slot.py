@@ -102,6 +102,22 @@ async def test_a_finished_call_never_runs_again(tmp_path: Path, seconds: float) 
     assert results[0] == 0 and results[2] == 2
 
 
+def work_returning_none(folder: str, x: int, die: bool) -> None:
+    work(folder, x, 0.0, die)
+
+
+@pytest.mark.asyncio
+async def test_a_kept_none_result_arrives_as_none(tmp_path: Path) -> None:
+    """None, the most common result, goes to the journal as bytes pickled once for all
+    calls: after the worker dies they still unpickle to None."""
+    folder = str(tmp_path)
+    calls = [delayed(work_returning_none)(folder, x, x == 2) for x in range(3)]
+    results = await Parallel(n_jobs=2, batch_size=3, return_exceptions=True)(calls)
+    assert [runs(tmp_path, x) for x in (0, 1)] == [1, 1]
+    assert results[:2] == [None, None]
+    assert isinstance(results[2], WorkerCrashedError)
+
+
 @pytest.mark.asyncio
 async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Path) -> None:
     """Sync calls of a job with async calls, and a sync call that returned a coroutine."""

@@ -6,18 +6,28 @@
   by its own index;
 - ``delayed(f)(x)`` builds the same ``Call`` as ``Call(f, (x,), {})``;
 - a batch of one function that mixes plain results, failures and returned exceptions still
-  puts each outcome in its own slot.
+  puts each outcome in its own slot;
+- the worker reads a frame in one read per part when it can, and still joins a body the
+  pipe delivers in pieces.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from aioparallel import Call, Parallel, delayed
-from aioparallel.child.protocol import results_header, split_results
+from aioparallel.child.protocol import (
+    RESULTS,
+    read_frame,
+    results_header,
+    split_results,
+    write_frame,
+)
 from aioparallel.run.source import NotACallError, Source
 from tests.helpers import square
 
@@ -36,6 +46,28 @@ def test_results_header_round_trips(positions: list[int], done: bool) -> None:
 
 def test_consecutive_positions_cost_a_few_bytes() -> None:
     assert len(results_header(list(range(4096)), True)) <= 16
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 512 * 1024])
+def test_a_frame_arrives_whole_through_a_pipe(size: int) -> None:
+    """512 KiB is past a pipe's buffer: its body's first read returns only part of it."""
+    body = bytes(i % 251 for i in range(size))
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        try:
+            write_frame(write_fd, RESULTS, body)
+        except BrokenPipeError:  # the reader failed and closed its end
+            pass
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert read_frame(read_fd) == (RESULTS, body)
+    finally:
+        os.close(read_fd)
+        writer.join()
+        os.close(write_fd)
 
 
 def _counting(items: list[Any], pulled: list[int]) -> Iterator[Any]:

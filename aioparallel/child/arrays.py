@@ -12,11 +12,10 @@ array resident until the batch ends.
 
 from __future__ import annotations
 
-import functools
 import mmap
 import os
-import pickle
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -31,14 +30,15 @@ def load_memmap(path: str, mmap_mode: str) -> Any:
     """Rebuild an array written by the parent (``numpy.save``) as a ``numpy.memmap``."""
     import numpy as np
 
-    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
+    return _note(np.load(path, mmap_mode=mmap_mode, allow_pickle=False))  # type: ignore[arg-type]
 
 
 def open_memmap(path: str, dtype: Any, shape: Any, order: str, offset: int, mode: str) -> Any:
     """Open (a view of) a file the caller had memory-mapped, as a ``numpy.memmap``."""
     import numpy as np
 
-    return np.memmap(path, dtype=dtype, mode=mode, offset=offset, shape=shape, order=order)  # type: ignore[call-overload]
+    array = np.memmap(path, dtype=dtype, mode=mode, offset=offset, shape=shape, order=order)  # type: ignore[call-overload]
+    return _note(array)
 
 
 def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
@@ -68,25 +68,26 @@ def memmap_reference(obj: Any) -> tuple[Any, ...] | None:
     )
 
 
-class JobUnpickler(pickle.Unpickler):
-    """Unpickles a job, noting the file mappings of the memmaps it makes (``mapped``)."""
-
-    def __init__(self, file: Any) -> None:
-        super().__init__(file)
-        self.mapped: list[weakref.ref[mmap.mmap]] = []
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = super().find_class(module, name)
-        if _DONTNEED is not None and (found is load_memmap or found is open_memmap):
-            return functools.partial(_noted, found, self.mapped)
-        return found
+#: While a job unpickles (``noting``): the thread unpickling it, and the list the file
+#: mappings of its memmaps are noted in. A module variable, not an ``Unpickler`` subclass
+#: whose ``find_class`` watches for these functions: that Python method would run for every
+#: class and function of every job, memmaps or not.
+_noting: tuple[int, list[weakref.ref[mmap.mmap]]] | None = None
 
 
-def _noted(load: Any, mapped: list[weakref.ref[mmap.mmap]], *args: Any) -> Any:
-    array = load(*args)
-    mapping = getattr(array, "_mmap", None)
-    if isinstance(mapping, mmap.mmap) and getattr(array, "mode", None) in _SHARED_MODES:
-        mapped.append(weakref.ref(mapping))
+def noting(mapped: list[weakref.ref[mmap.mmap]] | None) -> None:
+    """Note in ``mapped`` the shared mappings of the memmaps this thread unpickles from now
+    on (None: stop)."""
+    global _noting
+    _noting = None if mapped is None or _DONTNEED is None else (threading.get_ident(), mapped)
+
+
+def _note(array: Any) -> Any:
+    noting = _noting
+    if noting is not None and noting[0] == threading.get_ident():
+        mapping = getattr(array, "_mmap", None)
+        if isinstance(mapping, mmap.mmap) and getattr(array, "mode", None) in _SHARED_MODES:
+            noting[1].append(weakref.ref(mapping))
     return array
 
 

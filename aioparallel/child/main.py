@@ -26,7 +26,7 @@ import types
 from typing import Any
 
 from . import context, observe, protocol, results
-from .arrays import JobUnpickler, drop_pages
+from .arrays import drop_pages, noting
 from .slot import SIZE as SLOT_SIZE
 from .slot import CrashSlot
 
@@ -351,11 +351,19 @@ def _load(kind: int, body: bytes) -> tuple[Any, ...]:
     """A job as ``run_job`` takes it (but its base and clock), from its frame's body."""
     if kind == protocol.BATCH_FILE:
         body = protocol.unspill(body)
-    unpickler = JobUnpickler(io.BytesIO(body))
-    stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit = unpickler.load()
-    calls = [call for _ in range(n_chunks) for call in unpickler.load()]
-    values = context.load(carried)
-    mapped = unpickler.mapped
+    mapped: list[Any] = []
+    noting(mapped)  # the job's memmaps: their pages leave as each call returns (drop_pages)
+    try:
+        unpickler = pickle.Unpickler(io.BytesIO(body))
+        stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit = (
+            unpickler.load()
+        )
+        calls: list[Any] = unpickler.load() if n_chunks else []  # a fresh list: ours to extend
+        for _ in range(n_chunks - 1):
+            calls += unpickler.load()
+        values = context.load(carried)
+    finally:
+        noting(None)
     return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit, mapped
 
 

@@ -113,6 +113,8 @@ class Logs:
     def send_locked(self) -> None:
         """As ``send``, the caller holding ``write_lock``. The attributes are plain values:
         pickling them runs no code of the task's."""
+        if not self.records:  # the common case; one appended after this waits for the next
+            return
         with self._guard:
             records, self.records = self.records, []
         if records:

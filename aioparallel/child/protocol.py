@@ -127,6 +127,8 @@ def results_header(positions: list[int], done: bool) -> bytes:
     """Consecutive ascending positions (a sync job's results: the common case) travel as
     their first one only, with the ``RANGE`` flag."""
     count = len(positions)
+    if count == 1:  # a one-call job's, and a lone async outcome's: the same bytes as below
+        return RESULT_HEADER.pack(1, done) + _POSITION.pack(positions[0])
     if count > 1 and positions[-1] - positions[0] == count - 1:
         first = positions[0]
         if positions == list(range(first, first + count)):
@@ -170,14 +172,24 @@ class TimedOut:
 
 
 def write_frame(fd: int, kind: int, body: bytes) -> None:
-    data = memoryview(HEADER.pack(kind, len(body)) + body)
-    while data:
-        data = data[os.write(fd, data) :]
+    """One ``write`` for the whole frame, unless the pipe takes only part of it."""
+    data = HEADER.pack(kind, len(body)) + body
+    written = os.write(fd, data)
+    if written < len(data):
+        rest = memoryview(data)[written:]
+        while rest:
+            rest = rest[os.write(fd, rest) :]
 
 
 def read_exact(fd: int, n: int) -> bytes | None:
     """``n`` bytes, or None at end of file."""
-    chunks = []
+    chunk = os.read(fd, min(n, 1 << 20))
+    if len(chunk) == n:  # a frame's header, and the body of all but a large one
+        return chunk
+    if not chunk:
+        return None
+    chunks = [chunk]
+    n -= len(chunk)
     while n:
         chunk = os.read(fd, min(n, 1 << 20))
         if not chunk:

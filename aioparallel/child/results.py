@@ -55,6 +55,7 @@ def dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> by
 #: others, in one list (the journal keeps a copy pickled alone). Any other result is pickled
 #: once, as its call returns, with the slot naming the call.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_NONE = pickle.dumps(None, protocol=5)
 
 
 class _Pickled:
@@ -77,6 +78,8 @@ def outcome(
     once, now, while the slot says whose result this is: if its ``__reduce__`` kills the
     worker, the parent blames this call (and recovers the kept results of the calls that
     returned before it)."""
+    if value is None:  # a procedure's result: the most common one
+        return None, _NONE
     kind = type(value)
     if (
         kind in _PLAIN

@@ -49,9 +49,11 @@ LOADING = 1 << 23
 SENDING = 1 << 22
 RUNNING = 0
 POSITION_MASK = SENDING - 1
-_Q = struct.Struct("<q")
-_D = struct.Struct("<d")
-_ALL = struct.Struct("<qdqq")
+# Native formats: an aligned field is packed and unpacked with one 8-byte store or load
+# (``"<q"`` would copy it byte by byte, and the parent could read half a number).
+_Q = struct.Struct("q")
+_D = struct.Struct("d")
+_ALL = struct.Struct("qdqq")
 _RECORD = struct.Struct("<II")
 _CURRENT, _STARTED, _HANDED, _FINISHED, _KEPT = 0, 8, 16, 24, 32
 
