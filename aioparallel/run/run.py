@@ -132,10 +132,10 @@ class Run:
         #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
         self._tail: list[Call[Any]] = []
         self._tail_start = self._tail_size = 0
-        #: The first take of an unsized input that could have several lanes asks for one
-        #: call more, pre_dispatch permitting: an input of one batch is then known to end,
-        #: and runs without lanes (``_run_lanes``). The call taken ahead is ``_held``: the
-        #: start of the next batch.
+        #: Each take of an unsized input that could have several lanes asks for one call
+        #: more, pre_dispatch permitting: its end is then known with its last batch (an input
+        #: of one batch runs without lanes, ``_run_lanes``). The call taken ahead is
+        #: ``_held``: the start of the next batch.
         self._look_ahead = False
         self._held: list[Call[Any]] = []
         self._lanes: anyio.abc.TaskGroup | None = None
@@ -196,7 +196,6 @@ class Run:
         elif n_lanes > 1:  # an unsized input: its first batch may be all of it
             self._look_ahead = True
             first = await self._take_or_fail()
-            self._look_ahead = False
             if first is None:
                 return
             if self.source.exhausted and not (self._tail or self._held):
