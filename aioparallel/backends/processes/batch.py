@@ -303,8 +303,10 @@ class BatchRun:
     ) -> None:
         """Read result frames into ``self.results`` until the job is done or the worker dies;
         hand log records to the parent's loggers as they come."""
+        sent = True  # the job was just written
         while True:
-            frame = await worker.read_frame()
+            frame = await worker.read_frame(sent)
+            sent = False
             if frame is None:
                 break
             kind, body = frame

@@ -183,9 +183,13 @@ class WorkerProcess:
 
     # -- frames ------------------------------------------------------------------------------
 
-    async def read_frame(self) -> tuple[int, bytes] | None:
-        """The next frame, or None once the worker has exited (end of file)."""
+    async def read_frame(self, sent: bool = False) -> tuple[int, bytes] | None:
+        """The next frame, or None once the worker has exited (end of file). ``sent``: a job
+        was just written, so its reply cannot be there yet: wait before reading (a read that
+        finds nothing costs a system call and an exception)."""
         header_size = protocol.HEADER.size
+        if sent and not self._buffer:
+            await wait_readable(self._resp, LIVENESS_SECONDS)  # then as usual, timed out or not
         while True:
             buffer = self._buffer
             if len(buffer) >= header_size:
