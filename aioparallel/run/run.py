@@ -16,8 +16,8 @@ order), runs it on one worker, learns its duration for auto batching, and hands 
 to the sink. A lane that took a batch starts the next lane, until there are as many as
 batches the backend runs at once: a short input gets a lane per batch (and one that finds
 its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
-in the caller's task, with no group to start or cancel. (An unsized input's first take asks
-for one call more than its batch, to learn whether there is more than one batch.) The first
+in the caller's task, with no group to start or cancel. (An unsized input's takes ask for one
+call more than their batch, to find its end: a generator of one call runs as one lane.) The first
 failure (a task error without ``return_exceptions``, or an error of the input itself) is
 recorded and cancels the task group; it is re-raised unwrapped, with its own type, once
 every lane has stopped and the backend has cleaned up. A task's exception of any type is its
