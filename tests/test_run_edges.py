@@ -404,3 +404,29 @@ async def test_the_failing_task_is_named_by_its_own_index_inside_a_batch(backend
     p = Parallel(n_jobs=2, batch_size=4, backend=backend)
     with anyio.fail_after(30), pytest.raises(RuntimeError, match=r"^task 6 \(raise_at\)"):
         await p(delayed(raise_at)(i, StopIteration, 6) for i in range(8))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("batch_size", ["auto", 1, 4])
+async def test_a_generator_taken_one_call_ahead_keeps_every_call_in_order(
+    kind: str, batch_size: Any
+) -> None:
+    """An unsized input's takes ask for one call more than their batch (to find its end);
+    the call held back starts the next batch, or joins an async batch as it grows to its
+    floor: whatever the lengths and sizes, every call runs once, in its own slot. (A fresh
+    function per input: auto batching learns per function, and a learned size skips the
+    async floor.)"""
+    for n in (100, 1, 2, 3, 4, 5, 8, 9, 17, 33, 100):
+
+        def triple(x: int) -> int:
+            return 3 * x
+
+        async def triple_async(x: int) -> int:
+            return 3 * x
+
+        func: Any = triple_async if kind == "async" else triple
+        results = await Parallel(n_jobs=2, backend="threads", batch_size=batch_size)(
+            delayed(func)(x) for x in range(n)
+        )
+        assert results == [3 * x for x in range(n)], (n, results)
