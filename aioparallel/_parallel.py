@@ -11,8 +11,8 @@ from ._call import Call
 from ._config import active_settings
 from ._parsing import parse_pre_dispatch
 from ._pending import PendingResults
-from ._plan import Plan
-from ._settings import Default, Settings
+from ._plan import plan_for
+from ._settings import Default
 from .backends.base import Backend, RunOptions
 from .run.budget import Budget
 from .run.progress import ProgressCallback, ProgressReporter
@@ -164,8 +164,8 @@ class Parallel(Generic[M]):
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
     ) -> None:
-        given = Settings.parse({k: v for k, v in locals().items() if k != "self"})
-        plan = self._plan = Plan.make(given, active_settings())
+        arguments = {k: v for k, v in locals().items() if k != "self"}
+        plan = self._plan = plan_for(arguments, active_settings())
         self.n_jobs = plan.n_jobs
         self.return_as = plan.return_as
         self.timeout = plan.options.timeout

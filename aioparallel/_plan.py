@@ -4,6 +4,9 @@
 ``parallel_config``, fills in the defaults and picks the backend from the registry: joblib's
 ``prefer`` / ``require``, the backend's nesting rule, and one worker (the calls then run in
 the caller). Every backend option given must be one the picked backend takes.
+
+``plan_for`` keeps the plans of recent plain arguments (~50 µs each to make, paid by every
+``Parallel`` a web handler builds per request), for as long as what they were made from holds.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._nesting import cap_nesting
+from ._nesting import cap_nesting, thread_depth
 from ._parsing import DEFAULT_WORKER_CONCURRENCY, check_consistent, parse_n_jobs
-from ._settings import UNSET, BackendChoice, Settings, parse_backend
+from ._settings import UNSET, BackendChoice, Default, Settings, parse_backend
 from ._system import in_worker
 from .backends.base import (
     Backend,
@@ -25,12 +28,13 @@ from .backends.base import (
     lookup_backend,
     registered_backend,
     registered_backends,
+    registry_generation,
 )
 
 if TYPE_CHECKING:
     from .run.progress import ProgressCallback
 
-__all__ = ["Plan", "Runner", "backend_options", "object_workers", "pick_backend"]
+__all__ = ["Plan", "Runner", "backend_options", "object_workers", "pick_backend", "plan_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,54 @@ class Plan:
             widen_bound=merged.pre_dispatch is UNSET,
             options=run_options(merged, timeout),
         )
+
+
+#: Argument types whose values alone (with their type: ``True`` is not ``1``, nor a `Default`
+#: its plain string) decide what ``Settings.parse`` makes of them; ``tuple``: only ``()``
+#: (no ``initargs``). Callables, backend objects, paths... are never cached.
+_PLAIN = frozenset({int, float, str, bool, type(None), Default, tuple})
+#: Plans kept (the oldest goes first).
+PLAN_CACHE_SIZE = 64
+#: (argument names, values, types, id of the config, registry generation) -> (config, plan).
+_plans: dict[tuple[Any, ...], tuple[Settings, Plan]] = {}
+
+
+def plan_for(arguments: Mapping[str, Any], config: Settings) -> Plan:
+    """``Plan.make(Settings.parse(arguments), config)``, the same plan again for the same plain
+    arguments under the same active config (the object: a ``parallel_config`` block makes a
+    new one), while the backend registry is unchanged. Skipped where the plan reads more than
+    that: in a worker or below a thread worker (nesting, whose warning must repeat), for a
+    negative ``n_jobs`` (the CPUs usable now), a backend checked to be installed at each
+    lookup, or a backend object (its ``n_workers``). The platform check is a constant of the
+    process (``FEATURES``), and an error is never kept."""
+    key = _cache_key(arguments, config)
+    if key is not None:
+        hit = _plans.get(key)
+        if hit is not None and hit[0] is config:
+            return hit[1]
+    plan = Plan.make(Settings.parse(arguments), config)
+    if key is not None and _reusable(plan):
+        if len(_plans) >= PLAN_CACHE_SIZE:
+            _plans.pop(next(iter(_plans), None), None)  # type: ignore[arg-type]
+        _plans[key] = (config, plan)
+    return plan
+
+
+def _cache_key(arguments: Mapping[str, Any], config: Settings) -> tuple[Any, ...] | None:
+    values = tuple(arguments.values())
+    kinds = tuple(map(type, values))
+    if not _PLAIN.issuperset(kinds) or kinds.count(tuple) != values.count(()):
+        return None
+    if in_worker() or thread_depth():
+        return None
+    return (tuple(arguments), values, kinds, id(config), registry_generation())
+
+
+def _reusable(plan: Plan) -> bool:
+    """Whether ``plan`` depends on nothing but the key (see ``plan_for``)."""
+    negative = plan.n_jobs_arg is not None and plan.n_jobs_arg < 0
+    entry = plan.entry
+    return not negative and entry is not None and entry.check_installed is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ __all__ = [
     "register_backend",
     "registered_backend",
     "registered_backends",
+    "registry_generation",
     "unregister_backend",
 ]
 
@@ -260,6 +261,8 @@ class BackendEntry:
 
 _ENTRIES: dict[str, BackendEntry] = {}
 _NAMES: dict[str, str] = {}
+#: Changes with every (un)registration: what was looked up before may differ now.
+_generation = 0
 #: Every name and alias -> canonical name, in registration order (a live, read-only view).
 BACKEND_NAMES: Mapping[str, str] = MappingProxyType(_NAMES)
 
@@ -269,6 +272,8 @@ def register_backend(entry: BackendEntry) -> None:
     for name in (entry.name, *entry.aliases):
         if _NAMES.get(name, entry.name) != entry.name:
             raise ValueError(f"backend name {name!r} is already taken by {_NAMES[name]!r}")
+    global _generation
+    _generation += 1
     _ENTRIES[entry.name] = entry
     for name in (entry.name, *entry.aliases):
         _NAMES[name] = entry.name
@@ -276,6 +281,8 @@ def register_backend(entry: BackendEntry) -> None:
 
 def unregister_backend(name: str) -> None:
     """Forget the backend ``name`` (a canonical name) and its aliases."""
+    global _generation
+    _generation += 1
     del _ENTRIES[name]
     for alias in [a for a, canonical in _NAMES.items() if canonical == name]:
         del _NAMES[alias]
@@ -292,6 +299,12 @@ def lookup_backend(name: str) -> BackendEntry:
     if entry.check_installed is not None:
         entry.check_installed()
     return entry
+
+
+def registry_generation() -> int:
+    """A number that changes whenever a backend is registered or unregistered (a plan made
+    from the registry holds while it is the same)."""
+    return _generation
 
 
 def registered_backend(name: str) -> BackendEntry | None:
