@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._call import Call
@@ -192,14 +191,6 @@ class Parallel(Generic[M]):
     def _make_backend(self, private: bool) -> Backend:
         return self._plan.build(private)
 
-    @asynccontextmanager
-    async def _backend(self) -> AsyncIterator[Backend]:
-        if self._warm is not None:
-            yield self._warm
-            return
-        async with self._make_backend(private=False) as backend:
-            yield backend
-
     def __enter__(self) -> NoReturn:
         raise TypeError(
             f"use 'async with {self!r} as parallel:' (in async code): it keeps the workers "
@@ -228,10 +219,13 @@ class Parallel(Generic[M]):
         n_workers = max(1, backend.n_workers)
         plan = self._plan
         pre_dispatch = parse_pre_dispatch(plan.pre_dispatch, n_workers)  # cached
-        shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
+        name = label = ""  # shown only by a reporter that reports
+        if self.verbose or self.progress is not False:
+            shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
+            name, label = f"Parallel(n_jobs={shown_jobs})", f"{backend.name} with {n_workers}"
         reporter = ProgressReporter(
-            name=f"Parallel(n_jobs={shown_jobs})",
-            label=f"{backend.name} with {n_workers}",
+            name=name,
+            label=label,
             verbose=self.verbose,
             progress=self.progress,
             pre_dispatch=pre_dispatch,
@@ -248,21 +242,25 @@ class Parallel(Generic[M]):
             reporter=reporter,
         )
 
-    async def _gather(self, iterable: object) -> list[Any]:
-        async with self._backend() as backend:
-            sink: ListSink[Any] = ListSink(Budget(None))
+    async def _execute(self, iterable: object, sink: Sink[Any]) -> None:
+        """Run ``iterable`` on the warm backend (``async with``), else on one entered for
+        this call alone."""
+        backend = self._warm
+        if backend is not None:  # nothing to enter or exit (a generator-based context: ~5 µs)
             await self._new_run(iterable, backend, sink).execute()
-            return sink.result()
+            return
+        async with self._make_backend(private=False) as backend:
+            await self._new_run(iterable, backend, sink).execute()
+
+    async def _gather(self, iterable: object) -> list[Any]:
+        sink: ListSink[Any] = ListSink(Budget(None))
+        await self._execute(iterable, sink)
+        return sink.result()
 
     def _stream(self, iterable: object) -> ResultStream[Any]:
         def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:
             sink = SINKS[self.return_as](Budget(None))
-
-            async def execute() -> None:
-                async with self._backend() as backend:
-                    await self._new_run(iterable, backend, sink).execute()
-
-            return sink, execute
+            return sink, lambda: self._execute(iterable, sink)
 
         return ResultStream(make_run, f"{self!r}(…)")
 
