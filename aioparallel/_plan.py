@@ -21,6 +21,7 @@ from ._parsing import DEFAULT_WORKER_CONCURRENCY, check_consistent, parse_n_jobs
 from ._settings import UNSET, BackendChoice, Default, Settings, parse_backend
 from ._system import in_worker
 from .backends.base import (
+    STEADY_PLATFORM_CHECKS,
     Backend,
     BackendArgs,
     BackendEntry,
@@ -61,6 +62,10 @@ class Plan:
     #: worker; an explicit pre_dispatch is a hard bound on calls.
     widen_bound: bool
     options: RunOptions
+    #: Made from the settings and the registry alone, so ``plan_for`` may hand it out again
+    #: for the same ones: not from a backend object (its ``n_workers``), a negative
+    #: ``n_jobs`` (the CPUs usable now) or a backend whose checks may answer otherwise later.
+    reusable: bool = False
 
     @property
     def backend_name(self) -> str:
@@ -105,6 +110,12 @@ class Plan:
         batch_size = merged.get("batch_size", None)
         if runner.in_caller and batch_size is None:  # take one, run it, take the next
             batch_size = 1
+        reusable = (
+            choice.obj is None
+            and _steady(choice.entry)
+            and _steady(runner.entry)
+            and (n_jobs_arg is None or n_jobs_arg > 0)
+        )
         return cls(
             n_jobs_arg=n_jobs_arg,
             n_jobs=runner.n_jobs,
@@ -125,6 +136,7 @@ class Plan:
             pre_dispatch=merged.get("pre_dispatch", "2*n_jobs"),
             widen_bound=merged.pre_dispatch is UNSET,
             options=run_options(merged, timeout),
+            reusable=reusable,
         )
 
 
@@ -132,7 +144,7 @@ class Plan:
 #: its plain string) decide what ``Settings.parse`` makes of them; ``tuple``: only ``()``
 #: (no ``initargs``). Callables, backend objects, paths... are never cached.
 _PLAIN = frozenset({int, float, str, bool, type(None), Default, tuple})
-#: Plans kept (the oldest goes first).
+#: Plans kept (then all go: the arguments a program uses are few).
 PLAN_CACHE_SIZE = 64
 #: (argument names, values, types, id of the config, registry generation) -> (config, plan).
 _plans: dict[tuple[Any, ...], tuple[Settings, Plan]] = {}
@@ -142,19 +154,17 @@ def plan_for(arguments: Mapping[str, Any], config: Settings) -> Plan:
     """``Plan.make(Settings.parse(arguments), config)``, the same plan again for the same plain
     arguments under the same active config (the object: a ``parallel_config`` block makes a
     new one), while the backend registry is unchanged. Skipped where the plan reads more than
-    that: in a worker or below a thread worker (nesting, whose warning must repeat), for a
-    negative ``n_jobs`` (the CPUs usable now), a backend checked to be installed at each
-    lookup, or a backend object (its ``n_workers``). The platform check is a constant of the
-    process (``FEATURES``), and an error is never kept."""
+    that: in a worker or below a thread worker (nesting, whose warning must repeat), and for a
+    plan that is not ``reusable``. An error is never kept."""
     key = _cache_key(arguments, config)
     if key is not None:
         hit = _plans.get(key)
         if hit is not None and hit[0] is config:
             return hit[1]
     plan = Plan.make(Settings.parse(arguments), config)
-    if key is not None and _reusable(plan):
+    if key is not None and plan.reusable:
         if len(_plans) >= PLAN_CACHE_SIZE:
-            _plans.pop(next(iter(_plans), None), None)  # type: ignore[arg-type]
+            _plans.clear()  # (one call, safe from any thread; they are soon made again)
         _plans[key] = (config, plan)
     return plan
 
@@ -169,11 +179,14 @@ def _cache_key(arguments: Mapping[str, Any], config: Settings) -> tuple[Any, ...
     return (tuple(arguments), values, kinds, id(config), registry_generation())
 
 
-def _reusable(plan: Plan) -> bool:
-    """Whether ``plan`` depends on nothing but the key (see ``plan_for``)."""
-    negative = plan.n_jobs_arg is not None and plan.n_jobs_arg < 0
-    entry = plan.entry
-    return not negative and entry is not None and entry.check_installed is None
+def _steady(entry: BackendEntry | None) -> bool:
+    """A registered backend whose checks, once passed, pass for the rest of the process: none
+    (``check_installed`` asks the import system, which ``sys.path`` changes)."""
+    return (
+        entry is not None
+        and entry.check_installed is None
+        and (entry.check_platform is None or entry.check_platform in STEADY_PLATFORM_CHECKS)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,3 +106,31 @@ def test_unhashable_or_stateful_arguments_are_planned_each_time() -> None:
     assert parallel._plan.backend_args.initializer.args == (1, [2])
     with pytest.raises(ValueError, match="initargs"):
         Parallel(n_jobs=2, initargs=(1,))
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+@pytest.mark.parametrize("which", ["check_platform", "check_installed"])
+def test_a_backend_check_is_made_each_time(n_jobs: int, which: str) -> None:
+    """A registered backend's own checks may answer otherwise later (with one worker, the
+    calls then run in the caller, yet the backend picked is still checked)."""
+    broken: list[str] = []
+
+    def check() -> None:
+        if broken:
+            raise NotImplementedError(broken[0])
+
+    def build(args: BackendArgs) -> SequentialBackend:
+        return SequentialBackend()
+
+    if which == "check_platform":
+        entry = BackendEntry("checked-toy", build, local=True, check_platform=check)
+    else:
+        entry = BackendEntry("checked-toy", build, local=True, check_installed=check)
+    register_backend(entry)
+    try:
+        Parallel(n_jobs=n_jobs, backend="checked-toy")
+        broken.append("not here any more")
+        with pytest.raises(NotImplementedError, match="not here any more"):
+            Parallel(n_jobs=n_jobs, backend="checked-toy")
+    finally:
+        unregister_backend("checked-toy")

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_NAMES",
+    "STEADY_PLATFORM_CHECKS",
     "Backend",
     "BackendArgs",
     "BackendEntry",
@@ -365,6 +366,11 @@ def _check_process_platform() -> None:
     from .._system import check_process_backend
 
     check_process_backend()
+
+
+#: Platform checks whose answer is the same for the whole process (the process backend's:
+#: ``FEATURES``, found at import), so a plan that passed one may be reused without it.
+STEADY_PLATFORM_CHECKS = frozenset({_check_process_platform})
 
 
 def _check_installed(module: str, missing: str) -> Callable[[], None]:
