@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar, overload
 
 from ._call import Call
 from ._config import active_settings
 from ._parsing import parse_pre_dispatch
 from ._pending import PendingResults
-from ._plan import Plan
-from ._settings import Default, Settings
+from ._plan import plan_for
+from ._settings import Default
 from .backends.base import Backend, RunOptions
 from .run.budget import Budget
 from .run.progress import ProgressCallback, ProgressReporter
@@ -164,8 +163,8 @@ class Parallel(Generic[M]):
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
     ) -> None:
-        given = Settings.parse({k: v for k, v in locals().items() if k != "self"})
-        plan = self._plan = Plan.make(given, active_settings())
+        arguments = {k: v for k, v in locals().items() if k != "self"}
+        plan = self._plan = plan_for(arguments, active_settings())
         self.n_jobs = plan.n_jobs
         self.return_as = plan.return_as
         self.timeout = plan.options.timeout
@@ -191,14 +190,6 @@ class Parallel(Generic[M]):
 
     def _make_backend(self, private: bool) -> Backend:
         return self._plan.build(private)
-
-    @asynccontextmanager
-    async def _backend(self) -> AsyncIterator[Backend]:
-        if self._warm is not None:
-            yield self._warm
-            return
-        async with self._make_backend(private=False) as backend:
-            yield backend
 
     def __enter__(self) -> NoReturn:
         raise TypeError(
@@ -228,10 +219,13 @@ class Parallel(Generic[M]):
         n_workers = max(1, backend.n_workers)
         plan = self._plan
         pre_dispatch = parse_pre_dispatch(plan.pre_dispatch, n_workers)  # cached
-        shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
+        name = label = ""  # shown only by a reporter that reports
+        if self.verbose or self.progress is not False:
+            shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
+            name, label = f"Parallel(n_jobs={shown_jobs})", f"{backend.name} with {n_workers}"
         reporter = ProgressReporter(
-            name=f"Parallel(n_jobs={shown_jobs})",
-            label=f"{backend.name} with {n_workers}",
+            name=name,
+            label=label,
             verbose=self.verbose,
             progress=self.progress,
             pre_dispatch=pre_dispatch,
@@ -248,21 +242,25 @@ class Parallel(Generic[M]):
             reporter=reporter,
         )
 
-    async def _gather(self, iterable: object) -> list[Any]:
-        async with self._backend() as backend:
-            sink: ListSink[Any] = ListSink(Budget(None))
+    async def _execute(self, iterable: object, sink: Sink[Any]) -> None:
+        """Run ``iterable`` on the warm backend (``async with``), else on one entered for
+        this call alone."""
+        backend = self._warm
+        if backend is not None:  # nothing to enter or exit (a generator-based context: ~5 µs)
             await self._new_run(iterable, backend, sink).execute()
-            return sink.result()
+            return
+        async with self._make_backend(private=False) as backend:
+            await self._new_run(iterable, backend, sink).execute()
+
+    async def _gather(self, iterable: object) -> list[Any]:
+        sink: ListSink[Any] = ListSink(Budget(None))
+        await self._execute(iterable, sink)
+        return sink.result()
 
     def _stream(self, iterable: object) -> ResultStream[Any]:
         def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:
             sink = SINKS[self.return_as](Budget(None))
-
-            async def execute() -> None:
-                async with self._backend() as backend:
-                    await self._new_run(iterable, backend, sink).execute()
-
-            return sink, execute
+            return sink, lambda: self._execute(iterable, sink)
 
         return ResultStream(make_run, f"{self!r}(…)")
 

@@ -4,6 +4,9 @@
 ``parallel_config``, fills in the defaults and picks the backend from the registry: joblib's
 ``prefer`` / ``require``, the backend's nesting rule, and one worker (the calls then run in
 the caller). Every backend option given must be one the picked backend takes.
+
+``plan_for`` keeps the plans of recent plain arguments (~50 µs each to make, paid by every
+``Parallel`` a web handler builds per request), for as long as what they were made from holds.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from ._nesting import cap_nesting
+from ._nesting import cap_nesting, thread_depth
 from ._parsing import DEFAULT_WORKER_CONCURRENCY, check_consistent, parse_n_jobs
-from ._settings import UNSET, BackendChoice, Settings, parse_backend
+from ._settings import UNSET, BackendChoice, Default, Settings, parse_backend
 from ._system import in_worker
 from .backends.base import (
+    STEADY_PLATFORM_CHECKS,
     Backend,
     BackendArgs,
     BackendEntry,
@@ -25,12 +29,13 @@ from .backends.base import (
     lookup_backend,
     registered_backend,
     registered_backends,
+    registry_generation,
 )
 
 if TYPE_CHECKING:
     from .run.progress import ProgressCallback
 
-__all__ = ["Plan", "Runner", "backend_options", "object_workers", "pick_backend"]
+__all__ = ["Plan", "Runner", "backend_options", "object_workers", "pick_backend", "plan_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,10 @@ class Plan:
     #: worker; an explicit pre_dispatch is a hard bound on calls.
     widen_bound: bool
     options: RunOptions
+    #: Made from the settings and the registry alone, so ``plan_for`` may hand it out again
+    #: for the same ones: not from a backend object (its ``n_workers``), a negative
+    #: ``n_jobs`` (the CPUs usable now) or a backend whose checks may answer otherwise later.
+    reusable: bool = False
 
     @property
     def backend_name(self) -> str:
@@ -101,6 +110,12 @@ class Plan:
         batch_size = merged.get("batch_size", None)
         if runner.in_caller and batch_size is None:  # take one, run it, take the next
             batch_size = 1
+        reusable = (
+            choice.obj is None
+            and _steady(choice.entry)
+            and _steady(runner.entry)
+            and (n_jobs_arg is None or n_jobs_arg > 0)
+        )
         return cls(
             n_jobs_arg=n_jobs_arg,
             n_jobs=runner.n_jobs,
@@ -121,7 +136,57 @@ class Plan:
             pre_dispatch=merged.get("pre_dispatch", "2*n_jobs"),
             widen_bound=merged.pre_dispatch is UNSET,
             options=run_options(merged, timeout),
+            reusable=reusable,
         )
+
+
+#: Argument types whose values alone (with their type: ``True`` is not ``1``, nor a `Default`
+#: its plain string) decide what ``Settings.parse`` makes of them; ``tuple``: only ``()``
+#: (no ``initargs``). Callables, backend objects, paths... are never cached.
+_PLAIN = frozenset({int, float, str, bool, type(None), Default, tuple})
+#: Plans kept (then all go: the arguments a program uses are few).
+PLAN_CACHE_SIZE = 64
+#: (argument names, values, types, id of the config, registry generation) -> (config, plan).
+_plans: dict[tuple[Any, ...], tuple[Settings, Plan]] = {}
+
+
+def plan_for(arguments: Mapping[str, Any], config: Settings) -> Plan:
+    """``Plan.make(Settings.parse(arguments), config)``, the same plan again for the same plain
+    arguments under the same active config (the object: a ``parallel_config`` block makes a
+    new one), while the backend registry is unchanged. Skipped where the plan reads more than
+    that: in a worker or below a thread worker (nesting, whose warning must repeat), and for a
+    plan that is not ``reusable``. An error is never kept."""
+    key = _cache_key(arguments, config)
+    if key is not None:
+        hit = _plans.get(key)
+        if hit is not None and hit[0] is config:
+            return hit[1]
+    plan = Plan.make(Settings.parse(arguments), config)
+    if key is not None and plan.reusable:
+        if len(_plans) >= PLAN_CACHE_SIZE:
+            _plans.clear()  # (one call, safe from any thread; they are soon made again)
+        _plans[key] = (config, plan)
+    return plan
+
+
+def _cache_key(arguments: Mapping[str, Any], config: Settings) -> tuple[Any, ...] | None:
+    values = tuple(arguments.values())
+    kinds = tuple(map(type, values))
+    if not _PLAIN.issuperset(kinds) or kinds.count(tuple) != values.count(()):
+        return None
+    if in_worker() or thread_depth():
+        return None
+    return (tuple(arguments), values, kinds, id(config), registry_generation())
+
+
+def _steady(entry: BackendEntry | None) -> bool:
+    """A registered backend whose checks, once passed, pass for the rest of the process: none
+    (``check_installed`` asks the import system, which ``sys.path`` changes)."""
+    return (
+        entry is not None
+        and entry.check_installed is None
+        and (entry.check_platform is None or entry.check_platform in STEADY_PLATFORM_CHECKS)
+    )
 
 
 @dataclass(frozen=True, slots=True)

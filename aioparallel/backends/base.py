@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_NAMES",
+    "STEADY_PLATFORM_CHECKS",
     "Backend",
     "BackendArgs",
     "BackendEntry",
@@ -41,6 +42,7 @@ __all__ = [
     "register_backend",
     "registered_backend",
     "registered_backends",
+    "registry_generation",
     "unregister_backend",
 ]
 
@@ -129,6 +131,20 @@ class RunOptions:
     #: Async tasks one worker keeps in flight at once.
     worker_concurrency: int = 16
     expected_work: Callable[[], float | None] | None = field(default=None, compare=False)
+
+    def with_expected_work(self, expected_work: Callable[[], float | None]) -> RunOptions:
+        """These options with ``expected_work`` set: what ``dataclasses.replace`` makes, at
+        half its cost (every run makes one)."""
+        if type(self) is not RunOptions:  # a subclass may have fields of its own
+            return replace(self, expected_work=expected_work)
+        new = object.__new__(RunOptions)
+        for name in _RUN_OPTIONS_FIELDS:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "expected_work", expected_work)
+        return new
+
+
+_RUN_OPTIONS_FIELDS = tuple(f.name for f in fields(RunOptions) if f.name != "expected_work")
 
 
 RunBatch = Callable[[Batch], Awaitable[list[Any]]]
@@ -260,6 +276,8 @@ class BackendEntry:
 
 _ENTRIES: dict[str, BackendEntry] = {}
 _NAMES: dict[str, str] = {}
+#: Changes with every (un)registration: what was looked up before may differ now.
+_generation = 0
 #: Every name and alias -> canonical name, in registration order (a live, read-only view).
 BACKEND_NAMES: Mapping[str, str] = MappingProxyType(_NAMES)
 
@@ -269,6 +287,8 @@ def register_backend(entry: BackendEntry) -> None:
     for name in (entry.name, *entry.aliases):
         if _NAMES.get(name, entry.name) != entry.name:
             raise ValueError(f"backend name {name!r} is already taken by {_NAMES[name]!r}")
+    global _generation
+    _generation += 1
     _ENTRIES[entry.name] = entry
     for name in (entry.name, *entry.aliases):
         _NAMES[name] = entry.name
@@ -276,6 +296,8 @@ def register_backend(entry: BackendEntry) -> None:
 
 def unregister_backend(name: str) -> None:
     """Forget the backend ``name`` (a canonical name) and its aliases."""
+    global _generation
+    _generation += 1
     del _ENTRIES[name]
     for alias in [a for a, canonical in _NAMES.items() if canonical == name]:
         del _NAMES[alias]
@@ -292,6 +314,12 @@ def lookup_backend(name: str) -> BackendEntry:
     if entry.check_installed is not None:
         entry.check_installed()
     return entry
+
+
+def registry_generation() -> int:
+    """A number that changes whenever a backend is registered or unregistered (a plan made
+    from the registry holds while it is the same)."""
+    return _generation
 
 
 def registered_backend(name: str) -> BackendEntry | None:
@@ -338,6 +366,11 @@ def _check_process_platform() -> None:
     from .._system import check_process_backend
 
     check_process_backend()
+
+
+#: Platform checks whose answer is the same for the whole process (the process backend's:
+#: ``FEATURES``, found at import), so a plan that passed one may be reused without it.
+STEADY_PLATFORM_CHECKS = frozenset({_check_process_platform})
 
 
 def _check_installed(module: str, missing: str) -> Callable[[], None]:

@@ -137,7 +137,10 @@ async def pickle_job(
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
     else:
         func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
-    chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
+    if 0 < len(items) <= PICKLE_CHUNK:  # the common case, without a slice
+        chunks = [items]
+    else:
+        chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
     # timeout and concurrency: a sync call may return a coroutine (awaited on the loop)
     async_job = (flags, options.timeout, options.worker_concurrency)
     meta = (

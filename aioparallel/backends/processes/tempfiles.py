@@ -157,10 +157,9 @@ class RunFolder:
     def _choose(self) -> tuple[str, str]:
         """(base folder, where that choice came from): checked only when a file is made."""
         if self._base is None:
-            from_env = os.environ.get(TEMP_FOLDER_ENV)
             if self._temp_folder:
                 self._base = (self._temp_folder, "the temp_folder argument")
-            elif from_env:
+            elif from_env := os.environ.get(TEMP_FOLDER_ENV):
                 self._base = (from_env, f"${TEMP_FOLDER_ENV}")
             else:
                 self._base = (_default_base(SHM_FOLDER), "the default")
@@ -364,8 +363,8 @@ class RunFolder:
             self._closed = True
             self._files.clear()
             self._released.clear()
-            if self._writing or not self._owned():
-                return []
+            if self._writing or not self._paths or not self._owned():
+                return []  # (no name given out: nothing can have made a folder)
         return self._leftovers()
 
     def _leftovers(self) -> list[str]:
