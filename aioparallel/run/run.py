@@ -36,7 +36,6 @@ import sys
 import time
 import warnings
 import weakref
-from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -105,7 +104,7 @@ class Run:
         self.backend = backend
         # weakly: the options must not keep the run (and its results) alive in a cycle
         estimate = weakref.WeakMethod(self.expected_work)
-        self.options = replace(options, expected_work=lambda: _call_alive(estimate))
+        self.options = options.with_expected_work(lambda: _call_alive(estimate))
         self.batcher: AutoBatcher | FixedBatcher = (
             AutoBatcher(batch_seconds(backend, MIN_BATCH_SECONDS))
             if batch_size is None
