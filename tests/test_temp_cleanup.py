@@ -135,8 +135,19 @@ def first(arr: Any) -> float:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_loop_runs_while_a_large_array_is_written(tmp_path: Path) -> None:
+    """The best of up to three attempts: a loaded 2-core machine (CI runs two lanes at once)
+    can keep the loop's thread off a core for ~0.1 s at any moment, while writing the array
+    on the loop would stall it on every attempt."""
     small = np.ones(BIG)
     large = np.ones(50_000_000)  # 400 MB
+    stalls: list[float] = []
+    while len(stalls) < 3 and not (stalls and min(stalls) < 0.1):
+        stalls.append(await _longest_stall_writing(tmp_path, small, large))
+    assert min(stalls) < 0.1, f"the event loop stalled for {min(stalls):.3f} s at best"
+
+
+async def _longest_stall_writing(tmp_path: Path, small: Any, large: Any) -> float:
+    """The longest gap between a ticker's 2 ms sleeps while a run writes ``large``."""
     gaps: list[float] = []
     done = False
 
@@ -157,7 +168,7 @@ async def test_loop_runs_while_a_large_array_is_written(tmp_path: Path) -> None:
         )
         done = True
     assert results == [0, 1.0]
-    assert max(gaps) < 0.1, f"the event loop stalled for {max(gaps):.3f} s"
+    return max(gaps)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/<pid>/fd")
