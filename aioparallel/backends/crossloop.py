@@ -15,18 +15,20 @@ the same time, so none of its state may be bound to a loop:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 
 from .._detached import _in_trio
 
-__all__ = ["LoopRef", "Reaper", "Signal", "call_soon"]
+__all__ = ["LoopRef", "Reaper", "Signal", "call_soon", "resolve"]
 
 
 def call_soon(callback: Callable[[], object]) -> None:
@@ -37,8 +39,6 @@ def call_soon(callback: Callable[[], object]) -> None:
 
         trio.lowlevel.current_trio_token().run_sync_soon(callback)
         return
-    import asyncio
-
     asyncio.get_running_loop().call_soon(callback)
 
 
@@ -70,8 +70,6 @@ class LoopRef:
 
             self._token = trio.lowlevel.current_trio_token()
         else:
-            import asyncio
-
             self._loop = weakref.ref(asyncio.get_running_loop())
 
     def state(self) -> LoopState:
@@ -95,9 +93,10 @@ class LoopRef:
         return "running"
 
 
-def _loop_waker(event: anyio.Event) -> Callable[[], bool]:
-    """A function that sets ``event`` (made in the running loop) from any thread; it returns
-    False if that loop has ended (nobody can be waiting on the event any more)."""
+def _loop_waker(wake_up: Callable[[], object]) -> Callable[[], bool]:
+    """A function that calls ``wake_up`` (which sets something made in the running loop) in
+    that loop, from any thread; it returns False if that loop has ended (nobody can be
+    waiting any more)."""
     if _in_trio():
         import trio
 
@@ -105,17 +104,15 @@ def _loop_waker(event: anyio.Event) -> Callable[[], bool]:
 
         def wake_trio() -> bool:
             if _in_trio() and trio.lowlevel.current_trio_token() is token:
-                event.set()  # this very run: no need to go around
+                wake_up()  # this very run: no need to go around
                 return True
             try:
-                token.run_sync_soon(event.set)
+                token.run_sync_soon(wake_up)
             except trio.RunFinishedError:
                 return False
             return True
 
         return wake_trio
-
-    import asyncio
 
     loop = asyncio.get_running_loop()
 
@@ -125,15 +122,21 @@ def _loop_waker(event: anyio.Event) -> Callable[[], bool]:
         except RuntimeError:  # no loop in this thread
             running = None
         if running is loop:  # this very loop: no need to go around
-            event.set()
+            wake_up()
             return True
         try:
-            loop.call_soon_threadsafe(event.set)
+            loop.call_soon_threadsafe(wake_up)
         except RuntimeError:  # the loop is closed
             return False
         return True
 
     return wake_asyncio
+
+
+def resolve(future: asyncio.Future[bool], value: bool) -> None:
+    """Set ``future``'s result unless it has one (a timer and a wake-up may both fire)."""
+    if not future.done():
+        future.set_result(value)
 
 
 class Signal:
@@ -159,15 +162,25 @@ class Signal:
         """True once set; False if ``seconds`` passed first. On asyncio the time limit is a
         timer on the loop, not a cancel scope: a pool's waiters look up every second, and a
         scope that expires costs a cancellation, raised and caught, each time."""
-        if seconds is not None and not _in_trio():
-            return await self._wait_asyncio(seconds)
+        timed = seconds is not None and not _in_trio()
+        if timed:
+            loop = asyncio.get_running_loop()
+            woken: asyncio.Future[bool] = loop.create_future()
+            wake = _loop_waker(functools.partial(resolve, woken, True))
+        else:
+            event = anyio.Event()
+            wake = _loop_waker(event.set)
         with self._lock:
             if self._set:
                 return True
-            event = anyio.Event()
-            wake = _loop_waker(event)
             self._wakers.append(wake)
         try:
+            if timed and seconds is not None:
+                timer = loop.call_later(seconds, resolve, woken, False)
+                try:
+                    return await woken
+                finally:
+                    timer.cancel()
             with anyio.move_on_after(math.inf if seconds is None else seconds):
                 await event.wait()
                 return True
@@ -176,44 +189,6 @@ class Signal:
             with self._lock:
                 if wake in self._wakers:
                     self._wakers.remove(wake)
-
-    async def _wait_asyncio(self, seconds: float) -> bool:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[bool] = loop.create_future()
-
-        def wake() -> bool:
-            try:
-                running: object = asyncio.get_running_loop()
-            except RuntimeError:  # no loop in this thread
-                running = None
-            if running is loop:
-                _resolve(woken, True)
-                return True
-            try:
-                loop.call_soon_threadsafe(_resolve, woken, True)
-            except RuntimeError:  # the loop is closed
-                return False
-            return True
-
-        with self._lock:
-            if self._set:
-                return True
-            self._wakers.append(wake)
-        timer = loop.call_later(seconds, _resolve, woken, False)
-        try:
-            return await woken
-        finally:
-            timer.cancel()
-            with self._lock:
-                if wake in self._wakers:
-                    self._wakers.remove(wake)
-
-
-def _resolve(future: Any, value: bool) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 class Reaper:

@@ -28,6 +28,7 @@ from ..._system import FEATURES, IN_WORKER_ENV, blas_thread_env
 from ...child import protocol
 from ...child.slot import SIZE as SLOT_SIZE
 from ...child.slot import CrashSlot, Snapshot
+from ..crossloop import resolve
 from ..failures import rebuild
 from ..setup import PLAIN, WorkerSetup, initializer_error
 from . import logs
@@ -376,16 +377,11 @@ async def wait_readable(fd: int, seconds: float) -> bool:
             return True
         return False
     loop = asyncio.get_running_loop()
-    woken = loop.create_future()
-    loop.add_reader(fd, _wake, woken, True)
-    timer = loop.call_later(seconds, _wake, woken, False)
+    woken: asyncio.Future[bool] = loop.create_future()
+    loop.add_reader(fd, resolve, woken, True)
+    timer = loop.call_later(seconds, resolve, woken, False)
     try:
-        return bool(await woken)
+        return await woken
     finally:
         loop.remove_reader(fd)
         timer.cancel()
-
-
-def _wake(future: asyncio.Future[bool], readable: bool) -> None:
-    if not future.done():
-        future.set_result(readable)
