@@ -197,7 +197,7 @@ class Run:
             first = await self._take_or_fail()
             if first is None:
                 return
-            if self.source.exhausted and not (self._tail or self._held):
+            if self._all_taken:
                 n_lanes = 1
         self._unstarted_lanes = n_lanes - 1
         if n_lanes == 1:  # no other lane to start or cancel: no group, no lock (a small run)
@@ -210,6 +210,12 @@ class Run:
         if self.error is None:
             self.batcher.remember(self._func)
             note_length(self._func, self.source.taken)
+
+    @property
+    def _all_taken(self) -> bool:
+        """Every call is in a batch: the input ended, and none waits in its tail or was
+        taken ahead (``_held``)."""
+        return self.source.exhausted and not (self._tail or self._held)
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
@@ -346,7 +352,7 @@ class Run:
             if taken is None:
                 return
             start, calls = taken
-            if self._unstarted_lanes and (self._tail or self._held or not self.source.exhausted):
+            if self._unstarted_lanes and not self._all_taken:  # more work: another lane
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
                 self._lanes.start_soon(self._lane, run_batch, None)
@@ -362,7 +368,7 @@ class Run:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
             if not self._deliver(start, values, calls):
                 return
-            if self.source.exhausted and not (self._tail or self._held):  # nothing left
+            if self._all_taken:
                 return
             # Taking the next batch is a few ms of work for a large batch, and an inline
             # backend never yields: let the loop run the rest of the program first.
