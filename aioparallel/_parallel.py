@@ -220,7 +220,7 @@ class Parallel(Generic[M]):
         plan = self._plan
         pre_dispatch = parse_pre_dispatch(plan.pre_dispatch, n_workers)  # cached
         name = label = ""  # shown only by a reporter that reports
-        if self.verbose or self.progress is not False:
+        if ProgressReporter.reports(self.verbose, self.progress):
             shown_jobs = plan.n_jobs_arg if plan.n_jobs_arg is not None else n_workers
             name, label = f"Parallel(n_jobs={shown_jobs})", f"{backend.name} with {n_workers}"
         reporter = ProgressReporter(

@@ -102,6 +102,12 @@ class _Snapshot:
 class ProgressReporter:
     """Collects run counters and reports them from its own task."""
 
+    @staticmethod
+    def reports(verbose: int, progress: bool | ProgressCallback) -> bool:
+        """Whether a reporter of these settings reports anything (else its run skips it):
+        verbose messages, a progress bar (``True``) or a callback."""
+        return bool(verbose) or progress is not False
+
     def __init__(
         self,
         *,
@@ -125,7 +131,7 @@ class ProgressReporter:
         self._callback = None if isinstance(progress, bool) else progress
         self._want_bar = progress is True
         self._bar: Any = None
-        self.enabled = bool(verbose) or self._callback is not None or self._want_bar
+        self.enabled = self.reports(verbose, progress)
         self._queue: deque[_Snapshot] = deque()
         #: Only a reporter that reports waits on it (an Event costs ~3 µs per run).
         self._wake = anyio.Event() if self.enabled else None
