@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from aioparallel import delayed
@@ -52,6 +52,15 @@ TASK_WAIT = 10.0
 #: two lanes at once) can keep the loop's thread off a core for ~0.1 s at any moment, while
 #: the code these tests guard against stalls the loop on every attempt.
 LAG_ATTEMPTS = 3
+
+
+async def best_of(measure: Callable[[], Awaitable[float]], bound: float) -> list[float]:
+    """Up to ``LAG_ATTEMPTS`` measurements, until one is under ``bound``: the caller asserts
+    on the best (``min``) and shows them all."""
+    values: list[float] = []
+    while len(values) < LAG_ATTEMPTS and not (values and values[-1] < bound):
+        values.append(await measure())
+    return values
 
 
 def square(x: int) -> int:
