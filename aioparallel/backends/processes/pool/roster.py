@@ -96,12 +96,11 @@ class Roster:
     every worker for long: a newer run that needs less than 1/``SMALLER`` of the worker time
     an earlier one needs (or has used, if more) goes before it once that one has used
     ``YIELD_AFTER``, both in line and when the earlier run gives a worker back
-    (``yield_to``): a multi-level
-    feedback queue, as operating systems schedule, with the levels read off the runs' sizes
-    (``Standing``), so runs of similar size keep their order and a small request passes a
-    huge one. A waiter whose loop
-    is stopped is passed over (it stays in line: nothing handed to it could be used until its
-    loop runs again, maybe never); one whose loop is gone is dropped. ``offer()`` serves the
+    (``yield_to``): a multi-level feedback queue, as operating systems schedule, with the
+    levels read off the runs' sizes (``Standing``), so runs of similar size keep their order
+    and a small request passes a huge one. A waiter whose loop is stopped is passed over (it
+    stays in line: nothing handed to it could be used until its loop runs again, maybe
+    never); one whose loop is gone is dropped. ``offer()`` serves the
     line again from what is free (a stopped loop's waiter, running again, asks for it).
     ``close()`` wakes every waiter empty-handed and sends every idle worker to ``retiring``;
     busy ones stay with their holders, which retire them when they give them back
