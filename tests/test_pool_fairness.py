@@ -156,9 +156,11 @@ async def test_a_small_run_passes_a_huge_one_that_started_first(
     """A huge run (40 calls of 50 ms: 2 s of worker time) holds both workers of the pool;
     a small run of 4 such calls arrives once the huge one has used ~0.15 s. The huge run
     yields it the workers as their batches end: the small run is done while the huge one
-    runs a batch or two more per worker, not after its 30-odd remaining calls. A run knows
-    what it needs from its length (a list's; a generator's is taken as that of the last
-    completed run of its function: 4 calls here) and what its function's calls take."""
+    runs a batch or two more per worker (three on a loaded machine, where the small run
+    may reach the pool just after a huge batch ended and its worker went on), not after its
+    30-odd remaining calls. A run knows what it needs from its length (a list's; a
+    generator's is taken as that of the last completed run of its function: 4 calls here)
+    and what its function's calls take."""
 
     def calls(run: int, n: int) -> Any:
         made = (delayed(stamped)(run, i, 0.05) for i in range(n))
@@ -186,6 +188,6 @@ async def test_a_small_run_passes_a_huge_one_that_started_first(
     assert len(small_ends) == 4
     small_done = max(small_ends)
     meanwhile = sum(small_started < t < small_done for t in huge_ends)
-    assert meanwhile <= 4, (
+    assert meanwhile <= 6, (
         f"the huge run finished {meanwhile} calls between the small run's start and end"
     )
