@@ -53,8 +53,8 @@ from tests.dask_cluster import (
     type_name,
     wait_for_gate,
 )
-from tests.helpers import best_of
-from tests.test_loop_lag import MANY, MAX_LAG_MS, many_small_objects
+from tests.helpers import MAX_LAG_MS, best_of
+from tests.test_loop_lag import MANY, many_small_objects
 
 
 def calls(func: Any, xs: Any) -> list[Call[Any]]:

@@ -17,15 +17,10 @@ import pytest
 from aioparallel import Parallel, delayed
 from aioparallel.backends.unpickling import loads_yielding
 from benchmarks.probes import Heartbeat
-from tests.helpers import TASK_WAIT, best_of, square
+from tests.helpers import MAX_LAG_MS, TASK_WAIT, best_of, square
 
 #: Objects in the large result: about 16 MB pickled, 0.25-0.5 s in one ``pickle.loads``.
 MANY = 1_000_000
-#: Loop lag the tests allow: the old code stalled 0.21-0.5 s (large result) and 5 s (huge
-#: n_jobs). A saturated 2-core machine (CI runs two lanes at once) wakes a sleeping thread
-#: up to 100-110 ms late with no work of ours at all (a bare asyncio heartbeat beside three
-#: busy processes), so the bound sits between that delay and the stalls it guards against.
-MAX_LAG_MS = 150.0
 
 
 def many_small_objects(n: int) -> list[tuple[int, str]]:

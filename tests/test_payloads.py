@@ -19,9 +19,8 @@ import pytest
 
 from aioparallel import Parallel, delayed
 from benchmarks.probes import Heartbeat
-from tests.helpers import TASK_WAIT, best_of, identity, square
+from tests.helpers import MAX_LAG_MS, TASK_WAIT, best_of, identity, square
 from tests.proc_helpers import in_worker
-from tests.test_loop_lag import MAX_LAG_MS
 
 #: Bytes carried by the callable in the loop-lag tests, as many small objects: one huge
 #: bytes object would be copied in one C call that holds the GIL, whichever thread runs it.
