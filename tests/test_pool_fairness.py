@@ -12,7 +12,9 @@ read a wait in line as slow tasks, or every run on a busy pool dispatches one ca
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,6 +24,7 @@ from aioparallel import Parallel, delayed
 from aioparallel.backends.processes import batch as _batch
 from aioparallel.backends.processes.pool.pool import Pool, run_ticket
 from aioparallel.backends.processes.pool.roster import Standing
+from tests.helpers import stamp, wait_file
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +42,61 @@ def stamped(run: int, i: int, seconds: float = 0.0) -> tuple[int, int]:
     if seconds:
         time.sleep(seconds)
     return run, time.monotonic_ns()
+
+
+def hold(folder: str, i: int) -> int:
+    """Says it holds a worker (``held-<i>`` in ``folder``), until ``folder/go`` exists."""
+    stamp(folder, f"held-{i}")
+    assert wait_file(os.path.join(folder, "go"))
+    return i
+
+
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
+async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool
+) -> None:
+    """While every worker is busy, a run of a few milliseconds of work (its function's
+    calls are known to be fast) goes in one batch: spread over workers that are all taken,
+    it would only pay a hand-over per batch (W9: 20-call requests of 1 ms calls went in
+    batches of 1, 10 and 9, at 1.15 x the ideal time). On an idle pool it still spreads."""
+    batches: list[int] = []
+    batched = anyio.Event()
+    real_init = _batch.BatchRun.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        if self.batch.calls[0].args[0] == 1:  # the small run's batches
+            batches.append(len(self.batch.calls))
+            batched.set()
+
+    def calls(run: int, n: int) -> Any:
+        made = (delayed(stamped)(run, i) for i in range(n))
+        return list(made) if as_list else made
+
+    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
+    async with Parallel(n_jobs=2) as parallel:
+        await parallel(delayed(warm)(i) for i in range(4))  # warm workers
+        await parallel(calls(-1, 200))  # stamped is known to be fast
+        assert len(await parallel(calls(1, 20))) == 20  # the pool is idle: it spreads
+        assert len(batches) > 1, batches
+        batches.clear()
+        batched = anyio.Event()
+        folder = str(tmp_path)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(parallel, [delayed(hold)(folder, i) for i in range(2)])
+                for i in range(2):  # both workers are taken
+                    assert await anyio.to_thread.run_sync(wait_file, tmp_path / f"held-{i}")
+                small: list[Any] = []
+
+                async def run_small() -> None:
+                    small.extend(await parallel(calls(1, 20)))
+
+                tg.start_soon(run_small)
+                await batched.wait()  # its first batch is cut, while the pool is crowded
+                (tmp_path / "go").touch()
+    assert [r for r, _ in small] == [1] * 20
+    assert batches == [20]
 
 
 async def test_waiters_are_served_by_run_ticket_then_arrival() -> None:

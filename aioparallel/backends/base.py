@@ -189,6 +189,11 @@ class Backend(Protocol):
         Optional (default ``run.batching.MIN_BATCH_SECONDS``, 0.02): the least work auto
         batching aims to put in one batch. A backend whose every batch costs a scheduler's
         bookkeeping (a cluster) asks for more, so that cost is paid less often.
+    crowded
+        Optional (default False): True while every worker is busy, so a new run would wait
+        for one. Auto batching then sends a run of a few milliseconds of work (by what its
+        function's calls took before) in one batch instead of spreading it over workers
+        that are taken anyway. A hint, read without a lock.
     """
 
     name: str
@@ -206,6 +211,11 @@ class Backend(Protocol):
 def batch_seconds(backend: Backend, default: float) -> float:
     """The backend's optional ``batch_seconds`` (``default`` when it has none)."""
     return float(getattr(backend, "batch_seconds", default))
+
+
+def crowded(backend: Backend) -> bool:
+    """The backend's optional ``crowded`` (False when it has none)."""
+    return bool(getattr(backend, "crowded", False))
 
 
 def batches_per_worker(backend: Backend) -> int:

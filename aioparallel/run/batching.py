@@ -11,7 +11,7 @@ import types
 import weakref
 from typing import Any
 
-__all__ = ["AutoBatcher", "FixedBatcher"]
+__all__ = ["CROWDED_RUN_SECONDS", "AutoBatcher", "FixedBatcher"]
 
 #: A batch should take about this long (seconds): long enough to hide a ~0.2 ms round trip,
 #: short enough to balance load and keep crash re-runs cheap.
@@ -23,6 +23,13 @@ MAX_BATCH_SECONDS = 0.2
 #: a machine as busy as its workers is taken from them: 2.5% of a 10 ms batch (a web
 #: backend's 20-call runs of 1 ms calls went in 5 batches at 5 ms, 1.2 x the ideal time).
 MIN_TAIL_SECONDS = 0.01
+#: While every worker of the backend is busy (``Backend.crowded``), a run whose whole work is
+#: expected to take less than this (by what its function's calls took before) goes in one
+#: batch: spread over several workers it would pay a hand-over per batch (~0.7 ms of a
+#: worker's idle time each, measured with 50 concurrent 20-call runs of 1 ms calls: 1.15 x
+#: the ideal time in batches of 1, 10 and 9, 1.10 x in one batch) and gain nothing, as the
+#: other workers are taken anyway.
+CROWDED_RUN_SECONDS = 2 * MIN_BATCH_SECONDS
 #: Upper bounds on one batch, by calls and by pickled bytes.
 MAX_BATCH_CALLS = 4096
 MAX_BATCH_BYTES = 1024**2
@@ -59,9 +66,10 @@ class FixedBatcher:
 
 
 #: What auto batching learned about a function in earlier runs: (batch size, seconds per
-#: call). A web backend runs the same small map on every request; each run would otherwise
-#: start again from one call per batch. Weak keys: a function is not kept alive by it.
-_learned: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, float]] = (
+#: call, calls per batch under MAX_BATCH_BYTES). A web backend runs the same small map on
+#: every request; each run would otherwise start again from one call per batch. Weak keys:
+#: a function is not kept alive by it.
+_learned: weakref.WeakKeyDictionary[types.FunctionType, tuple[int, float, int]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -114,6 +122,8 @@ class AutoBatcher:
         #: a function fast on earlier inputs may be slow on these.
         self.measured = False
         self._byte_cap = MAX_BATCH_CALLS
+        #: Calls per batch that MAX_BATCH_BYTES allowed in the function's earlier runs.
+        self.learned_byte_cap = MAX_BATCH_CALLS
         #: Smallest batch: ``ASYNC_BATCH_FACTOR * worker_concurrency`` once the input has
         #: async calls, whose duration is mostly waiting, so a worker gets enough of them
         #: to overlap.
@@ -145,13 +155,15 @@ class AutoBatcher:
         """Start where the last run of ``func`` left off (a plain function only: others are
         made anew for each call, or may not be hashable)."""
         if type(func) is types.FunctionType and self.call_seconds == 0.0:
-            size, self.call_seconds = _learned.get(func, (self.size, 0.0))
+            size, self.call_seconds, self.learned_byte_cap = _learned.get(
+                func, (self.size, 0.0, MAX_BATCH_CALLS)
+            )
             self.size = max(self.size, min(size, self._byte_cap))
 
     def remember(self, func: Any) -> None:
         """Keep what this run learned for the next run of ``func``."""
         if type(func) is types.FunctionType and self.call_seconds > 0.0:
-            _learned[func] = (self.size, self.call_seconds)
+            _learned[func] = (self.size, self.call_seconds, self._byte_cap)
 
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         """The size to dispatch next; near the end of a sized input, share the tail, as a

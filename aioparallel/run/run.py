@@ -52,9 +52,11 @@ from ..backends.base import (
     RunOptions,
     batch_seconds,
     batches_per_worker,
+    crowded,
 )
 from .batching import (
     ASYNC_BATCH_FACTOR,
+    CROWDED_RUN_SECONDS,
     MIN_BATCH_SECONDS,
     AutoBatcher,
     FixedBatcher,
@@ -266,18 +268,31 @@ class Run:
         if len(calls) > want:  # the call taken ahead starts the next batch
             self._held = calls[want:]
             del calls[want:]
-        if calls and self._func is _NOTHING:  # the first batch (one call, as always)
+        crowded_size = 0
+        if calls and self._func is _NOTHING:  # the first batch: one call, unless crowded
             self._func = calls[0].func
             self.batcher.start_from(self._func)  # the next batches: as learned before
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+            crowded_size = self._crowded_batch_size(remaining)
         if calls and self.batcher.size < self._async_floor and async_flags(calls):
             calls += self._held  # back in this batch, which grows to the async floor
             self._held = []
             calls += await self._async_input(remaining, len(calls))
+        elif crowded_size:  # a small run goes whole, as every worker is busy
+            size = crowded_size
+            calls += self._held
+            self._held = []
+            if self._widen:
+                self.budget.widen(2 * self.backend.n_workers * max(self.batcher.size, size))
+            calls += await self._take_more(size - len(calls) + self._look_ahead)
+            if len(calls) > size:  # the call taken ahead: the input goes on after all
+                self._held = calls[size:]
+                del calls[size:]
         if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
             self._func = _MIXED  # what this run learns is not one function's to keep
-        if self.source.exhausted and len(calls) > 1 and self.source.total is None:
+        ended_unsized = self.source.exhausted and self.source.total is None
+        if ended_unsized and len(calls) > 1 and not crowded_size:  # a crowded batch stays whole
             return self._share_tail(start, calls)
         if calls:
             self.sink.reserve(start, len(calls))
@@ -307,18 +322,28 @@ class Run:
             self.reporter.input_exhausted()
         return start, calls
 
-    async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
-        """The input has async calls: their duration is mostly waiting, so raise
-        the batch floor to keep ``worker_concurrency`` of them in flight per worker, and top
-        up the batch just taken to it. Called once, under the take lock."""
-        self.batcher.raise_floor(self._async_floor)
-        self._async_floor = 0
-        if self._widen:
-            self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-        more = self.batcher.next_size(remaining, self.backend.n_workers) - taken
+    def _crowded_batch_size(self, remaining: int | None) -> int:
+        """At the first batch, while every worker is busy: as many calls as its function's
+        earlier calls did in ``CROWDED_RUN_SECONDS``, so that a run of a few milliseconds
+        of work is one batch (0 when not crowded, nothing was learned, or that is one call).
+        At most what MAX_BATCH_BYTES allowed by its calls' pickled size. Not with
+        ``n_jobs=1``, which keeps joblib's order."""
+        batcher = self.batcher
+        if type(batcher) is not AutoBatcher or batcher.call_seconds <= 0.0:
+            return 0
+        if self.backend.n_workers < 2 or not crowded(self.backend):
+            return 0
+        size = min(int(CROWDED_RUN_SECONDS / batcher.call_seconds), batcher.learned_byte_cap)
+        if remaining is not None:
+            size = min(size, remaining)
+        return size if size > 1 else 0
+
+    async def _take_more(self, more: int) -> list[Any]:
+        """Up to ``more`` calls to add to the batch just taken, as many as pre_dispatch has
+        room for: it never waits holding taken calls. Under the take lock."""
         budget = self.budget
         full = budget.limit is not None and budget.used >= budget.limit
-        if more <= 0 or self.source.exhausted or full:  # never wait holding taken calls
+        if more <= 0 or self.source.exhausted or full:
             return []
         n = await budget.acquire(more)
         try:
@@ -328,6 +353,18 @@ class Run:
             raise
         budget.release(n - len(extra))
         return extra
+
+    async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
+        """The input has async calls: their duration is mostly waiting, so raise
+        the batch floor to keep ``worker_concurrency`` of them in flight per worker, and top
+        up the batch just taken to it. Called once, under the take lock."""
+        self.batcher.raise_floor(self._async_floor)
+        self._async_floor = 0
+        if self._widen:
+            self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+        return await self._take_more(
+            self.batcher.next_size(remaining, self.backend.n_workers) - taken
+        )
 
     async def _take_or_fail(self) -> tuple[int, list[Call[Any]]] | None:
         """``_take_batch``, or None once there is nothing to run: the input ended, or it

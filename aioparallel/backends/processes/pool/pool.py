@@ -98,6 +98,11 @@ class Pool:
     def closed(self) -> bool:
         return self._roster.closed
 
+    @property
+    def crowded(self) -> bool:
+        """Every worker is busy (``Roster.crowded``)."""
+        return self._roster.crowded
+
     async def acquire(self, run: Standing | None = None) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
         caller waits behind runs that started earlier (``run.ticket``, ``run_ticket()``),

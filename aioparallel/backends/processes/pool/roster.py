@@ -136,6 +136,12 @@ class Roster:
         """The places taken, in any state."""
         return len(self.idle) + len(self.busy) + len(self.spawning) + len(self.retiring)
 
+    @property
+    def crowded(self) -> bool:
+        """Every place is taken and no worker is idle: a new run would wait. Read without
+        the lock: a hint (auto batching's), stale by the time it is used anyway."""
+        return not self.idle and self.count >= self.size
+
     def take(self, holder: LoopRef) -> WorkerProcess | None:
         """idle -> busy: the most recently used idle worker (alive or not), if any."""
         with self._lock:
