@@ -99,6 +99,59 @@ async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
     assert batches == [20]
 
 
+def nap(run: int, i: int, seconds: float) -> tuple[int, int]:
+    """Takes ``seconds``; returns its run and the worker's pid."""
+    time.sleep(seconds)
+    return run, os.getpid()
+
+
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
+async def test_a_crowded_run_slower_than_its_function_was_spreads_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool
+) -> None:
+    """A crowded pool's small run goes in one batch on what its function's calls took
+    before; if they are slower now, the worker stops at the batch's budget (twice what
+    they took) and the run sends the rest again, spread over the workers as a fresh run
+    would: never slower for having been sent whole."""
+    batches: list[int] = []
+    batched = anyio.Event()
+    real_init = _batch.BatchRun.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        call = self.batch.calls[0]
+        if call.func is nap and call.args[0] == 1:  # the slow run's batches
+            batches.append(len(self.batch.calls))
+            batched.set()
+
+    def calls(run: int, n: int, seconds: float) -> Any:
+        made = (delayed(nap)(run, i, seconds) for i in range(n))
+        return list(made) if as_list else made
+
+    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
+    async with Parallel(n_jobs=2) as parallel:
+        await parallel(delayed(warm)(i) for i in range(4))  # warm workers
+        await parallel(calls(-1, 200, 0.0))  # nap is known to be fast
+        folder = str(tmp_path)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(parallel, [delayed(hold)(folder, i) for i in range(2)])
+                for i in range(2):  # both workers are taken
+                    assert await anyio.to_thread.run_sync(wait_file, tmp_path / f"held-{i}")
+                slow: list[Any] = []
+
+                async def run_slow() -> None:
+                    slow.extend(await parallel(calls(1, 8, 0.2)))
+
+                tg.start_soon(run_slow)
+                await batched.wait()  # its first batch is cut, while the pool is crowded
+                (tmp_path / "go").touch()
+    assert [r for r, _ in slow] == [1] * 8
+    assert batches[0] == 8, batches  # sent whole
+    assert len(batches) > 2, batches  # the worker stopped after a call; the rest spread
+    assert len({pid for _, pid in slow}) == 2, slow
+
+
 async def test_waiters_are_served_by_run_ticket_then_arrival() -> None:
     pool = Pool(1)
     served: list[str] = []

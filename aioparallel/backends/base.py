@@ -87,12 +87,18 @@ class Batch:
         ``time.perf_counter()`` when the batch began to run, set by backends that may first
         wait for a worker: ``batch_size="auto"`` sizes batches on how long the work took,
         not on how long the batch queued. Leave it at None otherwise.
+    budget
+        Seconds the batch is expected to take at most, or None. Set on a batch sized from
+        what earlier runs learned (a crowded backend's whole small run): a backend may
+        start no further call past it and return the values of the calls it ran, a prefix
+        (the run sends the rest again, spread over its workers). Others may ignore it.
     """
 
     start: int
     calls: Sequence[Call[Any]]
     nbytes: int = 0
     started: float | None = None
+    budget: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

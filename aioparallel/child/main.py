@@ -102,12 +102,14 @@ class Worker:
         async_job: tuple[bytes | None, float | None, int],
         values: tuple[Any, context.Values] | None,
         memory_limit: int | None,
+        time_budget: float | None,
         mapped: list[Any],
     ) -> None:
         """Run the calls in order; async ones (``async_job``: per-call flags or None, timeout,
         concurrency), and coroutines sync calls return, go to the worker's loop thread and
         finish out of order. ``values``: the caller's context variables, or None; past
-        ``memory_limit`` resident bytes after a call, the rest is left to other workers.
+        ``memory_limit`` resident bytes after a call, or ``time_budget`` seconds into the job,
+        the rest is left to other workers.
         A sync call's slot clock starts with it (the first's with the job's loading) and runs
         while its result is pickled; a result leaves once ``FLUSH_SECONDS`` passed since the
         last frame, measured as its call returns: before a slow call's next one starts.
@@ -117,9 +119,12 @@ class Worker:
         job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
         keep = job.keep  # the hot loop below: locals only, one call per sync call
         flags, loop, around = async_job[0], None, values[0] if values is not None else None
+        limited = memory_limit is not None or time_budget is not None
         for i, call in enumerate(calls):
             calls[i] = None  # only ``call`` holds them now: freed once it is done
-            if (loop is not None and loop.stopped) or (memory_limit and i and _over(memory_limit)):
+            if (loop is not None and loop.stopped) or (
+                limited and i and _past(memory_limit, time_budget, loaded_from)
+            ):
                 break
             if flags is not None and flags[i]:
                 if not job.submit(i, call):
@@ -355,16 +360,22 @@ def _load(kind: int, body: bytes) -> tuple[Any, ...]:
     noting(mapped)  # the job's memmaps: their pages leave as each call returns (drop_pages)
     try:
         unpickler = pickle.Unpickler(io.BytesIO(body))
-        stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit = (
-            unpickler.load()
-        )
+        meta = unpickler.load()
+        stop_on_error, run_dir, max_nbytes, func, n_chunks, async_job, carried, limit, budget = meta
         calls: list[Any] = unpickler.load() if n_chunks else []  # a fresh list: ours to extend
         for _ in range(n_chunks - 1):
             calls += unpickler.load()
         values = context.load(carried)
     finally:
         noting(None)
-    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit, mapped
+    return stop_on_error, run_dir, max_nbytes, func, calls, async_job, values, limit, budget, mapped
+
+
+def _past(memory_limit: int | None, time_budget: float | None, loaded_from: float) -> bool:
+    """The job may start no further call: past its worker's memory limit or its time."""
+    if time_budget is not None and time.monotonic() - loaded_from > time_budget:
+        return True
+    return _over(memory_limit) if memory_limit else False
 
 
 def _over(memory_limit: int) -> bool:

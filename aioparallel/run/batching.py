@@ -11,7 +11,7 @@ import types
 import weakref
 from typing import Any
 
-__all__ = ["CROWDED_RUN_SECONDS", "AutoBatcher", "FixedBatcher"]
+__all__ = ["CROWDED_BUDGET_FACTOR", "CROWDED_RUN_SECONDS", "AutoBatcher", "FixedBatcher"]
 
 #: A batch should take about this long (seconds): long enough to hide a ~0.2 ms round trip,
 #: short enough to balance load and keep crash re-runs cheap.
@@ -30,6 +30,11 @@ MIN_TAIL_SECONDS = 0.01
 #: the ideal time in batches of 1, 10 and 9, 1.10 x in one batch) and gain nothing, as the
 #: other workers are taken anyway.
 CROWDED_RUN_SECONDS = 2 * MIN_BATCH_SECONDS
+#: Such a batch's budget (``Batch.budget``), over what its calls took before: past it, the
+#: worker starts none of its other calls, and the run sends them again, spread over the
+#: workers as a fresh run would, so that a run whose calls are slower than their function's
+#: were is never slower for having been sent whole.
+CROWDED_BUDGET_FACTOR = 2.0
 #: Upper bounds on one batch, by calls and by pickled bytes.
 MAX_BATCH_CALLS = 4096
 MAX_BATCH_BYTES = 1024**2

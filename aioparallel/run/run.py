@@ -56,6 +56,7 @@ from ..backends.base import (
 )
 from .batching import (
     ASYNC_BATCH_FACTOR,
+    CROWDED_BUDGET_FACTOR,
     CROWDED_RUN_SECONDS,
     MIN_BATCH_SECONDS,
     AutoBatcher,
@@ -133,6 +134,11 @@ class Run:
         #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
         self._tail: list[Call[Any]] = []
         self._tail_start = self._tail_size = 0
+        #: Calls a batch with a ``budget`` did not run, to send again (first call's index,
+        #: the calls), taken before anything else; their results slots are reserved already.
+        self._returned: list[tuple[int, list[Call[Any]]]] = []
+        #: The budget of the batch starting at each index (a crowded run's first batch).
+        self._budgets: dict[int, float] = {}
         #: Each take of an unsized input that could have several lanes asks for one call
         #: more, pre_dispatch permitting: its end is then known with its last batch (an input
         #: of one batch runs without lanes, ``_run_lanes``). The call taken ahead is
@@ -142,6 +148,8 @@ class Run:
         self._lanes: anyio.abc.TaskGroup | None = None
         #: Lanes the run may still start (``_run_lanes``).
         self._unstarted_lanes = 0
+        #: Lanes the run may have at once, and lanes running now (``_run_lanes``).
+        self._max_lanes = self._live_lanes = 0
         #: Seconds per call of this run's latest batch (0: none finished yet).
         self._call_seconds = 0.0
 
@@ -199,9 +207,10 @@ class Run:
             first = await self._take_or_fail()
             if first is None:
                 return
-            if self._all_taken:
+            if self._all_taken and not self._budgets:  # (a budgeted batch may come back)
                 n_lanes = 1
         self._unstarted_lanes = n_lanes - 1
+        self._max_lanes = n_lanes
         if n_lanes == 1:  # no other lane to start or cancel: no group, no lock (a small run)
             await self._lane(run_batch, first)
         else:
@@ -217,7 +226,7 @@ class Run:
     def _all_taken(self) -> bool:
         """Every call is in a batch: the input ended, and none waits in its tail or was
         taken ahead (``_held``)."""
-        return self.source.exhausted and not (self._tail or self._held)
+        return self.source.exhausted and not (self._tail or self._held or self._returned)
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
@@ -249,6 +258,8 @@ class Run:
 
     async def _take_next(self) -> tuple[int, list[Any]]:
         """``_take_batch``, by one lane at a time."""
+        if self._returned:
+            return self._next_returned()
         if self._tail:
             return self._next_of_tail()
         held, self._held = self._held, []
@@ -289,6 +300,11 @@ class Run:
             if len(calls) > size:  # the call taken ahead: the input goes on after all
                 self._held = calls[size:]
                 del calls[size:]
+            # twice what the calls took before: past it, the worker leaves the rest to be
+            # sent again, spread as a fresh run would (slower calls than before)
+            if isinstance(self.batcher, AutoBatcher):  # (it is: crowded sizes are learned)
+                per_call = self.batcher.call_seconds
+                self._budgets[start] = CROWDED_BUDGET_FACTOR * len(calls) * per_call
         if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
             self._func = _MIXED  # what this run learns is not one function's to keep
         ended_unsized = self.source.exhausted and self.source.total is None
@@ -308,6 +324,17 @@ class Run:
         self._tail, self._tail_start = calls, start
         self._tail_size = self.batcher.next_size(len(calls), self.backend.n_workers)
         return self._next_of_tail()
+
+    def _next_returned(self) -> tuple[int, list[Call[Any]]]:
+        """The next batch of the calls a budgeted batch returned unrun, sized on what its
+        calls took (``next_size``); their slots are reserved and counted already."""
+        start, calls = self._returned[0]
+        size = self.batcher.next_size(len(calls), self.backend.n_workers)
+        if size >= len(calls):
+            self._returned.pop(0)
+            return start, calls
+        self._returned[0] = (start + size, calls[size:])
+        return start, calls[:size]
 
     def _next_of_tail(self) -> tuple[int, list[Call[Any]]]:
         if self.batcher.measured:  # larger, if this run's own calls say so now they have
@@ -383,6 +410,16 @@ class Run:
 
     async def _lane(self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None) -> None:
         """Run batches until none is left; ``first``: one taken for it already."""
+        self._live_lanes += 1
+        try:
+            await self._run_batches(run_batch, first)
+        finally:
+            self._live_lanes -= 1
+
+    async def _run_batches(
+        self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None
+    ) -> None:
+        """``_lane``'s loop."""
         while True:
             taken = first or await self._take_or_fail()
             first = None
@@ -393,7 +430,7 @@ class Run:
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
                 self._lanes.start_soon(self._lane, run_batch, None)
-            batch = Batch(start, calls)
+            batch = Batch(start, calls, budget=self._budgets.pop(start, None))
             began = time.perf_counter()
             values = await run_batch(batch)
             ran = time.perf_counter() - (began if batch.started is None else batch.started)
@@ -403,7 +440,7 @@ class Run:
                 note_call_seconds(self._func, self._call_seconds)
             if self._widen:  # the default bound: 2 batches per worker
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-            if not self._deliver(start, values, calls):
+            if not self._deliver(start, values, calls, batch.budget is not None):
                 return
             if self._all_taken:
                 return
@@ -411,8 +448,11 @@ class Run:
             # backend never yields: let the loop run the rest of the program first.
             await anyio.lowlevel.checkpoint()
 
-    def _deliver(self, start: int, values: list[Any], calls: list[Call[Any]]) -> bool:
-        """Hand values to the sink; False if a failure stops the run."""
+    def _deliver(
+        self, start: int, values: list[Any], calls: list[Call[Any]], budgeted: bool = False
+    ) -> bool:
+        """Hand values to the sink; False if a failure stops the run. A budgeted batch may
+        come back with the values of its first calls only: the rest go out again."""
         n_calls = len(calls)
         for i, value in enumerate(values if not _OUTCOMES.isdisjoint(map(type, values)) else ()):
             if type(value) in _UNAWAITED:  # the task returned Parallel(...)(calls) un-awaited
@@ -424,11 +464,15 @@ class Run:
                     self._fail(_raisable(value.exc, start + i, calls[i]))
                     return False
                 values[i] = value.exc
-        if len(values) != n_calls:  # a backend stops a batch early only at a failure
+        if budgeted and 0 < len(values) < n_calls:  # stopped at its budget: the rest again
+            self._returned.append((start + len(values), calls[len(values) :]))
+            # spread over lanes again, also in place of those that found nothing left
+            self._unstarted_lanes = self._max_lanes - self._live_lanes
+        elif len(values) != n_calls:  # else a backend stops a batch early only at a failure
             self._fail(RuntimeError(f"backend returned {len(values)} results for {n_calls} calls"))
             return False
         self.sink.put(start, values)
-        self.reporter.completed_batch(n_calls)
+        self.reporter.completed_batch(len(values))
         return True
 
 

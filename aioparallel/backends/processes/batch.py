@@ -136,6 +136,10 @@ class BatchRun:
             rest = await self._run_positions(groups.pop(0))
             if self.failed and self.options.stop_on_error:
                 break
+            if self.batch.budget is not None and _a_tail(rest, len(calls)) and not self._split:
+                # the worker stopped at the batch's budget (or a limit): the run sends the
+                # rest again, spread over its workers (``Batch.budget``)
+                return self.results[: rest[0]]
             if rest and self._split:  # a job that did not (un)pickle: one call at a time
                 groups[:0] = [[p] for p in rest]
                 self._split = False
@@ -187,6 +191,7 @@ class BatchRun:
                     self.folder,
                     self.lease,
                     self.pool.memory_limit,
+                    self.batch.budget,
                 )
             except anyio.get_cancelled_exc_class():
                 raise
@@ -495,3 +500,8 @@ async def _cancel_coroutines(worker: WorkerProcess) -> None:
                 await logs.handle(frame[1], logs.untold)
             elif frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
                 return
+
+
+def _a_tail(positions: list[int], n: int) -> bool:
+    """``positions`` are the last ones of a batch of ``n``, in order, and not all of them."""
+    return bool(positions) and positions[0] > 0 and positions == list(range(positions[0], n))

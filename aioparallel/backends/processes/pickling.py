@@ -124,6 +124,7 @@ async def pickle_job(
     folder: RunFolder,
     lease: Lease,
     memory_limit: int | None = None,
+    time_budget: float | None = None,
 ) -> tuple[Frame, int]:
     """The job's frame and its pickled size. A job that is obviously cheap to pickle (cheap
     callables, small arguments) is pickled on the event loop, yielding between chunks; from
@@ -131,7 +132,9 @@ async def pickle_job(
     carries state), the rest is pickled in a thread, abandoned if the batch is cancelled.
     ``func``: the one function of all ``calls`` (else None). ``flags`` marks the async
     calls: the worker awaits them on its loop. Array files the job references join ``lease``.
-    ``memory_limit``: ``max_worker_memory``, past which the worker starts no further call."""
+    ``memory_limit``: ``max_worker_memory``, past which the worker starts no further call;
+    ``time_budget``: the batch's (``Batch.budget``), the seconds after which it does not
+    either."""
     items: list[Any]
     if func is not None and not any(map(_KWARGS, calls)):
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
@@ -152,6 +155,7 @@ async def pickle_job(
         async_job,
         capture(),  # the caller's propagated context variables (aioparallel.propagate)
         memory_limit,  # max_worker_memory: the worker takes no new call past it
+        time_budget,  # nor past these seconds of the job
     )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT)
     cheap = func is None or cheap_callable(func)
