@@ -51,6 +51,46 @@ def hold(folder: str, i: int) -> int:
     return i
 
 
+class BatchLog:
+    """The sizes of the batches ``BatchRun`` is given of ``func``'s calls whose first
+    argument is ``run``; ``cut`` is set at each (``run_while_crowded`` renews it)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, func: Any, run: int):
+        self.sizes: list[int] = []
+        self.cut = anyio.Event()
+        real_init = _batch.BatchRun.__init__
+
+        def counting_init(batch_run: Any, *args: Any, **kwargs: Any) -> None:
+            real_init(batch_run, *args, **kwargs)
+            call = batch_run.batch.calls[0]
+            if call.func is func and call.args[0] == run:
+                self.sizes.append(len(batch_run.batch.calls))
+                self.cut.set()
+
+        monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
+
+
+async def run_while_crowded(parallel: Any, tmp_path: Path, calls: Any, log: BatchLog) -> list[Any]:
+    """``parallel(calls)`` started while ``hold`` keeps both workers of the pool, which it
+    lets go once the run's first batch is cut (``log``): cut on a crowded pool."""
+    log.cut = anyio.Event()
+    folder = str(tmp_path)
+    results: list[Any] = []
+
+    async def run() -> None:
+        results.extend(await parallel(calls))
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(parallel, [delayed(hold)(folder, i) for i in range(2)])
+            for i in range(2):  # both workers are taken
+                assert await anyio.to_thread.run_sync(wait_file, tmp_path / f"held-{i}")
+            tg.start_soon(run)
+            await log.cut.wait()
+            (tmp_path / "go").touch()
+    return results
+
+
 @pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
 async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool
@@ -59,44 +99,21 @@ async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
     calls are known to be fast) goes in one batch: spread over workers that are all taken,
     it would only pay a hand-over per batch (W9: 20-call requests of 1 ms calls went in
     batches of 1, 10 and 9, at 1.15 x the ideal time). On an idle pool it still spreads."""
-    batches: list[int] = []
-    batched = anyio.Event()
-    real_init = _batch.BatchRun.__init__
-
-    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        if self.batch.calls[0].args[0] == 1:  # the small run's batches
-            batches.append(len(self.batch.calls))
-            batched.set()
+    log = BatchLog(monkeypatch, stamped, 1)
 
     def calls(run: int, n: int) -> Any:
         made = (delayed(stamped)(run, i) for i in range(n))
         return list(made) if as_list else made
 
-    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
     async with Parallel(n_jobs=2) as parallel:
         await parallel(delayed(warm)(i) for i in range(4))  # warm workers
         await parallel(calls(-1, 200))  # stamped is known to be fast
         assert len(await parallel(calls(1, 20))) == 20  # the pool is idle: it spreads
-        assert len(batches) > 1, batches
-        batches.clear()
-        batched = anyio.Event()
-        folder = str(tmp_path)
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(parallel, [delayed(hold)(folder, i) for i in range(2)])
-                for i in range(2):  # both workers are taken
-                    assert await anyio.to_thread.run_sync(wait_file, tmp_path / f"held-{i}")
-                small: list[Any] = []
-
-                async def run_small() -> None:
-                    small.extend(await parallel(calls(1, 20)))
-
-                tg.start_soon(run_small)
-                await batched.wait()  # its first batch is cut, while the pool is crowded
-                (tmp_path / "go").touch()
+        assert len(log.sizes) > 1, log.sizes
+        log.sizes.clear()
+        small = await run_while_crowded(parallel, tmp_path, calls(1, 20), log)
     assert [r for r, _ in small] == [1] * 20
-    assert batches == [20]
+    assert log.sizes == [20]
 
 
 def nap(run: int, i: int, seconds: float) -> tuple[int, int]:
@@ -113,42 +130,19 @@ async def test_a_crowded_run_slower_than_its_function_was_spreads_again(
     before; if they are slower now, the worker stops at the batch's budget (twice what
     they took) and the run sends the rest again, spread over the workers as a fresh run
     would: never slower for having been sent whole."""
-    batches: list[int] = []
-    batched = anyio.Event()
-    real_init = _batch.BatchRun.__init__
-
-    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        call = self.batch.calls[0]
-        if call.func is nap and call.args[0] == 1:  # the slow run's batches
-            batches.append(len(self.batch.calls))
-            batched.set()
+    log = BatchLog(monkeypatch, nap, 1)
 
     def calls(run: int, n: int, seconds: float) -> Any:
         made = (delayed(nap)(run, i, seconds) for i in range(n))
         return list(made) if as_list else made
 
-    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
     async with Parallel(n_jobs=2) as parallel:
         await parallel(delayed(warm)(i) for i in range(4))  # warm workers
         await parallel(calls(-1, 200, 0.0))  # nap is known to be fast
-        folder = str(tmp_path)
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(parallel, [delayed(hold)(folder, i) for i in range(2)])
-                for i in range(2):  # both workers are taken
-                    assert await anyio.to_thread.run_sync(wait_file, tmp_path / f"held-{i}")
-                slow: list[Any] = []
-
-                async def run_slow() -> None:
-                    slow.extend(await parallel(calls(1, 8, 0.2)))
-
-                tg.start_soon(run_slow)
-                await batched.wait()  # its first batch is cut, while the pool is crowded
-                (tmp_path / "go").touch()
+        slow = await run_while_crowded(parallel, tmp_path, calls(1, 8, 0.2), log)
     assert [r for r, _ in slow] == [1] * 8
-    assert batches[0] == 8, batches  # sent whole
-    assert len(batches) > 2, batches  # the worker stopped after a call; the rest spread
+    assert log.sizes[0] == 8, log.sizes  # sent whole
+    assert len(log.sizes) > 2, log.sizes  # the worker stopped after a call; the rest spread
     assert len({pid for _, pid in slow}) == 2, slow
 
 
@@ -209,15 +203,7 @@ async def test_a_batch_that_queued_is_timed_from_when_it_got_a_worker(
 ) -> None:
     """A run of tiny calls shares a 2-worker pool with an earlier run of 150 ms calls, so each
     of its batches first waits up to 150 ms in line: it still grows its batches."""
-    batches: list[int] = []
-    real_init = _batch.BatchRun.__init__
-
-    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        if self.batch.calls[0].args[0] == 1:  # the tiny run's batches
-            batches.append(len(self.batch.calls))
-
-    monkeypatch.setattr(_batch.BatchRun, "__init__", counting_init)
+    batches = BatchLog(monkeypatch, stamped, 1).sizes  # the tiny run's
     slow, tiny = Parallel(n_jobs=2, batch_size=1), Parallel(n_jobs=2)  # one shared pool
     await tiny(delayed(stamped)(-1, 0) for _ in range(4))  # warm workers
     with anyio.fail_after(60):
