@@ -69,6 +69,14 @@ class FixedBatcher:
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         return self.size
 
+    def crowded_size(self, remaining: int | None) -> int:
+        """An explicit batch_size is honoured on a crowded backend too."""
+        return 0
+
+    def crowded_budget(self, n_calls: int) -> float | None:
+        """Never called: ``crowded_size`` is 0."""
+        return None
+
 
 #: What auto batching learned about a function in earlier runs: (batch size, seconds per
 #: call, calls per batch under MAX_BATCH_BYTES). A web backend runs the same small map on
@@ -169,6 +177,25 @@ class AutoBatcher:
         """Keep what this run learned for the next run of ``func``."""
         if type(func) is types.FunctionType and self.call_seconds > 0.0:
             _learned[func] = (self.size, self.call_seconds, self._byte_cap)
+
+    def crowded_size(self, remaining: int | None) -> int:
+        """A run's first batch while every worker of the backend is busy: as many calls as
+        the function's earlier calls did in ``CROWDED_RUN_SECONDS``, so that a run of a few
+        milliseconds of work is one batch; at most what MAX_BATCH_BYTES allowed by their
+        pickled size, and the ``remaining`` calls of a sized input. 0 when nothing was
+        learned or that is one call: the first batch is one call, as on a free backend."""
+        if self.call_seconds <= 0.0:
+            return 0
+        size = min(int(CROWDED_RUN_SECONDS / self.call_seconds), self.learned_byte_cap)
+        if remaining is not None:
+            size = min(size, remaining)
+        return size if size > 1 else 0
+
+    def crowded_budget(self, n_calls: int) -> float:
+        """The budget (``Batch.budget``) of a batch of ``n_calls`` that ``crowded_size``
+        sized: twice what they took before. Past it the worker leaves the rest to be sent
+        again, spread as a fresh run would (the calls are slower than before)."""
+        return CROWDED_BUDGET_FACTOR * n_calls * self.call_seconds
 
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         """The size to dispatch next; near the end of a sized input, share the tail, as a

@@ -56,8 +56,6 @@ from ..backends.base import (
 )
 from .batching import (
     ASYNC_BATCH_FACTOR,
-    CROWDED_BUDGET_FACTOR,
-    CROWDED_RUN_SECONDS,
     MIN_BATCH_SECONDS,
     AutoBatcher,
     FixedBatcher,
@@ -138,7 +136,7 @@ class Run:
         #: the calls), taken before anything else; their results slots are reserved already.
         self._returned: list[tuple[int, list[Call[Any]]]] = []
         #: The budget of the batch starting at each index (a crowded run's first batch).
-        self._budgets: dict[int, float] = {}
+        self._budgets: dict[int, float | None] = {}
         #: Each take of an unsized input that could have several lanes asks for one call
         #: more, pre_dispatch permitting: its end is then known with its last batch (an input
         #: of one batch runs without lanes, ``_run_lanes``). The call taken ahead is
@@ -285,26 +283,23 @@ class Run:
             self.batcher.start_from(self._func)  # the next batches: as learned before
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-            crowded_size = self._crowded_batch_size(remaining)
+            if self.backend.n_workers > 1 and crowded(self.backend):  # n_jobs=1: joblib's order
+                crowded_size = self.batcher.crowded_size(remaining)
         if calls and self.batcher.size < self._async_floor and async_flags(calls):
             calls += self._held  # back in this batch, which grows to the async floor
             self._held = []
             calls += await self._async_input(remaining, len(calls))
         elif crowded_size:  # a small run goes whole, as every worker is busy
-            size = crowded_size
             calls += self._held
             self._held = []
             if self._widen:
-                self.budget.widen(2 * self.backend.n_workers * max(self.batcher.size, size))
-            calls += await self._take_more(size - len(calls) + self._look_ahead)
-            if len(calls) > size:  # the call taken ahead: the input goes on after all
-                self._held = calls[size:]
-                del calls[size:]
-            # twice what the calls took before: past it, the worker leaves the rest to be
-            # sent again, spread as a fresh run would (slower calls than before)
-            if isinstance(self.batcher, AutoBatcher):  # (it is: crowded sizes are learned)
-                per_call = self.batcher.call_seconds
-                self._budgets[start] = CROWDED_BUDGET_FACTOR * len(calls) * per_call
+                widest = max(self.batcher.size, crowded_size)
+                self.budget.widen(2 * self.backend.n_workers * widest)
+            calls += await self._take_more(crowded_size - len(calls) + self._look_ahead)
+            if len(calls) > crowded_size:  # the call taken ahead: the input goes on after all
+                self._held = calls[crowded_size:]
+                del calls[crowded_size:]
+            self._budgets[start] = self.batcher.crowded_budget(len(calls))
         if calls and (calls[0].func is not self._func or calls[-1].func is not self._func):
             self._func = _MIXED  # what this run learns is not one function's to keep
         ended_unsized = self.source.exhausted and self.source.total is None
@@ -348,22 +343,6 @@ class Run:
         if not self._tail:  # dispatch is done once the tail is (as joblib counts it)
             self.reporter.input_exhausted()
         return start, calls
-
-    def _crowded_batch_size(self, remaining: int | None) -> int:
-        """At the first batch, while every worker is busy: as many calls as its function's
-        earlier calls did in ``CROWDED_RUN_SECONDS``, so that a run of a few milliseconds
-        of work is one batch (0 when not crowded, nothing was learned, or that is one call).
-        At most what MAX_BATCH_BYTES allowed by its calls' pickled size. Not with
-        ``n_jobs=1``, which keeps joblib's order."""
-        batcher = self.batcher
-        if type(batcher) is not AutoBatcher or batcher.call_seconds <= 0.0:
-            return 0
-        if self.backend.n_workers < 2 or not crowded(self.backend):
-            return 0
-        size = min(int(CROWDED_RUN_SECONDS / batcher.call_seconds), batcher.learned_byte_cap)
-        if remaining is not None:
-            size = min(size, remaining)
-        return size if size > 1 else 0
 
     async def _take_more(self, more: int) -> list[Any]:
         """Up to ``more`` calls to add to the batch just taken, as many as pre_dispatch has
