@@ -106,6 +106,29 @@ def test_what_earlier_runs_learned_does_not_keep_a_short_tail_on_one_worker() ->
     assert learned.next_size(7, 4) == 7
 
 
+def test_what_a_function_learned_is_not_its_last_batch_alone() -> None:
+    """The time per call kept for a function's next runs (on which a crowded pool sends a
+    small run whole) is its run's over all batches, averaged with earlier runs': not the last
+    batch's, a one-call tail whose round trip on a loaded machine took 3 ms (CI cut a
+    20-call run of a fast function in 15, 3 and 2 on it), nor one run's hiccup alone."""
+    task = fresh_function()
+
+    def next_run() -> AutoBatcher:
+        batcher = AutoBatcher()
+        batcher.start_from(task)
+        return batcher
+
+    run = next_run()
+    run.record(100, 0.005)  # 50 us per call
+    run.record(1, 0.003)  # a tail of one call, its round trip slow
+    run.remember(task)
+    hiccup = next_run()
+    assert hiccup.crowded_size(20) == 20
+    hiccup.record(20, 0.06)  # 3 ms per call, this run only
+    hiccup.remember(task)
+    assert next_run().crowded_size(20) == 20  # (3 + 0.08) / 2 ms per call: 40 ms fits 25
+
+
 def pid_after(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()

@@ -116,10 +116,16 @@ async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
     assert log.sizes == [20]
 
 
-def nap(run: int, i: int, seconds: float) -> tuple[int, int]:
-    """Takes ``seconds``; returns its run and the worker's pid."""
-    time.sleep(seconds)
-    return run, os.getpid()
+def fresh_nap() -> Any:
+    """A function that takes ``seconds`` and returns its run and the worker's pid, made anew
+    for each test: what one test's slow calls taught auto batching must not size the next
+    test's runs."""
+
+    def nap(run: int, i: int, seconds: float) -> tuple[int, int]:
+        time.sleep(seconds)
+        return run, os.getpid()
+
+    return nap
 
 
 @pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
@@ -130,6 +136,7 @@ async def test_a_crowded_run_slower_than_its_function_was_spreads_again(
     before; if they are slower now, the worker stops at the batch's budget (twice what
     they took) and the run sends the rest again, spread over the workers as a fresh run
     would: never slower for having been sent whole."""
+    nap = fresh_nap()
     log = BatchLog(monkeypatch, nap, 1)
 
     def calls(run: int, n: int, seconds: float) -> Any:

@@ -130,6 +130,11 @@ class AutoBatcher:
         self.size = 1
         #: Seconds per call of the last batch measured (0: nothing measured yet).
         self.call_seconds = 0.0
+        #: Calls and seconds of all the batches this run measured, and the seconds per call
+        #: earlier runs had learned (0: none), for ``remember``.
+        self._run_calls = 0
+        self._run_seconds = 0.0
+        self._learned_seconds = 0.0
         #: Whether ``call_seconds`` was measured in this run (not learned from earlier ones):
         #: only then may it keep the tail in batches larger than a fresh run would send, as
         #: a function fast on earlier inputs may be slow on these.
@@ -154,6 +159,8 @@ class AutoBatcher:
         if n_calls > 0:
             self.call_seconds = seconds / n_calls
             self.measured = True
+            self._run_calls += n_calls
+            self._run_seconds += seconds
         if n_calls != self.size:
             self.size = min(self.size, self._byte_cap)
             return
@@ -171,12 +178,23 @@ class AutoBatcher:
             size, self.call_seconds, self.learned_byte_cap = _learned.get(
                 func, (self.size, 0.0, MAX_BATCH_CALLS)
             )
+            self._learned_seconds = self.call_seconds
             self.size = max(self.size, min(size, self._byte_cap))
 
     def remember(self, func: Any) -> None:
-        """Keep what this run learned for the next run of ``func``."""
-        if type(func) is types.FunctionType and self.call_seconds > 0.0:
-            _learned[func] = (self.size, self.call_seconds, self._byte_cap)
+        """Keep what this run learned for the next run of ``func``. Its time per call is
+        this run's over all its batches, not the last batch's (a tail of one call, whose
+        round trip on a loaded machine can read as milliseconds per call), averaged with
+        what earlier runs had learned: one run's hiccup does not decide how the next goes
+        (``crowded_size`` sends a run whole on it)."""
+        if type(func) is not types.FunctionType or self.call_seconds <= 0.0:
+            return
+        call_seconds = self.call_seconds
+        if self._run_calls and self._run_seconds > 0.0:
+            call_seconds = self._run_seconds / self._run_calls
+            if self._learned_seconds:
+                call_seconds = (call_seconds + self._learned_seconds) / 2
+        _learned[func] = (self.size, call_seconds, self._byte_cap)
 
     def crowded_size(self, remaining: int | None) -> int:
         """A run's first batch while every worker of the backend is busy: as many calls as
