@@ -153,6 +153,46 @@ async def test_a_crowded_run_slower_than_its_function_was_spreads_again(
     assert len({pid for _, pid in slow}) == 2, slow
 
 
+@pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
+async def test_runs_of_a_new_function_on_a_crowded_pool_go_whole_once_it_is_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool
+) -> None:
+    """Nothing is known of a new function: a run's first batch is one call. But once one of
+    its batches has been measured, by this run or a concurrent one, a batch cut while every
+    worker is busy takes the rest whole (up to 40 ms of work), rather than growing from 2 by
+    doubling: ten requests that start at once on a fresh web backend (W9) otherwise send
+    their calls in batches of 1, 1, 2, 2, 4... (1.19 x the ideal time)."""
+    nap = fresh_nap()
+    first, second = BatchLog(monkeypatch, nap, 1), BatchLog(monkeypatch, nap, 2)
+    folder = str(tmp_path)
+    results: dict[int, list[Any]] = {}
+
+    def calls(run: int, n: int) -> Any:
+        made = (delayed(nap)(run, i, 0.001) for i in range(n))
+        return list(made) if as_list else made
+
+    async def run(parallel: Any, number: int, n: int) -> None:
+        results[number] = await parallel(calls(number, n))
+
+    async with Parallel(n_jobs=2) as parallel:
+        await parallel(delayed(warm)(i) for i in range(4))  # warm workers
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(parallel, [delayed(hold)(folder, 0)])  # one worker is taken
+                assert await anyio.to_thread.run_sync(wait_file, tmp_path / "held-0")
+                tg.start_soon(run, parallel, 1, 30)  # the other: every worker is busy
+                while len(first.sizes) < 3:  # its first batch measured: its third cut
+                    await first.cut.wait()
+                    first.cut = anyio.Event()
+                tg.start_soon(run, parallel, 2, 20)  # knows what run 1 measured
+                await second.cut.wait()
+                (tmp_path / "go").touch()
+    assert [r for r, _ in results[1]] == [1] * 30 and [r for r, _ in results[2]] == [2] * 20
+    assert first.sizes[:2] == [1, 1], first.sizes  # nothing known: one call, on each lane
+    assert first.sizes[2] > 2, first.sizes  # measured, crowded: the rest (2 by doubling)
+    assert second.sizes[0] > 1, second.sizes  # measured by a concurrent run: not one call
+
+
 async def test_waiters_are_served_by_run_ticket_then_arrival() -> None:
     pool = Pool(1)
     served: list[str] = []

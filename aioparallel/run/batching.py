@@ -69,6 +69,9 @@ class FixedBatcher:
     def next_size(self, remaining: int | None, n_workers: int) -> int:
         return self.size
 
+    def expect(self, call_seconds: float | None) -> None:
+        """An explicit batch_size does not learn."""
+
     def crowded_size(self, remaining: int | None) -> int:
         """An explicit batch_size is honoured on a crowded backend too."""
         return 0
@@ -196,15 +199,25 @@ class AutoBatcher:
                 call_seconds = (call_seconds + self._learned_seconds) / 2
         _learned[func] = (self.size, call_seconds, self._byte_cap)
 
+    def expect(self, call_seconds: float | None) -> None:
+        """What a concurrent run of the function measured per call (``latest_call_seconds``),
+        taken as learned while this run knows nothing: ten requests that start at once on a
+        fresh process would otherwise all send their calls one by one."""
+        if call_seconds and self.call_seconds == 0.0:
+            self.call_seconds = call_seconds
+
     def crowded_size(self, remaining: int | None) -> int:
-        """A run's first batch while every worker of the backend is busy: as many calls as
-        the function's earlier calls did in ``CROWDED_RUN_SECONDS``, so that a run of a few
-        milliseconds of work is one batch; at most what MAX_BATCH_BYTES allowed by their
-        pickled size, and the ``remaining`` calls of a sized input. 0 when nothing was
-        learned or that is one call: the first batch is one call, as on a free backend."""
+        """A batch cut while every worker of the backend is busy: as many calls as take
+        ``CROWDED_RUN_SECONDS`` (at the time per call measured in this run, else learned in
+        earlier or concurrent ones), so that a run of a few milliseconds of work goes in one
+        batch; at most what MAX_BATCH_BYTES allows by their pickled size, and the
+        ``remaining`` calls of a sized input. 0 when nothing is known or that is one call:
+        a run's first batch is then one call, as on a free backend."""
         if self.call_seconds <= 0.0:
             return 0
-        size = min(int(CROWDED_RUN_SECONDS / self.call_seconds), self.learned_byte_cap)
+        size = min(
+            int(CROWDED_RUN_SECONDS / self.call_seconds), self.learned_byte_cap, self._byte_cap
+        )
         if remaining is not None:
             size = min(size, remaining)
         return size if size > 1 else 0

@@ -135,7 +135,7 @@ class Run:
         #: Calls a batch with a ``budget`` did not run, to send again (first call's index,
         #: the calls), taken before anything else; their results slots are reserved already.
         self._returned: list[tuple[int, list[Call[Any]]]] = []
-        #: The budget of the batch starting at each index (a crowded run's first batch).
+        #: The budget of the batch starting at each index (a batch cut on a crowded pool).
         self._budgets: dict[int, float | None] = {}
         #: Each take of an unsized input that could have several lanes asks for one call
         #: more, pre_dispatch permitting: its end is then known with its last batch (an input
@@ -283,8 +283,12 @@ class Run:
             self.batcher.start_from(self._func)  # the next batches: as learned before
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-            if self.backend.n_workers > 1 and crowded(self.backend):  # n_jobs=1: joblib's order
-                crowded_size = self.batcher.crowded_size(remaining)
+        # every worker is busy: a small run's calls go in one batch (n_jobs=1: joblib's order)
+        if calls and self.backend.n_workers > 1 and crowded(self.backend):
+            self.batcher.expect(latest_call_seconds(self._func))
+            crowded_size = self.batcher.crowded_size(remaining)
+            if crowded_size <= len(calls):  # the batch as cut is as large
+                crowded_size = 0
         if calls and self.batcher.size < self._async_floor and async_flags(calls):
             calls += self._held  # back in this batch, which grows to the async floor
             self._held = []
