@@ -92,6 +92,10 @@ class Batch:
         what earlier runs learned (a crowded backend's whole small run): a backend may
         start no further call past it and return the values of the calls it ran, a prefix
         (the run sends the rest again, spread over its workers). Others may ignore it.
+    last
+        True when the run has no other call to send after this batch (unless a budgeted
+        batch returns some): a backend that keeps a worker for the run's next batch may
+        give it back at once.
     """
 
     start: int
@@ -99,6 +103,7 @@ class Batch:
     nbytes: int = 0
     started: float | None = None
     budget: float | None = None
+    last: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +204,9 @@ class Backend(Protocol):
         Optional (default False): True while every worker is busy, so a new run would wait
         for one. Auto batching then sends a run of a few milliseconds of work (by what its
         function's calls took before) in one batch instead of spreading it over workers
-        that are taken anyway. A hint, read without a lock.
+        that are taken anyway. A hint, read without a lock. The callable ``open_run``
+        gives may have its own ``crowded``, which its run reads instead: busy with this
+        run's own batches, every worker is not crowded for it.
     """
 
     name: str
@@ -219,8 +226,9 @@ def batch_seconds(backend: Backend, default: float) -> float:
     return float(getattr(backend, "batch_seconds", default))
 
 
-def crowded(backend: Backend) -> bool:
-    """The backend's optional ``crowded`` (False when it has none)."""
+def crowded(backend: object) -> bool:
+    """The optional ``crowded`` of a backend, or of the callable its ``open_run`` gives
+    (False when it has none)."""
     return bool(getattr(backend, "crowded", False))
 
 

@@ -150,6 +150,9 @@ class Run:
         self._max_lanes = self._live_lanes = 0
         #: Seconds per call of this run's latest batch (0: none finished yet).
         self._call_seconds = 0.0
+        #: What says whether the backend is crowded for this run: the callable ``open_run``
+        #: gave, if it can tell (a run's own batches do not crowd it), else the backend.
+        self._crowding: object = backend
 
     def expected_work(self) -> float | None:
         """The worker seconds this run's calls need in all, as far as it can tell now: how
@@ -197,6 +200,8 @@ class Run:
         backend runs at once: a lane that takes a batch starts the next one, so 8 calls on
         ``n_jobs=100_000`` start 9 lanes, not 100,000 (5 s of a blocked loop)."""
         n_lanes = max(1, self.backend.n_workers) * batches_per_worker(self.backend)
+        if hasattr(run_batch, "crowded"):
+            self._crowding = run_batch
         first = None
         if self.source.total is not None:
             n_lanes = max(1, min(n_lanes, self.source.total))
@@ -225,6 +230,14 @@ class Run:
         """Every call is in a batch: the input ended, and none waits in its tail or was
         taken ahead (``_held``)."""
         return self.source.exhausted and not (self._tail or self._held or self._returned)
+
+    @property
+    def _last_batch(self) -> bool:
+        """``_all_taken``, or a sized input's length taken (its iterator may still yield
+        more: a hint, for ``Batch.last``, never a reason to stop taking)."""
+        source = self.source
+        ended = source.exhausted or (source.total is not None and source.taken >= source.total)
+        return ended and not (self._tail or self._held or self._returned)
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
@@ -284,7 +297,7 @@ class Run:
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
         # every worker is busy: a small run's calls go in one batch (n_jobs=1: joblib's order)
-        if calls and self.backend.n_workers > 1 and crowded(self.backend):
+        if calls and self.backend.n_workers > 1 and crowded(self._crowding):
             self.batcher.expect(latest_call_seconds(self._func))
             crowded_size = self.batcher.crowded_size(remaining)
             if crowded_size <= len(calls):  # the batch as cut is as large
@@ -413,7 +426,9 @@ class Run:
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
                 self._lanes.start_soon(self._lane, run_batch, None)
-            batch = Batch(start, calls, budget=self._budgets.pop(start, None))
+            batch = Batch(
+                start, calls, budget=self._budgets.pop(start, None), last=self._last_batch
+            )
             began = time.perf_counter()
             values = await run_batch(batch)
             ran = time.perf_counter() - (began if batch.started is None else batch.started)

@@ -127,9 +127,15 @@ class _RunScope:
         self.workers = RunWorkers(pool, options.expected_work)
 
     async def __aenter__(self) -> RunBatch:
-        return self.run_batch
+        return self
 
-    async def run_batch(self, batch: Batch) -> list[Any]:
+    @property
+    def crowded(self) -> bool:
+        """The pool is crowded for this run (``RunWorkers.crowded``): a small run goes in
+        one batch (``Backend``)."""
+        return self.workers.crowded
+
+    async def __call__(self, batch: Batch) -> list[Any]:
         run = BatchRun(self.workers, self.folder, self.options, batch)
         try:
             return await run.run()

@@ -223,7 +223,7 @@ class BatchRun:
         finally:
             self.pool.count(worker, ran)
             # a healthy worker is kept synchronously: a shielded scope costs ~25 us
-            if not (healthy and self.pool.keep(worker)):
+            if not (healthy and self.pool.keep(worker, again=not self.batch.last)):
                 with anyio.CancelScope(shield=True):
                     if not healthy and flags is not None and sent and worker.alive:
                         await _cancel_coroutines(worker)  # their finally blocks run, bounded

@@ -103,6 +103,11 @@ class Pool:
         """Every worker is busy (``Roster.crowded``)."""
         return self._roster.crowded
 
+    @property
+    def waiting(self) -> int:
+        """Lanes waiting for a worker, of every run (read without the lock: a hint)."""
+        return len(self._roster.waiters)
+
     async def acquire(self, run: Standing | None = None) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
         caller waits behind runs that started earlier (``run.ticket``, ``run_ticket()``),
@@ -325,10 +330,22 @@ class RunWorkers:
         self._kept: list[WorkerProcess] = []
         #: Kept workers the pool refused back (dead, or the pool closed): stopped by this run.
         self._doomed: list[WorkerProcess] = []
+        #: This run's lanes waiting in the pool for a worker.
+        self.waiting = 0
 
     @property
     def closed(self) -> bool:
         return self.pool.closed
+
+    @property
+    def crowded(self) -> bool:
+        """Every worker of the pool is busy, and another run holds one or waits for one:
+        busy with this run's batches alone, the pool is not crowded for it."""
+        pool = self.pool
+        if not pool.crowded:
+            return False
+        held = len(self._since) + len(self._kept)
+        return held < pool.size or pool.waiting > self.waiting
 
     async def acquire(self) -> WorkerProcess:
         """A kept worker, else one from the pool (in this run's place in line)."""
@@ -341,7 +358,11 @@ class RunWorkers:
                 self._doomed.append(kept)
         await self._stop_doomed()
         if worker is None:
-            worker = await self.pool.acquire(self.standing)
+            self.waiting += 1
+            try:
+                worker = await self.pool.acquire(self.standing)
+            finally:
+                self.waiting -= 1
         self._since[worker] = time.monotonic()
         return worker
 
@@ -351,10 +372,11 @@ class RunWorkers:
             self._since.pop(worker, None)
             await self.pool.release(worker, healthy=False)
 
-    def keep(self, worker: WorkerProcess) -> bool:
+    def keep(self, worker: WorkerProcess, again: bool = True) -> bool:
         """``release`` of a healthy worker, synchronously (no shielded scope to pay for):
         keep it for two turns of the loop (unless it is spent: replaced now; or a much
-        smaller newer run waits: yielded to it). False if it must be stopped instead (it
+        smaller newer run waits: yielded to it; or the run will not ask ``again``: to the
+        pool now, as the next run waits for it). False if it must be stopped instead (it
         died, or the pool is closed): then ``release`` it as unhealthy."""
         since = self._since.pop(worker, None)
         if since is not None:
@@ -367,6 +389,8 @@ class RunWorkers:
             return True
         if pool.yield_to(worker, self.standing):
             return True
+        if not again:
+            return pool.give_back(worker)
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)
         call_soon(lambda: call_soon(lambda: self._give_back(worker)))
