@@ -296,7 +296,7 @@ class Run:
             self.batcher.start_from(self._func)  # the next batches: as learned before
             if self._widen:
                 self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
-        # every worker is busy: a small run's calls go in one batch (n_jobs=1: joblib's order)
+        # every worker busy, some with other runs': a small run goes whole (n_jobs=1: in order)
         if calls and self.backend.n_workers > 1 and crowded(self._crowding):
             self.batcher.expect(latest_call_seconds(self._func))
             crowded_size = self.batcher.crowded_size(remaining)
