@@ -113,9 +113,9 @@ class Run:
         )
         self.budget = sink.budget
         self.budget.limit = pre_dispatch
+        #: Whether pre_dispatch is the default bound, which grows with the batches.
         self._widen = widen_bound
-        if widen_bound:
-            self.budget.widen(2 * backend.n_workers * self.batcher.size)
+        self._widen_for(self.batcher.size)
         self.return_exceptions = return_exceptions
         self.sink = sink
         self.reporter = reporter
@@ -229,7 +229,7 @@ class Run:
     def _all_taken(self) -> bool:
         """Every call is in a batch: the input ended, and none waits in its tail or was
         taken ahead (``_held``)."""
-        return self.source.exhausted and not (self._tail or self._held or self._returned)
+        return self.source.exhausted and not self._pending
 
     @property
     def _last_batch(self) -> bool:
@@ -237,7 +237,13 @@ class Run:
         more: a hint, for ``Batch.last``, never a reason to stop taking)."""
         source = self.source
         ended = source.exhausted or (source.total is not None and source.taken >= source.total)
-        return ended and not (self._tail or self._held or self._returned)
+        return ended and not self._pending
+
+    @property
+    def _pending(self) -> bool:
+        """Calls taken from the input that no batch has yet: in the tail, taken ahead, or
+        returned by a budgeted batch."""
+        return bool(self._tail or self._held or self._returned)
 
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
@@ -259,6 +265,12 @@ class Run:
             self.error = error
         if self._lanes is not None:  # else the one lane, which stops after this call
             self._lanes.cancel_scope.cancel()
+
+    def _widen_for(self, batch_size: int) -> None:
+        """The default pre_dispatch bound grows with the batches: two of ``batch_size`` per
+        worker (an explicit bound stays as given)."""
+        if self._widen:
+            self.budget.widen(2 * self.backend.n_workers * batch_size)
 
     async def _take_batch(self) -> tuple[int, list[Any]]:
         """The next consecutive batch, within the pre_dispatch budget."""
@@ -294,8 +306,7 @@ class Run:
         if calls and self._func is _NOTHING:  # the first batch: one call, unless crowded
             self._func = calls[0].func
             self.batcher.start_from(self._func)  # the next batches: as learned before
-            if self._widen:
-                self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+            self._widen_for(self.batcher.size)
         # every worker busy, some with other runs': a small run goes whole (n_jobs=1: in order)
         if calls and self.backend.n_workers > 1 and crowded(self._crowding):
             self.batcher.expect(latest_call_seconds(self._func))
@@ -309,9 +320,7 @@ class Run:
         elif crowded_size:  # a small run goes whole, as every worker is busy
             calls += self._held
             self._held = []
-            if self._widen:
-                widest = max(self.batcher.size, crowded_size)
-                self.budget.widen(2 * self.backend.n_workers * widest)
+            self._widen_for(max(self.batcher.size, crowded_size))
             calls += await self._take_more(crowded_size - len(calls) + self._look_ahead)
             if len(calls) > crowded_size:  # the call taken ahead: the input goes on after all
                 self._held = calls[crowded_size:]
@@ -383,8 +392,7 @@ class Run:
         up the batch just taken to it. Called once, under the take lock."""
         self.batcher.raise_floor(self._async_floor)
         self._async_floor = 0
-        if self._widen:
-            self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+        self._widen_for(self.batcher.size)
         return await self._take_more(
             self.batcher.next_size(remaining, self.backend.n_workers) - taken
         )
@@ -436,8 +444,7 @@ class Run:
             if values:
                 self._call_seconds = ran / len(values)
                 note_call_seconds(self._func, self._call_seconds)
-            if self._widen:  # the default bound: 2 batches per worker
-                self.budget.widen(2 * self.backend.n_workers * self.batcher.size)
+            self._widen_for(self.batcher.size)
             if not self._deliver(start, values, calls, batch.budget is not None):
                 return
             if self._all_taken:

@@ -103,11 +103,6 @@ class ProcessBackend:
             with anyio.CancelScope(shield=True):
                 await pool.close()
 
-    @property
-    def crowded(self) -> bool:
-        """Every worker of the pool is busy: a small run goes in one batch (``Backend``)."""
-        return self._pool is not None and self._pool.crowded
-
     def open_run(self, options: RunOptions) -> _RunScope:
         if self._pool is None:
             raise RuntimeError("ProcessBackend used outside 'async with'")
