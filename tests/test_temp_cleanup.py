@@ -79,6 +79,41 @@ async def test_registry_forgets_a_removed_folder(tmp_path: Path) -> None:
     assert run_folders(tmp_path) == []
 
 
+def big_result(n: int) -> Any:
+    return np.ones(n)
+
+
+def big_then_hang(i: int) -> Any:
+    """Call 0 returns an array its worker writes to the run's folder; call 1 hangs."""
+    if i == 0:
+        return np.ones(BIG)
+    time.sleep(LIMIT)
+    return None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_folder_only_a_worker_wrote_into_goes_with_the_run(tmp_path: Path) -> None:
+    # the parent writes nothing: only the worker's results frame says the folder exists
+    results = await Parallel(n_jobs=2, temp_folder=tmp_path)([delayed(big_result)(BIG)])
+    assert results[0].shape == (BIG,)
+    assert run_folders(tmp_path) == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_folder_a_killed_worker_wrote_into_unannounced_goes_with_the_run(
+    tmp_path: Path,
+) -> None:
+    # call 0's array is written, and kept in the crash slot for the next frame; call 1 runs
+    # past its timeout and the worker is killed before any frame said it wrote a file
+    p = Parallel(n_jobs=2, temp_folder=tmp_path, timeout=1.0, batch_size=2, return_exceptions=True)
+    first, second = await p(delayed(big_then_hang)(i) for i in range(2))
+    assert first.shape == (BIG,)
+    assert isinstance(second, TimeoutError)
+    assert run_folders(tmp_path) == []
+
+
 # -- a program killed by a signal leaves no folder ---------------------------------------------
 
 

@@ -85,8 +85,11 @@ class Worker:
                 body, kind = protocol.spill(run_dir, body, "results-"), protocol.RESULTS_FILE
             except OSError as exc:  # the run's folder is unusable: each value fails with why
                 body = protocol.dumps([protocol.TaskError.capture(exc)] * len(values))
-        frame = protocol.results_header(positions, done) + body
         with self.write_lock:
+            wrote = run_dir in protocol.wrote_into  # under the lock: said by one frame
+            if wrote:
+                protocol.wrote_into.discard(run_dir)
+            frame = protocol.results_header(positions, done, wrote) + body
             self.logs.send_locked()  # the records of these calls arrive before their results
             protocol.write_frame(self.resp_fd, kind, frame)
 

@@ -34,10 +34,16 @@ from .arrays import memmap_reference as memmap_reference
 from .arrays import open_memmap as open_memmap
 
 HEADER = struct.Struct("<BI")
-#: Prefix of a RESULTS / RESULTS_FILE body: number of values, flags (done, RANGE); then
-#: the positions, or with RANGE the first of ``count`` consecutive ones.
+#: Prefix of a RESULTS / RESULTS_FILE body: number of values, flags (done, RANGE, WROTE);
+#: then the positions, or with RANGE the first of ``count`` consecutive ones.
 RESULT_HEADER = struct.Struct("<IB")
 RANGE = 2
+#: Flag: the worker wrote files into the run's folder since its last results frame (so the
+#: parent looks for the folder at the run's end; a run whose frames never say so, and whose
+#: batches all ended well, wrote none).
+WROTE = 4
+#: The run folders this worker wrote into since its last results frame (``WROTE``).
+wrote_into: set[str] = set()
 _POSITION = struct.Struct("<I")
 #: A BATCH body starts with the job's slot base (``slot``), so the worker can mark it while
 #: loading.
@@ -123,17 +129,23 @@ def dumps(obj: object) -> bytes:
         return bytes(cloudpickle.dumps(obj, protocol=5))
 
 
-def results_header(positions: list[int], done: bool) -> bytes:
+def results_header(positions: list[int], done: bool, wrote: bool = False) -> bytes:
     """Consecutive ascending positions (a sync job's results: the common case) travel as
     their first one only, with the ``RANGE`` flag."""
     count = len(positions)
+    flags = done | (WROTE if wrote else 0)
     if count == 1:  # a one-call job's, and a lone async outcome's: the same bytes as below
-        return RESULT_HEADER.pack(1, done) + _POSITION.pack(positions[0])
+        return RESULT_HEADER.pack(1, flags) + _POSITION.pack(positions[0])
     if count > 1 and positions[-1] - positions[0] == count - 1:
         first = positions[0]
         if positions == list(range(first, first + count)):
-            return RESULT_HEADER.pack(count, done | RANGE) + _POSITION.pack(first)
-    return RESULT_HEADER.pack(count, done) + struct.pack(f"<{count}I", *positions)
+            return RESULT_HEADER.pack(count, flags | RANGE) + _POSITION.pack(first)
+    return RESULT_HEADER.pack(count, flags) + struct.pack(f"<{count}I", *positions)
+
+
+def wrote_files(body: bytes) -> bool:
+    """Whether a RESULTS / RESULTS_FILE body says its worker wrote into the run's folder."""
+    return bool(body[RESULT_HEADER.size - 1] & WROTE)
 
 
 def split_results(body: bytes) -> tuple[range | tuple[int, ...], bool, bytes]:
@@ -214,6 +226,7 @@ def spill(run_dir: str, body: bytes, prefix: str) -> bytes:
     """Write a large body to a private file in ``run_dir``; return its path as the new body."""
     import tempfile
 
+    wrote_into.add(run_dir)  # first: the folder may exist even if the write fails
     fd, path = tempfile.mkstemp(prefix=prefix, dir=ensure_private_dir(run_dir))
     try:
         with os.fdopen(fd, "wb") as f:

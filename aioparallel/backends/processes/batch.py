@@ -62,6 +62,7 @@ from ...child.protocol import (
     TimedOut,
     split_results,
     unspill,
+    wrote_files,
 )
 from ...child.slot import BATCH_SHIFT, Kill, blame
 from ..base import Batch, Failure, RunOptions
@@ -221,6 +222,8 @@ class BatchRun:
             ran = len(todo) - len(rerun)  # finished, or failed with the worker
             return attempt.resend + rerun
         finally:
+            if sent and not healthy:  # it may have written files no frame told us of
+                self.folder.may_exist()
             self.pool.count(worker, ran)
             # a healthy worker is kept synchronously: a shielded scope costs ~25 us
             if not (healthy and self.pool.keep(worker, again=not self.batch.last)):
@@ -321,6 +324,8 @@ class BatchRun:
             if kind == LOAD_ERROR:
                 attempt.load_error = body.decode("utf-8", "replace")
                 break
+            if wrote_files(body):
+                self.folder.may_exist()
             job_positions, done, body = split_results(body)
             if kind == RESULTS_FILE:
                 body = await anyio.to_thread.run_sync(unspill, body)

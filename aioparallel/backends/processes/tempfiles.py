@@ -148,6 +148,9 @@ class RunFolder:
         self._paths: list[str] = []  # every name used (a fallback adds one)
         self._closed = False
         self._writing = 0  # files being written now (outside the lock)
+        #: Whether a file may have been made in the folder: by this process (``_ensure``),
+        #: or by a worker (``may_exist``). Until then ``close`` need not look for it.
+        self._wrote = False
         self._files: dict[int, _File] = {}
         self._released: OrderedDict[int, None] = OrderedDict()
 
@@ -182,7 +185,13 @@ class RunFolder:
             tracker.watch(base)  # the first time in this process: starts the tracker
         return path
 
+    def may_exist(self) -> None:
+        """A worker may have written into the folder (its results frame said so, or its batch
+        ended before its last frame: a crash, a kill, a cancellation)."""
+        self._wrote = True
+
     def _ensure(self, folder: str) -> None:
+        self._wrote = True  # first: a failed attempt may leave the folder
         try:
             ensure_private_dir(folder)
         except TempFolderError as exc:
@@ -365,6 +374,9 @@ class RunFolder:
             self._released.clear()
             if self._writing or not self._paths or not self._owned():
                 return []  # (no name given out: nothing can have made a folder)
+            if not self._wrote:  # named, never written into: nothing to look for
+                _live_folders.difference_update(self._paths)
+                return []
         return self._leftovers()
 
     def _leftovers(self) -> list[str]:
