@@ -17,6 +17,7 @@ from .run.budget import Budget
 from .run.progress import ProgressCallback, ProgressReporter
 from .run.results import SINKS, ListSink, Sink
 from .run.run import Run
+from .run.single import one_call, run_single
 from .run.stream import ResultStream
 
 if TYPE_CHECKING:
@@ -173,6 +174,13 @@ class Parallel(Generic[M]):
         self.return_exceptions = plan.return_exceptions
         self.worker_concurrency = plan.options.worker_concurrency
         self._warm: Backend | None = None
+        #: A one-call input runs without a run's machinery (``run.single``), unless it
+        #: reports progress. An iterator is read two calls ahead for it where a run would
+        #: read one ahead to find the input's end: on several workers, if pre_dispatch lets
+        #: two calls be taken (one worker takes a call, runs it, takes the next).
+        self._single = not ProgressReporter.reports(self.verbose, self.progress)
+        limit = parse_pre_dispatch(plan.pre_dispatch, max(1, plan.n_jobs))
+        self._peek = plan.n_jobs > 1 and (limit is None or limit >= 2)
 
     @property
     def _backend_name(self) -> str:
@@ -253,9 +261,22 @@ class Parallel(Generic[M]):
             await self._new_run(iterable, backend, sink).execute()
 
     async def _gather(self, iterable: object) -> list[Any]:
+        if self._single:
+            call, iterable = one_call(iterable, self._peek)
+            if call is not None:
+                return await self._run_single(call)
         sink: ListSink[Any] = ListSink(Budget(None))
         await self._execute(iterable, sink)
         return sink.result()
+
+    async def _run_single(self, call: Call[Any]) -> list[Any]:
+        """``call``, the input's only one, on the warm backend, else one entered for it."""
+        plan, backend = self._plan, self._warm
+        learn = plan.batch_size is None
+        if backend is not None:
+            return await run_single(backend, plan.options, call, self.return_exceptions, learn)
+        async with self._make_backend(private=False) as backend:
+            return await run_single(backend, plan.options, call, self.return_exceptions, learn)
 
     def _stream(self, iterable: object) -> ResultStream[Any]:
         def make_run() -> tuple[Sink[Any], Callable[[], Coroutine[Any, Any, None]]]:

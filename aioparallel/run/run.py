@@ -36,6 +36,7 @@ import sys
 import time
 import warnings
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -72,7 +73,7 @@ from .stream import ResultStream
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["SOURCE_CLOSE_GRACE", "Run"]
+__all__ = ["SOURCE_CLOSE_GRACE", "Run", "settle"]
 
 _NOTHING: Any = object()
 _MIXED: Any = object()
@@ -459,16 +460,10 @@ class Run:
         """Hand values to the sink; False if a failure stops the run. A budgeted batch may
         come back with the values of its first calls only: the rest go out again."""
         n_calls = len(calls)
-        for i, value in enumerate(values if not _OUTCOMES.isdisjoint(map(type, values)) else ()):
-            if type(value) in _UNAWAITED:  # the task returned Parallel(...)(calls) un-awaited
-                value = values[i] = Failure(value.returned_by_task())
-            if type(value) is Failure:
-                if not _names_a_task(value.exc):  # a custom backend's Failure need not
-                    attach_task(value.exc, start + i, function_name(calls[i].func))
-                if not self.return_exceptions:
-                    self._fail(_raisable(value.exc, start + i, calls[i]))
-                    return False
-                values[i] = value.exc
+        error = settle(values, start, calls, self.return_exceptions)
+        if error is not None:
+            self._fail(error)
+            return False
         if budgeted and 0 < len(values) < n_calls:  # stopped at its budget: the rest again
             self._returned.append((start + len(values), calls[len(values) :]))
             # spread over lanes again, also in place of those that found nothing left
@@ -479,6 +474,24 @@ class Run:
         self.sink.put(start, values)
         self.reporter.completed_batch(len(values))
         return True
+
+
+def settle(
+    values: list[Any], start: int, calls: Sequence[Call[Any]], return_exceptions: bool
+) -> BaseException | None:
+    """A batch's outcomes as the caller gets them, in place: a task's exception (a
+    ``Failure``) named with its task, and as a value with ``return_exceptions``; else the
+    first one is returned, as the error that stops the run."""
+    for i, value in enumerate(values if not _OUTCOMES.isdisjoint(map(type, values)) else ()):
+        if type(value) in _UNAWAITED:  # the task returned Parallel(...)(calls) un-awaited
+            value = values[i] = Failure(value.returned_by_task())
+        if type(value) is Failure:
+            if not _names_a_task(value.exc):  # a custom backend's Failure need not
+                attach_task(value.exc, start + i, function_name(calls[i].func))
+            if not return_exceptions:
+                return _raisable(value.exc, start + i, calls[i])
+            values[i] = value.exc
+    return None
 
 
 def _names_a_task(exc: BaseException) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from .._call import Call, Delayed
 from .._errors import NotACallError
 
-__all__ = ["NotACallError", "ProducerError", "Source", "as_call"]
+__all__ = ["NotACallError", "ProducerError", "Source", "as_call", "close_coroutines"]
 
 
 #: Longest stretch spent pulling items from a sync iterable before the loop gets a turn.
@@ -62,7 +62,7 @@ def _what_instead(item: object) -> str:
     )
 
 
-def _close_coroutines(items: Iterable[object]) -> None:
+def close_coroutines(items: Iterable[object]) -> None:
     """Close the coroutines among input items (``f(x)`` for an async ``f``) once one is
     refused: they never run, and unclosed they would each warn "never awaited" at exit."""
     for item in items:
@@ -115,8 +115,8 @@ class Source:
                         try:
                             chunk = [as_call(item, at + i) for i, item in enumerate(chunk)]
                         except NotACallError:
-                            _close_coroutines(chunk)
-                            _close_coroutines(self._items)
+                            close_coroutines(chunk)
+                            close_coroutines(self._items)
                             raise
                     calls += chunk
                     if len(chunk) < want:
@@ -135,7 +135,7 @@ class Source:
                     try:
                         calls.append(as_call(item, index + len(calls)))
                     except NotACallError:
-                        _close_coroutines([item])
+                        close_coroutines([item])
                         raise
         except NotACallError:
             raise

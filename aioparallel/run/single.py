@@ -1,0 +1,92 @@
+"""A run of one call: a web request's single task, or an interactive one. It goes straight to
+the backend's ``run_batch``, without the lanes, batch sizing, pre_dispatch budget and sink a
+run of many calls needs (together a third of a one-call run's time on a warm pool).
+
+The guarantees are the backend's batch's, as for any run: a crash or a timeout names the
+call, a cancellation stops its worker, the run's temp files go with it. Its outcome is
+delivered as ``Run`` delivers one (``settle``), and auto batching learns from it as from a
+run of one batch, so the next run of its function is sized the same either way.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Iterator
+from itertools import chain, islice
+from typing import Any, cast
+
+from .._call import Call
+from ..backends.base import Backend, Batch, RunOptions, batch_seconds
+from .batching import (
+    MIN_BATCH_SECONDS,
+    AutoBatcher,
+    latest_call_seconds,
+    note_call_seconds,
+    note_length,
+)
+from .run import settle
+from .source import as_call, close_coroutines
+
+__all__ = ["one_call", "run_single"]
+
+
+def one_call(iterable: object, peek: bool) -> tuple[Call[Any] | None, object]:
+    """``(call, iterable)``: the input's only call, or None and the input to run as usual.
+
+    A list or tuple tells its length. An iterator with none is read two items ahead if
+    ``peek`` (pre_dispatch lets a run take two calls; a run reads one ahead to find the
+    input's end): if it has more, the run gets them back in front of the rest, so it sees
+    the same input. An input that raises while read raises here, as the run would."""
+    if type(iterable) is list or type(iterable) is tuple:
+        if len(iterable) != 1:
+            return None, iterable
+        item = iterable[0]
+    elif peek and hasattr(iterable, "__next__") and not hasattr(iterable, "__len__"):
+        rest = cast("Iterator[Any]", iterable)
+        head = list(islice(rest, 2))
+        if len(head) != 1:
+            return None, chain(head, rest) if head else head
+        item = head[0]
+    else:
+        return None, iterable
+    if type(item) is Call:
+        return item, iterable
+    try:
+        return as_call(item, 0), iterable
+    except Exception:
+        close_coroutines([item])
+        raise
+
+
+async def run_single(
+    backend: Backend,
+    options: RunOptions,
+    call: Call[Any],
+    return_exceptions: bool,
+    learn: bool,
+) -> list[Any]:
+    """Run ``call`` alone on ``backend``; its result in a list, or raise its failure as
+    ``Run`` would. ``learn``: auto batching (``batch_size="auto"``) learns from it."""
+    func = call.func
+    # the pool's view of its size, as a run's (``Run.expected_work``): one call, of the time
+    # its function's calls took last
+    options = options.with_expected_work(lambda: latest_call_seconds(func))
+    batch = Batch(0, [call], last=True)
+    async with backend.open_run(options) as run_batch:
+        began = time.perf_counter()
+        values = await run_batch(batch)
+        ran = time.perf_counter() - (began if batch.started is None else batch.started)
+    if len(values) != 1:
+        raise RuntimeError(f"backend returned {len(values)} results for 1 calls")
+    note_call_seconds(func, ran)
+    error = settle(values, 0, batch.calls, return_exceptions)
+    if error is not None:
+        raise error
+    if learn and type(func) is types.FunctionType:  # as Run learns from one batch
+        batcher = AutoBatcher(batch_seconds(backend, MIN_BATCH_SECONDS))
+        batcher.start_from(func)
+        batcher.record(1, ran, batch.nbytes)
+        batcher.remember(func)
+    note_length(func, 1)
+    return values
