@@ -450,6 +450,9 @@ class Run:
                 return
             if self._all_taken:
                 return
+            # the finished calls go before the input is read again: their arguments (an
+            # array's file too) are not held while the next batch is taken
+            del taken, calls, batch, values
             # Taking the next batch is a few ms of work for a large batch, and an inline
             # backend never yields: let the loop run the rest of the program first.
             await anyio.lowlevel.checkpoint()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Iterator
-from itertools import chain, islice
+from itertools import islice
 from typing import Any, cast
 
 from .._call import Call
@@ -46,7 +46,7 @@ def one_call(iterable: object, peek: bool) -> tuple[Call[Any] | None, object]:
         rest = cast("Iterator[Any]", iterable)
         head = list(islice(rest, 2))
         if len(head) != 1:
-            return None, chain(head, rest) if head else head
+            return None, _put_back(head, rest) if head else head
         item = head[0]
     else:
         return None, iterable
@@ -57,6 +57,14 @@ def one_call(iterable: object, peek: bool) -> tuple[Call[Any] | None, object]:
     except Exception:
         close_coroutines([item])
         raise
+
+
+def _put_back(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    """``head``, then ``rest``: an item read ahead is held by no one here once the run has
+    taken it (an array argument's file goes as soon as its call is done)."""
+    while head:
+        yield head.pop(0)
+    yield from rest
 
 
 async def run_single(
