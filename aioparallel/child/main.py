@@ -5,11 +5,13 @@ the parent created, and the parent's pid if it wants the kernel's parent-death s
 Imports only the standard library and its siblings in ``aioparallel.child`` (a cold start
 costs ~20 ms, not ~100 ms).
 It reads jobs from the request pipe, runs their calls in order, and streams results back on
-the response pipe. Before each call it writes the call's number and start time into the
-shared slot, so the parent can tell which call was running if this process dies or runs
-past its timeout. A thread blocks on the lifeline pipe: when the parent dies, the pipe
-reaches end of file and the worker (with its process group) exits at once, even in the
-middle of a call, unless that call holds the GIL (then Linux's parent-death signal does it).
+the response pipe; when jobs come back to back and a core is to spare, it watches for the
+next one for a moment before it sleeps (``SPIN_SECONDS``). Before each call it writes the
+call's number and start time into the shared slot, so the parent can tell which call was
+running if this process dies or runs past its timeout. A thread blocks on the lifeline
+pipe: when the parent dies, the pipe reaches end of file and the worker (with its process
+group) exits at once, even in the middle of a call, unless that call holds the GIL (then
+Linux's parent-death signal does it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import mmap
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -32,6 +35,15 @@ from .slot import CrashSlot
 
 #: Results are sent at least this often during a long batch, so a crash loses little.
 FLUSH_SECONDS = 0.05
+#: After a job, a worker watches for the next frame for up to twice its last wait (at most
+#: this), if that was under this, before it sleeps in ``read``: waking a sleeping process
+#: costs ~30-50 µs (on a VM, an interrupt to another virtual CPU), as much as a one-call
+#: job's whole work. Only if the job said a core is to spare (``protocol.SPIN``): the pool's
+#: other workers and the parent then leave it one.
+SPIN_SECONDS = 0.0005
+#: While it watches, it yields its CPU this often: the parent, woken by its results, may have
+#: been put on this CPU (the other idle), and would otherwise wait for this one's time slice.
+SPIN_YIELD = 0.00002
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -63,6 +75,12 @@ class Worker:
         self.logs = observe.Logs(resp_fd, self.write_lock)
         #: The worker's event loop thread (``async_loop.WorkerLoop``), once needed.
         self.loop: Any = None
+        #: Seconds to watch for the next frame before sleeping (``SPIN_SECONDS``), if the
+        #: last job allowed it.
+        self.spin = 0.0
+        self.may_spin = False
+        self._poll = select.poll()
+        self._poll.register(req_fd, select.POLLIN)
 
     def send_results(
         self,
@@ -174,12 +192,32 @@ class Worker:
         self.loop.begin(job.async_job[1], job.stop_on_error, job.send_async, job.base, job.values)
         return self.loop
 
+    def _next_frame(self, since: float) -> tuple[int, bytes] | None:
+        """The next frame from the parent, or None at end of file. ``since``: when this
+        worker last sent a job's results; the wait since then sets the next spin."""
+        if self.spin and self.may_spin:
+            deadline = since + self.spin
+            poll, clock = self._poll.poll, time.perf_counter
+            yield_at = since + SPIN_YIELD
+            while not poll(0):
+                now = clock()
+                if now > deadline:
+                    break
+                if now > yield_at:  # a process woken on this CPU (the parent) goes first
+                    os.sched_yield()
+                    yield_at = now + SPIN_YIELD
+        frame = protocol.read_frame(self.req_fd)
+        waited = time.perf_counter() - since
+        self.spin = min(2 * waited, SPIN_SECONDS) if waited < SPIN_SECONDS else 0.0
+        return frame
+
     def serve(self) -> None:
         observe.watch_logging(self.logs)
         protocol.write_frame(self.resp_fd, protocol.READY, str(os.getpid()).encode())
         env: tuple[list[str], str] | None = None
+        since = time.perf_counter()
         while True:
-            frame = protocol.read_frame(self.req_fd)
+            frame = self._next_frame(since)
             if frame is None:
                 return
             kind, body = frame
@@ -198,7 +236,8 @@ class Worker:
                 if env is not None:  # whatever the initializer did, jobs run where sent
                     _enter(env)
                 continue
-            base = protocol.JOB_HEADER.unpack_from(body)[0]
+            base, flags = protocol.JOB_HEADER.unpack_from(body)
+            self.may_spin = bool(flags & protocol.SPIN)
             body = body[protocol.JOB_HEADER.size :]
             loaded_from = time.monotonic()  # the job's timeout clock starts now
             self.slot.loading(base, loaded_from)
@@ -213,6 +252,7 @@ class Worker:
             finally:
                 self.slot.idle()
             self.run_job(base, loaded_from, *job)
+            since = time.perf_counter()
             del job  # its memmaps are unmapped now, not when the next job arrives
             if env is not None:  # whatever its tasks did, the next job runs where it was sent
                 _enter(env)

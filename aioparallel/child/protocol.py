@@ -46,8 +46,11 @@ WROTE = 4
 wrote_into: set[str] = set()
 _POSITION = struct.Struct("<I")
 #: A BATCH body starts with the job's slot base (``slot``), so the worker can mark it while
-#: loading.
-JOB_HEADER = struct.Struct("<q")
+#: loading, and flags: ``SPIN``.
+JOB_HEADER = struct.Struct("<qB")
+#: Job flag: the machine has a core to spare after this job (the pool's busy workers are
+#: fewer than its CPUs), so the worker may watch for its next job instead of sleeping.
+SPIN = 1
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)
 INIT, INIT_DONE, INIT_ERROR = range(9, 12)

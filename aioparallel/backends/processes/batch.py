@@ -193,6 +193,7 @@ class BatchRun:
                     self.lease,
                     self.pool.memory_limit,
                     self.batch.budget,
+                    self.pool.spare_core,
                 )
             except anyio.get_cancelled_exc_class():
                 raise

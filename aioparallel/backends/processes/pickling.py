@@ -27,7 +27,7 @@ import anyio.to_thread
 from ..._call import Call
 from ..._context import capture
 from ..._coroutines import async_flags, is_async_callable
-from ...child.protocol import BATCH, BATCH_FILE, INLINE_LIMIT, JOB_HEADER
+from ...child.protocol import BATCH, BATCH_FILE, INLINE_LIMIT, JOB_HEADER, SPIN
 from ...child.slot import BATCH_SHIFT
 from ..base import RunOptions
 from .tempfiles import JobWriter, Lease, RunFolder
@@ -125,6 +125,7 @@ async def pickle_job(
     lease: Lease,
     memory_limit: int | None = None,
     time_budget: float | None = None,
+    spin: bool = False,
 ) -> tuple[Frame, int]:
     """The job's frame and its pickled size. A job that is obviously cheap to pickle (cheap
     callables, small arguments) is pickled on the event loop, yielding between chunks; from
@@ -134,7 +135,7 @@ async def pickle_job(
     calls: the worker awaits them on its loop. Array files the job references join ``lease``.
     ``memory_limit``: ``max_worker_memory``, past which the worker starts no further call;
     ``time_budget``: the batch's (``Batch.budget``), the seconds after which it does not
-    either."""
+    either. ``spin``: the worker may watch for its next job after this one (``SPIN``)."""
     items: list[Any]
     if func is not None and not any(map(_KWARGS, calls)):
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
@@ -157,7 +158,7 @@ async def pickle_job(
         memory_limit,  # max_worker_memory: the worker takes no new call past it
         time_budget,  # nor past these seconds of the job
     )
-    header = JOB_HEADER.pack(seq << BATCH_SHIFT)
+    header = JOB_HEADER.pack(seq << BATCH_SHIFT, SPIN if spin else 0)
     cheap = func is None or cheap_callable(func)
     data = None
     if func is not None and cheap and len(chunks) == 1 and small_args(chunks[0]):

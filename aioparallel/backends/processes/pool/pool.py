@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 
 from ...._errors import AioParallelError
+from ...._system import cpu_count
 from ...crossloop import LoopRef, Reaper, call_soon
 from ...setup import PLAIN, WorkerSetup
 from ..process import forget_live_pids
@@ -93,6 +94,8 @@ class Pool:
         self.number = stats.register(self)
         #: When a waiter next looks at every loop that holds or waits (``_recheck``).
         self._next_recheck = 0.0
+        #: CPUs this process may use (``spare_core``).
+        self.cpus = cpu_count()
 
     @property
     def closed(self) -> bool:
@@ -102,6 +105,13 @@ class Pool:
     def crowded(self) -> bool:
         """Every worker is busy (``Roster.crowded``)."""
         return self._roster.crowded
+
+    @property
+    def spare_core(self) -> bool:
+        """The busy workers (the one about to be sent a job among them) leave a CPU to spare
+        beside the parent's: a worker may then watch for its next job after this one instead
+        of sleeping (``child.protocol.SPIN``). Read without the lock: a hint."""
+        return len(self._roster.busy) < self.cpus
 
     @property
     def waiting(self) -> int:
@@ -400,6 +410,11 @@ class RunWorkers:
     def memory_limit(self) -> int | None:
         """``max_worker_memory``: the workers check it between the calls of a job."""
         return self.pool.limits.max_memory
+
+    @property
+    def spare_core(self) -> bool:
+        """``Pool.spare_core``."""
+        return self.pool.spare_core
 
     def budget(self, worker: WorkerProcess) -> int | None:
         """Calls ``worker`` may still run (``max_tasks_per_worker``); None: no limit."""
