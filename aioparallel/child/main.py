@@ -76,11 +76,13 @@ class Worker:
         #: The worker's event loop thread (``async_loop.WorkerLoop``), once needed.
         self.loop: Any = None
         #: Seconds to watch for the next frame before sleeping (``SPIN_SECONDS``), if the
-        #: last job allowed it.
+        #: last job allowed it and a CPU is to spare now (``_cpu_to_spare``).
         self.spin = 0.0
         self.may_spin = False
         self._poll = select.poll()
         self._poll.register(req_fd, select.POLLIN)
+        self._loadavg = _open_loadavg()
+        self._cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
     def send_results(
         self,
@@ -195,7 +197,7 @@ class Worker:
     def _next_frame(self, since: float) -> tuple[int, bytes] | None:
         """The next frame from the parent, or None at end of file. ``since``: when this
         worker last sent a job's results; the wait since then sets the next spin."""
-        if self.spin and self.may_spin:
+        if self.spin and self.may_spin and self._cpu_to_spare():
             deadline = since + self.spin
             poll, clock = self._poll.poll, time.perf_counter
             yield_at = since + SPIN_YIELD
@@ -210,6 +212,19 @@ class Worker:
         waited = time.perf_counter() - since
         self.spin = min(2 * waited, SPIN_SECONDS) if waited < SPIN_SECONDS else 0.0
         return frame
+
+    def _cpu_to_spare(self) -> bool:
+        """Linux: the processes runnable now, this one and the parent its results just woke
+        among them, are no more than this process's CPUs: watching takes a CPU nobody
+        wants (another worker still computing would share one with the parent). Elsewhere
+        the job's word (``may_spin``) is taken."""
+        if self._loadavg is None:
+            return True
+        try:  # "0.52 0.58 0.59 2/189 12345": running / all
+            running = int(os.pread(self._loadavg, 64, 0).split()[3].split(b"/")[0])
+        except (OSError, IndexError, ValueError):
+            return False
+        return running <= self._cpus
 
     def serve(self) -> None:
         observe.watch_logging(self.logs)
@@ -364,6 +379,14 @@ class _Job:
         self.worker.send_results(self.positions, self.results, True, self.run_dir, self.max_nbytes)
         self.slot.idle()
         self.logs.task = None  # records from now on belong to no call
+
+
+def _open_loadavg() -> int | None:
+    """``/proc/loadavg``, held open for ``Worker._cpu_to_spare`` (Linux); None elsewhere."""
+    try:
+        return os.open("/proc/loadavg", os.O_RDONLY)
+    except OSError:
+        return None
 
 
 def _flush_output() -> None:
