@@ -18,7 +18,6 @@ import errno
 import functools
 import io
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -172,11 +171,15 @@ class RunFolder:
     def path(self) -> str:
         """The folder's name (no file system access: a run without files never touches it).
         Naming it registers it, and has the folder tracker watch its base."""
+        path = self._path  # named already: the common case, without the lock
+        return path if path is not None else self._name()
+
+    def _name(self) -> str:
         base = None
         with self._lock:
             if self._path is None:
                 base = self._choose()[0]
-                name = f"{FOLDER_PREFIX}{self._owner}-{secrets.token_hex(8)}"
+                name = f"{FOLDER_PREFIX}{self._owner}-{os.urandom(8).hex()}"
                 self._path = os.path.join(base, name)
                 self._paths.append(self._path)
                 _live_folders.add(self._path)

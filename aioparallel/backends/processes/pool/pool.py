@@ -208,12 +208,13 @@ class Pool:
         finally:
             self._roster.free_place(worker)
 
-    def give_back(self, worker: WorkerProcess) -> bool:
+    def give_back(self, worker: WorkerProcess, alive: bool = False) -> bool:
         """``release`` of a healthy worker, synchronously (a loop callback may call it): to
         the next waiter or the idle list. False if it must be stopped instead (it died, or
         the pool is closed): the holder then calls ``release(worker, healthy=False)``. A
-        worker past its limits is replaced instead (``recycling``)."""
-        if not worker.alive:
+        worker past its limits is replaced instead (``recycling``). ``alive``: the caller has
+        just seen it alive (a system call less)."""
+        if not (alive or worker.alive):
             return False
         if self.limits is not NO_LIMITS and self.limits.spent(worker):
             self.recycle(worker)
@@ -400,7 +401,7 @@ class RunWorkers:
         if pool.yield_to(worker, self.standing):
             return True
         if not again:
-            return pool.give_back(worker)
+            return pool.give_back(worker, alive=True)
         self._kept.append(worker)
         # two turns: the first lets the lane yield once (every lane does, between batches)
         call_soon(lambda: call_soon(lambda: self._give_back(worker)))
