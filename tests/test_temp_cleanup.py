@@ -79,6 +79,25 @@ async def test_registry_forgets_a_removed_folder(tmp_path: Path) -> None:
     assert run_folders(tmp_path) == []
 
 
+def test_a_folder_name_nobody_wrote_under_goes_to_the_next_run_and_no_other(
+    tmp_path: Path,
+) -> None:
+    first = tempfiles.RunFolder(tmp_path)
+    name = first.path
+    assert first.close() == []
+    second = tempfiles.RunFolder(tmp_path)
+    assert second.path == name  # never made: the next run may use it
+    third = tempfiles.RunFolder(tmp_path)
+    assert third.path != name  # while the second has it, nobody else does
+    second.may_exist()  # a worker may have written under it
+    second.close()
+    third.close()
+    later = [tempfiles.RunFolder(tmp_path) for _ in range(2 * tempfiles.SPARE_NAMES)]
+    assert name not in {folder.path for folder in later}
+    for folder in later:
+        folder.close()
+
+
 def big_result(n: int) -> Any:
     return np.ones(n)
 

@@ -59,9 +59,18 @@ def _remove_leftovers() -> None:
     remove_folders(list(_live_folders))
 
 
+#: Names of ended runs' folders that nobody made, by base: the next runs take them (naming a
+#: folder is a tenth of a one-call run). A name is given to one run at a time, and never again
+#: once anything may have been written under it.
+_spare_names: dict[str, list[str]] = {}
+SPARE_NAMES = 8
+
+
 def _forget_after_fork() -> None:
-    """The child's exit must not remove the folders of its parent's runs."""
+    """The child's exit must not remove the folders of its parent's runs, nor its runs use
+    their names."""
     _live_folders.clear()
+    _spare_names.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -179,8 +188,11 @@ class RunFolder:
         with self._lock:
             if self._path is None:
                 base = self._choose()[0]
-                name = f"{FOLDER_PREFIX}{self._owner}-{os.urandom(8).hex()}"
-                self._path = os.path.join(base, name)
+                try:
+                    self._path = _spare_names[base].pop()
+                except (KeyError, IndexError):
+                    name = f"{FOLDER_PREFIX}{self._owner}-{os.urandom(8).hex()}"
+                    self._path = os.path.join(base, name)
                 self._paths.append(self._path)
                 _live_folders.add(self._path)
             path = self._path
@@ -379,6 +391,10 @@ class RunFolder:
                 return []  # (no name given out: nothing can have made a folder)
             if not self._wrote:  # named, never written into: nothing to look for
                 _live_folders.difference_update(self._paths)
+                if len(self._paths) == 1 and self._base is not None:  # for the next run
+                    spare = _spare_names.setdefault(self._base[0], [])
+                    if len(spare) < SPARE_NAMES:
+                        spare.append(self._paths[0])
                 return []
         return self._leftovers()
 
