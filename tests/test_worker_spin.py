@@ -1,10 +1,11 @@
-"""A worker watches for its next job, instead of sleeping, only while jobs come back to back
-and the pool leaves a core to spare (``child.main.SPIN_SECONDS``, ``Pool.spare_core``); an
-idle worker sleeps."""
+"""A worker watches for its next job, instead of sleeping, only while jobs come back to back,
+the pool leaves a core to spare (``child.main.SPIN_SECONDS``, ``Pool.spare_core``) and
+watching has been making the wait shorter (``Worker._watching``); an idle worker sleeps."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import psutil
@@ -12,11 +13,12 @@ import pytest
 
 from aioparallel import Parallel, delayed
 from aioparallel.backends.processes.pool.pool import Pool
+from aioparallel.child import main as child_main
 from tests.proc_helpers import pid_of
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
 
-
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_pool_leaves_a_core_to_spare_while_its_busy_workers_are_fewer_than_cpus() -> None:
     pool = Pool(3)
     pool.cpus = 2  # the parent and one busy worker leave a core; two busy ones do not
@@ -33,6 +35,8 @@ async def test_a_pool_leaves_a_core_to_spare_while_its_busy_workers_are_fewer_th
             await pool.close()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_worker_stops_watching_once_jobs_stop_coming() -> None:
     async with Parallel(n_jobs=2) as p:
         pids = set()
@@ -46,3 +50,24 @@ async def test_a_worker_stops_watching_once_jobs_stop_coming() -> None:
         used = [sum(w.cpu_times()[:2]) - b for w, b in zip(workers, before, strict=True)]
     # watching lasts at most a millisecond after a job: idle, a worker sleeps
     assert max(used) < 0.1 * seconds, used
+
+
+def _worker_with_waits(slept: float | None, watched: float | None) -> Any:
+    worker = child_main.Worker.__new__(child_main.Worker)
+    worker._waits = [slept, watched]
+    worker._probes = 0
+    return worker
+
+
+@pytest.mark.parametrize(
+    ("slept", "watched", "prefers"),
+    [(300e-6, 150e-6, True), (150e-6, 300e-6, False), (None, None, True)],
+    ids=["watching-pays", "watching-costs-the-parent-more", "nothing-measured"],
+)
+def test_a_worker_watches_while_it_pays_and_keeps_measuring_the_other_way(
+    slept: float | None, watched: float | None, prefers: bool
+) -> None:
+    worker = _worker_with_waits(slept, watched)
+    choices = [worker._watching() for _ in range(4 * child_main.SPIN_PROBE)]
+    assert choices.count(not prefers) == 4  # one wait in SPIN_PROBE goes the other way
+    assert choices.count(prefers) == 4 * (child_main.SPIN_PROBE - 1)

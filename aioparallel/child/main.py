@@ -41,6 +41,8 @@ FLUSH_SECONDS = 0.05
 #: job's whole work. Only if the job said a core is to spare (``protocol.SPIN``): the pool's
 #: other workers and the parent then leave it one.
 SPIN_SECONDS = 0.0005
+#: One wait in this many goes the way the worker does not prefer (``Worker._watching``).
+SPIN_PROBE = 16
 #: While it watches, it yields its CPU this often: the parent, woken by its results, may have
 #: been put on this CPU (the other idle), and would otherwise wait for this one's time slice.
 SPIN_YIELD = 0.00002
@@ -79,6 +81,9 @@ class Worker:
         #: last job allowed it and a CPU is to spare now (``_cpu_to_spare``).
         self.spin = 0.0
         self.may_spin = False
+        #: The average wait for the next frame, sleeping and watching (``_watching``).
+        self._waits: list[float | None] = [None, None]
+        self._probes = 0
         self._poll = select.poll()
         self._poll.register(req_fd, select.POLLIN)
         self._loadavg = _open_loadavg()
@@ -197,7 +202,9 @@ class Worker:
     def _next_frame(self, since: float) -> tuple[int, bytes] | None:
         """The next frame from the parent, or None at end of file. ``since``: when this
         worker last sent a job's results; the wait since then sets the next spin."""
-        if self.spin and self.may_spin and self._cpu_to_spare():
+        could = bool(self.spin and self.may_spin and self._cpu_to_spare())
+        watched = could and self._watching()
+        if watched:
             deadline = since + self.spin
             poll, clock = self._poll.poll, time.perf_counter
             yield_at = since + SPIN_YIELD
@@ -210,8 +217,21 @@ class Worker:
                     yield_at = now + SPIN_YIELD
         frame = protocol.read_frame(self.req_fd)
         waited = time.perf_counter() - since
+        if could:  # what this way of waiting took, waking included
+            average = self._waits[watched]
+            self._waits[watched] = waited if average is None else average + (waited - average) / 4
         self.spin = min(2 * waited, SPIN_SECONDS) if waited < SPIN_SECONDS else 0.0
         return frame
+
+    def _watching(self) -> bool:
+        """Whether to watch for this frame: while watching has made the wait shorter than
+        sleeping did (it costs the parent a CPU where the machine has fewer than it seems,
+        as a virtual machine on a busy host), except one wait in ``SPIN_PROBE``, which goes
+        the other way to keep measuring both."""
+        self._probes += 1
+        slept, watched = self._waits
+        better = slept is None or watched is None or watched <= slept
+        return better != (self._probes % SPIN_PROBE == 0)
 
     def _cpu_to_spare(self) -> bool:
         """Linux: the processes runnable now, this one and the parent its results just woke
