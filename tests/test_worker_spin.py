@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import psutil
 import pytest
 
@@ -19,7 +20,7 @@ from tests.proc_helpers import pid_of
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_pool_leaves_a_core_to_spare_while_its_busy_workers_are_fewer_than_cpus() -> None:
+async def test_a_pool_leaves_a_core_to_spare_while_nobody_waits_and_few_workers_are_busy() -> None:
     pool = Pool(3)
     pool.cpus = 2  # the parent and one busy worker leave a core; two busy ones do not
     try:
@@ -30,6 +31,34 @@ async def test_a_pool_leaves_a_core_to_spare_while_its_busy_workers_are_fewer_th
         await pool.release(second)
         assert pool.spare_core
         await pool.release(first)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_pool_has_no_core_to_spare_while_a_run_waits_for_a_worker() -> None:
+    pool = Pool(1)
+    pool.cpus = 2
+    handed: list[Any] = []
+    queued = anyio.Event()
+
+    async def wait_for_one() -> None:
+        queued.set()
+        handed.append(await pool.acquire())
+
+    try:
+        first = await pool.acquire()
+        assert pool.spare_core
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_one)
+            await queued.wait()
+            await anyio.lowlevel.checkpoint()  # the waiter is in line now
+            assert pool.waiting == 1
+            assert not pool.spare_core  # it will take the CPU a watching worker would use
+            await pool.release(first)  # handed to the waiter
+        await pool.release(handed[0])
     finally:
         with anyio.CancelScope(shield=True):
             await pool.close()

@@ -108,10 +108,12 @@ class Pool:
 
     @property
     def spare_core(self) -> bool:
-        """The busy workers (the one about to be sent a job among them) leave a CPU to spare
-        beside the parent's: a worker may then watch for its next job after this one instead
-        of sleeping (``child.protocol.SPIN``). Read without the lock: a hint."""
-        return len(self._roster.busy) < self.cpus
+        """Nobody waits for a worker, and the busy ones (the one about to be sent a job among
+        them) leave a CPU to spare beside the parent's: a worker may then watch for its next
+        job after this one instead of sleeping (``child.protocol.SPIN``). Requests waiting
+        would soon take that CPU. Read without the lock: a hint."""
+        roster = self._roster
+        return not roster.waiters and len(roster.busy) < self.cpus
 
     @property
     def waiting(self) -> int:
