@@ -4,11 +4,13 @@ a run of one batch; an input of more calls reaches the run whole."""
 
 from __future__ import annotations
 
+import contextlib
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
@@ -136,3 +138,37 @@ async def test_auto_batching_learns_from_it_as_from_a_run_of_one_batch(no_run: N
     batching._learned.pop(func, None)
     assert await Parallel(n_jobs=2, batch_size=1)([delayed(func)(2)]) == [8]
     assert func not in batching._learned
+
+
+class _GroupRaisingBackend:
+    """A custom backend whose batch fails inside a task group of its own."""
+
+    name = "group-raising"
+    n_workers = 2
+
+    async def __aenter__(self) -> _GroupRaisingBackend:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def open_run(self, options: Any) -> AsyncIterator[Any]:
+        async def run_batch(batch: Any) -> list[Any]:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_broken)
+            return []
+
+        yield run_batch
+
+
+async def _broken() -> None:
+    raise LookupError("the backend broke")
+
+
+async def test_a_backend_error_in_a_task_group_is_raised_as_itself() -> None:
+    p = Parallel(backend=_GroupRaisingBackend(), n_jobs=2)
+    with pytest.raises(LookupError, match="the backend broke"):
+        await p([delayed(square)(1)])  # one call (run.single)
+    with pytest.raises(LookupError, match="the backend broke"):
+        await p([delayed(square)(1), delayed(square)(2)])  # a Run, for comparison

@@ -73,7 +73,7 @@ from .stream import ResultStream
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["SOURCE_CLOSE_GRACE", "Run", "settle"]
+__all__ = ["SOURCE_CLOSE_GRACE", "Run", "first_leaf", "settle"]
 
 _NOTHING: Any = object()
 _MIXED: Any = object()
@@ -188,7 +188,7 @@ class Run:
                 else:  # no reporter task, no group for it (~20 µs of a small run)
                     await self._run_lanes(run_batch)
         except BaseExceptionGroup as group:
-            leaf = _first_leaf(group)
+            leaf = first_leaf(group)
             raise leaf from leaf.__cause__  # hide the group, keep the error's own cause
         finally:
             await self._close_source()
@@ -523,7 +523,7 @@ def _call_alive(method: weakref.WeakMethod[Any]) -> Any:
     return None if bound is None else bound()
 
 
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real exception inside (possibly nested) exception groups."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):

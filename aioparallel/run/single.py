@@ -10,6 +10,7 @@ run of one batch, so the next run of its function is sized the same either way.
 
 from __future__ import annotations
 
+import sys
 import time
 import types
 from collections.abc import Iterator
@@ -25,8 +26,11 @@ from .batching import (
     note_call_seconds,
     note_length,
 )
-from .run import settle
+from .run import first_leaf, settle
 from .source import as_call, close_coroutines
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["one_call", "run_single"]
 
@@ -81,10 +85,14 @@ async def run_single(
     # its function's calls took last
     options = options.with_expected_work(lambda: latest_call_seconds(func))
     batch = Batch(0, [call], last=True)
-    async with backend.open_run(options) as run_batch:
-        began = time.perf_counter()
-        values = await run_batch(batch)
-        ran = time.perf_counter() - (began if batch.started is None else batch.started)
+    try:
+        async with backend.open_run(options) as run_batch:
+            began = time.perf_counter()
+            values = await run_batch(batch)
+            ran = time.perf_counter() - (began if batch.started is None else batch.started)
+    except BaseExceptionGroup as group:  # as Run.execute raises it: the error, not a group
+        leaf = first_leaf(group)
+        raise leaf from leaf.__cause__
     if len(values) != 1:
         raise RuntimeError(f"backend returned {len(values)} results for 1 calls")
     note_call_seconds(func, ran)
