@@ -26,7 +26,7 @@ from .batching import (
     note_call_seconds,
     note_length,
 )
-from .run import first_leaf, settle
+from .outcomes import first_leaf, settle
 from .source import as_call, close_coroutines
 
 if sys.version_info < (3, 11):
