@@ -38,8 +38,8 @@ FLUSH_SECONDS = 0.05
 #: After a job, a worker watches for the next frame for up to twice its last wait (at most
 #: this), if that was under this, before it sleeps in ``read``: waking a sleeping process
 #: costs ~30-50 µs (on a VM, an interrupt to another virtual CPU), as much as a one-call
-#: job's whole work. Only if the job said a core is to spare (``protocol.SPIN``): the pool's
-#: other workers and the parent then leave it one.
+#: job's whole work. Only if the job said a core is to spare (``protocol.SPIN``: nobody
+#: waits for a worker, and the pool's other busy ones and the parent leave it one).
 SPIN_SECONDS = 0.0005
 #: One wait in this many goes the way the worker does not prefer (``Worker._watching``).
 SPIN_PROBE = 16

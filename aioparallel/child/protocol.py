@@ -48,8 +48,9 @@ _POSITION = struct.Struct("<I")
 #: A BATCH body starts with the job's slot base (``slot``), so the worker can mark it while
 #: loading, and flags: ``SPIN``.
 JOB_HEADER = struct.Struct("<qB")
-#: Job flag: the machine has a core to spare after this job (the pool's busy workers are
-#: fewer than its CPUs), so the worker may watch for its next job instead of sleeping.
+#: Job flag: the machine has a core to spare after this job (nobody waits for a worker, and
+#: the pool's busy ones are fewer than its CPUs: ``Pool.spare_core``), so the worker may
+#: watch for its next job instead of sleeping.
 SPIN = 1
 
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)
@@ -225,12 +226,19 @@ def read_frame(fd: int) -> tuple[int, bytes] | None:
     return kind, body
 
 
+def writable_run_dir(run_dir: str) -> str:
+    """The run's folder, for a file this worker is about to write there: created or checked
+    (``ensure_private_dir``), and noted first in ``wrote_into`` (the next results frame says
+    ``WROTE``), as the folder may exist even if the write fails."""
+    wrote_into.add(run_dir)
+    return ensure_private_dir(run_dir)
+
+
 def spill(run_dir: str, body: bytes, prefix: str) -> bytes:
     """Write a large body to a private file in ``run_dir``; return its path as the new body."""
     import tempfile
 
-    wrote_into.add(run_dir)  # first: the folder may exist even if the write fails
-    fd, path = tempfile.mkstemp(prefix=prefix, dir=ensure_private_dir(run_dir))
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=writable_run_dir(run_dir))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)

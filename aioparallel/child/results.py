@@ -32,8 +32,7 @@ class _ResultPickler(pickle.Pickler):
         if self.max_nbytes is not None and obj.nbytes > self.max_nbytes and not obj.dtype.hasobject:
             import tempfile
 
-            protocol.wrote_into.add(self.run_dir)  # first: the write may fail half-way
-            run_dir = protocol.ensure_private_dir(self.run_dir)
+            run_dir = protocol.writable_run_dir(self.run_dir)
             fd, path = tempfile.mkstemp(prefix="result-", suffix=".npy", dir=run_dir)
             with os.fdopen(fd, "wb") as f:
                 np.save(f, obj, allow_pickle=False)
