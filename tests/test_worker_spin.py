@@ -4,7 +4,9 @@ watching has been making the wait shorter (``Worker._watching``); an idle worker
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -18,19 +20,13 @@ from aioparallel.child import main as child_main
 from tests.proc_helpers import pid_of
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_a_pool_leaves_a_core_to_spare_while_nobody_waits_and_few_workers_are_busy() -> None:
-    pool = Pool(3)
-    pool.cpus = 2  # the parent and one busy worker leave a core; two busy ones do not
+@contextlib.asynccontextmanager
+async def pool_on(cpus: int, size: int) -> AsyncIterator[Pool]:
+    """A private pool of ``size`` workers that counts ``cpus`` CPUs, closed on the way out."""
+    pool = Pool(size)
+    pool.cpus = cpus
     try:
-        first = await pool.acquire()
-        assert pool.spare_core
-        second = await pool.acquire()
-        assert not pool.spare_core
-        await pool.release(second)
-        assert pool.spare_core
-        await pool.release(first)
+        yield pool
     finally:
         with anyio.CancelScope(shield=True):
             await pool.close()
@@ -38,17 +34,29 @@ async def test_a_pool_leaves_a_core_to_spare_while_nobody_waits_and_few_workers_
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_pool_leaves_a_core_to_spare_while_nobody_waits_and_few_workers_are_busy() -> None:
+    # the parent and one busy worker leave a core of two; two busy ones do not
+    async with pool_on(cpus=2, size=3) as pool:
+        first = await pool.acquire()
+        assert pool.spare_core
+        second = await pool.acquire()
+        assert not pool.spare_core
+        await pool.release(second)
+        assert pool.spare_core
+        await pool.release(first)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_pool_has_no_core_to_spare_while_a_run_waits_for_a_worker() -> None:
-    pool = Pool(1)
-    pool.cpus = 2
     handed: list[Any] = []
     queued = anyio.Event()
+    async with pool_on(cpus=2, size=1) as pool:
 
-    async def wait_for_one() -> None:
-        queued.set()
-        handed.append(await pool.acquire())
+        async def wait_for_one() -> None:
+            queued.set()
+            handed.append(await pool.acquire())
 
-    try:
         first = await pool.acquire()
         assert pool.spare_core
         async with anyio.create_task_group() as tg:
@@ -59,9 +67,6 @@ async def test_a_pool_has_no_core_to_spare_while_a_run_waits_for_a_worker() -> N
             assert not pool.spare_core  # it will take the CPU a watching worker would use
             await pool.release(first)  # handed to the waiter
         await pool.release(handed[0])
-    finally:
-        with anyio.CancelScope(shield=True):
-            await pool.close()
 
 
 @pytest.mark.anyio
