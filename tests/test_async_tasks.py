@@ -323,3 +323,30 @@ def test_auto_batching_floor_for_async_input() -> None:
     batcher.record(64, 10.0)  # slow batches do not shrink it below the floor
     assert batcher.next_size(None, 2) == 64
     assert batcher.next_size(40, 2) == 20  # the tail: shared between the workers
+
+
+def test_tasks_dropped_before_they_start_leave_no_unawaited_coroutine() -> None:
+    # a batch stopping at its first failure cancels the tasks of its other calls, some of
+    # which have not taken a step yet (the race behind a CI run's "never awaited" warning)
+    import asyncio
+    import gc
+    import warnings
+
+    from aioparallel.child.async_loop import InFlight
+
+    async def noop() -> None:
+        return None
+
+    async def main() -> None:
+        tasks = InFlight(asyncio.get_running_loop(), None, lambda *a: None, lambda: None)
+        for position in range(3):
+            tasks.start(position, noop, (), {})
+        started = list(tasks.tasks.values())
+        tasks.cancel_all()  # before any of them ran
+        await asyncio.gather(*started, return_exceptions=True)
+        assert all(task.cancelled() for task in started)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        asyncio.run(main())
+        gc.collect()

@@ -117,7 +117,7 @@ class InFlight:
             timer = self.loop.call_later(
                 self.timeout, self._expire, position, task, time.monotonic()
             )
-        task.add_done_callback(lambda t: self._finished(position, t, timer))
+        task.add_done_callback(lambda t: self._finished(position, t, timer, coro))
 
     def _expire(self, position: int, task: asyncio.Task[Any], started: float) -> None:
         self._expired[position] = started
@@ -133,8 +133,15 @@ class InFlight:
         self.settled()
 
     def _finished(
-        self, position: int, task: asyncio.Task[Any], timer: asyncio.TimerHandle | None
+        self,
+        position: int,
+        task: asyncio.Task[Any],
+        timer: asyncio.TimerHandle | None,
+        coro: Any,
     ) -> None:
+        # a task cancelled before its first step (cancel_all) never awaited its coroutine:
+        # closed here, it never warns "was never awaited" (a no-op once it has run)
+        coro.close()
         if timer is not None:
             timer.cancel()
         if self.tasks.get(position) is not task:  # given up on as stuck: already reported
