@@ -94,6 +94,24 @@ def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
     assert slow.next_size(4, 2) == 1
 
 
+async def test_a_generator_as_long_as_its_functions_last_run_is_cut_as_a_list_would_be() -> None:
+    """A generator's length is unknown, but the function's last run made 20 calls: the run
+    cuts it as it would a list of 20, its tail shared between the workers, not at the batch
+    size learned on longer runs (the last request of a web backend's burst went in batches
+    of 1, 16 and 3, the 16 on one worker while the other idled)."""
+    task = fresh_function()
+    batching._learned[task] = (16, 0.002, batching.MAX_BATCH_CALLS)  # as earlier runs left
+    batching.note_length(task, 20)
+    backend = RecordingBackend()
+    results = await Parallel(backend=backend)(delayed(task)(i) for i in range(20))
+    generator_sizes, backend.sizes = backend.sizes, []
+    assert results == list(range(20))
+    assert max(generator_sizes) <= 10, generator_sizes
+    batching._learned[task] = (16, 0.002, batching.MAX_BATCH_CALLS)
+    await Parallel(backend=backend)([delayed(task)(i) for i in range(20)])
+    assert max(backend.sizes) <= 10, backend.sizes  # a list of 20, for comparison
+
+
 def test_what_earlier_runs_learned_does_not_keep_a_short_tail_on_one_worker() -> None:
     """Earlier runs found the function fast; these calls may be slow: until this run has
     measured one, its tail still gives every worker a share (one call each for 3 calls on 4

@@ -207,6 +207,11 @@ class Backend(Protocol):
         that are taken anyway. A hint, read without a lock. The callable ``open_run``
         gives may have its own ``crowded``, which its run reads instead: busy with this
         run's own batches, every worker is not crowded for it.
+
+    The callable ``open_run`` gives may also have, optionally (a pool shared by runs has):
+    ``await wait_for_worker()``, which returns once a worker is ready for the run's next
+    batch, so that the run cuts it then, on the pool as it is; and ``keep_idle(lanes)``,
+    which keeps idle workers for the run's lanes about to ask, before newer runs.
     """
 
     name: str

@@ -13,17 +13,19 @@
 
 Each lane takes the next consecutive batch (under a lock, so batches are numbered in input
 order), runs it on one worker, learns its duration for auto batching, and hands the values
-to the sink. A lane that took a batch starts the next lane, until there are as many as
-batches the backend runs at once: a short input gets a lane per batch (and one that finds
-its end), whatever ``n_jobs`` says; a run of one lane (one call, or one worker) runs it
-in the caller's task, with no group to start or cancel. (An unsized input's takes ask for one
-call more than their batch, to find its end: a generator of one call runs as one lane.) The first
-failure (a task error without ``return_exceptions``, or an error of the input itself) is
-recorded and cancels the task group; it is re-raised unwrapped, with its own type, once
-every lane has stopped and the backend has cleaned up. A task's exception of any type is its
-outcome (a ``Failure`` in its slot), never the run's own cancellation; only a
-``StopIteration``/``StopAsyncIteration`` is wrapped in a ``RuntimeError`` naming the task, as
-it cannot leave a coroutine or an async iterator as itself (PEP 479).
+to the sink. On a pool that other runs share, a lane that finds no worker free waits in line
+for one before it takes (the backend's ``wait_for_worker``): its batch is then cut for the
+pool as it is when the batch can run. A lane that took a batch starts the next lane, until
+there are as many as batches the backend runs at once: a short input gets a lane per batch
+(and one that finds its end), whatever ``n_jobs`` says; a run of one lane (one call, or one
+worker) runs it in the caller's task, with no group to start or cancel. (An unsized input's
+takes ask for one call more than their batch, to find its end: a generator of one call runs
+as one lane.) The first failure (a task error without ``return_exceptions``, or an error of
+the input itself) is recorded and cancels the task group; it is re-raised unwrapped, with
+its own type, once every lane has stopped and the backend has cleaned up. A task's exception
+of any type is its outcome (a ``Failure`` in its slot), never the run's own cancellation;
+only a ``StopIteration``/``StopAsyncIteration`` is wrapped in a ``RuntimeError`` naming the
+task, as it cannot leave a coroutine or an async iterator as itself (PEP 479).
 
 At the end, an async generator input we stopped consuming is closed, shielded from the
 caller's cancellation but bounded by ``SOURCE_CLOSE_GRACE``: a generator whose ``finally``
@@ -36,6 +38,7 @@ import sys
 import time
 import warnings
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -120,6 +123,8 @@ class Run:
         #: The calls' function (_MIXED if they have several, as far as the first and last
         #: of each batch tell): auto batching learns per function, across runs.
         self._func: Any = _NOTHING
+        #: The function of the first call taken, once it is (``_func`` is set as it is cut).
+        self._first_func: Any = _NOTHING
         #: The input's last take, when it ended an unsized input: shared out between the
         #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
         self._tail: list[Call[Any]] = []
@@ -153,15 +158,16 @@ class Run:
         takes (its own latest batch's, else the latest batch's of its function in any run).
         None if either is unknown. Read from any thread, by a pool deciding who is small."""
         source = self.source
+        func = self._first_func if self._func is _NOTHING else self._func
         n = source.total
         if n is None:
             n = source.taken
             if not source.exhausted:
-                usual = last_length(self._func)
+                usual = last_length(func)
                 if usual is None:
                     return None
                 n = max(n, usual)
-        per_call = self._call_seconds or latest_call_seconds(self._func)
+        per_call = self._call_seconds or latest_call_seconds(func)
         return None if per_call is None else n * per_call
 
     async def execute(self) -> None:
@@ -199,7 +205,7 @@ class Run:
             n_lanes = max(1, min(n_lanes, self.source.total))
         elif n_lanes > 1:  # an unsized input: its first batch may be all of it
             self._look_ahead = True
-            first = await self._take_or_fail()
+            first = await self._take_or_fail(getattr(run_batch, "wait_for_worker", None))
             if first is None:
                 return
             if self._all_taken and not self._budgets:  # (a budgeted batch may come back)
@@ -278,9 +284,10 @@ class Run:
         if self._tail:
             return self._next_of_tail()
         held, self._held = self._held, []
-        if self.source.exhausted and not held:
+        if self.source.exhausted and not held:  # (found empty by the take before a wait)
+            self.reporter.input_exhausted()
             return self.source.taken, []
-        remaining = None if self.source.total is None else self.source.total - self.source.taken
+        remaining = self._remaining(len(held))
         want = self.batcher.next_size(remaining, self.backend.n_workers)
         ahead = self._look_ahead
         n = await self.budget.acquire(want + ahead - len(held)) if want > len(held) else 0
@@ -329,6 +336,18 @@ class Run:
         if self.source.exhausted:
             self.reporter.input_exhausted()
         return start, calls
+
+    def _remaining(self, held: int) -> int | None:
+        """Calls left to cut into batches, ``held`` calls taken ahead among them: of a sized
+        input, else as many as the function's last completed run made (a hint: a generator
+        may be longer this time, and is then taken on at the learned size); None when
+        nothing tells."""
+        source = self.source
+        cut = source.taken - held
+        if source.total is not None:
+            return source.total - cut
+        usual = last_length(self._func)
+        return None if usual is None or usual <= cut else usual - cut
 
     def _share_tail(self, start: int, calls: list[Call[Any]]) -> tuple[int, list[Call[Any]]]:
         """The take that ended an unsized input: cut it as the tail of a sized input of that
@@ -389,10 +408,27 @@ class Run:
             self.batcher.next_size(remaining, self.backend.n_workers) - taken
         )
 
-    async def _take_or_fail(self) -> tuple[int, list[Call[Any]]] | None:
+    async def _when_a_worker_is_ready(self, wait_for_worker: Callable[[], Awaitable[None]]) -> None:
+        """Before a take: wait until a worker can run the batch (the backend's
+        ``wait_for_worker``), so that it is cut on the pool as it is then, not as it was
+        when the lane began to wait (the last request of a burst, alone by then, spreads
+        instead of going whole to one worker). A run that has taken nothing yet takes its
+        first call before it waits (it starts its first batch), so that the pool can tell
+        what the run needs meanwhile (``expected_work``: a small run passes a huge one)."""
+        if self._func is _NOTHING and not self._held and not self.source.exhausted:
+            self._held = await self._take_more(1)
+            if self._held:
+                self._first_func = self._held[0].func
+        await wait_for_worker()
+
+    async def _take_or_fail(
+        self, wait_for_worker: Callable[[], Awaitable[None]] | None = None
+    ) -> tuple[int, list[Call[Any]]] | None:
         """``_take_batch``, or None once there is nothing to run: the input ended, or it
         failed (the run's error then)."""
         try:
+            if wait_for_worker is not None:
+                await self._when_a_worker_is_ready(wait_for_worker)
             start, calls = await self._take_batch()
         except ProducerError as exc:
             self._fail(exc.error)
@@ -416,8 +452,10 @@ class Run:
         self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None
     ) -> None:
         """``_lane``'s loop."""
+        wait_for_worker = getattr(run_batch, "wait_for_worker", None)
+        keep_idle = getattr(run_batch, "keep_idle", None)
         while True:
-            taken = first or await self._take_or_fail()
+            taken = first or await self._take_or_fail(wait_for_worker)
             first = None
             if taken is None:
                 return
@@ -426,6 +464,8 @@ class Run:
                 self._unstarted_lanes -= 1
                 assert self._lanes is not None
                 self._lanes.start_soon(self._lane, run_batch, None)
+                if keep_idle is not None:  # for this lane and the new one, before newer runs
+                    keep_idle(2)
             batch = Batch(
                 start, calls, budget=self._budgets.pop(start, None), last=self._last_batch
             )

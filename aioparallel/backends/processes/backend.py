@@ -130,6 +130,15 @@ class _RunScope:
         one batch (``Backend``)."""
         return self.workers.crowded
 
+    def keep_idle(self, lanes: int) -> None:
+        """``RunWorkers.keep_idle``: idle workers kept for this run's lanes about to ask."""
+        self.workers.keep_idle(lanes)
+
+    async def wait_for_worker(self) -> None:
+        """``RunWorkers.wait_for_worker``: the run's next batch is cut once a worker is
+        ready for it."""
+        await self.workers.wait_for_worker()
+
     async def __call__(self, batch: Batch) -> list[Any]:
         run = BatchRun(self.workers, self.folder, self.options, batch)
         try:

@@ -120,6 +120,12 @@ class Pool:
         """Lanes waiting for a worker, of every run (read without the lock: a hint)."""
         return len(self._roster.waiters)
 
+    def take_idle(self) -> WorkerProcess | None:
+        """An idle worker (alive or not), if one is and nobody waits for one; else None."""
+        if self._roster.waiters:
+            return None
+        return self._roster.take(LoopRef())
+
     async def acquire(self, run: Standing | None = None) -> WorkerProcess:
         """A worker for the caller to hold until it calls ``release``; if none is free, the
         caller waits behind runs that started earlier (``run.ticket``, ``run_ticket()``),
@@ -352,13 +358,38 @@ class RunWorkers:
 
     @property
     def crowded(self) -> bool:
-        """Every worker of the pool is busy, and another run holds one or waits for one:
-        busy with this run's batches alone, the pool is not crowded for it."""
+        """Every worker of the pool is busy, this run holds fewer than all of them, and
+        another run waits for one: a worker this run does not use would be taken anyway.
+        Busy with this run's batches alone, or with nobody behind it in line (the last
+        request of a burst), the pool is not crowded for it: it spreads its calls over the
+        workers it can get."""
         pool = self.pool
         if not pool.crowded:
             return False
         held = len(self._since) + len(self._kept)
-        return held < pool.size or pool.waiting > self.waiting
+        return held < pool.size and pool.waiting > self.waiting
+
+    def keep_idle(self, lanes: int) -> None:
+        """This run's ``lanes`` are about to ask for a worker (a lane that started another):
+        keep idle workers for them, as many as they lack, if nobody waits. A newer run's
+        lane, which the loop may run first, cannot take them, so a run that starts on an
+        idle pool gets its full width (kept two turns, as ``keep``)."""
+        for _ in range(lanes - len(self._kept)):
+            worker = self.pool.take_idle()
+            if worker is None:
+                return
+            self._since[worker] = time.monotonic()
+            if not self.keep(worker):
+                self._doomed.append(worker)
+
+    async def wait_for_worker(self) -> None:
+        """If this run keeps no worker and none is free, wait in line for one and keep it,
+        so that the run cuts its next batch when a worker can run it (``Run``)."""
+        if self._kept or not self.pool.crowded:
+            return
+        worker = await self.acquire()
+        if not self.keep(worker):
+            self._doomed.append(worker)
 
     async def acquire(self) -> WorkerProcess:
         """A kept worker, else one from the pool (in this run's place in line)."""
