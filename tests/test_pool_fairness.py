@@ -180,10 +180,11 @@ async def test_runs_of_a_new_function_on_a_crowded_pool_go_whole_once_it_is_meas
         results = await runs_in_line(parallel, tmp_path, [calls(run, 10) for run in range(4)])
     assert [[r for r, _ in got] for got in results] == [[run] * 10 for run in range(4)]
     assert logs[0].sizes[0] == 1, logs[0].sizes  # nothing known: one call
-    # cut before or after a batch of the first run was measured; once it is, with runs
-    # waiting behind: the rest whole
+    # cut before or after a batch of an earlier run was measured (trio may hand a worker
+    # kept by the first run to the third before the first has read its batch's time);
+    # once one is, with runs waiting behind: the rest whole
     assert logs[1].sizes in ([1, 9], [10]), logs[1].sizes
-    assert logs[2].sizes == [10], logs[2].sizes
+    assert logs[2].sizes in ([1, 9], [10]), logs[2].sizes
 
 
 async def test_a_run_on_an_idle_pool_takes_every_free_worker_first(
