@@ -182,9 +182,10 @@ async def test_runs_of_a_new_function_on_a_crowded_pool_go_whole_once_it_is_meas
     assert logs[0].sizes[0] == 1, logs[0].sizes  # nothing known: one call
     # cut before or after a batch of an earlier run was measured (trio may hand a worker
     # kept by the first run to the third before the first has read its batch's time);
-    # once one is, with runs waiting behind: the rest whole
-    assert logs[1].sizes in ([1, 9], [10]), logs[1].sizes
-    assert logs[2].sizes in ([1, 9], [10]), logs[2].sizes
+    # once one is, with runs waiting behind: the rest whole, up to 40 ms of work by what
+    # the calls took (a loaded machine's round trips count), not 2 by doubling
+    for log in logs[1:3]:
+        assert log.sizes == [10] or (log.sizes[0] == 1 and log.sizes[1] > 2), log.sizes
 
 
 async def test_a_run_on_an_idle_pool_takes_every_free_worker_first(
