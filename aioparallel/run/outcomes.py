@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._call import Call, function_name
 from .._errors import attach_task
@@ -18,7 +18,7 @@ from .stream import ResultStream
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["first_leaf", "settle"]
+__all__ = ["raise_unwrapped", "settle"]
 
 #: A Parallel call a task returned without awaiting it: no result (the in-process backends
 #: hand it over as is; pickling refuses it on the others).
@@ -65,9 +65,10 @@ def _raisable(exc: BaseException, index: int, call: Call[Any]) -> BaseException:
     return error
 
 
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
+def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the first real exception inside (possibly nested) exception groups, as a run
+    raises a task group's error: the error itself, not a group, with its own cause."""
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
-    return exc
+    raise exc from exc.__cause__

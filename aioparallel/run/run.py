@@ -64,7 +64,7 @@ from .batching import (
     note_call_seconds,
     note_length,
 )
-from .outcomes import first_leaf, settle
+from .outcomes import raise_unwrapped, settle
 from .progress import ProgressReporter
 from .results import Sink
 from .source import ProducerError, Source
@@ -185,8 +185,7 @@ class Run:
                 else:  # no reporter task, no group for it (~20 µs of a small run)
                     await self._run_lanes(run_batch)
         except BaseExceptionGroup as group:
-            leaf = first_leaf(group)
-            raise leaf from leaf.__cause__  # hide the group, keep the error's own cause
+            raise_unwrapped(group)
         finally:
             await self._close_source()
         if self.error is not None:

@@ -26,7 +26,7 @@ from .batching import (
     note_call_seconds,
     note_length,
 )
-from .outcomes import first_leaf, settle
+from .outcomes import raise_unwrapped, settle
 from .source import as_call, close_coroutines
 
 if sys.version_info < (3, 11):
@@ -90,9 +90,8 @@ async def run_single(
             began = time.perf_counter()
             values = await run_batch(batch)
             ran = time.perf_counter() - (began if batch.started is None else batch.started)
-    except BaseExceptionGroup as group:  # as Run.execute raises it: the error, not a group
-        leaf = first_leaf(group)
-        raise leaf from leaf.__cause__
+    except BaseExceptionGroup as group:  # as Run.execute raises it
+        raise_unwrapped(group)
     if len(values) != 1:
         raise RuntimeError(f"backend returned {len(values)} results for 1 calls")
     note_call_seconds(func, ran)

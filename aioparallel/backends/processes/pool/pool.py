@@ -378,7 +378,6 @@ class RunWorkers:
             worker = self.pool.take_idle()
             if worker is None:
                 return
-            self._since[worker] = time.monotonic()
             if not self.keep(worker):
                 self._doomed.append(worker)
 
