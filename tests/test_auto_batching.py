@@ -87,7 +87,8 @@ def test_the_tail_is_not_cut_into_batches_too_small_to_pay_their_way() -> None:
     batcher.record(16, 0.032)  # 2 ms per call: the size stays
     assert batcher.next_size(100, 2) == 16  # not yet the tail
     assert batcher.next_size(12, 2) == 5  # a quarter would be 3 calls: 6 ms of work
-    assert batcher.next_size(7, 2) == 7  # 5, then a stub of 2: all at once
+    assert batcher.next_size(7, 2) == 4  # not 5, then a stub of 2: halves
+    assert batcher.next_size(4, 2) == 4  # halves would be stubs: all at once
     assert batcher.next_size(2, 2) == 2  # what is left
     slow = AutoBatcher()
     slow.record(1, 2.0)  # 2 s per call: the tail is shared call by call
@@ -110,6 +111,21 @@ async def test_a_generator_as_long_as_its_functions_last_run_is_cut_as_a_list_wo
     batching._learned[task] = (16, 0.002, batching.MAX_BATCH_CALLS)
     await Parallel(backend=backend)([delayed(task)(i) for i in range(20)])
     assert max(backend.sizes) <= 10, backend.sizes  # a list of 20, for comparison
+
+
+async def test_the_default_pre_dispatch_has_room_for_the_tail_as_it_is_cut() -> None:
+    """The default pre_dispatch bound is two batches per worker of the size cut, not of the
+    size learned: a function learned at 2 calls a batch, whose tail is shared out in larger
+    batches, went in batches of 1 while a batch of 7 filled the bound of 8 (a web backend's
+    first request of a burst: 1, 7, 1, 1, 1, 1, 1, 1, 7), a round trip per call."""
+    task = fresh_function()
+    batching._learned[task] = (2, 0.001, batching.MAX_BATCH_CALLS)
+    backend = RecordingBackend()
+    assert await Parallel(backend=backend)([delayed(task)(i) for i in range(20)]) == list(
+        range(20)
+    )
+    assert backend.sizes[0] == 1 and 1 not in backend.sizes[1:], backend.sizes
+    assert len(backend.sizes) <= 4, backend.sizes
 
 
 def test_what_earlier_runs_learned_does_not_keep_a_short_tail_on_one_worker() -> None:

@@ -245,8 +245,10 @@ class AutoBatcher:
             return self.size  # ``record`` finds (it ignores batches of another size)
         if floor:
             share = max(share, min(floor, cap))
-            if remaining - share < floor / 2:  # no stub of a batch left behind
-                share = max(share, min(remaining, cap))
+            if remaining - share < floor / 2:  # no stub of a batch left behind: two
+                # halves if neither is one (the other worker takes the second), else all
+                halves = remaining // 2 >= floor / 2
+                share = math.ceil(remaining / 2) if halves else max(share, min(remaining, cap))
         if self.floor > 1:  # async: up to a floor's worth each, rather than half a share
             share = max(share, min(self.floor, math.ceil(remaining / n_workers)))
         return max(1, min(share, MAX_BATCH_CALLS))

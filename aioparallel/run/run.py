@@ -288,6 +288,7 @@ class Run:
             return self.source.taken, []
         remaining = self._remaining(len(held))
         want = self.batcher.next_size(remaining, self.backend.n_workers)
+        self._widen_for(want)  # a tail's share may be larger than the learned size
         ahead = self._look_ahead
         n = await self.budget.acquire(want + ahead - len(held)) if want > len(held) else 0
         start = self.source.taken - len(held)
