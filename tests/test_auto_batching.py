@@ -121,9 +121,7 @@ async def test_the_default_pre_dispatch_has_room_for_the_tail_as_it_is_cut() -> 
     task = fresh_function()
     batching._learned[task] = (2, 0.001, batching.MAX_BATCH_CALLS)
     backend = RecordingBackend()
-    assert await Parallel(backend=backend)([delayed(task)(i) for i in range(20)]) == list(
-        range(20)
-    )
+    assert await Parallel(backend=backend)([delayed(task)(i) for i in range(20)]) == list(range(20))
     assert backend.sizes[0] == 1 and 1 not in backend.sizes[1:], backend.sizes
     assert len(backend.sizes) <= 4, backend.sizes
 
