@@ -9,6 +9,7 @@ caller's loop (those cases run on asyncio callers only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from aioparallel import Parallel, delayed, parallel_config
 from aioparallel._detached import _in_trio
+from aioparallel.backends.threads import ThreadBackend
 from tests import async_helpers as ah
 from tests.helpers import PROMPT, collect
 
@@ -312,6 +314,43 @@ async def test_sync_only_workers_never_import_asyncio() -> None:
         assert await parallel(delayed(eval)(probe) for _ in range(4)) == [False] * 4
 
 
+class _RecordingThreads(ThreadBackend):
+    """The thread backend, recording each batch's size."""
+
+    def __init__(self, n_jobs: int) -> None:
+        super().__init__(n_jobs)
+        self.sizes: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def open_run(self, options: Any) -> Any:
+        async with super().open_run(options) as run_batch:
+
+            async def recording(batch: Any) -> list[Any]:
+                self.sizes.append(len(batch.calls))
+                return await run_batch(batch)  # type: ignore[no-any-return]
+
+            yield recording
+
+
+@pytest.mark.anyio
+async def test_a_later_run_of_an_async_function_keeps_its_floor() -> None:
+    """The async floor (``ASYNC_BATCH_FACTOR`` x ``worker_concurrency`` calls a batch) holds
+    in every run of an async function, not only in its first: a later run, starting from a
+    learned size as large, took its first call alone and cut its tail like a sync run's,
+    down to batches of 1 (W8's last 230 tasks went in 16 batches, each a whole wait)."""
+
+    async def nap(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    async with _RecordingThreads(2) as backend:
+        for _ in range(2):
+            backend.sizes = []
+            calls = (delayed(nap)(i) for i in range(300))
+            assert await Parallel(backend=backend, worker_concurrency=4)(calls) == list(range(300))
+    assert min(backend.sizes) >= 4, backend.sizes  # never under one worker's tasks in flight
+
+
 def test_auto_batching_floor_for_async_input() -> None:
     """An async batch's duration is mostly waiting: auto batching never sends a worker fewer
     than ASYNC_BATCH_FACTOR * worker_concurrency of them, except to share the input's tail."""
@@ -323,6 +362,10 @@ def test_auto_batching_floor_for_async_input() -> None:
     batcher.record(64, 10.0)  # slow batches do not shrink it below the floor
     assert batcher.next_size(None, 2) == 64
     assert batcher.next_size(40, 2) == 20  # the tail: shared between the workers
+    # but never under one worker's tasks in flight (64 / ASYNC_BATCH_FACTOR): fewer take a
+    # whole wait all the same
+    assert batcher.next_size(24, 2) == 16
+    assert batcher.next_size(10, 2) == 10
 
 
 def test_tasks_dropped_before_they_start_leave_no_unawaited_coroutine() -> None:

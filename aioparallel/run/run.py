@@ -44,7 +44,7 @@ from typing import Any
 import anyio
 
 from .._call import Call
-from .._coroutines import async_flags
+from .._coroutines import async_flags, is_async_callable
 from ..backends.base import (
     Backend,
     Batch,
@@ -312,7 +312,7 @@ class Run:
             crowded_size = self.batcher.crowded_size(remaining)
             if crowded_size <= len(calls):  # the batch as cut is as large
                 crowded_size = 0
-        if calls and self.batcher.size < self._async_floor and async_flags(calls):
+        if calls and self._async_floor and self._async(calls):
             calls += self._held  # back in this batch, which grows to the async floor
             self._held = []
             calls += await self._async_input(remaining, len(calls))
@@ -396,6 +396,14 @@ class Run:
             raise
         budget.release(n - len(extra))
         return extra
+
+    def _async(self, calls: list[Call[Any]]) -> bool:
+        """Whether the batch just taken has async calls (every call looked at while batches
+        are smaller than the async floor; past it, as a learned size may be, the first
+        only: a sync run's batches of thousands are not looked through again)."""
+        if self.batcher.size < self._async_floor:
+            return async_flags(calls) is not None
+        return is_async_callable(calls[0].func)
 
     async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
         """The input has async calls: their duration is mostly waiting, so raise
