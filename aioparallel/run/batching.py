@@ -249,9 +249,9 @@ class AutoBatcher:
                 # halves if neither is one (the other worker takes the second), else all
                 halves = remaining // 2 >= floor / 2
                 share = math.ceil(remaining / 2) if halves else max(share, min(remaining, cap))
-        if self.floor > 1:  # async: up to a floor's worth each, rather than half a share,
-            # and never under one worker's tasks in flight: fewer take a wait all the same
-            wave = max(1, self.floor // ASYNC_BATCH_FACTOR)
+        if self.floor > 1:  # async: up to a floor's worth each, rather than half a share
             share = max(share, min(self.floor, math.ceil(remaining / n_workers)))
-            share = max(share, min(remaining, wave))
+            if self.measured:  # and, once batches are under way (others busy with theirs),
+                # never under one worker's tasks in flight: fewer take a wait all the same
+                share = max(share, min(remaining, self.floor // ASYNC_BATCH_FACTOR))
         return max(1, min(share, MAX_BATCH_CALLS))
