@@ -23,6 +23,7 @@ __all__ = [
     "MODES",
     "PROMPT",
     "PROMPT_PROCESSES",
+    "BatchSizes",
     "Gate",
     "Tracker",
     "add",
@@ -296,3 +297,22 @@ async def collect(p: Any, calls: Any, limit: float | None = None) -> list[Any]:
             return list(await p(calls))
         async with p(calls) as stream:
             return [r async for r in stream]
+
+
+class BatchSizes:
+    """Mixed into a backend class before it: records the size of each batch its runs send
+    (``sizes``), for the tests of how auto batching cuts a run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def open_run(self, options: Any) -> AsyncIterator[Any]:
+        async with super().open_run(options) as run_batch:  # type: ignore[misc]
+
+            async def recording(batch: Any) -> list[Any]:
+                self.sizes.append(len(batch.calls))
+                return await run_batch(batch)  # type: ignore[no-any-return]
+
+            yield recording

@@ -9,7 +9,6 @@ caller's loop (those cases run on asyncio callers only).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import sys
 import time
@@ -23,7 +22,7 @@ from aioparallel import Parallel, delayed, parallel_config
 from aioparallel._detached import _in_trio
 from aioparallel.backends.threads import ThreadBackend
 from tests import async_helpers as ah
-from tests.helpers import PROMPT, collect
+from tests.helpers import PROMPT, BatchSizes, collect
 
 BACKENDS = ["processes", "threads"]
 # -- results, order, mixed input ---------------------------------------------------------------
@@ -314,22 +313,8 @@ async def test_sync_only_workers_never_import_asyncio() -> None:
         assert await parallel(delayed(eval)(probe) for _ in range(4)) == [False] * 4
 
 
-class _RecordingThreads(ThreadBackend):
+class _RecordingThreads(BatchSizes, ThreadBackend):
     """The thread backend, recording each batch's size."""
-
-    def __init__(self, n_jobs: int) -> None:
-        super().__init__(n_jobs)
-        self.sizes: list[int] = []
-
-    @contextlib.asynccontextmanager
-    async def open_run(self, options: Any) -> Any:
-        async with super().open_run(options) as run_batch:
-
-            async def recording(batch: Any) -> list[Any]:
-                self.sizes.append(len(batch.calls))
-                return await run_batch(batch)  # type: ignore[no-any-return]
-
-            yield recording
 
 
 @pytest.mark.anyio

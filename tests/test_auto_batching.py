@@ -18,36 +18,17 @@ import pytest
 from aioparallel import Parallel, delayed
 from aioparallel.run import batching
 from aioparallel.run.batching import AutoBatcher
+from tests.helpers import BatchSizes
 from tests.test_custom_backend import InlineBackend
 
 pytestmark = pytest.mark.anyio
 
 
-class RecordingBackend(InlineBackend):  # type: ignore[misc,valid-type]
+class RecordingBackend(BatchSizes, InlineBackend):  # type: ignore[misc,valid-type]
     """The documented inline backend, recording each batch's size."""
 
     def __init__(self, n_workers: int = 2) -> None:
         super().__init__(n_workers)
-        self.sizes: list[int] = []
-
-    def open_run(self, options: Any) -> Any:
-        inner = super().open_run(options)
-        sizes = self.sizes
-
-        class _Recording:
-            async def __aenter__(self) -> Any:
-                run_batch = await inner.__aenter__()
-
-                async def recording(batch: Any) -> list[Any]:
-                    sizes.append(len(batch.calls))
-                    return await run_batch(batch)  # type: ignore[no-any-return]
-
-                return recording
-
-            async def __aexit__(self, *exc_info: Any) -> Any:
-                return await inner.__aexit__(*exc_info)
-
-        return _Recording()
 
 
 def fresh_function() -> Any:
