@@ -140,17 +140,44 @@ async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Pat
 
 @pytest.mark.asyncio
 async def test_blocking_coroutine_is_named_and_the_others_crash(tmp_path: Path) -> None:
+    """The calls that had started beside the one blocking the loop fail with its worker."""
     folder = str(tmp_path)
-    calls = [delayed(ah.block_the_loop)(folder, 0)] + [
-        delayed(ah.guarded)(folder, x) for x in (1, 2)
+    calls = [delayed(ah.guarded)(folder, x) for x in (0, 1)] + [
+        delayed(ah.block_the_loop)(folder, 2)
     ]
     results = await Parallel(n_jobs=2, batch_size=3, timeout=0.5, return_exceptions=True)(calls)
-    assert isinstance(results[0], TimeoutError), results[0]
-    assert "task 0 (block_the_loop)" in str(results[0]) and "was killed" in str(results[0])
-    for x in (1, 2):
+    assert isinstance(results[2], TimeoutError), results[2]
+    assert "task 2 (block_the_loop)" in str(results[2]) and "was killed" in str(results[2])
+    for x in (0, 1):
         assert type(results[x]) is WorkerCrashedError, (x, results[x])
         assert f"task {x} (guarded)" in str(results[x])
-        assert "task 0 (block_the_loop)" in str(results[x])
+        assert "task 2 (block_the_loop)" in str(results[x])
+
+
+async def nap_counted(folder: str, x: int) -> int:
+    """Notes each start (a line in ``ran-<x>``), then waits long."""
+    _ran(folder, x)
+    await asyncio.sleep(ah.LONG)
+    return x
+
+
+@pytest.mark.asyncio
+async def test_calls_handed_to_a_blocked_loop_that_never_began_run_again(tmp_path: Path) -> None:
+    """One call in flight per worker: the calls handed to its loop to start next (Python
+    3.12+ keeps some ready, to start each from the task that ends) never began while the
+    first blocked the loop. They run again, once, after the parent killed the worker."""
+    folder = str(tmp_path)
+    calls = [delayed(ah.block_the_loop)(folder, 0)] + [
+        delayed(nap_counted)(folder, x) for x in (1, 2)
+    ]
+    results = await Parallel(
+        n_jobs=2, batch_size=3, timeout=0.5, worker_concurrency=1, return_exceptions=True
+    )(calls)
+    assert isinstance(results[0], TimeoutError) and "was killed" in str(results[0]), results[0]
+    for x in (1, 2):
+        assert type(results[x]) is TimeoutError, (x, results[x])  # ran, and timed out as usual
+        assert "was cancelled in its worker" in str(results[x]), results[x]
+        assert runs(tmp_path, x) == 1, x
 
 
 @pytest.mark.asyncio
@@ -169,8 +196,16 @@ SEQ = 7
 BASE = SEQ << BATCH_SHIFT
 
 
-def snap(phase: int = -1, position: int = -1, handed: int = -1, finished: int = 0) -> Snapshot:
-    return Snapshot(phase=phase, position=position, started=1.0, handed=handed, finished=finished)
+def snap(
+    phase: int = -1,
+    position: int = -1,
+    handed: int = -1,
+    finished: int = 0,
+    begun: int | None = None,
+) -> Snapshot:
+    """``begun`` defaults to ``handed``: every call handed to the loop had started there."""
+    begun = handed if begun is None else begun
+    return Snapshot(phase, position, 1.0, handed=handed, finished=finished, begun=begun)
 
 
 def crashed(phase: int = R) -> Verdict:
@@ -258,6 +293,24 @@ BLAME_CASES = [
         id="async-handed-before-finished-counted",
     ),
     pytest.param(
+        snap(handed=3, finished=4, begun=1),
+        5,
+        {0},
+        ASYNC3 + ASYNC3[:2],
+        None,
+        ({1: IN_FLIGHT}, [2, 3, 4], -1, False),
+        id="async-handed-not-begun-reruns",
+    ),
+    pytest.param(
+        snap(handed=2, finished=2, begun=1),
+        3,
+        set(),
+        ASYNC3,
+        None,
+        ({0: IN_FLIGHT, 1: IN_FLIGHT}, [2], -1, False),
+        id="async-died-handing-over-before-it-began-reruns",
+    ),
+    pytest.param(
         snap(R, 2, handed=1, finished=2),
         4,
         set(),
@@ -265,6 +318,15 @@ BLAME_CASES = [
         None,
         ({0: LOST, 1: IN_FLIGHT, 2: crashed()}, [3], 2, False),
         id="returned-coroutine-in-flight",
+    ),
+    pytest.param(
+        snap(R, 2, handed=1, finished=2, begun=-1),
+        4,
+        set(),
+        b"\x00\x00\x00\x00",
+        None,
+        ({0: LOST, 1: IN_FLIGHT, 2: crashed()}, [3], 2, False),
+        id="returned-coroutine-not-begun-still-in-flight",
     ),
     pytest.param(
         snap(R, 1, finished=1),
@@ -364,3 +426,21 @@ def test_journal_keeps_outcomes_until_sent() -> None:
     assert not slot.keep(BASE, 5, b"x" * JOURNAL)  # larger than the journal: sent at once
     slot.loading(BASE + (1 << BATCH_SHIFT), 6.0)  # the next job starts with an empty journal
     assert slot.kept(SEQ + 1) == []
+
+
+async def fail_after_nap(x: int) -> int:
+    await asyncio.sleep(0.05)
+    raise ValueError(f"task input {x} failed")
+
+
+@pytest.mark.asyncio
+async def test_a_failed_call_starts_no_next_one_when_the_run_stops_at_the_first(
+    tmp_path: Path,
+) -> None:
+    """The next call waiting on the worker's loop is not started by the task that failed
+    (Python 3.12+ starts it from the task that ends): the run stops at its first failure."""
+    folder = str(tmp_path)
+    calls = [delayed(fail_after_nap)(0), delayed(nap_counted)(folder, 1)]
+    with pytest.raises(ValueError, match="task input 0 failed"):
+        await Parallel(n_jobs=2, batch_size=2, worker_concurrency=1)(calls)
+    assert runs(tmp_path, 1) == 0

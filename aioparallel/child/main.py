@@ -196,7 +196,15 @@ class Worker:
             from . import async_loop
 
             self.loop = async_loop.WorkerLoop(self.req_fd)
-        self.loop.begin(job.async_job[1], job.stop_on_error, job.send_async, job.base, job.values)
+        self.loop.begin(
+            job.async_job[1],
+            job.stop_on_error,
+            job.send_async,
+            job.base,
+            job.values,
+            job.async_job[2],
+            job.slot,
+        )
         return self.loop
 
     def _next_frame(self, since: float) -> tuple[int, bytes] | None:

@@ -15,7 +15,10 @@ Layout (native byte order, ``SIZE`` bytes)::
     24  <q  finished  job base | n: the main thread is done with the job's calls before n
                       (a sync call returned; an async one was handed to the loop)
     32  <q  kept      job base | bytes of the journal in use
-    40  the journal   records ``<I position, <I length, pickled outcome``: the outcomes of
+    40  <q  begun     job base | position of the last call started on the event loop, or -1
+                      (written by the loop's thread, its one writer; the loop starts its
+                      calls in the order they were handed)
+    48  the journal   records ``<I position, <I length, pickled outcome``: the outcomes of
                       the job's sync calls that returned since its last results frame
 
 The journal is why a worker that dies loses no finished call's result, whatever the flush
@@ -40,7 +43,7 @@ from typing import Any
 
 __all__ = ["JOURNAL", "SIZE", "CrashSlot", "Kill", "Snapshot", "Verdict", "blame"]
 
-HEADER = 40
+HEADER = 48
 #: Bytes of outcomes kept between two results frames; a larger one is sent at once.
 JOURNAL = 256 * 1024
 SIZE = HEADER + JOURNAL
@@ -55,13 +58,14 @@ _Q = struct.Struct("q")
 _D = struct.Struct("d")
 _ALL = struct.Struct("qdqq")
 _RECORD = struct.Struct("<II")
-_CURRENT, _STARTED, _HANDED, _FINISHED, _KEPT = 0, 8, 16, 24, 32
+_CURRENT, _STARTED, _HANDED, _FINISHED, _KEPT, _BEGUN = 0, 8, 16, 24, 32, 40
 
 
 class CrashSlot:
     """Both sides' view of one worker's slot (``buffer``: an ``mmap`` of ``SIZE`` bytes).
 
-    The worker's main thread is the only writer. Each write is one aligned 8-byte store, so
+    The worker's main thread is the only writer, but for ``begun``, which its event loop's
+    thread alone writes. Each write is one aligned 8-byte store, so
     the parent never reads half a number; the parent reads the final state after the
     worker died, when nothing can change it any more."""
 
@@ -77,6 +81,7 @@ class CrashSlot:
         """A job arrived: its first call's clock starts now (it includes the unpickling)."""
         buffer = self.buffer
         _Q.pack_into(buffer, _HANDED, -1)
+        _Q.pack_into(buffer, _BEGUN, -1)
         self.sent(base)
         _Q.pack_into(buffer, _FINISHED, base)
         _D.pack_into(buffer, _STARTED, at)
@@ -118,6 +123,11 @@ class CrashSlot:
         """Call ``position`` goes to the event loop (written before it can start there)."""
         _Q.pack_into(self.buffer, _HANDED, base | position)
 
+    def begun(self, base: int, position: int) -> None:
+        """Call ``position`` starts on the event loop now (by the loop's thread, before the
+        call's first step): a call handed but not begun never ran, and may run again."""
+        _Q.pack_into(self.buffer, _BEGUN, base | position)
+
     def idle(self) -> None:
         _Q.pack_into(self.buffer, _CURRENT, -1)
 
@@ -146,12 +156,14 @@ class CrashSlot:
             phase = current & (LOADING | SENDING)
             position = current & POSITION_MASK
         mine = finished >= 0 and finished >> BATCH_SHIFT == seq
+        begun = _Q.unpack_from(self.buffer, _BEGUN)[0]
         return Snapshot(
             phase=phase,
             position=position,
             started=started,
             handed=handed & POSITION_MASK if handed >= 0 and handed >> BATCH_SHIFT == seq else -1,
             finished=finished & POSITION_MASK if mine else 0,
+            begun=begun & POSITION_MASK if begun >= 0 and begun >> BATCH_SHIFT == seq else -1,
         )
 
 
@@ -159,13 +171,16 @@ class CrashSlot:
 class Snapshot:
     """The slot as seen for one job. ``phase``/``position``: the sync call on the main
     thread (-1: none); ``handed``: last call handed to the loop (-1: none); ``finished``:
-    calls before it are done."""
+    calls before it are done; ``begun``: last call started on the loop (-1: none). The loop
+    keeps a few handed calls ready beside those in flight: an async call after ``begun``
+    never started."""
 
     phase: int = -1
     position: int = -1
     started: float = 0.0
     handed: int = -1
     finished: int = 0
+    begun: int = -1
 
     @property
     def timed(self) -> tuple[int, int, float] | None:
@@ -214,6 +229,12 @@ class Blame:
     split: bool = False
 
 
+def _never_begun(snap: Snapshot, flags: bytes | None, j: int) -> bool:
+    """An async call handed to the loop but not started there: it never ran (runs again).
+    Not a coroutine a sync call returned: the call itself ran."""
+    return flags is not None and bool(flags[j]) and j > snap.begun
+
+
 def blame(
     snap: Snapshot,
     n: int,
@@ -232,10 +253,11 @@ def blame(
         return Blame(verdicts, [], culprit=rest[0] if rest else -1)
     failed: dict[int, Verdict] = {}
     for j in range(min(snap.finished, n)):
-        if j not in got:
+        if j not in got and not _never_begun(snap, flags, j):
             async_call = (flags is not None and flags[j]) or j == snap.handed
             failed[j] = Verdict("in_flight" if async_call else "lost")
-    if snap.finished <= snap.handed < n and snap.handed not in got:  # died handing it over
+    handing = snap.finished <= snap.handed < n and snap.handed not in got  # died handing it
+    if handing and not _never_begun(snap, flags, snap.handed):  # over, after it began
         failed[snap.handed] = Verdict("in_flight")
     culprit = -1
     if snap.timed is not None and snap.position < n and snap.position not in got:
