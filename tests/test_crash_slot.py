@@ -58,6 +58,12 @@ async def nap_marked(folder: str, x: int, seconds: float) -> int:
     return x
 
 
+async def nap_begun(folder: str, x: int, seconds: float) -> int:
+    """``nap_marked``, noting its start in ``begun-<x>`` first."""
+    Path(folder, f"begun-{x}").write_text("")  # noqa: ASYNC240  (a tiny marker file)
+    return await nap_marked(folder, x, seconds)
+
+
 def returns_nap(folder: str, x: int, seconds: float) -> Any:
     """A sync call that hands back a coroutine (a sync decorator around async code)."""
     _ran(folder, x)
@@ -124,10 +130,10 @@ async def test_mixed_job_sync_calls_before_a_crash_never_run_again(tmp_path: Pat
     folder = str(tmp_path)
     calls: list[Any] = [
         delayed(work)(folder, 0, 0.0, False),
-        delayed(nap_marked)(folder, 1, 30.0),  # in flight when the worker dies
+        delayed(nap_begun)(folder, 1, 30.0),  # in flight when the worker dies
         delayed(returns_nap)(folder, 2, 30.0),  # its coroutine in flight too
         delayed(work)(folder, 3, 0.0, False),
-        delayed(work)(folder, 4, 0.0, True),
+        delayed(wait_file_then_die)(folder, "begun-1"),  # once call 1 began on the loop
         delayed(work)(folder, 5, 0.0, False),
     ]
     results = await Parallel(n_jobs=2, batch_size=6, return_exceptions=True)(calls)

@@ -95,7 +95,7 @@ async def runs_in_line(parallel: Any, tmp_path: Path, inputs: list[Any]) -> list
 
 @pytest.mark.parametrize("as_list", [True, False], ids=["list", "generator"])
 async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, as_list: bool, anyio_backend: str
 ) -> None:
     """While every worker is busy and other runs wait for one, a run of a few milliseconds
     of work (its function's calls are known to be fast) goes in one batch: spread over
@@ -117,7 +117,11 @@ async def test_a_small_run_on_a_crowded_pool_goes_in_one_batch(
         results = await runs_in_line(parallel, tmp_path, [calls(run, 20) for run in (1, 2, 3)])
     assert [[r for r, _ in got] for got in results] == [[1] * 20, [2] * 20, [3] * 20]
     assert logs[1].sizes == [20] and logs[2].sizes == [20], (logs[1].sizes, logs[2].sizes)
-    assert len(logs[3].sizes) > 1, logs[3].sizes  # the last in line
+    # the last in line spreads; not asserted on trio, which runs woken tasks and
+    # run_sync_soon callbacks in an order of its choosing: a worker freed by the first runs
+    # may reach the last in line while another still waits (CI once cut it as [20] there)
+    if anyio_backend != "trio":
+        assert len(logs[3].sizes) > 1, logs[3].sizes
 
 
 def fresh_nap() -> Any:

@@ -127,7 +127,9 @@ async def test_async_task_blocking_its_loop_is_timed_out_and_its_worker_killed(
     assert time.monotonic() - began < 0.5 + CANCEL_GRACE + PROMPT_PROCESSES
     assert isinstance(results[0], TimeoutError) and "was killed" in str(results[0])
     assert "task 0 (block_the_loop)" in str(results[0])
-    # in flight on the blocked loop: overdue as well, or crashed with the worker
-    assert isinstance(results[1], (TimeoutError, WorkerCrashedError))
-    assert "task 1 (nap)" in str(results[1])
+    # begun on the blocked loop: overdue as well, or crashed with the worker; handed to it
+    # but not begun when it blocked: run again (a quick nap: its result)
+    if results[1] != 1:
+        assert isinstance(results[1], (TimeoutError, WorkerCrashedError)), results[1]
+        assert "task 1 (nap)" in str(results[1])
     assert not wait_gone(pids(tmp_path, "start-"), PROMPT_PROCESSES)
