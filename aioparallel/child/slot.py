@@ -156,15 +156,20 @@ class CrashSlot:
             phase = current & (LOADING | SENDING)
             position = current & POSITION_MASK
         mine = finished >= 0 and finished >> BATCH_SHIFT == seq
-        begun = _Q.unpack_from(self.buffer, _BEGUN)[0]
         return Snapshot(
             phase=phase,
             position=position,
             started=started,
-            handed=handed & POSITION_MASK if handed >= 0 and handed >> BATCH_SHIFT == seq else -1,
+            handed=_position_in(handed, seq),
             finished=finished & POSITION_MASK if mine else 0,
-            begun=begun & POSITION_MASK if begun >= 0 and begun >> BATCH_SHIFT == seq else -1,
+            begun=_position_in(_Q.unpack_from(self.buffer, _BEGUN)[0], seq),
         )
+
+
+def _position_in(word: int, seq: int) -> int:
+    """The position a ``base | position`` word names in job ``seq``; -1 if it is unset or
+    an earlier job's."""
+    return word & POSITION_MASK if word >= 0 and word >> BATCH_SHIFT == seq else -1
 
 
 @dataclass(frozen=True)
