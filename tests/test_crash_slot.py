@@ -251,13 +251,22 @@ BLAME_CASES = [
         id="died-after-a-call-returned",
     ),
     pytest.param(
-        snap(S, 1, finished=2),
+        snap(S, 1, finished=1),
         3,
         {0},
         None,
         None,
         ({1: crashed(S)}, [2], 1, False),
         id="died-pickling-its-result",
+    ),
+    pytest.param(  # its result pickled and kept (recovered into got), before the next call
+        snap(S, 1, finished=2),
+        3,
+        {0, 1},
+        None,
+        None,
+        ({}, [2], -1, False),
+        id="died-after-its-result-was-kept",
     ),
     pytest.param(
         snap(L, 0), 3, set(), None, None, ({}, [0, 1, 2], -1, True), id="died-loading-a-job-split"
@@ -344,7 +353,7 @@ BLAME_CASES = [
         id="timeout-hits-its-call",
     ),
     pytest.param(
-        snap(S, 1, finished=2),
+        snap(S, 1, finished=1),
         3,
         set(),
         None,
@@ -405,13 +414,20 @@ def test_slot_worker_writes_read_back_by_the_parent() -> None:
     assert slot.snapshot(SEQ - 1) == Snapshot(started=5.0)  # another job's numbers: not ours
     slot.running(BASE, 3, 6.0)
     assert slot.snapshot(SEQ).timed == (RUNNING, 3, 6.0)
-    slot.finished(BASE, 4)
-    assert slot.snapshot(SEQ).timed is None  # returned: its clock no longer runs
     slot.sending(BASE, 3)
-    assert slot.snapshot(SEQ).timed == (SENDING, 3, 6.0)
+    assert slot.snapshot(SEQ).timed == (SENDING, 3, 6.0)  # its result's pickling: still its
+    assert slot.returned(BASE, 3, b"three")
+    # returned: its clock no longer runs, though the slot still names it (no idle between
+    # two sync calls)
+    assert slot.snapshot(SEQ).timed is None
+    assert slot.snapshot(SEQ).finished == 4
+    slot.finished(BASE, 4)
+    slot.running(BASE, 4, 7.0)
+    assert slot.snapshot(SEQ).timed == (RUNNING, 4, 7.0)
     slot.handed(BASE, 4)
+    slot.finished(BASE, 5)
     slot.idle()
-    assert slot.snapshot(SEQ) == Snapshot(started=6.0, handed=4, finished=4)
+    assert slot.snapshot(SEQ) == Snapshot(started=7.0, handed=4, finished=5)
 
 
 def test_journal_keeps_outcomes_until_sent() -> None:
@@ -420,16 +436,18 @@ def test_journal_keeps_outcomes_until_sent() -> None:
     slot = CrashSlot(bytearray(SLOT_SIZE))
     slot.loading(BASE, 5.0)
     assert slot.kept(SEQ) == []
-    assert slot.keep(BASE, 0, b"zero") and slot.keep(BASE, 2, b"two")
+    assert slot.returned(BASE, 0, b"zero") and slot.returned(BASE, 2, b"two")
     assert slot.kept(SEQ) == [(0, b"zero"), (2, b"two")]
+    assert slot.snapshot(SEQ).finished == 3  # kept, then finished: never run again
     assert slot.kept(SEQ - 1) == []  # another job's journal is not this one's
     slot.sent(BASE)
     assert slot.kept(SEQ) == []
-    assert slot.keep(BASE, 3, b"x" * (JOURNAL - 8))  # exactly full
-    assert not slot.keep(BASE, 4, b"")  # no room: the caller sends what is kept first
+    assert slot.returned(BASE, 3, b"x" * (JOURNAL - 8))  # exactly full
+    assert not slot.returned(BASE, 4, b"")  # no room: the caller sends what is kept first
     assert slot.kept(SEQ) == [(3, b"x" * (JOURNAL - 8))]
+    assert slot.snapshot(SEQ).finished == 4  # nor counted finished before it is sent
     slot.sent(BASE)
-    assert not slot.keep(BASE, 5, b"x" * JOURNAL)  # larger than the journal: sent at once
+    assert not slot.returned(BASE, 5, b"x" * JOURNAL)  # larger than the journal: sent at once
     slot.loading(BASE + (1 << BATCH_SHIFT), 6.0)  # the next job starts with an empty journal
     assert slot.kept(SEQ + 1) == []
 

@@ -145,7 +145,8 @@ class Worker:
         (``mapped``) that a sync call read leave this process as it returns."""
         slot, logs, monotonic = self.slot, self.logs, time.monotonic
         job = _Job(self, base, stop_on_error, run_dir, max_nbytes, func, async_job, values)
-        keep = job.keep  # the hot loop below: locals only, one call per sync call
+        # the hot loop below: locals only, one clock read and two slot writes per sync call
+        keep, outcome, coroutine = job.keep, results.outcome, types.CoroutineType
         flags, loop, around = async_job[0], None, values[0] if values is not None else None
         limited = memory_limit is not None or time_budget is not None
         for i, call in enumerate(calls):
@@ -159,8 +160,15 @@ class Worker:
                     break
                 loop = job.loop
                 continue
-            started = monotonic()
-            slot.running(base, i, loaded_from if i == 0 else started)
+            if i:  # the results of the calls before leave first if it is time (the first
+                # call's clock starts with the job's loading)
+                started = monotonic()
+                if started - job.last_flush > FLUSH_SECONDS:
+                    job.flush()
+                    started = monotonic()
+            else:
+                started = loaded_from
+            slot.running(base, i, started)
             logs.task = i  # whose records these are
             try:
                 if around is not None:
@@ -170,7 +178,7 @@ class Worker:
                 else:
                     f, args, kwargs = call
                     value = f(*args, **kwargs)
-                if type(value) is types.CoroutineType:  # never hand back an un-awaited one
+                if type(value) is coroutine:  # never hand back an un-awaited one
                     if not job.submit_coroutine(i, value):
                         break
                     loop = job.loop
@@ -182,12 +190,9 @@ class Worker:
                 if stop_on_error:
                     break
             else:
-                keep(i, results.outcome(value, slot, base, i, run_dir, max_nbytes))
+                keep(i, outcome(value, slot, base, i, run_dir, max_nbytes))
             if mapped:
                 drop_pages(mapped)
-            slot.idle()
-            if monotonic() - job.last_flush > FLUSH_SECONDS:
-                job.flush()
         job.end()
 
     def async_loop(self, job: _Job) -> Any:
@@ -366,9 +371,9 @@ class _Job:
         finished: never run again, even if this process dies before the frame."""
         self.positions.append(i)
         self.results.append(outcome[0])
-        if not self.slot.keep(self.base, i, outcome[1]):
-            self.flush()
-        self.slot.finished(self.base, i + 1)
+        if not self.slot.returned(self.base, i, outcome[1]):  # no room in the journal:
+            self.flush()  # this outcome goes with the kept ones, into the pipe
+            self.slot.finished(self.base, i + 1)
         if self.logs.records:  # they leave before the next call, which may kill us
             self.logs.send()
 

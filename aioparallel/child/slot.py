@@ -22,7 +22,7 @@ Layout (native byte order, ``SIZE`` bytes)::
                       the job's sync calls that returned since its last results frame
 
 The journal is why a worker that dies loses no finished call's result, whatever the flush
-policy: a sync call's outcome is kept there (``keep``) before the call counts as finished,
+policy: a sync call's outcome is kept there (``returned``) before the call counts as finished,
 and dropped (``sent``) once a results frame carried it into the pipe, where it outlives the
 worker too. After a death the parent reads what is kept (``kept``): a finished call is
 neither run again nor reported lost.
@@ -30,9 +30,12 @@ neither run again nor reported lost.
 A job's base is ``seq << BATCH_SHIFT``: numbers of an earlier job of the same worker never
 pass for this job's. A worker moves through a sync call as::
 
-    running(i) ──► the call ──► finished(i + 1) ──► [sending(i): pickling its result] ──► idle
+    running(i) ──► the call ──► [sending(i): pickling its result] ──► returned(i): kept,
+    then finished up to i + 1 ──► running(i + 1) ... ──► idle at the job's end
 
-so a death anywhere leaves a snapshot that says exactly whether call ``i`` had returned.
+so a death anywhere leaves a snapshot that says exactly whether call ``i`` had returned: a
+call before ``finished`` returned, whatever phase the slot still names it in (the worker
+does not write ``idle`` between two sync calls; ``Snapshot.timed`` reads it so).
 """
 
 from __future__ import annotations
@@ -99,10 +102,10 @@ class CrashSlot:
         """Pickling call ``position``'s result (its clock keeps running)."""
         _Q.pack_into(self.buffer, _CURRENT, base | SENDING | position)
 
-    def keep(self, base: int, position: int, outcome: bytes) -> bool:
-        """Keep call ``position``'s pickled outcome until a results frame carries it; False:
-        no room left (send what is kept, then keep it; one larger than the journal is sent
-        at once)."""
+    def returned(self, base: int, position: int, outcome: bytes) -> bool:
+        """Sync call ``position`` returned: its pickled outcome is kept, then it counts as
+        finished (``keep`` and ``finished`` in one, for the worker's hot loop); False, and
+        neither written, if the journal has no room (send what is kept, then call again)."""
         at, size = self._end, len(outcome)
         end = at + _RECORD.size + size
         if end > SIZE:
@@ -112,6 +115,7 @@ class CrashSlot:
         buffer[at + _RECORD.size : end] = outcome
         self._end = end
         _Q.pack_into(buffer, _KEPT, base | (end - HEADER))  # the record counts from now on
+        _Q.pack_into(buffer, _FINISHED, base | (position + 1))
         return True
 
     def sent(self, base: int) -> None:
@@ -191,8 +195,8 @@ class Snapshot:
     def timed(self) -> tuple[int, int, float] | None:
         """(phase, position, clock start) of the call whose time runs, or None: loading the
         job, running a call, or pickling the result of the call that just returned."""
-        if self.phase < 0 or (self.phase == RUNNING and self.position < self.finished):
-            return None  # a call that returned, before the next one starts
+        if self.phase < 0 or self.position < self.finished:
+            return None  # a call that returned (its outcome kept), before the next one starts
         return self.phase, self.position, self.started
 
 
