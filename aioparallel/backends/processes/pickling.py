@@ -36,6 +36,9 @@ __all__ = ["cheap_callable", "job_flags", "one_func", "pickle_job", "small_args"
 
 #: Calls pickled between two turns of the event loop (about 0.1 ms of work).
 PICKLE_CHUNK = 256
+#: Calls of one function with small plain arguments (``small_args``) pickled at once, at C
+#: speed, without turns of the loop: at most ~0.2 ms (4,096 integers: 0.15 ms).
+PLAIN_CALLS = 4096
 #: A job frame: (BATCH, header + pickles) or (BATCH_FILE, header + the spilled file's path).
 Frame = tuple[int, bytes]
 
@@ -141,7 +144,10 @@ async def pickle_job(
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
     else:
         func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
-    if 0 < len(items) <= PICKLE_CHUNK:  # the common case, without a slice
+    cheap = func is None or cheap_callable(func)
+    # one function that goes by name, small plain arguments: pickled at once, at C speed
+    plain = func is not None and cheap and len(items) <= PLAIN_CALLS and small_args(items)
+    if plain or 0 < len(items) <= PICKLE_CHUNK:  # the common cases, without a slice
         chunks = [items]
     else:
         chunks = [items[i : i + PICKLE_CHUNK] for i in range(0, len(items), PICKLE_CHUNK)]
@@ -159,10 +165,7 @@ async def pickle_job(
         time_budget,  # nor past these seconds of the job
     )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT, SPIN if spin else 0)
-    cheap = func is None or cheap_callable(func)
-    data = None
-    if func is not None and cheap and len(chunks) == 1 and small_args(chunks[0]):
-        data = _plain(meta, chunks[0])
+    data = _plain(meta, items) if plain else None
     if data is None:
         writer = JobWriter(folder, options.max_nbytes, options.mmap_mode, lease)
         if not cheap:
