@@ -153,6 +153,23 @@ def pid_then_wait_file(folder: str, x: int, release: str) -> int:
     return x
 
 
+def mark_then_wait_file(folder: str, x: int, waits: bool, release: str, bad: int = -1) -> bool:
+    """Marks itself run (``<x>.ran``); if it ``waits``, waits for the file ``release``
+    (bounded) and says whether it appeared; raises if it is ``bad``."""
+    Path(folder, f"{x}.ran").touch()
+    seen = wait_file(release, POLL_LIMIT) if waits else True
+    if x == bad:
+        raise KeyError(f"task input {x} is bad")
+    return seen
+
+
+def sleep_then_mark(folder: str, x: int, seconds: float) -> int:
+    """Sleeps ``seconds``, then marks itself done (``<x>.done``)."""
+    time.sleep(seconds)
+    Path(folder, f"{x}.done").touch()
+    return x
+
+
 def fail_or_sleep(folder: str, x: int, bad: int, seconds: float) -> tuple[int, int]:
     """Marks itself started; raises for ``bad``, else sleeps ``seconds``."""
     Path(folder, f"{x}.started").touch()

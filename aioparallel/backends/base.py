@@ -96,6 +96,10 @@ class Batch:
         True when the run has no other call to send after this batch (unless a budgeted
         batch returns some): a backend that keeps a worker for the run's next batch may
         give it back at once.
+    on_sent
+        Set by the run, called by backends that send a batch away to be run (to a worker
+        process) once it has gone: the run takes its next batch meanwhile, so the worker
+        finds it ready. Others may ignore it.
     """
 
     start: int
@@ -104,6 +108,7 @@ class Batch:
     started: float | None = None
     budget: float | None = None
     last: bool = False
+    on_sent: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,8 @@ class BatchRun:
                 await worker.sync_env()
                 await worker.write_frame(*body)
                 sent = True
+                if self.batch.on_sent is not None:
+                    self.batch.on_sent()
             except OSError:  # the worker died while idle: nobody to blame
                 return self._crashed_between(todo)
             attempt = await self._collect(worker, seq, todo)
@@ -214,7 +216,12 @@ class BatchRun:
                 healthy = attempt.killed is None  # killed as the job ended
                 # calls the worker did not start (past max_worker_memory, or after the
                 # failure that stops the run): they go on to another worker
-                unrun = [todo[j] for j in range(len(todo)) if j not in attempt.got]
+                got = attempt.got
+                unrun = (
+                    [todo[j] for j in range(len(todo)) if j not in got]
+                    if len(got) < len(todo)
+                    else []
+                )
                 return attempt.resend + unrun
             if attempt.load_error is not None:
                 healthy = True
