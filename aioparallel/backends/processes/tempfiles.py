@@ -77,17 +77,57 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+#: Files at least this large are unlinked while this process holds them open, and closed in
+#: a thread of their own, which frees their pages: a 400 MB file's took ~50 ms to free, which
+#: the end of the run would otherwise wait for. The files are gone from the folder at once;
+#: if this process dies first, the kernel frees their pages as it closes its files.
+FREE_LATER_BYTES = 8 * 1024**2
+
+
 def remove_folders(paths: list[str]) -> None:
     """Remove run folders (blocking). Only a real directory of ours is emptied: something
     planted at its name (a symlink, another user's folder) is unlinked, never followed."""
+    held: list[int] = []
     for path in paths:
         with contextlib.suppress(OSError):
             st = os.lstat(path)
             if os.path.isdir(path) and not os.path.islink(path) and st.st_uid == os.getuid():
+                held += _hold_large_files(path)
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 os.unlink(path)
         _live_folders.discard(path)
+    if held:
+        _close_later(held)
+
+
+def _hold_large_files(folder: str) -> list[int]:
+    """Descriptors of the large regular files in ``folder`` (``FREE_LATER_BYTES``)."""
+    fds: list[int] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_size >= FREE_LATER_BYTES
+                ):
+                    fds.append(os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)))
+    return fds
+
+
+def _close_later(fds: list[int]) -> None:
+    """Close ``fds`` (their unlinked files' pages are freed then) in a thread of their own;
+    at once if no thread can start (the interpreter is exiting)."""
+
+    def close() -> None:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    try:
+        threading.Thread(target=close, name="aioparallel-free-pages", daemon=True).start()
+    except RuntimeError:
+        close()
 
 
 @functools.lru_cache(maxsize=4)
