@@ -266,7 +266,10 @@ def verdicts(
                      REFERENCE)
             )  # fmt: skip
         k = "W5.shm_mb"
-        rows.append(_row("W5", "tmpfs growth <= 1.0 x array", k, ours.get(k), array_mb, "array"))
+        rows.append(
+            _row("W5", "tmpfs growth <= 1.0 x array (in whole pages)", k, ours.get(k), array_mb,
+                 "array")
+        )  # fmt: skip
     if "W6" in wids:
         rows.append(_row("W6", "lag p99 <= 5 ms", "W6.p99_ms", ours.get("W6.p99_ms"), 5.0, "5 ms"))
         k = "W6.max_ms"
@@ -485,7 +488,16 @@ def context(data: dict[str, Any]) -> dict[str, Any]:
     """What the verdicts need beyond the figures, from a run's JSON."""
     table: Table = data["figures"]
     sizes = data["sizes"]
-    mb = next((f["W5.array_mb"] for f in table.values() if "W5.array_mb" in f), sizes["w5_mb"])
+    # tmpfs stores a file in whole pages: the array's bound is its size in pages (runs
+    # before 2026-12-06 recorded its bytes only)
+    mb = next(
+        (
+            f.get("W5.array_pages_mb", f["W5.array_mb"])
+            for f in table.values()
+            if "W5.array_mb" in f
+        ),
+        sizes["w5_mb"],
+    )
     return {"array_mb": mb, "w8_calls": sizes["w8_calls"]}
 
 
