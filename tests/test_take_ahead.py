@@ -33,6 +33,11 @@ def slow_calls(folder: Path, n: int, make: Any) -> Iterator[Any]:
         yield make(i)
 
 
+def _ran(folder: Path) -> list[int]:
+    """The calls that started (``<i>.ran``), in order."""
+    return sorted(int(p.stem) for p in folder.glob("*.ran"))
+
+
 async def test_the_next_batch_is_taken_while_a_batch_runs(tmp_path: Path) -> None:
     """The last call of each of the first two batches (one per worker) waits for the item two
     batches on to be produced: read only once a batch returned, it never would be."""
@@ -62,7 +67,7 @@ async def test_a_failure_stops_the_run_before_the_batches_taken_ahead_run(
     with pytest.raises(KeyError, match="task input 3 is bad"):
         await Parallel(n_jobs=2, batch_size=BATCH)(slow_calls(tmp_path, N_CALLS, make))
     assert (tmp_path / f"taken-{3 * BATCH - 1}").exists()  # taken ahead...
-    ran = sorted(int(p.stem) for p in tmp_path.glob("*.ran"))
+    ran = _ran(tmp_path)
     assert ran[:BATCH] == list(range(BATCH)), ran
     assert len(ran) <= BATCH + 1, ran  # ...never run: the run stopped at its failure
 
