@@ -14,7 +14,7 @@ import sys
 import time
 import types
 from collections.abc import Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, cast
 
 from .._call import Call
@@ -65,10 +65,15 @@ def one_call(iterable: object, peek: bool) -> tuple[Call[Any] | None, object]:
 
 def _put_back(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
     """``head``, then ``rest``: an item read ahead is held by no one here once the run has
-    taken it (an array argument's file goes as soon as its call is done)."""
+    taken it (an array argument's file goes as soon as its call is done). ``rest`` goes
+    through ``chain`` at C speed: a generator frame here would cost every item ~5% of what
+    the parent spends on a call of ``x * 2``."""
+    return chain(_pop_each(head), rest)
+
+
+def _pop_each(head: list[Any]) -> Iterator[Any]:
     while head:
         yield head.pop(0)
-    yield from rest
 
 
 async def run_single(
