@@ -239,7 +239,15 @@ def w4(name: str, sz: Sizes) -> dict[str, float]:
 def w5(name: str, sz: Sizes) -> dict[str, float]:
     """W5: a big array passed to every call: seconds, peak RSS above idle, loop lag."""
     r = _child("W5", name, sz, {"mb": sz.w5_mb, "calls": sz.w5_calls})
-    keys = ("seconds", "extra_mb", "shm_mb", "array_mb", "lag_p99_ms", "lag_max_ms")
+    keys = (
+        "seconds",
+        "extra_mb",
+        "shm_mb",
+        "array_mb",
+        "array_pages_mb",
+        "lag_p99_ms",
+        "lag_max_ms",
+    )
     return {k: r[k] for k in keys}
 
 
