@@ -16,7 +16,6 @@ Linux's parent-death signal does it).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import mmap
 import os
@@ -271,10 +270,6 @@ class Worker:
                 return
             kind, body = frame
             if kind == protocol.CANCEL:  # late: the job it was meant for has finished
-                continue
-            if kind == protocol.NUMPY:  # its job comes next: numpy is ready by then
-                with contextlib.suppress(ImportError):
-                    import numpy  # noqa: F401
                 continue
             if kind == protocol.SETUP:
                 path, cwd, authkey, levels = pickle.loads(body)

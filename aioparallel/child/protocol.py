@@ -9,9 +9,7 @@ Frames, parent -> worker: SETUP (sys.path, cwd, multiprocessing authkey or None,
 logging levels: ``child.observe``), INIT
 (a pickled ``(initializer, initargs)``, once, right after SETUP), BATCH / BATCH_FILE (a
 pickled job), CANCEL (empty: cancel the job's async tasks; read by the worker's
-event loop while a job runs, ignored between jobs), NUMPY (empty, before a job whose
-arguments hold numpy arrays: import numpy now, while the parent still pickles the job and
-writes its arrays, not once the job has come).
+event loop while a job runs, ignored between jobs).
 Worker -> parent: READY (pid), INIT_DONE / INIT_ERROR (a pickled TaskError), LOG (a pickled
 list of ``(job position or None, log record attributes)``: what tasks logged, sent before the
 results frame of their calls; see ``child.observe``), RESULTS /
@@ -58,7 +56,6 @@ SPIN = 1
 SETUP, BATCH, BATCH_FILE, READY, RESULTS, RESULTS_FILE, LOAD_ERROR, CANCEL = range(1, 9)
 INIT, INIT_DONE, INIT_ERROR = range(9, 12)
 LOG = 12
-NUMPY = 13
 INLINE_LIMIT = 1024**2
 
 #: Folder name prefix of every temp folder we create (memmaps, large payloads).

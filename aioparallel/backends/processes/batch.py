@@ -182,10 +182,6 @@ class BatchRun:
         ran = 0  # calls the worker completed, whatever their outcome
         try:
             try:
-                await worker.expect_arrays(calls)
-            except OSError:  # the worker died while idle: nobody to blame
-                return self._crashed_between(todo)
-            try:
                 seq = worker.next_seq()
                 body, self.batch.nbytes = await pickle_job(
                     calls,

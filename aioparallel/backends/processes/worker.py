@@ -18,9 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -35,9 +33,6 @@ from ..failures import rebuild
 from ..setup import PLAIN, WorkerSetup, initializer_error
 from . import logs
 from .process import ChildProcess
-
-if TYPE_CHECKING:
-    from ..._call import Call
 
 __all__ = ["WorkerProcess", "wait_readable"]
 
@@ -131,8 +126,6 @@ class WorkerProcess:
         self.calls_run = 0
         #: We killed it (a timeout, a cancellation, a shutdown): its death is no crash.
         self.killed = False
-        #: It was told to import numpy (``protocol.NUMPY``), or has seen numpy arrays.
-        self._numpy = False
 
     @classmethod
     async def spawn(cls, n_workers: int, setup: WorkerSetup = PLAIN) -> WorkerProcess:
@@ -243,21 +236,6 @@ class WorkerProcess:
         if env != self._env:
             await self.write_frame(protocol.SETUP, pickle.dumps(env))
             self._env = env
-
-    async def expect_arrays(self, calls: Sequence[Call[Any]]) -> None:
-        """Before the job of ``calls`` is pickled: if their arguments hold numpy arrays and
-        this worker has never been sent any, it imports numpy now (~30 ms), while the job's
-        arrays are still being pickled or written, not once the job has arrived. Looked for
-        once per worker: a worker imports nothing it is not sent."""
-        np = sys.modules.get("numpy")
-        if self._numpy or np is None:
-            return
-        kinds = {*map(type, chain.from_iterable(call.args for call in calls))}
-        kinds.update(map(type, chain.from_iterable(c.kwargs.values() for c in calls if c.kwargs)))
-        if any(issubclass(kind, np.ndarray) for kind in kinds):
-            self._numpy = True
-            await self.sync_env()  # numpy as the job's sys.path finds it
-            await self.write_frame(protocol.NUMPY, b"")
 
     async def _initialize(self, payload: bytes, name: str) -> None:
         """Run the user's initializer in the new worker, after SETUP (its module may be found
