@@ -165,7 +165,11 @@ async def pickle_job(
         time_budget,  # nor past these seconds of the job
     )
     header = JOB_HEADER.pack(seq << BATCH_SHIFT, SPIN if spin else 0)
-    data = _plain(meta, items) if plain else None
+    data = None
+    if plain:
+        if len(items) > PICKLE_CHUNK:  # the loop gets its turn between the take and this
+            await anyio.lowlevel.checkpoint()
+        data = _plain(meta, items)
     if data is None:
         writer = JobWriter(folder, options.max_nbytes, options.mmap_mode, lease)
         if not cheap:
