@@ -278,24 +278,26 @@ class WorkerLoop:
         self._base = 0
         self._values: Values = []
         self._slot: CrashSlot | None = None
-        #: Calls handed to the loop beyond ``concurrency``, waiting to start (``InFlight``).
-        self._ahead = 0
+        #: Calls the main thread may hand over before the first of them settles: the job's
+        #: ``concurrency``, and as many more waiting to start where Python starts tasks
+        #: eagerly (``InFlight``).
+        self._room = 0
 
     def begin(
         self,
         timeout: float | None,
         stop_on_error: bool,
         send: Callable[[list[int], list[Any]], None],
-        base: int = 0,
-        values: Values | None = None,
-        concurrency: int | None = None,
-        slot: CrashSlot | None = None,
+        base: int,
+        values: Values | None,
+        concurrency: int,
+        slot: CrashSlot,
     ) -> None:
         self.stopped = False
         self._base = base
         self._slot = slot
         limit = concurrency if _EAGER is not None else None
-        self._ahead = limit or 0
+        self._room = concurrency + (limit or 0)
         self._values = values or []
         self._stop_on_error = stop_on_error
         self._send = send
@@ -313,25 +315,20 @@ class WorkerLoop:
         func: Callable[..., Any],
         args: Any,
         kwargs: Any,
-        concurrency: int,
-        base: int,
-        slot: CrashSlot,
     ) -> bool:
-        """Start an async call once fewer than ``concurrency`` are in flight; False if the
-        job stopped (an error, or the parent cancelled)."""
-        if not self._admit(position, concurrency, base, slot):
+        """Start an async call once fewer than the job's ``concurrency`` are in flight;
+        False if the job stopped (an error, or the parent cancelled)."""
+        if not self._admit(position):
             return False
         assert self._tasks is not None
         coro = in_task((self._base, position), self._values, _call(func, args, kwargs))
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 
-    def submit_coroutine(
-        self, position: int, coro: Any, concurrency: int, base: int, slot: CrashSlot
-    ) -> bool:
+    def submit_coroutine(self, position: int, coro: Any) -> bool:
         """Await a coroutine a sync call returned, under the same ``concurrency`` bound;
         False (the coroutine closed, never run) if the job stopped."""
-        if not self._admit(position, concurrency, base, slot):
+        if not self._admit(position):
             coro.close()
             return False
         assert self._tasks is not None
@@ -339,16 +336,17 @@ class WorkerLoop:
         self.loop.call_soon_threadsafe(self._tasks.start_coroutine, position, coro)
         return True
 
-    def _admit(self, position: int, concurrency: int, base: int, slot: CrashSlot) -> bool:
+    def _admit(self, position: int) -> bool:
         """Wait for room; then note the call as handed in the slot before it can start on the
         loop. Its start is noted there too (``_begun``): a crash fails a call that began and
         runs again one that was handed but never began."""
         with self._cond:
-            while self._in_flight >= concurrency + self._ahead and not self.stopped:
+            while self._in_flight >= self._room and not self.stopped:
                 self._wait()
             if self.stopped:
                 return False
-            slot.handed(base, position)
+            assert self._slot is not None
+            self._slot.handed(self._base, position)
             self._in_flight += 1
             self._unsent += 1
         return True

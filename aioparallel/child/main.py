@@ -388,7 +388,7 @@ class _Job:
         loop = self._begin_loop()
         self.slot.idle()  # no sync call running while we wait for room
         f, args, kwargs = (self.func, call, {}) if self.func is not None else call
-        if not loop.submit(i, f, args, kwargs, self.async_job[2], self.base, self.slot):
+        if not loop.submit(i, f, args, kwargs):
             return False
         self.slot.finished(self.base, i + 1)
         return True
@@ -398,7 +398,7 @@ class _Job:
         there; False (the coroutine closed, never run) if the job stopped."""
         self.slot.idle()
         loop = self._begin_loop()
-        if not loop.submit_coroutine(i, coroutine, self.async_job[2], self.base, self.slot):
+        if not loop.submit_coroutine(i, coroutine):
             return False
         self.slot.finished(self.base, i + 1)
         return True
