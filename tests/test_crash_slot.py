@@ -9,7 +9,9 @@ trusting the worker to report it.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -108,20 +110,28 @@ async def test_a_finished_call_never_runs_again(tmp_path: Path, seconds: float) 
     assert results[0] == 0 and results[2] == 2
 
 
-def work_returning_none(folder: str, x: int, die: bool) -> None:
+def return_value(folder: str, x: int, value: Any, die: bool) -> Any:
     work(folder, x, 0.0, die)
+    return value
+
+
+#: Results the journal keeps as themselves (None, int, float) beside look-alikes it must
+#: keep pickled (a bool is an int to ``isinstance``; an int past 64 bits does not fit).
+KEPT_VALUES = [None, 0, -1, 2**63 - 1, -(2**63), 2**63, -(2**100), 1.5, -0.0, math.inf, True, False]
 
 
 @pytest.mark.asyncio
-async def test_a_kept_none_result_arrives_as_none(tmp_path: Path) -> None:
-    """None, the most common result, goes to the journal as bytes pickled once for all
-    calls: after the worker dies they still unpickle to None."""
-    folder = str(tmp_path)
-    calls = [delayed(work_returning_none)(folder, x, x == 2) for x in range(3)]
-    results = await Parallel(n_jobs=2, batch_size=3, return_exceptions=True)(calls)
-    assert [runs(tmp_path, x) for x in (0, 1)] == [1, 1]
-    assert results[:2] == [None, None]
-    assert isinstance(results[2], WorkerCrashedError)
+async def test_kept_results_arrive_as_they_were_returned(tmp_path: Path) -> None:
+    """The outcomes of calls that returned before their worker died come back from the
+    slot's journal with their value and their type."""
+    folder, n = str(tmp_path), len(KEPT_VALUES)
+    calls = [delayed(return_value)(folder, x, v, False) for x, v in enumerate(KEPT_VALUES)]
+    calls.append(delayed(return_value)(folder, n, None, True))
+    results = await Parallel(n_jobs=2, batch_size=n + 1, return_exceptions=True)(calls)
+    assert [runs(tmp_path, x) for x in range(n)] == [1] * n  # none ran twice
+    assert [(type(v), v) for v in results[:n]] == [(type(v), v) for v in KEPT_VALUES]
+    assert math.copysign(1.0, results[8]) == -1.0  # -0.0 kept its sign
+    assert isinstance(results[n], WorkerCrashedError)
 
 
 @pytest.mark.asyncio
@@ -450,6 +460,27 @@ def test_journal_keeps_outcomes_until_sent() -> None:
     assert not slot.returned(BASE, 5, b"x" * JOURNAL)  # larger than the journal: sent at once
     slot.loading(BASE + (1 << BATCH_SHIFT), 6.0)  # the next job starts with an empty journal
     assert slot.kept(SEQ + 1) == []
+
+
+def test_journal_keeps_numbers_and_none_as_themselves() -> None:
+    """An int or float outcome takes 16 bytes of the journal and None 8, with no pickling in
+    the worker; the parent reads them back pickled, like any other; an int past 64 bits is
+    kept pickled."""
+    slot = CrashSlot(bytearray(SLOT_SIZE))
+    slot.loading(BASE, 5.0)
+    outcomes = [7, -(2**63), 2.5, math.nan, None, 2**64, pickle.dumps("pickled")]
+    for position, outcome in enumerate(outcomes):
+        assert slot.returned(BASE, position, outcome)
+    kept = [(position, pickle.loads(data)) for position, data in slot.kept(SEQ)]
+    assert [p for p, _ in kept] == list(range(len(outcomes)))
+    assert [v for _, v in kept][:3] == [7, -(2**63), 2.5] and math.isnan(kept[3][1])
+    assert [v for _, v in kept][4:] == [None, 2**64, "pickled"]
+    assert slot.snapshot(SEQ).finished == len(outcomes)
+    slot.sent(BASE)
+    assert slot.returned(BASE, 0, b"x" * (JOURNAL - 8 - 16))  # room for one number left
+    assert slot.returned(BASE, 1, 1.0)
+    assert not slot.returned(BASE, 2, 1) and not slot.returned(BASE, 2, None)  # full
+    assert slot.snapshot(SEQ).finished == 2
 
 
 async def fail_after_nap(x: int) -> int:

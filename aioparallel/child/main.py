@@ -365,7 +365,7 @@ class _Job:
         self.positions, self.results = [], []
         self.last_flush = time.monotonic()
 
-    def keep(self, i: int, outcome: tuple[Any, bytes]) -> None:
+    def keep(self, i: int, outcome: tuple[Any, bytes | float | None]) -> None:
         """Call ``i``'s outcome waits for the next frame in the slot's journal (or, when
         the journal is full, goes out now with those waiting); then it counts as
         finished: never run again, even if this process dies before the frame."""

@@ -52,10 +52,9 @@ def dump_results(payload: list[Any], run_dir: str, max_nbytes: int | None) -> by
 
 
 #: Result types whose pickling runs no code of the task's: the next frame pickles them with the
-#: others, in one list (the journal keeps a copy pickled alone). Any other result is pickled
-#: once, as its call returns, with the slot naming the call.
+#: others, in one list (the journal keeps a copy pickled alone, or an int or float as itself).
+#: Any other result is pickled once, as its call returns, with the slot naming the call.
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
-_NONE = pickle.dumps(None, protocol=5)
 
 
 class _Pickled:
@@ -72,15 +71,15 @@ class _Pickled:
 
 def outcome(
     value: Any, slot: CrashSlot, base: int, position: int, run_dir: str, max_nbytes: int | None
-) -> tuple[Any, bytes]:
-    """A sync call's result as its results frame carries it, and pickled alone for the
-    slot's journal. Unless plain (or a tuple, list or dict of plain values), it is pickled
-    once, now, while the slot says whose result this is: if its ``__reduce__`` kills the
-    worker, the parent blames this call (and recovers the kept results of the calls that
-    returned before it)."""
-    if value is None:  # a procedure's result: the most common one
-        return None, _NONE
+) -> tuple[Any, bytes | float | None]:
+    """A sync call's result as its results frame carries it, and as the slot's journal keeps
+    it: None, an int or a float as itself, anything else pickled alone. Unless plain (or a
+    tuple, list or dict of plain values), it is pickled once, now, while the slot says whose
+    result this is: if its ``__reduce__`` kills the worker, the parent blames this call (and
+    recovers the kept results of the calls that returned before it)."""
     kind = type(value)
+    if value is None or kind is int or kind is float:  # the journal stores these as they are
+        return value, value
     if (
         kind in _PLAIN
         or ((kind is tuple or kind is list) and {*map(type, value)} <= _PLAIN)

@@ -12,14 +12,17 @@ Layout (native byte order, ``SIZE`` bytes)::
                       (phase: LOADING the job, RUNNING, SENDING = pickling its result), or -1
     8   <d  started   when the current call's timeout clock started (``time.monotonic()``)
     16  <q  handed    job base | position of the last call handed to the event loop, or -1
-    24  <q  finished  job base | n: the main thread is done with the job's calls before n
+    24  <q  kept      job base | bytes of the journal in use
+    32  <q  finished  job base | n: the main thread is done with the job's calls before n
                       (a sync call returned; an async one was handed to the loop)
-    32  <q  kept      job base | bytes of the journal in use
     40  <q  begun     job base | position of the last call started on the event loop, or -1
                       (written by the loop's thread, its one writer; the loop starts its
                       calls in the order they were handed)
     48  the journal   records ``<I position, <I length, pickled outcome``: the outcomes of
-                      the job's sync calls that returned since its last results frame
+                      the job's sync calls that returned since its last results frame; an
+                      int or float outcome is kept as itself (length ``INT`` or ``FLOAT``,
+                      then its 8 bytes), and None as no bytes (length ``NONE``), which
+                      spares the hot loop a pickling per call
 
 The journal is why a worker that dies loses no finished call's result, whatever the flush
 policy: a sync call's outcome is kept there (``returned``) before the call counts as finished,
@@ -40,6 +43,7 @@ does not write ``idle`` between two sync calls; ``Snapshot.timed`` reads it so).
 
 from __future__ import annotations
 
+import pickle
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -59,9 +63,16 @@ POSITION_MASK = SENDING - 1
 # (``"<q"`` would copy it byte by byte, and the parent could read half a number).
 _Q = struct.Struct("q")
 _D = struct.Struct("d")
-_ALL = struct.Struct("qdqq")
+_ALL = struct.Struct("qdqqq")
+#: kept, then finished, in one call: the record counts before the call does
+_KEPT_FINISHED = struct.Struct("qq")
 _RECORD = struct.Struct("<II")
-_CURRENT, _STARTED, _HANDED, _FINISHED, _KEPT, _BEGUN = 0, 8, 16, 24, 32, 40
+_INT_RECORD = struct.Struct("<IIq")
+_FLOAT_RECORD = struct.Struct("<IId")
+#: A record's length field for an outcome kept as itself (a real length is < JOURNAL).
+INT, FLOAT, NONE = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD
+_CURRENT, _STARTED, _HANDED, _KEPT, _FINISHED, _BEGUN = 0, 8, 16, 24, 32, 40
+_PICKLED_NONE = pickle.dumps(None, protocol=5)
 
 
 class CrashSlot:
@@ -102,20 +113,36 @@ class CrashSlot:
         """Pickling call ``position``'s result (its clock keeps running)."""
         _Q.pack_into(self.buffer, _CURRENT, base | SENDING | position)
 
-    def returned(self, base: int, position: int, outcome: bytes) -> bool:
-        """Sync call ``position`` returned: its pickled outcome is kept, then it counts as
-        finished (``keep`` and ``finished`` in one, for the worker's hot loop); False, and
-        neither written, if the journal has no room (send what is kept, then call again)."""
-        at, size = self._end, len(outcome)
-        end = at + _RECORD.size + size
-        if end > SIZE:
-            return False
-        buffer = self.buffer
-        _RECORD.pack_into(buffer, at, position, size)
-        buffer[at + _RECORD.size : end] = outcome
+    def returned(self, base: int, position: int, outcome: bytes | float | None) -> bool:
+        """Sync call ``position`` returned: its outcome (pickled, or an int, float or None
+        as itself) is kept, then it counts as finished (``keep`` and ``finished`` in one, for
+        the worker's hot loop); False, and neither written, if the journal has no room (send
+        what is kept, then call again)."""
+        buffer, at, kind = self.buffer, self._end, type(outcome)
+        if kind is bytes:
+            end = at + _RECORD.size + len(outcome)  # type: ignore[arg-type]
+            if end > SIZE:
+                return False
+            _RECORD.pack_into(buffer, at, position, end - at - _RECORD.size)
+            buffer[at + _RECORD.size : end] = outcome
+        elif outcome is None:
+            end = at + _RECORD.size
+            if end > SIZE:
+                return False
+            _RECORD.pack_into(buffer, at, position, NONE)
+        else:
+            end = at + _INT_RECORD.size
+            if end > SIZE:
+                return False
+            try:
+                if kind is int:
+                    _INT_RECORD.pack_into(buffer, at, position, INT, outcome)
+                else:
+                    _FLOAT_RECORD.pack_into(buffer, at, position, FLOAT, outcome)
+            except struct.error:  # an int past 64 bits: kept pickled
+                return self.returned(base, position, pickle.dumps(outcome, protocol=5))
         self._end = end
-        _Q.pack_into(buffer, _KEPT, base | (end - HEADER))  # the record counts from now on
-        _Q.pack_into(buffer, _FINISHED, base | (position + 1))
+        _KEPT_FINISHED.pack_into(buffer, _KEPT, base | (end - HEADER), base | (position + 1))
         return True
 
     def sent(self, base: int) -> None:
@@ -147,14 +174,23 @@ class CrashSlot:
         records, at = [], HEADER
         while at < end:
             position, size = _RECORD.unpack_from(self.buffer, at)
-            at += _RECORD.size
-            records.append((position, bytes(self.buffer[at : at + size])))
-            at += size
+            if size == INT or size == FLOAT:
+                form = _INT_RECORD if size == INT else _FLOAT_RECORD
+                data = pickle.dumps(form.unpack_from(self.buffer, at)[2], protocol=5)
+                at += form.size
+            elif size == NONE:
+                data = _PICKLED_NONE
+                at += _RECORD.size
+            else:
+                at += _RECORD.size
+                data = bytes(self.buffer[at : at + size])
+                at += size
+            records.append((position, data))
         return records
 
     def snapshot(self, seq: int) -> Snapshot:
         """What the worker says about job ``seq`` right now."""
-        current, started, handed, finished = _ALL.unpack_from(self.buffer)
+        current, started, handed, _kept, finished = _ALL.unpack_from(self.buffer)
         phase = position = -1
         if current >= 0 and current >> BATCH_SHIFT == seq:
             phase = current & (LOADING | SENDING)
