@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from itertools import repeat
+from operator import attrgetter, is_
+from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["Call", "Delayed", "delayed"]
+__all__ = ["Call", "Calls", "Delayed", "OneFuncCalls", "delayed"]
 
 _new = object.__new__
 
@@ -49,6 +51,114 @@ class Call(Generic[R]):
 
     def __repr__(self) -> str:
         return f"delayed({function_name(self.func)})(...)"
+
+
+_FUNC, _ARGS, _KWARGS = attrgetter("func"), attrgetter("args"), attrgetter("kwargs")
+
+
+class OneFuncCalls(Sequence[Call[Any]]):
+    """Calls of one function without keyword arguments, held as the function and the list
+    of their argument tuples: what a run holds of ``delayed(f)(x) for x in xs``.
+
+    Held as ``Call`` objects, the calls of the batches in flight live long enough for the
+    garbage collector to move them to its oldest generation, and every few tens of
+    thousands moved start a full collection, which walks the whole heap (tens of ms in a
+    process with a few large libraries loaded, all on the event loop). Argument tuples of
+    plain values leave the collector's view once it has seen them. A ``Call`` is made
+    again when one is indexed or iterated. ``+`` and ``del`` work as on a list (joining
+    calls of other functions gives a list)."""
+
+    __slots__ = ("args", "func")
+
+    def __init__(self, func: Callable[..., Any], args: list[Any]):
+        self.func = func
+        self.args = args
+
+    @staticmethod
+    def of(calls: list[Call[Any]]) -> OneFuncCalls | None:
+        """``calls`` held this way, or None if they are not exactly ``Call`` objects of one
+        function (by identity) without keyword arguments."""
+        if not calls or {*map(type, calls)} != _CALL_ONLY:
+            return None
+        func = calls[0].func
+        if not all(map(is_, map(_FUNC, calls), repeat(func))) or any(map(_KWARGS, calls)):
+            return None
+        return OneFuncCalls(func, list(map(_ARGS, calls)))
+
+    def __len__(self) -> int:
+        return len(self.args)
+
+    @overload
+    def __getitem__(self, i: int) -> Call[Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> OneFuncCalls: ...
+
+    def __getitem__(self, i: int | slice) -> Call[Any] | OneFuncCalls:
+        if isinstance(i, slice):
+            return OneFuncCalls(self.func, self.args[i])
+        call: Call[Any] = _new(Call)
+        call.func, call.args, call.kwargs = self.func, self.args[i], {}
+        return call
+
+    def __iter__(self) -> Iterator[Call[Any]]:
+        for i in range(len(self.args)):
+            yield self[i]
+
+    def __delitem__(self, i: int | slice) -> None:
+        del self.args[i]
+
+    def __add__(self, other: Iterable[Call[Any]]) -> Calls:
+        return _joined(self, other, copy=True)
+
+    def __radd__(self, other: Iterable[Call[Any]]) -> Calls:
+        return _joined(other, self, copy=True)
+
+    def __iadd__(self, other: Iterable[Call[Any]]) -> Calls:
+        return _joined(self, other, copy=False)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (OneFuncCalls, list)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OneFuncCalls({function_name(self.func)}, {len(self.args)} calls)"
+
+
+#: What a run holds of consecutive calls.
+Calls: TypeAlias = "list[Call[Any]] | OneFuncCalls"
+_CALL_ONLY = frozenset({Call})
+
+
+def _joined(first: Iterable[Call[Any]], second: Iterable[Call[Any]], *, copy: bool) -> Calls:
+    """``first`` then ``second``, held as one function's calls while they are; ``copy``:
+    never ``first`` itself, extended (it is when ``first`` is a ``OneFuncCalls`` and not
+    ``copy``, as ``+=`` extends a list)."""
+    a = first if type(first) is OneFuncCalls else _held_as_one(first)
+    b = second if type(second) is OneFuncCalls else _held_as_one(second)
+    if a is not None and b is not None and (a.func is b.func or not a.args or not b.args):
+        func = a.func if a.args else b.func
+        if not copy and a is first:
+            a.args += b.args
+            a.func = func
+            return a
+        return OneFuncCalls(func, a.args + b.args)
+    return [*first, *second]
+
+
+def _held_as_one(calls: Iterable[Call[Any]]) -> OneFuncCalls | None:
+    if type(calls) is not list:
+        return None
+    if not calls:
+        return OneFuncCalls(_no_func, [])
+    return OneFuncCalls.of(calls)
+
+
+def _no_func() -> None:  # the function of no calls, never called
+    raise AssertionError("no call")
 
 
 class Delayed(Generic[P, R]):

@@ -15,7 +15,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
-from ._call import Call
+from ._call import Call, OneFuncCalls
 
 __all__ = ["async_flags", "is_async_callable", "is_coroutine"]
 
@@ -39,6 +39,8 @@ def async_flags(calls: Sequence[Call[Any]]) -> bytes | None:
     """One byte per call, 1 for an async call; None when no call is async (the common case,
     and what the process worker checks first). Detection runs once per distinct function in
     a row, so a batch of one function costs one check."""
+    if type(calls) is OneFuncCalls:
+        return b"\x01" * len(calls) if calls and is_async_callable(calls.func) else None
     flags = bytearray(len(calls))
     last: object = None
     last_async = False

@@ -174,7 +174,7 @@ class CrashSlot:
         records, at = [], HEADER
         while at < end:
             position, size = _RECORD.unpack_from(self.buffer, at)
-            if size == INT or size == FLOAT:
+            if size in (INT, FLOAT):
                 form = _INT_RECORD if size == INT else _FLOAT_RECORD
                 data = pickle.dumps(form.unpack_from(self.buffer, at)[2], protocol=5)
                 at += form.size

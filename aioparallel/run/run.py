@@ -43,7 +43,7 @@ from typing import Any
 
 import anyio
 
-from .._call import Call
+from .._call import Calls
 from .._coroutines import async_flags, is_async_callable
 from ..backends.base import (
     Backend,
@@ -131,11 +131,11 @@ class Run:
         self._first_func: Any = _NOTHING
         #: The input's last take, when it ended an unsized input: shared out between the
         #: lanes in batches of ``_tail_size`` (``_share_tail``), first call at ``_tail_start``.
-        self._tail: list[Call[Any]] = []
+        self._tail: Calls = []
         self._tail_start = self._tail_size = 0
         #: Calls a batch with a ``budget`` did not run, to send again (first call's index,
         #: the calls), taken before anything else; their results slots are reserved already.
-        self._returned: list[tuple[int, list[Call[Any]]]] = []
+        self._returned: list[tuple[int, Calls]] = []
         #: The budget of the batch starting at each index (a batch cut on a crowded pool).
         self._budgets: dict[int, float | None] = {}
         #: Each take of an unsized input that could have several lanes asks for one call
@@ -143,7 +143,7 @@ class Run:
         #: of one batch runs without lanes, ``_run_lanes``). The call taken ahead is
         #: ``_held``: the start of the next batch.
         self._look_ahead = False
-        self._held: list[Call[Any]] = []
+        self._held: Calls = []
         self._lanes: anyio.abc.TaskGroup | None = None
         #: Lanes the run may still start (``_run_lanes``).
         self._unstarted_lanes = 0
@@ -278,14 +278,14 @@ class Run:
         if self._widen:
             self.budget.widen(2 * self.backend.n_workers * batch_size)
 
-    async def _take_batch(self) -> tuple[int, list[Any]]:
+    async def _take_batch(self) -> tuple[int, Calls]:
         """The next consecutive batch, within the pre_dispatch budget."""
         if self._take_lock is None:
             return await self._take_next()
         async with self._take_lock:
             return await self._take_next()
 
-    async def _take_next(self) -> tuple[int, list[Any]]:
+    async def _take_next(self) -> tuple[int, Calls]:
         """``_take_batch``, by one lane at a time."""
         if self._returned:
             return self._next_returned()
@@ -360,7 +360,7 @@ class Run:
         usual = last_length(self._func)
         return None if usual is None or usual <= cut else usual - cut
 
-    def _share_tail(self, start: int, calls: list[Call[Any]]) -> tuple[int, list[Call[Any]]]:
+    def _share_tail(self, start: int, calls: Calls) -> tuple[int, Calls]:
         """The take that ended an unsized input: cut it as the tail of a sized input of that
         length would be (``next_size``), so that no worker idles while calls wait behind a
         batch size learned on faster calls. Returns its first batch."""
@@ -368,7 +368,7 @@ class Run:
         self._tail_size = self.batcher.next_size(len(calls), self.backend.n_workers)
         return self._next_of_tail()
 
-    def _next_returned(self) -> tuple[int, list[Call[Any]]]:
+    def _next_returned(self) -> tuple[int, Calls]:
         """The next batch of the calls a budgeted batch returned unrun, sized on what its
         calls took (``next_size``); their slots are reserved and counted already."""
         start, calls = self._returned[0]
@@ -379,7 +379,7 @@ class Run:
         self._returned[0] = (start + size, calls[size:])
         return start, calls[:size]
 
-    def _next_of_tail(self) -> tuple[int, list[Call[Any]]]:
+    def _next_of_tail(self) -> tuple[int, Calls]:
         if self.batcher.measured:  # larger, if this run's own calls say so now they have
             size = self.batcher.next_size(len(self._tail), self.backend.n_workers)
             self._tail_size = max(self._tail_size, size)
@@ -392,7 +392,7 @@ class Run:
             self.reporter.input_exhausted()
         return start, calls
 
-    async def _take_more(self, more: int) -> list[Any]:
+    async def _take_more(self, more: int) -> Calls:
         """Up to ``more`` calls to add to the batch just taken, as many as pre_dispatch has
         room for: it never waits holding taken calls. Under the take lock."""
         budget = self.budget
@@ -401,14 +401,14 @@ class Run:
             return []
         n = await budget.acquire(more)
         try:
-            extra: list[Any] = await self.source.take(n)
+            extra: Calls = await self.source.take(n)
         except BaseException:
             budget.release(n)
             raise
         budget.release(n - len(extra))
         return extra
 
-    def _async(self, calls: list[Call[Any]]) -> bool:
+    def _async(self, calls: Calls) -> bool:
         """Whether the batch just taken has async calls (every call looked at while batches
         are smaller than the async floor; past it, as a learned size may be, the first
         only: a sync run's batches of thousands are not looked through again)."""
@@ -416,7 +416,7 @@ class Run:
             return async_flags(calls) is not None
         return is_async_callable(calls[0].func)
 
-    async def _async_input(self, remaining: int | None, taken: int) -> list[Any]:
+    async def _async_input(self, remaining: int | None, taken: int) -> Calls:
         """The input has async calls: their duration is mostly waiting, so raise
         the batch floor to keep ``worker_concurrency`` of them in flight per worker, and top
         up the batch just taken to it. Called once, under the take lock."""
@@ -442,7 +442,7 @@ class Run:
 
     async def _take_or_fail(
         self, wait_for_worker: Callable[[], Awaitable[None]] | None = None
-    ) -> tuple[int, list[Call[Any]]] | None:
+    ) -> tuple[int, Calls] | None:
         """``_take_batch``, or None once there is nothing to run: the input ended, or it
         failed (the run's error then)."""
         try:
@@ -459,7 +459,7 @@ class Run:
             return None
         return (start, calls) if calls else None
 
-    async def _lane(self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None) -> None:
+    async def _lane(self, run_batch: RunBatch, first: tuple[int, Calls] | None) -> None:
         """Run batches until none is left; ``first``: one taken for it already."""
         self._live_lanes += 1
         try:
@@ -467,9 +467,7 @@ class Run:
         finally:
             self._live_lanes -= 1
 
-    async def _run_batches(
-        self, run_batch: RunBatch, first: tuple[int, list[Call[Any]]] | None
-    ) -> None:
+    async def _run_batches(self, run_batch: RunBatch, first: tuple[int, Calls] | None) -> None:
         """``_lane``'s loop."""
         wait_for_worker = getattr(run_batch, "wait_for_worker", None)
         keep_idle = getattr(run_batch, "keep_idle", None)
@@ -551,9 +549,7 @@ class Run:
         finally:
             ahead.done.set()
 
-    def _deliver(
-        self, start: int, values: list[Any], calls: list[Call[Any]], budgeted: bool = False
-    ) -> bool:
+    def _deliver(self, start: int, values: list[Any], calls: Calls, budgeted: bool = False) -> bool:
         """Hand values to the sink; False if a failure stops the run. A budgeted batch may
         come back with the values of its first calls only: the rest go out again."""
         n_calls = len(calls)
@@ -584,7 +580,7 @@ class _TakeAhead:
         self.sent = anyio.Event()
         self.done = anyio.Event()
         self.waiting = anyio.CancelScope()
-        self.taken: tuple[int, list[Call[Any]]] | None = None
+        self.taken: tuple[int, Calls] | None = None
 
 
 def _call_alive(method: weakref.WeakMethod[Any]) -> Any:

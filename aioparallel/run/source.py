@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from .._call import Call, Delayed
+from .._call import Call, Calls, Delayed, OneFuncCalls
 from .._errors import NotACallError
 
 __all__ = ["NotACallError", "ProducerError", "Source", "as_call", "close_coroutines"]
@@ -97,10 +97,10 @@ class Source:
         self.taken = 0
         self.exhausted = False
 
-    async def take(self, n: int) -> list[Call[Any]]:
+    async def take(self, n: int) -> Calls:
         """Up to ``n`` calls (fewer when the input ends, see ``exhausted``, or is slow to
         produce them). Errors raised by the input are wrapped in ProducerError."""
-        calls: list[Call[Any]] = []
+        calls: Calls = []
         index = self.taken
         try:
             if self._sync is not None:
@@ -118,7 +118,10 @@ class Source:
                             close_coroutines(chunk)
                             close_coroutines(self._items)
                             raise
-                    calls += chunk
+                    if calls:
+                        calls += chunk
+                    else:  # one function's calls: held as its argument tuples
+                        calls = OneFuncCalls.of(chunk) or chunk
                     if len(chunk) < want:
                         self.exhausted = True
                         break
@@ -126,14 +129,16 @@ class Source:
                         break
             else:
                 assert self._async is not None
-                while len(calls) < n:
+                got: list[Call[Any]] = []
+                calls = got
+                while len(got) < n:
                     try:
                         item = await self._async.__anext__()
                     except StopAsyncIteration:
                         self.exhausted = True
                         break
                     try:
-                        calls.append(as_call(item, index + len(calls)))
+                        got.append(as_call(item, index + len(got)))
                     except NotACallError:
                         close_coroutines([item])
                         raise

@@ -24,7 +24,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ..._call import Call
+from ..._call import Call, OneFuncCalls
 from ..._context import capture
 from ..._coroutines import async_flags, is_async_callable
 from ...child.protocol import BATCH, BATCH_FILE, INLINE_LIMIT, JOB_HEADER, SPIN
@@ -91,6 +91,8 @@ def small_args(items: list[tuple[Any, ...]]) -> bool:
 def one_func(calls: Sequence[Call[Any]]) -> Any:
     """The function all ``calls`` make (compared by identity), or None if they make
     several."""
+    if type(calls) is OneFuncCalls:
+        return calls.func
     func = calls[0].func
     return func if all(map(is_, map(_FUNC, calls), repeat(func))) else None
 
@@ -140,7 +142,9 @@ async def pickle_job(
     ``time_budget``: the batch's (``Batch.budget``), the seconds after which it does not
     either. ``spin``: the worker may watch for its next job after this one (``SPIN``)."""
     items: list[Any]
-    if func is not None and not any(map(_KWARGS, calls)):
+    if type(calls) is OneFuncCalls:
+        items = calls.args  # the worker calls func(*args)
+    elif func is not None and not any(map(_KWARGS, calls)):
         items = list(map(_ARGS, calls))  # the worker calls func(*args)
     else:
         func, items = None, [(c.func, c.args, c.kwargs) for c in calls]
