@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from aioparallel import Call, Parallel, delayed
 from aioparallel._call import OneFuncCalls
 from aioparallel.run.source import Source
-from tests.helpers import add, square
+from tests.helpers import add, async_calls, square
 
 
 class MyCall(Call[Any]):
@@ -92,6 +92,11 @@ async def test_take_holds_one_function_s_calls_as_their_arguments() -> None:
     assert type(calls) is OneFuncCalls and calls.args == [(i,) for i in range(200)]
     mixed = Source([delayed(square)(1), delayed(add)(2)])
     assert type(await mixed.take(2)) is list
+    from_async = Source(async_calls(square, range(300)))
+    calls = await from_async.take(200)
+    assert type(calls) is OneFuncCalls and calls.args == [(i,) for i in range(200)]
+    rest = await from_async.take(200)
+    assert type(rest) is OneFuncCalls and rest.args == [(i,) for i in range(200, 300)]
 
 
 def _live_calls() -> int:

@@ -79,7 +79,9 @@ class Batch:
     start
         Position in the input of ``calls[0]`` (so ``calls[i]`` is task ``start + i``).
     calls
-        The calls, in input order: run each as ``call.func(*call.args, **call.kwargs)``.
+        The calls, in input order: run each as ``call.func(*call.args, **call.kwargs)``. A
+        sequence, not always a list: one function's calls are held as their argument
+        tuples, and each is made a ``Call`` as it is indexed or iterated.
     nbytes
         Pickled size of the calls, set by backends that pickle them; ``batch_size="auto"``
         keeps batches under a size with it. Leave it at 0 otherwise.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -44,7 +44,7 @@ def build(args: BackendArgs) -> ThreadBackend:
 
 def run_calls(
     start: int,
-    calls: list[Call[Any]],
+    calls: Sequence[Call[Any]],
     stop_on_error: bool,
     stop: threading.Event | None = None,
     init: Callable[[], None] | None = None,
@@ -116,7 +116,7 @@ class ThreadBackend:
         init = self._init
 
         async def run_batch(batch: Batch) -> list[Any]:
-            calls = list(batch.calls)
+            calls = batch.calls  # not copied: one function's calls stay argument tuples
             flags = async_flags(calls)
             if flags is not None and timeout is None:
                 return await _run_on_loop(batch.start, calls, flags, options, limiter, init)
@@ -173,7 +173,7 @@ def _initialized(init: Callable[[], None] | None, run: Callable[..., Any], *args
 
 async def _run_on_loop(
     start: int,
-    calls: list[Call[Any]],
+    calls: Sequence[Call[Any]],
     flags: bytes,
     options: RunOptions,
     limiter: anyio.CapacityLimiter,
@@ -233,7 +233,7 @@ def _blocked_error(
 
 async def _run_timed_on_loop(
     start: int,
-    calls: list[Call[Any]],
+    calls: Sequence[Call[Any]],
     options: RunOptions,
     limiter: anyio.CapacityLimiter,
     daemons: DaemonThreads,
@@ -280,7 +280,7 @@ _NOT_BEGUN = object()
 
 
 def _timed_outcome(
-    calls: list[Call[Any]],
+    calls: Sequence[Call[Any]],
     p: int,
     watch: Watch,
     outcome: tuple[int, Any] | None,

@@ -118,10 +118,7 @@ class Source:
                             close_coroutines(chunk)
                             close_coroutines(self._items)
                             raise
-                    if calls:
-                        calls += chunk
-                    else:  # one function's calls: held as its argument tuples
-                        calls = OneFuncCalls.of(chunk) or chunk
+                    calls = self._joined(calls, chunk)
                     if len(chunk) < want:
                         self.exhausted = True
                         break
@@ -129,25 +126,36 @@ class Source:
                         break
             else:
                 assert self._async is not None
-                got: list[Call[Any]] = []
-                calls = got
-                while len(got) < n:
+                got: list[Call[Any]] = []  # the chunk being read
+                while len(calls) + len(got) < n:
                     try:
                         item = await self._async.__anext__()
                     except StopAsyncIteration:
                         self.exhausted = True
                         break
                     try:
-                        got.append(as_call(item, index + len(got)))
+                        got.append(as_call(item, index + len(calls) + len(got)))
                     except NotACallError:
                         close_coroutines([item])
                         raise
+                    if len(got) == TAKE_CHUNK:
+                        calls, got = self._joined(calls, got), []
+                calls = self._joined(calls, got)
         except NotACallError:
             raise
         except Exception as exc:
             raise ProducerError(exc) from None
         self.taken += len(calls)
         return calls
+
+    @staticmethod
+    def _joined(calls: Calls, chunk: list[Call[Any]]) -> Calls:
+        """``calls`` then ``chunk``; one function's calls held as their argument tuples
+        (``OneFuncCalls``), so that the chunk's ``Call`` objects die young."""
+        if calls:
+            calls += chunk
+            return calls
+        return OneFuncCalls.of(chunk) or chunk
 
     @property
     def closable(self) -> bool:
