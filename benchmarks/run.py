@@ -458,6 +458,9 @@ async def session(name: str, wids: list[str], col: Collector, rnd: int) -> None:
     try:
         async with PEERS[name]() as peer:
             for wid in wids:
+                # every workload starts from a collected heap: a full collection that the
+                # garbage of an earlier peer (or workload) made due is not charged to this one
+                gc.collect()
                 t0 = time.perf_counter()
                 try:
                     out = await asyncio.wait_for(IN_SESSION[wid](peer, col.sz), col.sz.timeout_s)
