@@ -5,6 +5,8 @@ watching has been making the wait shorter (``Worker._watching``); an idle worker
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 from aioparallel import Parallel, delayed
 from aioparallel.backends.processes.pool.pool import Pool
 from aioparallel.child import main as child_main
+from aioparallel.child.protocol import RESULTS, write_frame
 from tests.proc_helpers import pid_of
 
 
@@ -105,3 +108,28 @@ def test_a_worker_watches_while_it_pays_and_keeps_measuring_the_other_way(
     choices = [worker._watching() for _ in range(4 * child_main.SPIN_PROBE)]
     assert choices.count(not prefers) == 4  # one wait in SPIN_PROBE goes the other way
     assert choices.count(prefers) == 4 * (child_main.SPIN_PROBE - 1)
+
+
+def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
+    """The first job after a pause (the parent had nothing for the worker) would have found
+    it asleep either way: its wait must not count against watching, which held a worker
+    asleep through the hundred short waits that followed (W3's slow rounds)."""
+    read_end, write_end = os.pipe()
+    worker = child_main.Worker.__new__(child_main.Worker)
+    worker.req_fd, worker.may_spin, worker._loadavg = read_end, True, None
+    worker._waits, worker._probes = [80e-6, 60e-6], 0
+    worker._poll = select.poll()
+    worker._poll.register(read_end, select.POLLIN)
+    try:
+        worker.spin = 200e-6
+        write_frame(write_end, RESULTS, b"after a pause")
+        assert worker._next_frame(time.perf_counter() - 0.05) == (RESULTS, b"after a pause")
+        assert worker._waits == [80e-6, 60e-6]
+        assert worker.spin == 0.0  # and the next wait is slept: jobs stopped coming
+        worker.spin = 200e-6
+        write_frame(write_end, RESULTS, b"back to back")
+        assert worker._next_frame(time.perf_counter()) == (RESULTS, b"back to back")
+        assert worker._waits[1] != 60e-6  # a short wait counts, for the way it was waited
+    finally:
+        os.close(read_end)
+        os.close(write_end)

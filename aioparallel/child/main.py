@@ -215,10 +215,11 @@ class Worker:
     def _next_frame(self, since: float) -> tuple[int, bytes] | None:
         """The next frame from the parent, or None at end of file. ``since``: when this
         worker last sent a job's results; the wait since then sets the next spin."""
-        could = bool(self.spin and self.may_spin and self._cpu_to_spare())
+        spin = self.spin
+        could = bool(spin and self.may_spin and self._cpu_to_spare())
         watched = could and self._watching()
         if watched:
-            deadline = since + self.spin
+            deadline = since + spin
             poll, clock = self._poll.poll, time.perf_counter
             yield_at = since + SPIN_YIELD
             while not poll(0):
@@ -230,7 +231,11 @@ class Worker:
                     yield_at = now + SPIN_YIELD
         frame = protocol.read_frame(self.req_fd)
         waited = time.perf_counter() - since
-        if could:  # what this way of waiting took, waking included
+        # what this way of waiting took, waking included; but a frame that came long after
+        # the watch would have ended finds the worker asleep either way: its wait (the
+        # parent had no job for it, as between two workloads) says nothing about how to
+        # wait, and counted in, it held a worker asleep for a hundred short waits after
+        if could and waited <= spin + SPIN_SECONDS:
             average = self._waits[watched]
             self._waits[watched] = waited if average is None else average + (waited - average) / 4
         self.spin = min(2 * waited, SPIN_SECONDS) if waited < SPIN_SECONDS else 0.0
