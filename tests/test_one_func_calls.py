@@ -85,18 +85,30 @@ def test_adding_in_place_extends_the_same_object() -> None:
     assert same.args == [(1,), (2,)]
 
 
+async def _take_all(source: Source, n: int) -> list[Any]:
+    """Takes until ``n`` calls came: a take may return fewer (it yields to the loop after
+    a millisecond)."""
+    taken: list[Any] = []
+    while sum(map(len, taken)) < n:
+        taken.append(await source.take(n - sum(map(len, taken))))
+    return taken
+
+
 @pytest.mark.anyio
 async def test_take_holds_one_function_s_calls_as_their_arguments() -> None:
-    source = Source(delayed(square)(i) for i in range(300))
-    calls = await source.take(200)
-    assert type(calls) is OneFuncCalls and calls.args == [(i,) for i in range(200)]
+    for source in (
+        Source(delayed(square)(i) for i in range(300)),
+        Source(async_calls(square, range(300))),
+    ):
+        for first, n in ((0, 200), (200, 100)):
+            taken = await _take_all(source, n)
+            assert {type(calls) for calls in taken} == {OneFuncCalls}
+            assert [a for calls in taken for a in calls.args] == [
+                (i,) for i in range(first, first + n)
+            ]
+        assert len(await source.take(1)) == 0 and source.exhausted  # the generator ended
     mixed = Source([delayed(square)(1), delayed(add)(2)])
     assert type(await mixed.take(2)) is list
-    from_async = Source(async_calls(square, range(300)))
-    calls = await from_async.take(200)
-    assert type(calls) is OneFuncCalls and calls.args == [(i,) for i in range(200)]
-    rest = await from_async.take(200)
-    assert type(rest) is OneFuncCalls and rest.args == [(i,) for i in range(200, 300)]
 
 
 def _live_calls() -> int:
