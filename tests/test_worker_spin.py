@@ -117,7 +117,7 @@ def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
     read_end, write_end = os.pipe()
     worker = child_main.Worker.__new__(child_main.Worker)
     worker.req_fd, worker.may_spin, worker._loadavg = read_end, True, None
-    worker._waits, worker._probes = [80e-6, 60e-6], 0
+    worker._waits, worker._probes, worker._paused = [80e-6, 60e-6], 0, False
     worker._poll = select.poll()
     worker._poll.register(read_end, select.POLLIN)
     try:
@@ -125,11 +125,37 @@ def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
         write_frame(write_end, RESULTS, b"after a pause")
         assert worker._next_frame(time.perf_counter() - 0.05) == (RESULTS, b"after a pause")
         assert worker._waits == [80e-6, 60e-6]
-        assert worker.spin == 0.0  # and the next wait is slept: jobs stopped coming
         worker.spin = 200e-6
         write_frame(write_end, RESULTS, b"back to back")
         assert worker._next_frame(time.perf_counter()) == (RESULTS, b"back to back")
         assert worker._waits[1] != 60e-6  # a short wait counts, for the way it was waited
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_after_a_pause_a_worker_watches_once_more_then_sleeps() -> None:
+    """The first job after a pause is often followed at once by the run's next (calls one
+    after another): the worker watches for it (it slept through it before, W3's second
+    call). A second long wait means jobs stopped coming: it sleeps."""
+    read_end, write_end = os.pipe()
+    worker = child_main.Worker.__new__(child_main.Worker)
+    worker.req_fd, worker.may_spin, worker._loadavg = read_end, False, None
+    worker._waits, worker._probes, worker._paused = [None, None], 0, False
+    worker._poll = select.poll()
+    worker._poll.register(read_end, select.POLLIN)
+    worker.spin = 200e-6
+    try:
+        for pause, spin_after in [(0.05, child_main.SPIN_SECONDS), (0.05, 0.0), (0.05, 0.0)]:
+            write_frame(write_end, RESULTS, b"")
+            worker._next_frame(time.perf_counter() - pause)
+            assert worker.spin == spin_after
+        write_frame(write_end, RESULTS, b"")
+        worker._next_frame(time.perf_counter())  # back to back again
+        assert 0 < worker.spin < child_main.SPIN_SECONDS
+        write_frame(write_end, RESULTS, b"")
+        worker._next_frame(time.perf_counter() - 0.05)
+        assert worker.spin == child_main.SPIN_SECONDS
     finally:
         os.close(read_end)
         os.close(write_end)

@@ -81,6 +81,8 @@ class Worker:
         #: last job allowed it and a CPU is to spare now (``_cpu_to_spare``).
         self.spin = 0.0
         self.may_spin = False
+        #: The last wait was longer than SPIN_SECONDS: jobs may have stopped coming.
+        self._paused = False
         #: The average wait for the next frame, sleeping and watching (``_watching``).
         self._waits: list[float | None] = [None, None]
         self._probes = 0
@@ -238,7 +240,11 @@ class Worker:
         if could and waited <= spin + SPIN_SECONDS:
             average = self._waits[watched]
             self._waits[watched] = waited if average is None else average + (waited - average) / 4
-        self.spin = min(2 * waited, SPIN_SECONDS) if waited < SPIN_SECONDS else 0.0
+        if waited < SPIN_SECONDS:
+            self.spin, self._paused = min(2 * waited, SPIN_SECONDS), False
+        else:  # the first job after a pause: the run's next may follow at once (a caller's
+            # calls one after another), so watch once more; after a second such wait, sleep
+            self.spin, self._paused = (0.0 if self._paused else SPIN_SECONDS), True
         return frame
 
     def _watching(self) -> bool:
