@@ -88,6 +88,9 @@ MAX_BLAMELESS_CRASHES = 3
 _MISSING: Any = object()
 #: Values of a results frame that are outcomes other than a plain result.
 _OUTCOMES = frozenset({TaskError, Failure, TimedOut})
+#: A run whose calls together took less than this last time (a web request's one quick
+#: call) has its reply watched for this long before the parent sleeps (``_reply_watch``).
+REPLY_WATCH_SECONDS = 0.0003
 
 
 @dataclass
@@ -183,6 +186,7 @@ class BatchRun:
         try:
             try:
                 seq = worker.next_seq()
+                spin = self.pool.spare_core
                 body, self.batch.nbytes = await pickle_job(
                     calls,
                     func,
@@ -193,7 +197,7 @@ class BatchRun:
                     self.lease,
                     self.pool.memory_limit,
                     self.batch.budget,
-                    self.pool.spare_core,
+                    spin,
                 )
             except anyio.get_cancelled_exc_class():
                 raise
@@ -208,7 +212,7 @@ class BatchRun:
                     self.batch.on_sent()
             except OSError:  # the worker died while idle: nobody to blame
                 return self._crashed_between(todo)
-            attempt = await self._collect(worker, seq, todo)
+            attempt = await self._collect(worker, seq, todo, _reply_watch(spin, self.options))
             ran = len(attempt.got)
             if attempt.resend:
                 self._split = True
@@ -293,15 +297,17 @@ class BatchRun:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def _collect(self, worker: WorkerProcess, seq: int, todo: list[int]) -> _Attempt:
+    async def _collect(
+        self, worker: WorkerProcess, seq: int, todo: list[int], watch: float
+    ) -> _Attempt:
         attempt = _Attempt()
         timeout = self.options.timeout
         if timeout is None:
-            await self._receive(worker, seq, todo, attempt)
+            await self._receive(worker, seq, todo, attempt, watch)
             return attempt
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, worker, seq, timeout, attempt)
-            await self._receive(worker, seq, todo, attempt)
+            await self._receive(worker, seq, todo, attempt, watch)
             tg.cancel_scope.cancel()
         return attempt
 
@@ -315,13 +321,14 @@ class BatchRun:
         attempt.killed = await watch_deadline(worker, seq, timeout)  # no await between
 
     async def _receive(
-        self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt
+        self, worker: WorkerProcess, seq: int, todo: list[int], attempt: _Attempt, watch: float
     ) -> None:
         """Read result frames into ``self.results`` until the job is done or the worker dies;
-        hand log records to the parent's loggers as they come."""
+        hand log records to the parent's loggers as they come. ``watch``: seconds to watch
+        for the first (``_reply_watch``)."""
         sent = True  # the job was just written
         while True:
-            frame = await worker.read_frame(sent)
+            frame = await worker.read_frame(sent, watch)
             sent = False
             if frame is None:
                 break
@@ -513,6 +520,16 @@ async def _cancel_coroutines(worker: WorkerProcess) -> None:
                 await logs.handle(frame[1], logs.untold)
             elif frame[0] != LOAD_ERROR and split_results(frame[1])[1]:
                 return
+
+
+def _reply_watch(spin: bool, options: RunOptions) -> float:
+    """Seconds to watch for a job's reply (``WorkerProcess.read_frame``) before sleeping: only
+    where a CPU is to spare (``spin``: the worker watches for its next job too), and the
+    whole run is expected to take less than ``REPLY_WATCH_SECONDS``."""
+    if not spin or options.expected_work is None:
+        return 0.0
+    expected = options.expected_work()
+    return REPLY_WATCH_SECONDS if expected is not None and expected < REPLY_WATCH_SECONDS else 0.0
 
 
 def _a_tail(positions: list[int], n: int) -> bool:

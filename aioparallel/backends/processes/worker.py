@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import select
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ class WorkerProcess:
         self._slot = slot
         self.slot = CrashSlot(slot)
         self._buffer = bytearray()
+        self._poll: Any = None  # select.poll for ``_watch``, once needed
         self._env: tuple[list[str], str, bytes | None, Any] | None = None
         self._seq = 0
         self.last_used = time.monotonic()
@@ -184,12 +186,13 @@ class WorkerProcess:
 
     # -- frames ------------------------------------------------------------------------------
 
-    async def read_frame(self, sent: bool = False) -> tuple[int, bytes] | None:
+    async def read_frame(self, sent: bool = False, watch: float = 0.0) -> tuple[int, bytes] | None:
         """The next frame, or None once the worker has exited (end of file). ``sent``: a job
         was just written, so its reply cannot be there yet: wait before reading (a read that
-        finds nothing costs a system call and an exception)."""
+        finds nothing costs a system call and an exception). ``watch``: for up to these
+        seconds, look for the reply between the loop's other work (``_watch``) first."""
         header_size = protocol.HEADER.size
-        if sent and not self._buffer:
+        if sent and not self._buffer and not (watch and await self._watch(watch)):
             await wait_readable(self._resp, LIVENESS_SECONDS)  # then as usual, timed out or not
         while True:
             buffer = self._buffer
@@ -214,6 +217,23 @@ class WorkerProcess:
             if not chunk:
                 return None
             buffer += chunk
+
+    async def _watch(self, seconds: float) -> bool:
+        """Whether a reply came within ``seconds``, looked for once per pass of the event
+        loop: the loop runs its other tasks meanwhile, and this process keeps its CPU. A
+        reply expected within microseconds would otherwise find it asleep, and waking a
+        sleeping CPU (on a virtual machine, an interrupt through the host) can cost more
+        than the whole round trip."""
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = select.poll()
+            poll.register(self._resp, select.POLLIN)
+        deadline = time.perf_counter() + seconds
+        while not poll.poll(0):
+            if time.perf_counter() > deadline:
+                return False
+            await anyio.lowlevel.checkpoint()
+        return True
 
     async def write_frame(self, kind: int, body: bytes) -> None:
         """Raises BrokenPipeError if the worker is gone."""
