@@ -378,3 +378,45 @@ def test_tasks_dropped_before_they_start_leave_no_unawaited_coroutine() -> None:
         warnings.simplefilter("error", RuntimeWarning)
         asyncio.run(main())
         gc.collect()
+
+
+def test_the_task_a_finished_one_starts_takes_its_first_step_before_the_others_woken_with_it() -> (
+    None
+):
+    """Tasks woken together run one after another. The next call each one starts as it ends
+    must take its first step (and begin its own wait) right then, not after every task woken
+    with it, or the successors all wait and wake together again: a wave per wait, the waits
+    and the CPU adding up (1,000 tasks of a 20 ms wait and 0.5 ms of CPU, 16 at a time on 2
+    workers, Python 3.11: 0.97 s, against 0.80 s when each first step runs next)."""
+    import asyncio
+
+    from aioparallel.child.async_loop import InFlight
+
+    log: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        go = asyncio.Event()
+        all_settled = asyncio.Event()
+        settled = 0
+
+        async def wait_for_go(i: int) -> None:
+            log.append(("start", i))
+            await go.wait()  # the first two are woken in one pass of the loop
+            log.append(("end", i))
+
+        def on_settled() -> None:
+            nonlocal settled
+            settled += 1
+            if settled == 4:
+                all_settled.set()
+
+        loop = asyncio.get_running_loop()
+        tasks = InFlight(loop, None, lambda *a: None, on_settled, limit=2)
+        for position in range(4):
+            tasks.start(position, wait_for_go, (position,), {})
+        loop.call_later(0.01, go.set)
+        await asyncio.wait_for(all_settled.wait(), 5)
+
+    asyncio.run(main())
+    assert log[:3] == [("start", 0), ("start", 1), ("end", 0)], log
+    assert log.index(("start", 2)) < log.index(("end", 1)), log

@@ -179,9 +179,9 @@ async def nap_counted(folder: str, x: int) -> int:
 
 @pytest.mark.asyncio
 async def test_calls_handed_to_a_blocked_loop_that_never_began_run_again(tmp_path: Path) -> None:
-    """One call in flight per worker: the calls handed to its loop to start next (Python
-    3.12+ keeps some ready, to start each from the task that ends) never began while the
-    first blocked the loop. They run again, once, after the parent killed the worker."""
+    """One call in flight per worker: the calls handed to its loop to start next (it keeps
+    some ready, to start each from the task that ends) never began while the first blocked
+    the loop. They run again, once, after the parent killed the worker."""
     folder = str(tmp_path)
     calls = [delayed(ah.block_the_loop)(folder, 0)] + [
         delayed(nap_counted)(folder, x) for x in (1, 2)
@@ -493,7 +493,7 @@ async def test_a_failed_call_starts_no_next_one_when_the_run_stops_at_the_first(
     tmp_path: Path,
 ) -> None:
     """The next call waiting on the worker's loop is not started by the task that failed
-    (Python 3.12+ starts it from the task that ends): the run stops at its first failure."""
+    (it is started from the task that ends): the run stops at its first failure."""
     folder = str(tmp_path)
     calls = [delayed(fail_after_nap)(0), delayed(nap_counted)(folder, 1)]
     with pytest.raises(ValueError, match="task input 0 failed"):
