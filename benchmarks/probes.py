@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import threading
 import time
 from types import TracebackType
@@ -32,14 +33,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def tmpfs_mounts() -> list[str]:
+    """The writable tmpfs file systems (one mount point each), from ``/proc/mounts``: where
+    the peers put their memmapped arrays. Empty where there is no such file (not Linux)."""
+    points: list[str] = []
+    devices: set[int] = set()
+    try:
+        with open("/proc/mounts") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return points
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[2] != "tmpfs" or "ro" in fields[3].split(","):
+            continue
+        try:
+            device = os.stat(fields[1]).st_dev
+        except OSError:
+            continue
+        if device not in devices:
+            devices.add(device)
+            points.append(fields[1])
+    return points
+
+
+def tmpfs_used(points: list[str]) -> int:
+    """Bytes used in the tmpfs file systems at ``points``: the files there, in whole pages.
+    Not the kernel's ``Shmem`` count (psutil's ``shared``), which also holds every process's
+    shared anonymous memory: a few pages of that come and go with whatever else runs (a
+    peer's W5 read up to 27 pages *below* its start), at the W5 bound's own scale. Without
+    ``points`` (not Linux), that count is all there is."""
+    if not points:
+        return int(psutil.virtual_memory().shared)
+    used = 0
+    for point in points:
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(point)
+            used += (stat.f_blocks - stat.f_bfree) * stat.f_frsize
+    return used
+
+
 class RssSampler:
     """Peak RSS above the level at entry, of this process and optionally its descendants.
 
     RSS of parent and children is summed, so pages a worker maps from a shared file
     (a memmap) count once per process that touched them: that is what ``top`` users
     see and what the W5 target is written against. ``shm_mb`` separately reports the
-    growth of the machine's shared memory (tmpfs such as ``/dev/shm``), which holds
-    memmapped arrays but belongs to no process's RSS.
+    growth of the space used in the machine's tmpfs file systems (such as ``/dev/shm``),
+    which hold memmapped arrays but belong to no process's RSS (``tmpfs_used``).
     """
 
     def __init__(self, *, children: bool, interval: float = 0.003) -> None:
@@ -51,6 +92,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self.baseline = self.peak = 0
         self.shm_baseline = self.shm_peak = 0
+        self._tmpfs = tmpfs_mounts()
         self.samples = 0
 
     def _refresh(self) -> None:
@@ -66,7 +108,7 @@ class RssSampler:
 
     def _sample(self) -> None:
         self.peak = max(self.peak, self._total())
-        self.shm_peak = max(self.shm_peak, psutil.virtual_memory().shared)
+        self.shm_peak = max(self.shm_peak, tmpfs_used(self._tmpfs))
         self.samples += 1
 
     def _loop(self) -> None:
@@ -80,7 +122,7 @@ class RssSampler:
     def __enter__(self) -> Self:
         self._refresh()
         self.baseline = self.peak = self._total()
-        self.shm_baseline = self.shm_peak = psutil.virtual_memory().shared
+        self.shm_baseline = self.shm_peak = tmpfs_used(self._tmpfs)
         self._thread.start()
         return self
 
