@@ -89,22 +89,21 @@ async def test_a_worker_stops_watching_once_jobs_stop_coming() -> None:
     assert max(used) < 0.1 * seconds, used
 
 
-def _worker_with_waits(slept: float | None, watched: float | None) -> Any:
+def _worker_with_gain(gain: float | None) -> Any:
     worker = child_main.Worker.__new__(child_main.Worker)
-    worker._waits = [slept, watched]
-    worker._probes = 0
+    worker._gain, worker._last, worker._probes = gain, None, 0
     return worker
 
 
 @pytest.mark.parametrize(
-    ("slept", "watched", "prefers"),
-    [(300e-6, 150e-6, True), (150e-6, 300e-6, False), (None, None, True)],
+    ("gain", "prefers"),
+    [(30e-6, True), (-30e-6, False), (None, True)],
     ids=["watching-pays", "watching-costs-the-parent-more", "nothing-measured"],
 )
 def test_a_worker_watches_while_it_pays_and_keeps_measuring_the_other_way(
-    slept: float | None, watched: float | None, prefers: bool
+    gain: float | None, prefers: bool
 ) -> None:
-    worker = _worker_with_waits(slept, watched)
+    worker = _worker_with_gain(gain)
     choices = [worker._watching() for _ in range(4 * child_main.SPIN_PROBE)]
     assert choices.count(not prefers) == 4  # one wait in SPIN_PROBE goes the other way
     assert choices.count(prefers) == 4 * (child_main.SPIN_PROBE - 1)
@@ -117,18 +116,19 @@ def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
     read_end, write_end = os.pipe()
     worker = child_main.Worker.__new__(child_main.Worker)
     worker.req_fd, worker.may_spin, worker._loadavg = read_end, True, None
-    worker._waits, worker._probes, worker._paused = [80e-6, 60e-6], 0, False
+    worker._gain, worker._last, worker._probes, worker._paused = 20e-6, (False, 80e-6), 0, False
     worker._poll = select.poll()
     worker._poll.register(read_end, select.POLLIN)
     try:
         worker.spin = 200e-6
         write_frame(write_end, RESULTS, b"after a pause")
         assert worker._next_frame(time.perf_counter() - 0.05) == (RESULTS, b"after a pause")
-        assert worker._waits == [80e-6, 60e-6]
+        assert (worker._gain, worker._last) == (20e-6, (False, 80e-6))
         worker.spin = 200e-6
         write_frame(write_end, RESULTS, b"back to back")
         assert worker._next_frame(time.perf_counter()) == (RESULTS, b"back to back")
-        assert worker._waits[1] != 60e-6  # a short wait counts, for the way it was waited
+        assert worker._last is not None and worker._last[0]  # a short wait counts (watched)
+        assert worker._gain != 20e-6  # beside the slept one before it
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -141,7 +141,7 @@ def test_after_a_pause_a_worker_watches_once_more_then_sleeps() -> None:
     read_end, write_end = os.pipe()
     worker = child_main.Worker.__new__(child_main.Worker)
     worker.req_fd, worker.may_spin, worker._loadavg = read_end, False, None
-    worker._waits, worker._probes, worker._paused = [None, None], 0, False
+    worker._gain, worker._last, worker._probes, worker._paused = None, None, 0, False
     worker._poll = select.poll()
     worker._poll.register(read_end, select.POLLIN)
     worker.spin = 200e-6
@@ -159,3 +159,22 @@ def test_after_a_pause_a_worker_watches_once_more_then_sleeps() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_worker_compares_the_ways_of_waiting_on_waits_one_after_the_other() -> None:
+    """How long the parent takes to send the next job changes with the work: a worker that
+    watched through the long waits of big jobs, then slept once (a probe) as single calls
+    began, compared averages of different work and slept through W3's calls (its p50 then
+    read ~72 µs instead of ~46 in one round of five). Waits one after the other are
+    compared instead, and an odd pair moves the verdict by a bounded step."""
+    worker = _worker_with_gain(None)
+    for _ in range(15):
+        worker._count(True, 240e-6)  # big jobs: the parent is busy between them
+    worker._count(False, 67e-6)  # a probe, as the single calls begin
+    assert worker._gain == -child_main.GAIN_LIMIT  # the odd pair, bounded
+    worker._count(True, 40e-6)  # back to watching: 27 µs faster than sleeping
+    worker._count(True, 41e-6)
+    worker._count(False, 60e-6)  # the next probe: 19 µs slower
+    worker._count(True, 42e-6)
+    assert worker._gain is not None and worker._gain > 0  # watching wins again
+    assert worker._watching()

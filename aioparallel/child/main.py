@@ -43,6 +43,9 @@ FLUSH_SECONDS = 0.05
 SPIN_SECONDS = 0.0005
 #: One wait in this many goes the way the worker does not prefer (``Worker._watching``).
 SPIN_PROBE = 16
+#: A pair of waits counts for at most this much either way (``Worker._count``): a wake
+#: costs tens of microseconds; a pair that differs by more differed in what the parent did.
+GAIN_LIMIT = 0.00005
 #: While it watches, it yields its CPU this often: the parent, woken by its results, may have
 #: been put on this CPU (the other idle), and would otherwise wait for this one's time slice.
 SPIN_YIELD = 0.00002
@@ -83,8 +86,11 @@ class Worker:
         self.may_spin = False
         #: The last wait was longer than SPIN_SECONDS: jobs may have stopped coming.
         self._paused = False
-        #: The average wait for the next frame, sleeping and watching (``_watching``).
-        self._waits: list[float | None] = [None, None]
+        #: What watching saved on the wait for the next frame, on average: the sleeping
+        #: wait minus the watching one, of two waits one after the other (``_watching``).
+        self._gain: float | None = None
+        #: The last wait counted: whether it was watched, and how long it was.
+        self._last: tuple[bool, float] | None = None
         self._probes = 0
         self._poll = select.poll()
         self._poll.register(req_fd, select.POLLIN)
@@ -238,8 +244,7 @@ class Worker:
         # parent had no job for it, as between two workloads) says nothing about how to
         # wait, and counted in, it held a worker asleep for a hundred short waits after
         if could and waited <= spin + SPIN_SECONDS:
-            average = self._waits[watched]
-            self._waits[watched] = waited if average is None else average + (waited - average) / 4
+            self._count(watched, waited)
         if waited < SPIN_SECONDS:
             self.spin, self._paused = min(2 * waited, SPIN_SECONDS), False
         else:  # the first job after a pause: the run's next may follow at once (a caller's
@@ -247,14 +252,27 @@ class Worker:
             self.spin, self._paused = (0.0 if self._paused else SPIN_SECONDS), True
         return frame
 
+    def _count(self, watched: bool, waited: float) -> None:
+        """Count a wait: where the way of waiting changed from the last one (a probe, or
+        back from one), the difference of the two is a sample of what watching saves.
+        Waits one after the other are compared, not averages of each way: how long the
+        parent takes to send the next job changes with the work (jobs of many calls, then
+        single calls), and averages taken under different work compared the work (a
+        worker that had watched through W1's big jobs slept through W3's single calls)."""
+        last = self._last
+        if last is not None and last[0] != watched:
+            gain = last[1] - waited if last[0] is False else waited - last[1]
+            gain = max(-GAIN_LIMIT, min(gain, GAIN_LIMIT))  # one odd pair moves it a little
+            self._gain = gain if self._gain is None else (self._gain + gain) / 2
+        self._last = (watched, waited)
+
     def _watching(self) -> bool:
         """Whether to watch for this frame: while watching has made the wait shorter than
         sleeping did (it costs the parent a CPU where the machine has fewer than it seems,
         as a virtual machine on a busy host), except one wait in ``SPIN_PROBE``, which goes
         the other way to keep measuring both."""
         self._probes += 1
-        slept, watched = self._waits
-        better = slept is None or watched is None or watched <= slept
+        better = self._gain is None or self._gain >= 0
         return better != (self._probes % SPIN_PROBE == 0)
 
     def _cpu_to_spare(self) -> bool:
