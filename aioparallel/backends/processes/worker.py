@@ -49,6 +49,9 @@ STARTUP_TIMEOUT = 60.0
 #: file on its pipe says so at once, unless a process the task forked holds the pipe.
 LIVENESS_SECONDS = 1.0
 _F_SETPIPE_SZ = 1031
+#: While the parent watches for a reply (``WorkerProcess._watch``), it yields its CPU this
+#: often, as a watching worker does (``child.main.SPIN_YIELD``).
+WATCH_YIELD = 0.00002
 
 
 def _death_signal_parent() -> int:
@@ -228,10 +231,16 @@ class WorkerProcess:
         if poll is None:
             poll = self._poll = select.poll()
             poll.register(self._resp, select.POLLIN)
-        deadline = time.perf_counter() + seconds
+        clock = time.perf_counter
+        deadline = clock() + seconds
+        yield_at = clock() + WATCH_YIELD
         while not poll.poll(0):
-            if time.perf_counter() > deadline:
+            now = clock()
+            if now > deadline:
                 return False
+            if now > yield_at:  # the worker, woken by our job, may have been put on our CPU
+                os.sched_yield()
+                yield_at = now + WATCH_YIELD
             await anyio.lowlevel.checkpoint()
         return True
 
