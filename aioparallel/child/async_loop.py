@@ -313,7 +313,6 @@ class WorkerLoop:
         self.stopped = False
         self._base = base
         self._slot = slot
-        limit = concurrency
         self._room = 2 * concurrency
         self._values = values or []
         self._stop_on_error = stop_on_error
@@ -322,7 +321,7 @@ class WorkerLoop:
         self._timeout = timeout
         self._started = {}
         self._tasks = InFlight(
-            self.loop, timeout, self._report, self._settled, limit, stop_on_error, self._begun
+            self.loop, timeout, self._report, self._settled, concurrency, stop_on_error, self._begun
         )
         self._on_loop(self.loop.add_reader, self.req_fd, self._on_request)
 

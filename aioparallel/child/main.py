@@ -261,7 +261,7 @@ class Worker:
         worker that had watched through W1's big jobs slept through W3's single calls)."""
         last = self._last
         if last is not None and last[0] != watched:
-            gain = last[1] - waited if last[0] is False else waited - last[1]
+            gain = waited - last[1] if last[0] else last[1] - waited  # slept minus watched
             gain = max(-GAIN_LIMIT, min(gain, GAIN_LIMIT))  # one odd pair moves it a little
             self._gain = gain if self._gain is None else (self._gain + gain) / 2
         self._last = (watched, waited)

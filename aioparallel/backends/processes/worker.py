@@ -232,8 +232,8 @@ class WorkerProcess:
             poll = self._poll = select.poll()
             poll.register(self._resp, select.POLLIN)
         clock = time.perf_counter
-        deadline = clock() + seconds
-        yield_at = clock() + WATCH_YIELD
+        now = clock()
+        deadline, yield_at = now + seconds, now + WATCH_YIELD
         while not poll.poll(0):
             now = clock()
             if now > deadline:
