@@ -1,6 +1,6 @@
 """A worker watches for its next job, instead of sleeping, only while jobs come back to back,
-the pool leaves a core to spare (``child.main.SPIN_SECONDS``, ``Pool.spare_core``) and
-watching has been making the wait shorter (``Worker._watching``); an idle worker sleeps."""
+the pool leaves a core to spare (``child.waiting.SPIN_SECONDS``, ``Pool.spare_core``) and
+watching has been making the wait shorter (``NextFrame._watching``); an idle worker sleeps."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from aioparallel import Parallel, delayed
 from aioparallel.backends.processes.pool.pool import Pool
-from aioparallel.child import main as child_main
+from aioparallel.child import waiting
 from aioparallel.child.protocol import RESULTS, write_frame
 from tests.proc_helpers import pid_of
 
@@ -89,10 +89,10 @@ async def test_a_worker_stops_watching_once_jobs_stop_coming() -> None:
     assert max(used) < 0.1 * seconds, used
 
 
-def _worker_with_gain(gain: float | None) -> Any:
-    worker = child_main.Worker.__new__(child_main.Worker)
-    worker._gain, worker._last, worker._probes = gain, None, 0
-    return worker
+def _waits_with_gain(gain: float | None) -> Any:
+    waits = waiting.NextFrame.__new__(waiting.NextFrame)
+    waits._gain, waits._last, waits._probes = gain, None, 0
+    return waits
 
 
 @pytest.mark.parametrize(
@@ -103,10 +103,10 @@ def _worker_with_gain(gain: float | None) -> Any:
 def test_a_worker_watches_while_it_pays_and_keeps_measuring_the_other_way(
     gain: float | None, prefers: bool
 ) -> None:
-    worker = _worker_with_gain(gain)
-    choices = [worker._watching() for _ in range(4 * child_main.SPIN_PROBE)]
+    waits = _waits_with_gain(gain)
+    choices = [waits._watching() for _ in range(4 * waiting.SPIN_PROBE)]
     assert choices.count(not prefers) == 4  # one wait in SPIN_PROBE goes the other way
-    assert choices.count(prefers) == 4 * (child_main.SPIN_PROBE - 1)
+    assert choices.count(prefers) == 4 * (waiting.SPIN_PROBE - 1)
 
 
 def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
@@ -114,21 +114,21 @@ def test_a_wait_long_past_the_watch_says_nothing_about_how_to_wait() -> None:
     it asleep either way: its wait must not count against watching, which held a worker
     asleep through the hundred short waits that followed (W3's slow rounds)."""
     read_end, write_end = os.pipe()
-    worker = child_main.Worker.__new__(child_main.Worker)
-    worker.req_fd, worker.may_spin, worker._loadavg = read_end, True, None
-    worker._gain, worker._last, worker._probes, worker._paused = 20e-6, (False, 80e-6), 0, False
-    worker._poll = select.poll()
-    worker._poll.register(read_end, select.POLLIN)
+    waits = waiting.NextFrame.__new__(waiting.NextFrame)
+    waits.req_fd, waits.may_spin, waits._loadavg = read_end, True, None
+    waits._gain, waits._last, waits._probes, waits._paused = 20e-6, (False, 80e-6), 0, False
+    waits._poll = select.poll()
+    waits._poll.register(read_end, select.POLLIN)
     try:
-        worker.spin = 200e-6
+        waits.spin = 200e-6
         write_frame(write_end, RESULTS, b"after a pause")
-        assert worker._next_frame(time.perf_counter() - 0.05) == (RESULTS, b"after a pause")
-        assert (worker._gain, worker._last) == (20e-6, (False, 80e-6))
-        worker.spin = 200e-6
+        assert waits.next(time.perf_counter() - 0.05) == (RESULTS, b"after a pause")
+        assert (waits._gain, waits._last) == (20e-6, (False, 80e-6))
+        waits.spin = 200e-6
         write_frame(write_end, RESULTS, b"back to back")
-        assert worker._next_frame(time.perf_counter()) == (RESULTS, b"back to back")
-        assert worker._last is not None and worker._last[0]  # a short wait counts (watched)
-        assert worker._gain != 20e-6  # beside the slept one before it
+        assert waits.next(time.perf_counter()) == (RESULTS, b"back to back")
+        assert waits._last is not None and waits._last[0]  # a short wait counts (watched)
+        assert waits._gain != 20e-6  # beside the slept one before it
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -139,23 +139,23 @@ def test_after_a_pause_a_worker_watches_once_more_then_sleeps() -> None:
     after another): the worker watches for it (it slept through it before, W3's second
     call). A second long wait means jobs stopped coming: it sleeps."""
     read_end, write_end = os.pipe()
-    worker = child_main.Worker.__new__(child_main.Worker)
-    worker.req_fd, worker.may_spin, worker._loadavg = read_end, False, None
-    worker._gain, worker._last, worker._probes, worker._paused = None, None, 0, False
-    worker._poll = select.poll()
-    worker._poll.register(read_end, select.POLLIN)
-    worker.spin = 200e-6
+    waits = waiting.NextFrame.__new__(waiting.NextFrame)
+    waits.req_fd, waits.may_spin, waits._loadavg = read_end, False, None
+    waits._gain, waits._last, waits._probes, waits._paused = None, None, 0, False
+    waits._poll = select.poll()
+    waits._poll.register(read_end, select.POLLIN)
+    waits.spin = 200e-6
     try:
-        for pause, spin_after in [(0.05, child_main.SPIN_SECONDS), (0.05, 0.0), (0.05, 0.0)]:
+        for pause, spin_after in [(0.05, waiting.SPIN_SECONDS), (0.05, 0.0), (0.05, 0.0)]:
             write_frame(write_end, RESULTS, b"")
-            worker._next_frame(time.perf_counter() - pause)
-            assert worker.spin == spin_after
+            waits.next(time.perf_counter() - pause)
+            assert waits.spin == spin_after
         write_frame(write_end, RESULTS, b"")
-        worker._next_frame(time.perf_counter())  # back to back again
-        assert 0 < worker.spin < child_main.SPIN_SECONDS
+        waits.next(time.perf_counter())  # back to back again
+        assert 0 < waits.spin < waiting.SPIN_SECONDS
         write_frame(write_end, RESULTS, b"")
-        worker._next_frame(time.perf_counter() - 0.05)
-        assert worker.spin == child_main.SPIN_SECONDS
+        waits.next(time.perf_counter() - 0.05)
+        assert waits.spin == waiting.SPIN_SECONDS
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -167,14 +167,14 @@ def test_a_worker_compares_the_ways_of_waiting_on_waits_one_after_the_other() ->
     began, compared averages of different work and slept through W3's calls (its p50 then
     read ~72 µs instead of ~46 in one round of five). Waits one after the other are
     compared instead, and an odd pair moves the verdict by a bounded step."""
-    worker = _worker_with_gain(None)
+    waits = _waits_with_gain(None)
     for _ in range(15):
-        worker._count(True, 240e-6)  # big jobs: the parent is busy between them
-    worker._count(False, 67e-6)  # a probe, as the single calls begin
-    assert worker._gain == -child_main.GAIN_LIMIT  # the odd pair, bounded
-    worker._count(True, 40e-6)  # back to watching: 27 µs faster than sleeping
-    worker._count(True, 41e-6)
-    worker._count(False, 60e-6)  # the next probe: 19 µs slower
-    worker._count(True, 42e-6)
-    assert worker._gain is not None and worker._gain > 0  # watching wins again
-    assert worker._watching()
+        waits._count(True, 240e-6)  # big jobs: the parent is busy between them
+    waits._count(False, 67e-6)  # a probe, as the single calls begin
+    assert waits._gain == -waiting.GAIN_LIMIT  # the odd pair, bounded
+    waits._count(True, 40e-6)  # back to watching: 27 µs faster than sleeping
+    waits._count(True, 41e-6)
+    waits._count(False, 60e-6)  # the next probe: 19 µs slower
+    waits._count(True, 42e-6)
+    assert waits._gain is not None and waits._gain > 0  # watching wins again
+    assert waits._watching()

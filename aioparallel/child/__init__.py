@@ -19,5 +19,6 @@ Invariants owned here:
 - what crosses the pipes, in which frame: ``protocol``;
 - what tasks log reaches the parent, before their results: ``observe`` (and ``logs``, imported
   with ``logging``, only once a task imports it); the caller's context variables around each
-  call: ``context``.
+  call: ``context``;
+- how a worker waits for its next job, watching the pipe or asleep: ``waiting``.
 """

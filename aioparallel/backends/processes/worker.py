@@ -50,7 +50,7 @@ STARTUP_TIMEOUT = 60.0
 LIVENESS_SECONDS = 1.0
 _F_SETPIPE_SZ = 1031
 #: While the parent watches for a reply (``WorkerProcess._watch``), it yields its CPU this
-#: often, as a watching worker does (``child.main.SPIN_YIELD``).
+#: often, as a watching worker does (``child.waiting.SPIN_YIELD``).
 WATCH_YIELD = 0.00002
 
 
