@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from .backends.base import Failure as Failure
     from .backends.base import RunBatch as RunBatch
     from .backends.base import RunOptions as RunOptions
-    from .backends.processes.pool.pool import shutdown_workers as shutdown_workers
+    from .backends.processes.pool.shared import shutdown_workers as shutdown_workers
     from .backends.processes.pool.stats import pool_stats as pool_stats
     from .run.progress import ProgressEvent as ProgressEvent
 
@@ -107,7 +107,7 @@ _LAZY = {
     "Parallel": "._parallel",
     "ProgressEvent": ".run.progress",
     "cpu_count": "._system",
-    "shutdown_workers": ".backends.processes.pool.pool",
+    "shutdown_workers": ".backends.processes.pool.shared",
     "pool_stats": ".backends.processes.pool.stats",
 }
 

@@ -23,6 +23,7 @@ import aioparallel
 from aioparallel import Parallel, delayed, parallel_config
 from aioparallel.backends.processes import process as _process
 from aioparallel.backends.processes.pool import pool as _pool
+from aioparallel.backends.processes.pool import shared as _shared
 from tests import proc_helpers as h
 from tests.conftest import Snapshot, leaks_after
 from tests.proc_helpers import worker_children
@@ -133,7 +134,7 @@ def test_two_loops_in_two_threads_share_the_pool_within_n_jobs(runners: tuple[st
         for run, values in enumerate(results[k]):
             expected = [k * 1000 + run * 100 + x for x in range(12)]
             assert [v for v, _ in values] == expected
-    _roster_is_consistent(_pool.shared_pool(N_JOBS, 300.0))
+    _roster_is_consistent(_shared.shared_pool(N_JOBS, 300.0))
 
 
 # -- idle timeout, loop end, shutdown -------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_a_run_cut_short_by_its_loop_end_leaves_the_pool_consistent(
 
     busy = _run(runner, main)
     assert h.wait_gone(busy, 10.0) == []
-    pool = _pool.shared_pool(N_JOBS, 300.0)
+    pool = _shared.shared_pool(N_JOBS, 300.0)
     _roster_is_consistent(pool)
     assert pool._roster.count == 0
     assert asyncio.run(_square_pids()).isdisjoint(busy)
@@ -247,7 +248,7 @@ def test_a_forked_child_does_not_inherit_the_parents_workers() -> None:
     workers = asyncio.run(_square_pids())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        clean = not _pool._shared and not _process._live_pids
+        clean = not _shared._shared and not _process._live_pids
         os._exit(0 if clean else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

@@ -26,7 +26,7 @@ import anyio
 import pytest
 
 from aioparallel import Parallel, delayed
-from aioparallel.backends.processes.pool import pool as _pool
+from aioparallel.backends.processes.pool import shared as _shared
 from aioparallel.backends.processes.pool.pool import Pool
 from tests import proc_helpers as h
 from tests.proc_helpers import worker_children
@@ -103,7 +103,7 @@ def test_a_loop_closed_while_its_run_holds_workers_does_not_wedge_the_pool(
     fresh = _square_pids()  # from another loop, in another thread: must not wait forever
     assert fresh.isdisjoint(held)
     assert h.wait_gone(held, 10.0) == []  # the dead loop's workers were killed and reaped
-    pool = _pool.shared_pool(N_JOBS, 300.0)
+    pool = _shared.shared_pool(N_JOBS, 300.0)
     roster = pool._roster
     assert not roster.busy and not roster.waiters
     assert roster.count == len(roster.idle) <= N_JOBS

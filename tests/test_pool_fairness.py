@@ -22,8 +22,9 @@ import pytest
 
 from aioparallel import Parallel, delayed
 from aioparallel.backends.processes import batch as _batch
-from aioparallel.backends.processes.pool.pool import Pool, RunWorkers, run_ticket
+from aioparallel.backends.processes.pool.pool import Pool
 from aioparallel.backends.processes.pool.roster import Standing
+from aioparallel.backends.processes.pool.run_workers import RunWorkers, run_ticket
 from tests.helpers import stamp, wait_file
 
 pytestmark = pytest.mark.anyio

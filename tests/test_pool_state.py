@@ -39,14 +39,10 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from aioparallel.backends.processes.pool.pool import (
-    Pool,
-    PoolClosedError,
-    WorkerProcess,
-    run_ticket,
-)
+from aioparallel.backends.processes.pool.pool import Pool, PoolClosedError, WorkerProcess
 from aioparallel.backends.processes.pool.recycling import Limits
 from aioparallel.backends.processes.pool.roster import Standing
+from aioparallel.backends.processes.pool.run_workers import run_ticket
 from tests.proc_helpers import worker_children
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import pytest
 from aioparallel import Parallel, delayed
 from aioparallel.backends.base import RunOptions
 from aioparallel.backends.processes import batch as _batch
-from aioparallel.backends.processes.pool import pool as _pool
+from aioparallel.backends.processes.pool import shared as _shared
 from tests import proc_helpers as h
 
 N_JOBS = 2
@@ -42,7 +42,7 @@ def test_only_a_run_expected_back_at_once_is_watched_for(
 
 
 def _workers() -> list[Any]:
-    roster = _pool.shared_pool(N_JOBS, 300.0)._roster
+    roster = _shared.shared_pool(N_JOBS, 300.0)._roster
     return [*roster.idle, *roster.busy]
 
 
@@ -50,7 +50,7 @@ def _workers() -> list[Any]:
 async def test_the_loop_runs_on_while_the_parent_watches_for_a_reply(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pool = _pool.shared_pool(N_JOBS, 300.0)
+    pool = _shared.shared_pool(N_JOBS, 300.0)
     monkeypatch.setattr(pool, "cpus", 8)  # a CPU to spare, whatever this machine has
     p = Parallel(n_jobs=N_JOBS)  # a web handler's: the shared pool serves it
     assert await p([delayed(h.slow_tagged)(1, 0.05)]) == [(1, 1)]  # learned: ~50 ms

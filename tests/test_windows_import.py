@@ -43,6 +43,8 @@ from aioparallel import Parallel, delayed, parallel_config
 
 PROCESS_BACKEND = {{
     "aioparallel.backends.processes.pool.pool",
+    "aioparallel.backends.processes.pool.run_workers",
+    "aioparallel.backends.processes.pool.shared",
     "aioparallel.backends.processes.backend",
     "aioparallel.backends.processes.batch",
     "aioparallel.child.main",

@@ -2,10 +2,10 @@
 isolated to the one task they hit.
 
 ``ProcessBackend`` holds the pool (the shared one of its settings, or a private one) and, for
-each run, the run's workers and temp folder; each batch is a ``batch.BatchRun``: take a worker
-from the pool (``pool.RunWorkers``), send the job, read results as the worker streams them,
-and when the worker dies, fail the call the slot blames and re-run the calls it had not
-started on a fresh worker. A run's leftover array files go when the run ends.
+each run, the run's workers (``pool.run_workers.RunWorkers``) and temp folder; each batch is
+a ``batch.BatchRun``: take a worker from the pool, send the job, read results as the worker
+streams them, and when the worker dies, fail the call the slot blames and re-run the calls
+it had not started on a fresh worker. A run's leftover array files go when the run ends.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from ..._errors import SerializationError
 from ..base import BackendArgs, Batch, RunBatch, RunOptions
 from ..setup import Initializer, WorkerSetup
 from .batch import BatchRun
-from .pool.pool import Pool, RunWorkers, shared_pool
+from .pool.pool import Pool
 from .pool.recycling import Limits
+from .pool.run_workers import RunWorkers
+from .pool.shared import shared_pool
 from .tempfiles import RunFolder, remove_folders
 
 __all__ = ["ProcessBackend", "build"]

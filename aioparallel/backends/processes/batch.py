@@ -3,7 +3,7 @@ dies, blame the call it was running and run the rest again.
 
 ::
 
-    BatchRun.run ──► _run_positions(todo) on one worker (pool.RunWorkers.acquire)
+    BatchRun.run ──► _run_positions(todo) on one worker (run_workers.RunWorkers.acquire)
                        │
                        ├─ send:    pickling.pickle_job (on the loop while cheap, else a
                        │           thread; a large job spilled to a file) ──write_frame──► worker
@@ -77,7 +77,8 @@ from ..unpickling import loads
 from . import logs
 from .crash import Death, crash_errors, watch_deadline
 from .pickling import job_flags, one_func, pickle_job
-from .pool.pool import PoolClosedError, RunWorkers, WorkerProcess
+from .pool.pool import PoolClosedError, WorkerProcess
+from .pool.run_workers import RunWorkers
 from .tempfiles import Lease, RunFolder
 
 __all__ = ["MAX_BLAMELESS_CRASHES", "BatchRun"]
