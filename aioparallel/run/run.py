@@ -30,6 +30,12 @@ task, as it cannot leave a coroutine or an async iterator as itself (PEP 479).
 At the end, an async generator input we stopped consuming is closed, shielded from the
 caller's cancellation but bounded by ``SOURCE_CLOSE_GRACE``: a generator whose ``finally``
 hangs gets a ``RuntimeWarning``, not the caller's run stuck forever.
+
+``Run`` reads in three parts: the run itself (``execute``, ``_run_lanes``), cutting the input
+into batches (``_take_next``: the size auto batching learned, a crowded pool's whole small
+run, the tail of an unsized input shared out, the calls a budgeted batch returned, the async
+floor), and the lanes that run them (``_run_batches``, taking the next batch ahead where a
+take is slow, ``_deliver``).
 """
 
 from __future__ import annotations
@@ -231,26 +237,6 @@ class Run:
             self.batcher.remember(self._func)
             note_length(self._func, self.source.taken)
 
-    @property
-    def _all_taken(self) -> bool:
-        """Every call is in a batch: the input ended, and none waits in its tail or was
-        taken ahead (``_held``)."""
-        return self.source.exhausted and not self._pending
-
-    @property
-    def _last_batch(self) -> bool:
-        """``_all_taken``, or a sized input's length taken (its iterator may still yield
-        more: a hint, for ``Batch.last``, never a reason to stop taking)."""
-        source = self.source
-        ended = source.exhausted or (source.total is not None and source.taken >= source.total)
-        return ended and not self._pending
-
-    @property
-    def _pending(self) -> bool:
-        """Calls taken from the input that no batch has yet: in the tail, taken ahead, or
-        returned by a budgeted batch."""
-        return bool(self._tail or self._held or self._returned)
-
     async def _close_source(self) -> None:
         """Close the input, shielded and bounded: a hanging ``finally`` only gets a warning."""
         if not self.source.closable:  # the common case: nothing left to close
@@ -271,6 +257,28 @@ class Run:
             self.error = error
         if self._lanes is not None:  # else the one lane, which stops after this call
             self._lanes.cancel_scope.cancel()
+
+    # -- cutting the input into batches (one lane at a time: the take lock) ------------------
+
+    @property
+    def _all_taken(self) -> bool:
+        """Every call is in a batch: the input ended, and none waits in its tail or was
+        taken ahead (``_held``)."""
+        return self.source.exhausted and not self._pending
+
+    @property
+    def _last_batch(self) -> bool:
+        """``_all_taken``, or a sized input's length taken (its iterator may still yield
+        more: a hint, for ``Batch.last``, never a reason to stop taking)."""
+        source = self.source
+        ended = source.exhausted or (source.total is not None and source.taken >= source.total)
+        return ended and not self._pending
+
+    @property
+    def _pending(self) -> bool:
+        """Calls taken from the input that no batch has yet: in the tail, taken ahead, or
+        returned by a budgeted batch."""
+        return bool(self._tail or self._held or self._returned)
 
     def _widen_for(self, batch_size: int) -> None:
         """The default pre_dispatch bound grows with the batches: two of ``batch_size`` per
@@ -426,6 +434,8 @@ class Run:
         return await self._take_more(
             self.batcher.next_size(remaining, self.backend.n_workers) - taken
         )
+
+    # -- lanes: each runs its batches on one worker at a time --------------------------------
 
     async def _when_a_worker_is_ready(self, wait_for_worker: Callable[[], Awaitable[None]]) -> None:
         """Before a take: wait until a worker can run the batch (the backend's
